@@ -1,0 +1,1 @@
+//! layerlink device agent (library).

@@ -1,0 +1,278 @@
+//! Conventions of the dedup archive, and pure path validation.
+//!
+//! A dedup archive is a gzip'd POSIX tar (PAX extended headers where needed)
+//! that `tar -tzvf` can list. It is a sequence of sections:
+//!
+//! ```text
+//! [manifest marker] [config marker]          (only when metadata was asked for)
+//! layer marker (diff_id)
+//!   entries of the layer, in the layer's own order
+//! layer-end marker (entry count)
+//! layer marker … layer-end marker            (next layer, image order)
+//! end marker
+//! ```
+//!
+//! * A **marker** is a regular-file entry whose PAX header has
+//!   [`PAX_MARKER`]; its path is `.layerlink/<kind>` (informational only:
+//!   readers decide by the PAX key, never by the path). Manifest and config
+//!   markers carry the JSON bytes as content; others are empty.
+//! * Inside a layer, a regular file whose object the device lacks is a
+//!   normal file entry with PAX [`PAX_DIGEST`] = 64 hex chars of the
+//!   content's sha256. Empty files carry no digest.
+//! * A regular file whose object the device holds is a **reference entry**:
+//!   type hard link (`'1'`), size 0, link name [`reference_link`] =
+//!   `layerlink:sha256:<hex>` (81 bytes, fits ustar's linkname, and no real
+//!   layer path can start with `layerlink:` *and* be a valid hard-link
+//!   target, because the registry rewrites nothing else into that form).
+//!   Mode, owner, mtime and xattrs come from the entry's header as usual.
+//! * Every other entry (directories, symlinks, hard links between paths of
+//!   the same layer, devices, FIFOs, `.wh.` whiteouts) is exactly as in the
+//!   layer.
+//! * In an objects response (repair), each entry is an `object` marker
+//!   carrying the object's content and [`PAX_DIGEST`].
+//!
+//! A reader commits a layer only after its `layer-end` marker, whose
+//! [`PAX_ENTRIES`] must equal the number of entries it read for the layer.
+
+use crate::limits::{MAX_COMPONENT_BYTES, MAX_PATH_BYTES};
+use crate::Digest;
+use alloc::vec::Vec;
+use core::fmt;
+
+/// PAX key: hex sha256 of a new file's content (or of an object marker's).
+pub const PAX_DIGEST: &str = "LAYERLINK.digest";
+/// PAX key marking a marker entry; the value is a [`Marker`] name.
+pub const PAX_MARKER: &str = "LAYERLINK.marker";
+/// PAX key on `layer` and `layer-end` markers: `sha256:<hex>` diff_id.
+pub const PAX_DIFF_ID: &str = "LAYERLINK.diff_id";
+/// PAX key on `layer-end` markers: decimal count of the layer's entries.
+pub const PAX_ENTRIES: &str = "LAYERLINK.entries";
+/// Prefix of every PAX key layerlink defines. The registry drops such keys
+/// from pushed layers, so only the archive writer can produce them.
+pub const PAX_PREFIX: &str = "LAYERLINK.";
+/// Link-name prefix of a reference entry.
+pub const REF_PREFIX: &str = "layerlink:sha256:";
+/// Directory name markers are listed under (informational).
+pub const MARKER_DIR: &str = ".layerlink";
+
+/// Kinds of marker entries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Marker {
+    /// Carries the image manifest JSON.
+    Manifest,
+    /// Carries the image config JSON.
+    Config,
+    /// Starts a layer section; has [`PAX_DIFF_ID`].
+    Layer,
+    /// Ends a layer section; has [`PAX_DIFF_ID`] and [`PAX_ENTRIES`].
+    LayerEnd,
+    /// Carries one object's content (repair responses); has [`PAX_DIGEST`].
+    Object,
+    /// Last entry of every archive. A stream without it was cut.
+    End,
+}
+
+impl Marker {
+    /// The PAX value naming this marker.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Marker::Manifest => "manifest",
+            Marker::Config => "config",
+            Marker::Layer => "layer",
+            Marker::LayerEnd => "layer-end",
+            Marker::Object => "object",
+            Marker::End => "end",
+        }
+    }
+
+    /// Parse a PAX value.
+    pub fn parse(v: &[u8]) -> Option<Marker> {
+        Some(match v {
+            b"manifest" => Marker::Manifest,
+            b"config" => Marker::Config,
+            b"layer" => Marker::Layer,
+            b"layer-end" => Marker::LayerEnd,
+            b"object" => Marker::Object,
+            b"end" => Marker::End,
+            _ => return None,
+        })
+    }
+}
+
+/// The link name of a reference entry for `d`: `layerlink:sha256:<hex>`.
+pub fn reference_link(d: &Digest) -> [u8; 81] {
+    let mut out = [0u8; 81];
+    out[..17].copy_from_slice(REF_PREFIX.as_bytes());
+    out[17..].copy_from_slice(&d.hex_bytes());
+    out
+}
+
+/// The digest named by a reference entry's link name, or `None` when the
+/// link name is an ordinary path.
+pub fn parse_reference_link(link: &[u8]) -> Option<Digest> {
+    let hex = link.strip_prefix(REF_PREFIX.as_bytes())?;
+    let hex = core::str::from_utf8(hex).ok()?;
+    Digest::from_hex(hex).ok()
+}
+
+/// Why an entry path was rejected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PathError {
+    /// Empty, or only `.` and `/`.
+    Empty,
+    /// Starts with `/`.
+    Absolute,
+    /// Has a `..` component.
+    ParentDir,
+    /// Contains a NUL byte.
+    Nul,
+    /// Longer than [`MAX_PATH_BYTES`] or a component longer than
+    /// [`MAX_COMPONENT_BYTES`].
+    TooLong,
+}
+
+impl fmt::Display for PathError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            PathError::Empty => "empty path",
+            PathError::Absolute => "absolute path",
+            PathError::ParentDir => "path with a '..' component",
+            PathError::Nul => "path with a NUL byte",
+            PathError::TooLong => "path too long",
+        })
+    }
+}
+
+#[cfg(feature = "std")]
+impl std::error::Error for PathError {}
+
+/// Validate and normalise a tar entry path (or hard-link target) relative to
+/// a layer root: strips a leading `./`, empty and `.` components and a
+/// trailing `/`; rejects absolute paths, `..` components, NUL bytes and
+/// over-long names. The result joins components with single `/`.
+///
+/// Paths are bytes: names need not be UTF-8.
+pub fn normalize_entry_path(path: &[u8]) -> Result<Vec<u8>, PathError> {
+    if path.contains(&0) {
+        return Err(PathError::Nul);
+    }
+    if path.len() > MAX_PATH_BYTES {
+        return Err(PathError::TooLong);
+    }
+    if path.first() == Some(&b'/') {
+        return Err(PathError::Absolute);
+    }
+    let mut out = Vec::with_capacity(path.len());
+    for comp in path.split(|&c| c == b'/') {
+        match comp {
+            b"" | b"." => continue,
+            b".." => return Err(PathError::ParentDir),
+            c if c.len() > MAX_COMPONENT_BYTES => return Err(PathError::TooLong),
+            c => {
+                if !out.is_empty() {
+                    out.push(b'/');
+                }
+                out.extend_from_slice(c);
+            }
+        }
+    }
+    if out.is_empty() {
+        return Err(PathError::Empty);
+    }
+    Ok(out)
+}
+
+/// The OCI whiteout prefix of a file name.
+pub const WHITEOUT_PREFIX: &[u8] = b".wh.";
+/// The OCI opaque-directory whiteout file name.
+pub const OPAQUE_WHITEOUT: &[u8] = b".wh..wh..opq";
+
+/// What a normalised path means under OCI whiteout rules.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Whiteout {
+    /// An ordinary path.
+    None,
+    /// `dir/.wh.name`: delete `dir/name` from lower layers (holds `dir/name`).
+    Remove(Vec<u8>),
+    /// `dir/.wh..wh..opq`: hide everything lower layers have in `dir` (holds
+    /// `dir`, empty for the root).
+    Opaque(Vec<u8>),
+}
+
+/// Classify a normalised path (see [`normalize_entry_path`]) as a whiteout.
+pub fn classify_whiteout(path: &[u8]) -> Whiteout {
+    let (dir, name) = match path.iter().rposition(|&c| c == b'/') {
+        Some(i) => (&path[..i], &path[i + 1..]),
+        None => (&path[..0], path),
+    };
+    if name == OPAQUE_WHITEOUT {
+        return Whiteout::Opaque(dir.to_vec());
+    }
+    if let Some(target) = name.strip_prefix(WHITEOUT_PREFIX) {
+        let mut full = Vec::with_capacity(path.len());
+        if !dir.is_empty() {
+            full.extend_from_slice(dir);
+            full.push(b'/');
+        }
+        full.extend_from_slice(target);
+        return Whiteout::Remove(full);
+    }
+    Whiteout::None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalizes_ordinary_paths() {
+        assert_eq!(normalize_entry_path(b"./usr/bin/").unwrap(), b"usr/bin");
+        assert_eq!(normalize_entry_path(b"a//b/./c").unwrap(), b"a/b/c");
+        assert_eq!(normalize_entry_path(b"\xff\xfe").unwrap(), b"\xff\xfe");
+    }
+
+    #[test]
+    fn rejects_escapes() {
+        assert_eq!(normalize_entry_path(b"/etc/passwd"), Err(PathError::Absolute));
+        assert_eq!(normalize_entry_path(b"a/../../b"), Err(PathError::ParentDir));
+        assert_eq!(normalize_entry_path(b".."), Err(PathError::ParentDir));
+        assert_eq!(normalize_entry_path(b"./"), Err(PathError::Empty));
+        assert_eq!(normalize_entry_path(b"a\0b"), Err(PathError::Nul));
+        let long = [b'a'; 256];
+        assert_eq!(normalize_entry_path(&long), Err(PathError::TooLong));
+    }
+
+    #[test]
+    fn reference_links_round_trip() {
+        let d = Digest::of(b"hello");
+        let link = reference_link(&d);
+        assert!(link.starts_with(REF_PREFIX.as_bytes()));
+        assert_eq!(parse_reference_link(&link), Some(d));
+        assert_eq!(parse_reference_link(b"usr/bin/true"), None);
+        assert_eq!(parse_reference_link(b"layerlink:sha256:zz"), None);
+    }
+
+    #[test]
+    fn classifies_whiteouts() {
+        assert_eq!(classify_whiteout(b"etc/.wh..wh..opq"), Whiteout::Opaque(b"etc".to_vec()));
+        assert_eq!(classify_whiteout(b".wh..wh..opq"), Whiteout::Opaque(Vec::new()));
+        assert_eq!(classify_whiteout(b"etc/.wh.motd"), Whiteout::Remove(b"etc/motd".to_vec()));
+        assert_eq!(classify_whiteout(b".wh.motd"), Whiteout::Remove(b"motd".to_vec()));
+        assert_eq!(classify_whiteout(b"etc/motd"), Whiteout::None);
+    }
+
+    #[test]
+    fn markers_round_trip() {
+        for m in [
+            Marker::Manifest,
+            Marker::Config,
+            Marker::Layer,
+            Marker::LayerEnd,
+            Marker::Object,
+            Marker::End,
+        ] {
+            assert_eq!(Marker::parse(m.as_str().as_bytes()), Some(m));
+        }
+        assert_eq!(Marker::parse(b"bogus"), None);
+    }
+}

@@ -1,0 +1,150 @@
+//! Golden bytes: these tests fail when a wire encoding changes by accident.
+//! If a change is intended, it is a protocol version change: update
+//! `proto/SPEC.md` and the constants here together.
+
+use layerlink_proto::msg::*;
+use layerlink_proto::{Digest, ErrorBody, ErrorCode};
+
+fn d(b: u8) -> Digest {
+    Digest([b; 32])
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[test]
+fn digest_is_32_raw_bytes() {
+    let bytes = postcard::to_allocvec(&d(0xab)).unwrap();
+    assert_eq!(bytes, vec![0xab; 32]);
+}
+
+#[test]
+fn plan_request_by_hash_is_compact() {
+    let req = PlanRequest {
+        platform: Platform {
+            os: "linux".into(),
+            architecture: "arm64".into(),
+            variant: Some("v8".into()),
+        },
+        images: vec![ImageRef {
+            repository: "edge/gw".into(),
+            reference: "v1".into(),
+        }],
+        holdings: Holdings::Hash(d(1)),
+    };
+    let bytes = postcard::to_allocvec(&req).unwrap();
+    let expected = concat!(
+        "056c696e7578",   // os "linux"
+        "0561726d3634",   // architecture "arm64"
+        "01027638",       // Some("v8")
+        "01",             // one image
+        "07656467652f6777", "027631", // edge/gw, v1
+        "01",             // Holdings::Hash
+        "0101010101010101010101010101010101010101010101010101010101010101",
+    );
+    assert_eq!(hex(&bytes), expected);
+    assert_eq!(postcard::from_bytes::<PlanRequest>(&bytes).unwrap(), req);
+}
+
+#[test]
+fn held_set_encoding_and_hash() {
+    let set = HeldSet {
+        layers: vec![d(2), d(1)],
+        objects: vec![d(3)],
+    };
+    let mut c = set.clone();
+    c.canonicalize();
+    let bytes = postcard::to_allocvec(&Holdings::Full(c.clone())).unwrap();
+    assert_eq!(bytes[0], 0x00, "Holdings::Full discriminant");
+    assert_eq!(bytes[1], 0x02, "two layers");
+    assert_eq!(&bytes[2..34], &[1u8; 32], "sorted: smallest first");
+    assert_eq!(bytes[66], 0x01, "one object");
+    assert_eq!(bytes.len(), 1 + 1 + 64 + 1 + 32);
+    // The hash is order-independent and stable.
+    assert_eq!(set.hash(), c.hash());
+    assert_eq!(
+        set.hash().to_string(),
+        "sha256:".to_string() + &hex(&Digest::of(&postcard::to_allocvec(&c).unwrap()).0)
+    );
+}
+
+#[test]
+fn plan_response_layer_states() {
+    let resp = PlanResponse {
+        holdings_hash: d(9),
+        images: vec![ImagePlan {
+            image: ImageRef {
+                repository: "r".into(),
+                reference: "t".into(),
+            },
+            manifest_digest: d(4),
+            config_digest: d(5),
+            layers: vec![
+                LayerPlan {
+                    diff_id: d(6),
+                    state: LayerState::Held,
+                },
+                LayerPlan {
+                    diff_id: d(7),
+                    state: LayerState::Needed(LayerCost {
+                        entries: 300,
+                        new_files: 2,
+                        new_bytes: 1000,
+                        referenced_files: 1,
+                        referenced_bytes: 5,
+                    }),
+                },
+            ],
+        }],
+    };
+    let bytes = postcard::to_allocvec(&resp).unwrap();
+    let tail = &bytes[bytes.len() - 8..];
+    // Needed(1) entries=300 (varint ac 02) new_files=2 new_bytes=1000 (e8 07)
+    // referenced_files=1 referenced_bytes=5
+    assert_eq!(hex(tail), "01ac0202e8070105");
+    assert_eq!(postcard::from_bytes::<PlanResponse>(&bytes).unwrap(), resp);
+}
+
+#[test]
+fn error_codes_are_stable() {
+    let codes = [
+        (ErrorCode::BadRequest, 0u8, 400u16),
+        (ErrorCode::Unauthorized, 1, 401),
+        (ErrorCode::Forbidden, 2, 401),
+        (ErrorCode::NotFound, 3, 404),
+        (ErrorCode::UnknownHoldingsSet, 4, 409),
+        (ErrorCode::PlatformNotFound, 5, 404),
+        (ErrorCode::TooLarge, 6, 413),
+        (ErrorCode::Internal, 7, 500),
+        (ErrorCode::Unavailable, 8, 503),
+    ];
+    for (code, disc, status) in codes {
+        let body = ErrorBody {
+            code,
+            message: "m".into(),
+        };
+        assert_eq!(postcard::to_allocvec(&body).unwrap(), vec![disc, 1, b'm']);
+        assert_eq!(code.http_status(), status);
+    }
+}
+
+#[test]
+fn archive_and_objects_requests() {
+    let req = ArchiveRequest {
+        repository: "r".into(),
+        manifest_digest: d(1),
+        layers: vec![d(2)],
+        metadata: true,
+        holdings: Holdings::Hash(d(3)),
+    };
+    let bytes = postcard::to_allocvec(&req).unwrap();
+    assert_eq!(bytes.len(), 2 + 32 + 1 + 32 + 1 + 1 + 32);
+    assert_eq!(bytes[0..2], [1, b'r']);
+    assert_eq!(bytes[67], 1, "metadata = true");
+    let obj = ObjectsRequest {
+        repository: "r".into(),
+        digests: vec![d(2)],
+    };
+    assert_eq!(postcard::to_allocvec(&obj).unwrap().len(), 2 + 1 + 32);
+}

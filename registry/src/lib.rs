@@ -1,0 +1,1 @@
+//! layerlink registry (library).
