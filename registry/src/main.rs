@@ -1,1 +1,2 @@
+//! `layerlink-registry` binary. OWNER: registry-oci helper.
 fn main() {}

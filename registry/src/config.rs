@@ -1,0 +1,139 @@
+//! The registry's TOML config file.
+//!
+//! ```toml
+//! # publishers may push (docker-style basic auth on /v2/)
+//! [[publishers]]
+//! user = "ci"
+//! password = "s3cret"
+//!
+//! # devices sync with a bearer token bound to their id
+//! [[devices]]
+//! id = "gw-0001"
+//! token = "long-random-token"
+//! repositories = ["edge/*", "tools/busybox"]   # glob: `*` matches any run of characters
+//!
+//! [tls]
+//! cert = "/etc/layerlink/cert.pem"
+//! key = "/etc/layerlink/key.pem"
+//! ```
+
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+/// The whole config file. Every section is optional.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Who may push (and read) on the OCI endpoints.
+    #[serde(default)]
+    pub publishers: Vec<Publisher>,
+    /// Devices that may sync.
+    #[serde(default)]
+    pub devices: Vec<Device>,
+    /// Serve HTTPS with this certificate.
+    #[serde(default)]
+    pub tls: Option<Tls>,
+}
+
+/// A publisher account (HTTP basic auth on `/v2/`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Publisher {
+    /// User name.
+    pub user: String,
+    /// Password.
+    pub password: String,
+}
+
+/// A device allowed to sync.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Device {
+    /// Stable device id (shown by `layerlink-registry devices`).
+    pub id: String,
+    /// Bearer token the device sends. Never logged.
+    pub token: String,
+    /// Repository patterns the device may read; `*` matches any run of
+    /// characters (including `/`).
+    #[serde(default)]
+    pub repositories: Vec<String>,
+}
+
+/// TLS certificate and key (PEM files).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tls {
+    /// Certificate chain, PEM.
+    pub cert: PathBuf,
+    /// Private key, PEM.
+    pub key: PathBuf,
+}
+
+impl Config {
+    /// Read and parse a config file; the error names the file.
+    pub fn load(path: &Path) -> anyhow::Result<Config> {
+        use anyhow::Context;
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading config file {}", path.display()))?;
+        toml::from_str(&text).with_context(|| format!("parsing config file {}", path.display()))
+    }
+
+    /// Whether any publisher is configured (push needs auth then).
+    pub fn has_publisher_auth(&self) -> bool {
+        !self.publishers.is_empty()
+    }
+}
+
+impl Device {
+    /// Whether this device may read `repository`.
+    pub fn may_read(&self, repository: &str) -> bool {
+        self.repositories.iter().any(|p| glob_match(p.as_bytes(), repository.as_bytes()))
+    }
+}
+
+/// `*` matches any run of bytes; everything else matches itself.
+pub fn glob_match(pattern: &[u8], s: &[u8]) -> bool {
+    match pattern.iter().position(|&c| c == b'*') {
+        None => pattern == s,
+        Some(i) => {
+            if !s.starts_with(&pattern[..i]) {
+                return false;
+            }
+            let rest = &pattern[i + 1..];
+            (i..=s.len()).any(|j| glob_match(rest, &s[j..]))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs() {
+        assert!(glob_match(b"edge/*", b"edge/gw"));
+        assert!(glob_match(b"*", b"a/b"));
+        assert!(!glob_match(b"edge/*", b"other/gw"));
+        assert!(glob_match(b"a*c*e", b"abcde"));
+        assert!(!glob_match(b"tools/busybox", b"tools/busybox2"));
+    }
+
+    #[test]
+    fn parses_example() {
+        let c: Config = toml::from_str(
+            r#"
+            [[publishers]]
+            user = "ci"
+            password = "p"
+            [[devices]]
+            id = "gw"
+            token = "t"
+            repositories = ["edge/*"]
+            "#,
+        )
+        .unwrap();
+        assert!(c.has_publisher_auth());
+        assert!(c.devices[0].may_read("edge/x"));
+        assert!(!c.devices[0].may_read("secret/x"));
+    }
+}

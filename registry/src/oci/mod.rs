@@ -1,0 +1,1 @@
+//! OCI distribution API handlers. OWNER: registry-oci helper.
