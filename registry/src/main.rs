@@ -1,2 +1,151 @@
-//! `layerlink-registry` binary. OWNER: registry-oci helper.
-fn main() {}
+//! `layerlink-registry`: a thin command line over the library.
+//!
+//! Exit codes: 0 ok, 1 runtime error, 2 usage or configuration error.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use layerlink_registry::config::Config;
+use layerlink_registry::server::{self, AppState, ConfigError, Transport};
+use layerlink_registry::storage::Storage;
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "layerlink-registry",
+    version,
+    about = "OCI registry with file-level dedup sync for edge devices"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the OCI distribution API and the device sync API.
+    Serve {
+        /// Address to listen on, e.g. 127.0.0.1:5000 (port 0 picks a free one).
+        #[arg(long)]
+        listen: String,
+        /// Data directory (created if missing).
+        #[arg(long)]
+        data: PathBuf,
+        /// TOML config file: publishers, devices, TLS.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Print what the store holds and the dedup ratio.
+    Stats {
+        /// Data directory.
+        #[arg(long)]
+        data: PathBuf,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print every device's holdings record.
+    Devices {
+        /// Data directory.
+        #[arg(long)]
+        data: PathBuf,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// A problem the operator must fix in the command line or config (exit 2).
+#[derive(Debug, thiserror::Error)]
+#[error("{0:#}")]
+struct UsageError(anyhow::Error);
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            let usage = e.is::<UsageError>() || e.is::<ConfigError>();
+            ExitCode::from(if usage { 2 } else { 1 })
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve {
+            listen,
+            data,
+            config,
+        } => {
+            let config = match config {
+                Some(path) => Config::load(&path).map_err(UsageError)?,
+                None => Config::default(),
+            };
+            let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            runtime.block_on(serve(listen, data, config))
+        }
+        Command::Stats { data, json } => {
+            let storage = open_existing(&data)?;
+            let stats = layerlink_registry::stats::collect(&storage).context("collecting stats")?;
+            let out = if json {
+                serde_json::to_string_pretty(&stats)? + "\n"
+            } else {
+                layerlink_registry::stats::render_text(&stats)
+            };
+            std::io::stdout().write_all(out.as_bytes())?;
+            Ok(())
+        }
+        Command::Devices { data, json } => {
+            let storage = open_existing(&data)?;
+            layerlink_registry::devices::print_devices(&storage, json)
+        }
+    }
+}
+
+fn open_existing(data: &std::path::Path) -> anyhow::Result<Storage> {
+    if !data.is_dir() {
+        return Err(UsageError(anyhow::anyhow!(
+            "data directory {} does not exist",
+            data.display()
+        ))
+        .into());
+    }
+    Storage::open(data)
+}
+
+async fn serve(listen: String, data: PathBuf, config: Config) -> anyhow::Result<()> {
+    let transport = Transport::from_config(&config)?;
+    let addrs = server::check_listen(&listen, &config).await?;
+    let storage = tokio::task::spawn_blocking(move || {
+        let s = Storage::open(&data)?;
+        s.clean_uploads()?;
+        anyhow::Ok(s)
+    })
+    .await??;
+    let listener = server::bind(&addrs).await?;
+    let addr = listener.local_addr()?;
+    tracing::info!(
+        publishers = config.publishers.len(),
+        devices = config.devices.len(),
+        "registry ready"
+    );
+    let state = AppState::new(storage, config);
+    // Tests and scripts wait for this exact line.
+    let mut stdout = std::io::stdout();
+    writeln!(stdout, "listening on {}://{addr}", transport.scheme())?;
+    stdout.flush()?;
+    server::serve(listener, transport, state, server::shutdown_signal())
+        .await
+        .context("serving")
+}

@@ -1,8 +1,21 @@
-//! Router assembly, listening, shared state. OWNER: registry-oci helper.
+//! Router assembly, listening, shared state.
+//!
+//! `serve` = [`check_listen`] (refuse a public address without publisher
+//! auth) → [`bind`] → [`serve`] on a [`Transport`]. Plain HTTP is the only
+//! transport today; HTTPS (config `[tls]`) is a second `Transport` variant
+//! that wraps each accepted stream in a `tokio-rustls` acceptor before
+//! handing it to hyper, with the same [`app`] router.
 
 use crate::config::Config;
 use crate::storage::Storage;
+use axum::extract::Request;
+use axum::middleware::Next;
+use axum::response::Response;
+use axum::Router;
+use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
+use tokio::net::TcpListener;
 
 /// State every handler gets.
 #[derive(Clone)]
@@ -11,4 +24,168 @@ pub struct AppState {
     pub storage: Arc<Storage>,
     /// The config file's contents.
     pub config: Arc<Config>,
+}
+
+impl AppState {
+    /// State over `storage` and `config`.
+    pub fn new(storage: Storage, config: Config) -> AppState {
+        AppState {
+            storage: Arc::new(storage),
+            config: Arc::new(config),
+        }
+    }
+}
+
+/// A refusal to start that the operator must fix (exit code 2).
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// Anonymous push would be open to the network.
+    #[error(
+        "refusing to listen on non-loopback address {addr} without publisher auth: \
+         add [[publishers]] to a --config file, or listen on 127.0.0.1 / [::1]"
+    )]
+    PublicWithoutAuth {
+        /// The address asked for.
+        addr: String,
+    },
+    /// The listen address does not parse or resolve.
+    #[error("invalid --listen address {addr:?}: {why}")]
+    BadListen {
+        /// The address asked for.
+        addr: String,
+        /// Why.
+        why: String,
+    },
+    /// `[tls]` is configured but HTTPS is not implemented yet.
+    #[error("the config file has a [tls] section, but HTTPS is not supported yet: remove it (or terminate TLS in a proxy)")]
+    TlsUnsupported,
+}
+
+/// How connections are carried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// Plain HTTP/1.1.
+    Plain,
+}
+
+impl Transport {
+    /// The transport `config` asks for.
+    pub fn from_config(config: &Config) -> Result<Transport, ConfigError> {
+        match config.tls {
+            Some(_) => Err(ConfigError::TlsUnsupported),
+            None => Ok(Transport::Plain),
+        }
+    }
+
+    /// URL scheme.
+    pub fn scheme(self) -> &'static str {
+        match self {
+            Transport::Plain => "http",
+        }
+    }
+}
+
+/// The whole router: OCI `/v2/` and the sync API, with request logging.
+pub fn app(state: AppState) -> Router {
+    crate::oci::router()
+        .merge(crate::sync_api::router())
+        .layer(axum::middleware::from_fn(log_request))
+        .with_state(state)
+}
+
+/// One line per request: method, path, status, time. Never headers (they
+/// carry credentials).
+async fn log_request(req: Request, next: Next) -> Response {
+    let (method, path) = (req.method().clone(), req.uri().path().to_owned());
+    let start = std::time::Instant::now();
+    let resp = next.run(req).await;
+    let ms = start.elapsed().as_millis();
+    let status = resp.status().as_u16();
+    if resp.status().is_server_error() {
+        tracing::warn!(%method, path, status, ms, "request failed");
+    } else {
+        tracing::debug!(%method, path, status, ms, "request");
+    }
+    resp
+}
+
+/// Resolve `listen` and check it is allowed: without publishers only
+/// loopback addresses are (anonymous push must not reach the network).
+pub async fn check_listen(listen: &str, config: &Config) -> Result<Vec<SocketAddr>, ConfigError> {
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host(listen)
+        .await
+        .map_err(|e| ConfigError::BadListen {
+            addr: listen.to_owned(),
+            why: e.to_string(),
+        })?
+        .collect();
+    if addrs.is_empty() {
+        return Err(ConfigError::BadListen {
+            addr: listen.to_owned(),
+            why: "resolves to nothing".into(),
+        });
+    }
+    if !config.has_publisher_auth() {
+        if addrs.iter().any(|a| !a.ip().is_loopback()) {
+            return Err(ConfigError::PublicWithoutAuth {
+                addr: listen.to_owned(),
+            });
+        }
+        tracing::warn!("no publishers configured: anyone can push; serving on loopback only");
+    }
+    Ok(addrs)
+}
+
+/// Bind the first of `addrs` that works.
+pub async fn bind(addrs: &[SocketAddr]) -> anyhow::Result<TcpListener> {
+    use anyhow::Context;
+    let mut last = None;
+    for a in addrs {
+        match TcpListener::bind(a).await {
+            Ok(l) => return Ok(l),
+            Err(e) => last = Some((a, e)),
+        }
+    }
+    let (a, e) = last.context("no address to bind")?;
+    Err(e).with_context(|| format!("binding {a}"))
+}
+
+/// Serve `state` on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: TcpListener,
+    transport: Transport,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = app(state);
+    match transport {
+        Transport::Plain => {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+    tracing::info!("shutting down");
 }

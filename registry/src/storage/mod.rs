@@ -1,12 +1,56 @@
 //! Registry storage: original blobs on the filesystem, metadata (manifests,
-//! tags, uploads) in an embedded redb database. OWNER: registry-oci helper.
+//! tags, which repository holds which blob, upload sessions) in an embedded
+//! redb database.
 //!
-//! The methods below are the interface other modules (ingest, sync_api,
-//! edit) rely on; keep their signatures.
+//! ```text
+//! DATA/
+//! ├── registry.redb           metadata, one ACID database shared by all modules:
+//! │                             oci_*     manifests, tags, repo→blob links, uploads (here)
+//! │                             index_*…  entry index, objects, devices (ingest, devices)
+//! ├── blobs/sha256/<hex>      original blobs (layers, configs), byte-identical to the push
+//! ├── objects/                file objects of the dedup store (see `objects`)
+//! └── tmp/
+//!     ├── blob-<random>       a one-request upload in flight (removed at start-up)
+//!     └── uploads/<id>        the bytes an upload session received so far
+//! ```
+//!
+//! **Writing a blob.** Bytes stream into a file under `tmp/` while they are
+//! hashed; on finish the digest (and size) is checked, the file fsync'd and
+//! renamed to `blobs/sha256/<hex>`, then the directory fsync'd. A blob that
+//! is already there is success: the rename is atomic and the content is the
+//! same, so concurrent pushes of one layer both succeed and store it once.
+//! Only after the blob is in place is it linked to a repository in redb, so
+//! the database never names a blob that is not on disk.
+//!
+//! **Manifests** are small and live in redb with their exact bytes and
+//! media type; a manifest, its blob links and its tag commit in one
+//! transaction.
+//!
+//! **Interfaces.** Handlers reach metadata only through [`MetadataStore`]
+//! (embedded: [`RedbMetadata`]); a distributed backend implements that
+//! trait. Blob bytes go through [`FsBlobs`]. Deleting a manifest or a blob
+//! link never deletes bytes: there is no garbage collector yet.
+//!
+//! **Concurrency.** redb serialises writers; the database is opened in
+//! multi-writer mode so `stats` and `devices` can run beside `serve`. One
+//! upload session takes its chunks one at a time ([`Storage::upload_lock`]).
 
+mod blobs;
+mod meta;
+mod redb_meta;
+
+pub use blobs::{BlobError, BlobWriter, FsBlobs};
+pub use meta::{MetaCounts, MetadataStore, UploadSession};
+pub use redb_meta::RedbMetadata;
+
+use anyhow::Context;
 use layerlink_proto::Digest;
+use sha2::Sha256;
+use std::collections::HashMap;
 use std::fs::File;
-use std::path::Path;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 /// A manifest as stored: its digest, media type and exact bytes.
 #[derive(Debug, Clone)]
@@ -19,40 +63,74 @@ pub struct StoredManifest {
     pub bytes: Vec<u8>,
 }
 
+/// Where an upload session stands between chunks: bytes received and
+/// their hash state (`None` after a restart or a failed chunk: the file is
+/// re-read on the next chunk).
+pub type UploadCursor = Option<(u64, Sha256)>;
+
 /// The registry's storage.
 pub struct Storage {
-    _private: (),
+    data_dir: PathBuf,
+    db: Arc<redb::Database>,
+    blobs: FsBlobs,
+    meta: Box<dyn MetadataStore>,
+    upload_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<UploadCursor>>>>,
 }
 
 impl Storage {
     /// Open (creating if needed) the store under `data_dir`.
     pub fn open(data_dir: &Path) -> anyhow::Result<Storage> {
-        let _ = data_dir;
-        todo!()
+        std::fs::create_dir_all(data_dir)
+            .with_context(|| format!("creating data directory {}", data_dir.display()))?;
+        let db_path = data_dir.join("registry.redb");
+        let db = redb::Database::builder()
+            .set_concurrency_mode(redb::ConcurrencyMode::MultiWriter)
+            .create(&db_path)
+            .with_context(|| format!("opening database {}", db_path.display()))?;
+        let db = Arc::new(db);
+        let blobs = FsBlobs::open(data_dir)
+            .with_context(|| format!("preparing blob directories under {}", data_dir.display()))?;
+        let meta = RedbMetadata::new(db.clone())?;
+        let storage = Storage {
+            data_dir: data_dir.to_owned(),
+            db,
+            blobs,
+            meta: Box::new(meta),
+            upload_locks: Mutex::new(HashMap::new()),
+        };
+        Ok(storage)
     }
 
     /// The data directory (other modules keep their files under it, e.g.
     /// `objects/`).
     pub fn data_dir(&self) -> &Path {
-        todo!()
+        &self.data_dir
     }
 
     /// The shared embedded database. Other modules define their own tables
     /// in it (names prefixed by module: `index_*`, `device_*`, …).
     pub fn db(&self) -> &redb::Database {
-        todo!()
+        &self.db
+    }
+
+    /// The metadata store (manifests, tags, blob links, uploads).
+    pub fn meta(&self) -> &dyn MetadataStore {
+        &*self.meta
+    }
+
+    /// The blob files.
+    pub fn blobs(&self) -> &FsBlobs {
+        &self.blobs
     }
 
     /// Open a stored blob for reading, `None` if absent.
     pub fn open_blob(&self, digest: &Digest) -> std::io::Result<Option<File>> {
-        let _ = digest;
-        todo!()
+        self.blobs.open_blob(digest)
     }
 
     /// Size of a stored blob, `None` if absent.
     pub fn blob_size(&self, digest: &Digest) -> std::io::Result<Option<u64>> {
-        let _ = digest;
-        todo!()
+        self.blobs.size(digest)
     }
 
     /// Resolve a manifest in `repository` by tag or `sha256:` digest.
@@ -61,7 +139,153 @@ impl Storage {
         repository: &str,
         reference: &str,
     ) -> anyhow::Result<Option<StoredManifest>> {
-        let _ = (repository, reference);
-        todo!()
+        let digest = if reference.contains(':') {
+            match Digest::parse(reference) {
+                Ok(d) => d,
+                Err(_) => return Ok(None),
+            }
+        } else {
+            match self.meta.tag(repository, reference)? {
+                Some(d) => d,
+                None => return Ok(None),
+            }
+        };
+        self.meta.manifest(repository, &digest)
+    }
+
+    /// Store a blob read from `reader` (verified against `expected` when
+    /// given) and link it to `repository`. For code that makes blobs
+    /// itself (image editing). Blocking.
+    pub fn put_blob(
+        &self,
+        repository: &str,
+        mut reader: impl Read,
+        expected: Option<&Digest>,
+    ) -> anyhow::Result<(Digest, u64)> {
+        let mut w = self.blobs.temp_writer()?;
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = reader.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            w.write_all(&buf[..n])?;
+        }
+        let (digest, size) = self.blobs.commit(w, expected, None)?;
+        self.meta.link_blob(repository, &digest, size)?;
+        Ok((digest, size))
+    }
+
+    /// Store a manifest under `repository` (and `tag`) without the checks
+    /// the HTTP handler makes: for code that builds manifests itself
+    /// (image editing), which must have stored the blobs it names. The
+    /// blobs listed are linked to the repository. Blocking.
+    pub fn put_manifest(
+        &self,
+        repository: &str,
+        tag: Option<&str>,
+        media_type: &str,
+        bytes: Vec<u8>,
+        blobs: &[(Digest, u64)],
+    ) -> anyhow::Result<Digest> {
+        let digest = Digest::of(&bytes);
+        let m = StoredManifest {
+            digest,
+            media_type: media_type.to_owned(),
+            bytes,
+        };
+        self.meta.commit_manifest(repository, &m, tag, blobs)?;
+        Ok(digest)
+    }
+
+    /// The lock serialising the chunks of upload session `id`; it guards
+    /// the session's [`UploadCursor`].
+    pub fn upload_lock(&self, id: &str) -> Arc<tokio::sync::Mutex<UploadCursor>> {
+        let mut locks = self.upload_locks.lock().unwrap_or_else(|e| e.into_inner());
+        locks.entry(id.to_owned()).or_default().clone()
+    }
+
+    /// Drop the lock of a finished or cancelled upload session.
+    pub fn forget_upload_lock(&self, id: &str) {
+        let mut locks = self.upload_locks.lock().unwrap_or_else(|e| e.into_inner());
+        locks.remove(id);
+    }
+
+    /// Remove upload sessions whose file is gone and upload files with no
+    /// session. Called once by `serve` at start-up.
+    pub fn clean_uploads(&self) -> anyhow::Result<()> {
+        let sessions = self.meta.uploads()?;
+        let known: std::collections::HashSet<&str> =
+            sessions.iter().map(|s| s.id.as_str()).collect();
+        for s in &sessions {
+            if self.blobs.upload_len(&s.id)?.is_none() {
+                self.meta.delete_upload(&s.id)?;
+            }
+        }
+        let dir = self.data_dir.join("tmp").join("uploads");
+        for entry in
+            std::fs::read_dir(&dir).with_context(|| format!("listing {}", dir.display()))?
+        {
+            let entry = entry?;
+            let name = entry.file_name();
+            if !known.contains(name.to_string_lossy().as_ref()) {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn manifests_tags_and_links() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Storage::open(dir.path()).unwrap();
+        let (blob, size) = s.put_blob("a/b", &b"layer"[..], None).unwrap();
+        assert!(s.meta().blob_linked("a/b", &blob).unwrap());
+        assert!(!s.meta().blob_linked("a", &blob).unwrap());
+        let d = s
+            .put_manifest(
+                "a/b",
+                Some("v1"),
+                "application/x",
+                b"{}".to_vec(),
+                &[(blob, size)],
+            )
+            .unwrap();
+        s.meta()
+            .commit_manifest(
+                "a/b",
+                &s.resolve_manifest("a/b", "v1").unwrap().unwrap(),
+                Some("v2"),
+                &[],
+            )
+            .unwrap();
+        assert_eq!(
+            s.resolve_manifest("a/b", "v1").unwrap().unwrap().bytes,
+            b"{}"
+        );
+        assert_eq!(
+            s.resolve_manifest("a/b", &d.to_string())
+                .unwrap()
+                .unwrap()
+                .media_type,
+            "application/x"
+        );
+        assert!(s.resolve_manifest("a", "v1").unwrap().is_none());
+        assert_eq!(s.meta().tags("a/b", None, 10).unwrap(), ["v1", "v2"]);
+        assert_eq!(s.meta().tags("a/b", Some("v1"), 10).unwrap(), ["v2"]);
+        assert_eq!(s.meta().tags("a/b", None, 1).unwrap(), ["v1"]);
+        let c = s.meta().counts().unwrap();
+        assert_eq!(
+            (c.repositories, c.manifests, c.tags, c.tagged_images),
+            (1, 1, 2, 1)
+        );
+        assert!(s.meta().delete_manifest("a/b", &d).unwrap());
+        assert!(s.meta().tags("a/b", None, 10).unwrap().is_empty());
+        assert!(!s.meta().delete_manifest("a/b", &d).unwrap());
     }
 }

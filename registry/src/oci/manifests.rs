@@ -1,0 +1,274 @@
+//! Manifests (PUT/GET/HEAD/DELETE by tag or digest), the tags list and the
+//! catalog.
+
+use super::error::OciError;
+use super::manifest::{self, ParsedManifest};
+use super::{blocking, hv, route, Ctx, Reply};
+use crate::storage::StoredManifest;
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::response::IntoResponse;
+use layerlink_proto::Digest;
+
+/// Manifests larger than this are refused (the spec suggests 4 MiB).
+pub const MAX_MANIFEST_BYTES: usize = 4 * 1024 * 1024;
+
+/// A tag or a digest.
+enum Reference {
+    Tag(String),
+    Digest(Digest),
+}
+
+fn reference(r: &str) -> Result<Reference, OciError> {
+    if r.contains(':') {
+        Digest::parse(r)
+            .map(Reference::Digest)
+            .map_err(|e| OciError::digest_invalid(format!("invalid digest {r:?}: {e}")))
+    } else if route::valid_tag(r) {
+        Ok(Reference::Tag(r.to_owned()))
+    } else {
+        Err(OciError::tag_invalid(r))
+    }
+}
+
+/// `GET`/`HEAD /v2/<name>/manifests/<reference>`: the stored bytes and
+/// media type, exactly as pushed.
+pub async fn get(ctx: Ctx, name: &str, reference: &str) -> Reply {
+    let _ = self::reference(reference)?;
+    let storage = ctx.storage();
+    let (repo, r) = (name.to_owned(), reference.to_owned());
+    let (found, known) = blocking(move || {
+        let m = storage.resolve_manifest(&repo, &r)?;
+        let known = m.is_some() || storage.meta().repository_exists(&repo)?;
+        Ok((m, known))
+    })
+    .await?;
+    let Some(m) = found else {
+        return Err(if known {
+            OciError::manifest_unknown(reference)
+        } else {
+            OciError::name_unknown(name)
+        });
+    };
+    let mut headers = HeaderMap::new();
+    headers.insert(header::CONTENT_TYPE, hv(&m.media_type));
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(m.bytes.len()));
+    headers.insert("Docker-Content-Digest", hv(&m.digest.to_string()));
+    headers.insert(header::ETAG, hv(&format!("\"{}\"", m.digest)));
+    if ctx.method == Method::HEAD {
+        return Ok((StatusCode::OK, headers).into_response());
+    }
+    Ok((StatusCode::OK, headers, m.bytes).into_response())
+}
+
+/// `PUT /v2/<name>/manifests/<reference>`: check the manifest and that
+/// everything it names is in the repository, ingest its layers, then
+/// commit manifest, blob links and tag in one transaction. Any failure
+/// leaves the store as it was.
+pub async fn put(ctx: Ctx, name: &str, reference: &str) -> Reply {
+    let reference = self::reference(reference)?;
+    let content_type = ctx
+        .header(header::CONTENT_TYPE)
+        .map(|c| c.split(';').next().unwrap_or("").trim().to_owned());
+    let bytes = axum::body::to_bytes(ctx.body, MAX_MANIFEST_BYTES)
+        .await
+        .map_err(|e| {
+            OciError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "SIZE_INVALID",
+                format!("manifest body unreadable or larger than {MAX_MANIFEST_BYTES} bytes: {e}"),
+            )
+        })?;
+    let parsed = manifest::parse(&bytes, content_type.as_deref())?;
+    let digest = Digest::of(&bytes);
+    if let Reference::Digest(d) = &reference {
+        if *d != digest {
+            return Err(OciError::digest_invalid(format!(
+                "manifest pushed as {d} but its bytes hash to {digest}"
+            )));
+        }
+    }
+    let tag = match reference {
+        Reference::Tag(t) => Some(t),
+        Reference::Digest(_) => None,
+    };
+    let storage = ctx.state.storage.clone();
+    let repo = name.to_owned();
+    let tag_for_log = tag.clone();
+    blocking(move || {
+        let links = check_references(&storage, &repo, &parsed)?;
+        let stored = StoredManifest {
+            digest,
+            media_type: parsed.media_type,
+            bytes: bytes.to_vec(),
+        };
+        crate::ingest::ingest_manifest(&storage, &stored.bytes, &stored.media_type).map_err(
+            |e| OciError::manifest_invalid(format!("manifest layers could not be ingested: {e}")),
+        )?;
+        storage
+            .meta()
+            .commit_manifest(&repo, &stored, tag.as_deref(), &links)?;
+        Ok(())
+    })
+    .await?;
+    tracing::info!(repository = name, tag = tag_for_log.as_deref().unwrap_or(""), %digest, "manifest pushed");
+    Ok((
+        StatusCode::CREATED,
+        [
+            (
+                header::LOCATION,
+                hv(&format!("/v2/{name}/manifests/{digest}")),
+            ),
+            (
+                header::HeaderName::from_static("docker-content-digest"),
+                hv(&digest.to_string()),
+            ),
+            (header::CONTENT_LENGTH, HeaderValue::from_static("0")),
+        ],
+    )
+        .into_response())
+}
+
+/// Every blob must be in the repository with its declared size; every
+/// child manifest of an index too. Returns the blob links to commit.
+fn check_references(
+    storage: &crate::storage::Storage,
+    repo: &str,
+    parsed: &ParsedManifest,
+) -> Result<Vec<(Digest, u64)>, OciError> {
+    let mut links = Vec::new();
+    for b in &parsed.blobs {
+        let size = if storage.meta().blob_linked(repo, &b.digest)? {
+            storage.blob_size(&b.digest)?
+        } else {
+            None
+        };
+        let Some(size) = size else {
+            return Err(OciError::manifest_blob_unknown(&b.digest.to_string()));
+        };
+        if size != b.size {
+            return Err(OciError::manifest_invalid(format!(
+                "descriptor of {} says {} bytes but the blob has {size}",
+                b.digest, b.size
+            )));
+        }
+        links.push((b.digest, size));
+    }
+    for c in &parsed.children {
+        let Some(m) = storage.meta().manifest(repo, &c.digest)? else {
+            return Err(OciError::manifest_blob_unknown(&c.digest.to_string()));
+        };
+        if m.bytes.len() as u64 != c.size {
+            return Err(OciError::manifest_invalid(format!(
+                "descriptor of {} says {} bytes but the manifest has {}",
+                c.digest,
+                c.size,
+                m.bytes.len()
+            )));
+        }
+    }
+    Ok(links)
+}
+
+/// `DELETE /v2/<name>/manifests/<reference>`: by digest removes the
+/// manifest and its tags; by tag removes the tag only.
+pub async fn delete(ctx: Ctx, name: &str, reference: &str) -> Reply {
+    let r = self::reference(reference)?;
+    let storage = ctx.storage();
+    let repo = name.to_owned();
+    let found = blocking(move || {
+        Ok(match r {
+            Reference::Digest(d) => storage.meta().delete_manifest(&repo, &d)?,
+            Reference::Tag(t) => storage.meta().delete_tag(&repo, &t)?,
+        })
+    })
+    .await?;
+    if !found {
+        return Err(OciError::manifest_unknown(reference));
+    }
+    tracing::info!(repository = name, reference, "manifest deleted");
+    Ok((StatusCode::ACCEPTED, [(header::CONTENT_LENGTH, "0")]).into_response())
+}
+
+/// `n` and `last` of a paginated list; `n` absent means everything.
+fn pagination(ctx: &Ctx) -> Result<(usize, Option<String>), OciError> {
+    let n = match ctx.param("n") {
+        None => usize::MAX - 1,
+        Some(n) => n.parse::<usize>().map_err(|_| {
+            OciError::new(
+                StatusCode::BAD_REQUEST,
+                "PAGINATION_NUMBER_INVALID",
+                format!("invalid n={n:?}"),
+            )
+        })?,
+    };
+    Ok((n, ctx.param("last").map(str::to_owned)))
+}
+
+fn link_next(
+    path: &str,
+    n: usize,
+    last: Option<&String>,
+) -> Option<(header::HeaderName, HeaderValue)> {
+    let last = last?;
+    let q = serde_urlencoded::to_string([("n", n.to_string()), ("last", last.clone())]).ok()?;
+    Some((header::LINK, hv(&format!("<{path}?{q}>; rel=\"next\""))))
+}
+
+/// `GET /v2/<name>/tags/list[?n=&last=]`.
+pub async fn tags_list(ctx: Ctx, name: &str) -> Reply {
+    let (n, last) = pagination(&ctx)?;
+    let storage = ctx.storage();
+    let repo = name.to_owned();
+    let (mut tags, known) = blocking(move || {
+        let tags = storage
+            .meta()
+            .tags(&repo, last.as_deref(), n.saturating_add(1))?;
+        Ok((tags, storage.meta().repository_exists(&repo)?))
+    })
+    .await?;
+    if !known {
+        return Err(OciError::name_unknown(name));
+    }
+    let more = tags.len() > n;
+    tags.truncate(n);
+    let body = serde_json::json!({ "name": name, "tags": tags }).to_string();
+    let mut resp = (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        body,
+    )
+        .into_response();
+    if more {
+        if let Some((h, v)) = link_next(&format!("/v2/{name}/tags/list"), n, tags.last()) {
+            resp.headers_mut().insert(h, v);
+        }
+    }
+    Ok(resp)
+}
+
+/// `GET /v2/_catalog[?n=&last=]`.
+pub async fn catalog(ctx: Ctx) -> Reply {
+    let (n, last) = pagination(&ctx)?;
+    let storage = ctx.storage();
+    let mut repos = blocking(move || {
+        Ok(storage
+            .meta()
+            .repositories(last.as_deref(), n.saturating_add(1))?)
+    })
+    .await?;
+    let more = repos.len() > n;
+    repos.truncate(n);
+    let body = serde_json::json!({ "repositories": repos }).to_string();
+    let mut resp = (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        body,
+    )
+        .into_response();
+    if more {
+        if let Some((h, v)) = link_next("/v2/_catalog", n, repos.last()) {
+            resp.headers_mut().insert(h, v);
+        }
+    }
+    Ok(resp)
+}
