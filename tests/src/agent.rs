@@ -1,0 +1,116 @@
+//! The real agent binary with a temp store.
+
+use crate::bins::agent_command;
+use crate::run;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use tempfile::TempDir;
+
+/// A device: a store dir and a token, driving `layerlink-agent`.
+pub struct Agent {
+    /// The store dir (`--store`).
+    pub store: PathBuf,
+    /// The device's bearer token (`--token`).
+    pub token: String,
+    _tmp: TempDir,
+}
+
+impl Agent {
+    /// A device with an empty store in a temp dir.
+    pub fn new(token: &str) -> Agent {
+        let tmp = tempfile::Builder::new()
+            .prefix("layerlink-agent-")
+            .tempdir()
+            .expect("temp dir");
+        Agent {
+            store: tmp.path().join("store"),
+            token: token.to_string(),
+            _tmp: tmp,
+        }
+    }
+
+    /// A scratch dir that lives as long as the agent (for checkouts).
+    pub fn scratch(&self, name: &str) -> PathBuf {
+        self._tmp.path().join(name)
+    }
+
+    /// The agent command with nothing added.
+    pub fn command(&self) -> Command {
+        let mut cmd = agent_command();
+        cmd.env("RUST_BACKTRACE", "1");
+        cmd
+    }
+
+    /// `sync --server URL --store DIR --token T IMAGE...`, whatever it returns.
+    pub fn try_sync(&self, server: &str, images: &[&str]) -> Output {
+        run(self
+            .command()
+            .arg("sync")
+            .arg("--server")
+            .arg(server)
+            .arg("--store")
+            .arg(&self.store)
+            .arg("--token")
+            .arg(&self.token)
+            .args(images))
+    }
+
+    /// Sync and panic with the agent's output if it fails.
+    pub fn sync(&self, server: &str, images: &[&str]) -> Output {
+        let out = self.try_sync(server, images);
+        assert_success("sync", &out);
+        out
+    }
+
+    /// `checkout --store DIR IMAGE DEST` (an OCI runtime bundle at DEST).
+    pub fn checkout(&self, image: &str, dest: &Path) -> Output {
+        let out = run(self
+            .command()
+            .arg("checkout")
+            .arg("--store")
+            .arg(&self.store)
+            .arg(image)
+            .arg(dest));
+        assert_success("checkout", &out);
+        out
+    }
+
+    /// `status --store DIR --json`, parsed.
+    pub fn status_json(&self) -> serde_json::Value {
+        let out = run(self
+            .command()
+            .arg("status")
+            .arg("--store")
+            .arg(&self.store)
+            .arg("--json"));
+        assert_success("status", &out);
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "status --json printed no JSON ({e}):\n{}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        })
+    }
+
+    /// `verify --store DIR`, whatever it returns.
+    pub fn verify(&self) -> Output {
+        run(self.command().arg("verify").arg("--store").arg(&self.store))
+    }
+
+    /// `gc --store DIR`; panics if it fails.
+    pub fn gc(&self) -> Output {
+        let out = run(self.command().arg("gc").arg("--store").arg(&self.store));
+        assert_success("gc", &out);
+        out
+    }
+}
+
+fn assert_success(what: &str, out: &Output) {
+    assert!(
+        out.status.success(),
+        "layerlink-agent {what} failed ({}):\n--- stdout\n{}\n--- stderr\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -1,0 +1,88 @@
+//! An independent count of what layer blobs hold, for checking the
+//! registry's dedup figures. Written against the tar and OCI specs only —
+//! nothing from the registry's code.
+
+use crate::oci::{Descriptor, OciLayout};
+use std::collections::BTreeSet;
+use std::io::Read;
+
+/// What the tars of some layers hold.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LayerFiles {
+    /// Tar entries (PAX/GNU extension headers excluded).
+    pub entries: u64,
+    /// Regular-file entries (type `0` / `\0` / contiguous `7`).
+    pub regular_files: u64,
+    /// Sum of regular-file sizes.
+    pub logical_bytes: u64,
+    /// sha256 (hex) of every regular file's content, deduplicated.
+    pub digests: BTreeSet<String>,
+}
+
+impl LayerFiles {
+    /// Add another set of layers' figures.
+    pub fn merge(&mut self, other: LayerFiles) {
+        self.entries += other.entries;
+        self.regular_files += other.regular_files;
+        self.logical_bytes += other.logical_bytes;
+        self.digests.extend(other.digests);
+    }
+
+    /// Distinct non-empty contents (the empty file needs no object).
+    pub fn distinct_nonempty(&self) -> usize {
+        let empty = crate::sha256_hex(b"");
+        self.digests.iter().filter(|d| **d != empty).count()
+    }
+
+    /// Whether some regular file is empty.
+    pub fn has_empty_file(&self) -> bool {
+        self.digests.contains(&crate::sha256_hex(b""))
+    }
+}
+
+/// Open a layer blob's uncompressed tar stream by its media type.
+pub fn layer_reader(layout: &OciLayout, layer: &Descriptor) -> Box<dyn Read> {
+    let file = std::fs::File::open(layout.blob_path(&layer.digest)).expect("layer blob");
+    let mt = layer.media_type.as_str();
+    if mt.ends_with("+gzip") || mt.ends_with(".gzip") {
+        Box::new(flate2::read::MultiGzDecoder::new(std::io::BufReader::new(
+            file,
+        )))
+    } else if mt.ends_with("+zstd") || mt.ends_with(".zstd") {
+        Box::new(zstd::stream::read::Decoder::new(file).expect("zstd"))
+    } else {
+        Box::new(std::io::BufReader::new(file))
+    }
+}
+
+/// Walk one layer's tar and hash every regular file.
+pub fn layer_files(layout: &OciLayout, layer: &Descriptor) -> LayerFiles {
+    let mut out = LayerFiles::default();
+    let mut archive = tar::Archive::new(layer_reader(layout, layer));
+    for entry in archive.entries().expect("tar entries") {
+        let entry = entry.expect("tar entry");
+        out.entries += 1;
+        let t = entry.header().entry_type();
+        if t.is_file() || t == tar::EntryType::Continuous {
+            out.regular_files += 1;
+            out.logical_bytes += entry.size();
+            out.digests
+                .insert(crate::sha256_reader(entry).expect("read tar entry"));
+        }
+    }
+    out
+}
+
+/// The figures over every distinct layer of the given tags of a layout.
+pub fn image_files(layout: &OciLayout, tags: &[&str]) -> LayerFiles {
+    let mut seen = BTreeSet::new();
+    let mut all = LayerFiles::default();
+    for tag in tags {
+        for layer in layout.layers(tag) {
+            if seen.insert(layer.digest.clone()) {
+                all.merge(layer_files(layout, &layer));
+            }
+        }
+    }
+    all
+}

@@ -1,0 +1,165 @@
+//! A TCP proxy on loopback that counts the bytes on the wire in both
+//! directions and can cut the connection after a number of bytes.
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+#[derive(Default)]
+struct Shared {
+    up: AtomicU64,
+    down: AtomicU64,
+    connections: AtomicU64,
+    stop: AtomicBool,
+    /// Server→client bytes still allowed before every open connection is
+    /// cut (one shot: cleared when it fires).
+    cut_down_after: Mutex<Option<u64>>,
+    open: Mutex<Vec<TcpStream>>,
+}
+
+/// Forwards `127.0.0.1:<port>` to an upstream address, counting bytes.
+pub struct CountingProxy {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+}
+
+impl CountingProxy {
+    /// Listen on an ephemeral loopback port and forward to `upstream`.
+    pub fn start(upstream: SocketAddr) -> CountingProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind proxy");
+        let addr = listener.local_addr().expect("proxy addr");
+        let shared = Arc::new(Shared::default());
+        let s = shared.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                if s.stop.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(client) = client else { continue };
+                let Ok(server) = TcpStream::connect(upstream) else {
+                    let _ = client.shutdown(Shutdown::Both);
+                    continue;
+                };
+                s.connections.fetch_add(1, Ordering::SeqCst);
+                let _ = client.set_nodelay(true);
+                let _ = server.set_nodelay(true);
+                {
+                    let mut open = s.open.lock().unwrap();
+                    open.push(client.try_clone().expect("clone"));
+                    open.push(server.try_clone().expect("clone"));
+                }
+                let (c2, s2) = (
+                    client.try_clone().expect("clone"),
+                    server.try_clone().expect("clone"),
+                );
+                let sh = s.clone();
+                std::thread::spawn(move || pump(client, server, &sh, false));
+                let sh = s.clone();
+                std::thread::spawn(move || pump(s2, c2, &sh, true));
+            }
+        });
+        CountingProxy { addr, shared }
+    }
+
+    /// The proxy's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://127.0.0.1:PORT`
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Client→server bytes so far.
+    pub fn bytes_up(&self) -> u64 {
+        self.shared.up.load(Ordering::SeqCst)
+    }
+
+    /// Server→client bytes so far.
+    pub fn bytes_down(&self) -> u64 {
+        self.shared.down.load(Ordering::SeqCst)
+    }
+
+    /// Bytes both ways so far.
+    pub fn bytes_total(&self) -> u64 {
+        self.bytes_up() + self.bytes_down()
+    }
+
+    /// Connections accepted so far.
+    pub fn connections(&self) -> u64 {
+        self.shared.connections.load(Ordering::SeqCst)
+    }
+
+    /// Zero the counters.
+    pub fn reset(&self) {
+        self.shared.up.store(0, Ordering::SeqCst);
+        self.shared.down.store(0, Ordering::SeqCst);
+        self.shared.connections.store(0, Ordering::SeqCst);
+    }
+
+    /// After `n` more server→client bytes, cut every open connection (both
+    /// directions, as a network failure would). One shot.
+    pub fn cut_after(&self, n: u64) {
+        *self.shared.cut_down_after.lock().unwrap() = Some(n);
+    }
+
+    /// Whether a cut asked for with [`cut_after`](Self::cut_after) has not
+    /// fired yet.
+    pub fn cut_pending(&self) -> bool {
+        self.shared.cut_down_after.lock().unwrap().is_some()
+    }
+}
+
+impl Drop for CountingProxy {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        // Wake the accept loop.
+        let _ = TcpStream::connect(self.addr);
+        cut_all(&self.shared);
+    }
+}
+
+fn cut_all(shared: &Shared) {
+    for s in shared.open.lock().unwrap().drain(..) {
+        let _ = s.shutdown(Shutdown::Both);
+    }
+}
+
+fn pump(mut from: TcpStream, mut to: TcpStream, shared: &Shared, down: bool) {
+    let mut buf = vec![0u8; 32 * 1024];
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        let mut allowed = n;
+        let mut cut = false;
+        if down {
+            let mut budget = shared.cut_down_after.lock().unwrap();
+            if let Some(left) = *budget {
+                if (n as u64) >= left {
+                    allowed = left as usize;
+                    cut = true;
+                    *budget = None;
+                } else {
+                    *budget = Some(left - n as u64);
+                }
+            }
+        }
+        let counter = if down { &shared.down } else { &shared.up };
+        if allowed > 0 {
+            if to.write_all(&buf[..allowed]).is_err() {
+                break;
+            }
+            counter.fetch_add(allowed as u64, Ordering::SeqCst);
+        }
+        if cut {
+            cut_all(shared);
+            break;
+        }
+    }
+    // Half-close: pass the EOF on, let the other direction finish.
+    let _ = to.shutdown(Shutdown::Write);
+}

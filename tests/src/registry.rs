@@ -1,0 +1,214 @@
+//! The real registry process.
+
+use crate::bins::registry_bin;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tempfile::TempDir;
+
+/// How long `Registry::start` waits for the "listening on" line.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A running `layerlink-registry serve` on `127.0.0.1:<ephemeral port>` with
+/// its own data dir. Killed (and its temp data dir removed) on drop.
+pub struct Registry {
+    child: Child,
+    /// `http://127.0.0.1:PORT`
+    pub url: String,
+    /// `127.0.0.1:PORT`
+    pub host: String,
+    data: PathBuf,
+    config: Option<PathBuf>,
+    creds: Option<(String, String)>,
+    output: Arc<Mutex<Vec<String>>>,
+    stderr_path: PathBuf,
+    tmp: Option<TempDir>,
+}
+
+impl Registry {
+    /// Start a registry with a fresh temp data dir and, if given, this TOML
+    /// config (written to a file and passed with `--config`).
+    pub fn start(config: Option<&str>) -> Registry {
+        let tmp = tempfile::Builder::new()
+            .prefix("layerlink-registry-")
+            .tempdir()
+            .expect("temp dir");
+        let data = tmp.path().join("data");
+        std::fs::create_dir(&data).expect("create data dir");
+        Self::start_at(tmp, &data, config)
+    }
+
+    /// Start another registry process on the same data dir as `self` after
+    /// stopping `self` (restart / persistence tests).
+    pub fn restart(mut self) -> Registry {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let config_text = self
+            .config
+            .as_ref()
+            .map(|p| std::fs::read_to_string(p).expect("config"));
+        let tmp = self.tmp.take().expect("temp dir present until drop");
+        Self::start_at(tmp, &self.data, config_text.as_deref())
+    }
+
+    fn start_at(tmp: TempDir, data: &Path, config: Option<&str>) -> Registry {
+        let mut cmd = Command::new(registry_bin());
+        cmd.arg("serve")
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .arg("--data")
+            .arg(data);
+        let mut config_path = None;
+        let mut creds = None;
+        if let Some(text) = config {
+            let p = tmp.path().join("registry.toml");
+            std::fs::write(&p, text).expect("write config");
+            cmd.arg("--config").arg(&p);
+            config_path = Some(p);
+            creds = publisher_creds(text);
+        }
+        let stderr_path = tmp.path().join("registry.stderr");
+        let stderr = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&stderr_path)
+            .expect("stderr file");
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .env("RUST_BACKTRACE", "1");
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+        let stdout = child.stdout.take().expect("stdout piped");
+        let output = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = mpsc::channel();
+        {
+            let output = output.clone();
+            std::thread::spawn(move || {
+                let mut tx = Some(tx);
+                for line in BufReader::new(stdout).lines() {
+                    let Ok(line) = line else { break };
+                    if let Some(rest) = line.split("listening on ").nth(1) {
+                        if let Some(tx) = tx.take() {
+                            let _ = tx.send(rest.trim().to_string());
+                        }
+                    }
+                    output.lock().unwrap().push(line);
+                }
+            });
+        }
+        let url = match rx.recv_timeout(START_TIMEOUT) {
+            Ok(url) => url,
+            Err(_) => {
+                let _ = child.kill();
+                let status = child.wait().ok();
+                panic!(
+                    "registry did not print 'listening on' within {START_TIMEOUT:?} (exit: {status:?})\n--- stdout\n{}\n--- stderr\n{}",
+                    output.lock().unwrap().join("\n"),
+                    std::fs::read_to_string(&stderr_path).unwrap_or_default()
+                );
+            }
+        };
+        let host = url
+            .trim_start_matches("http://")
+            .trim_start_matches("https://")
+            .trim_end_matches('/')
+            .to_string();
+        Registry {
+            child,
+            url,
+            host,
+            data: data.to_path_buf(),
+            config: config_path,
+            creds,
+            output,
+            stderr_path,
+            tmp: Some(tmp),
+        }
+    }
+
+    /// The data dir.
+    pub fn data_dir(&self) -> &Path {
+        &self.data
+    }
+
+    /// The socket address the registry listens on.
+    pub fn addr(&self) -> std::net::SocketAddr {
+        self.host.parse().expect("host is ip:port")
+    }
+
+    /// `user:password` of the first publisher in the config, if any.
+    pub fn creds(&self) -> Option<String> {
+        self.creds.as_ref().map(|(u, p)| format!("{u}:{p}"))
+    }
+
+    /// Everything the process wrote so far (stdout then stderr).
+    pub fn log(&self) -> String {
+        format!(
+            "{}\n{}",
+            self.output.lock().unwrap().join("\n"),
+            std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+        )
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// `layerlink-registry stats --data DIR --json`, parsed.
+    pub fn stats(&self) -> serde_json::Value {
+        let out = crate::run(
+            Command::new(registry_bin())
+                .arg("stats")
+                .arg("--data")
+                .arg(&self.data)
+                .arg("--json"),
+        );
+        assert!(
+            out.status.success(),
+            "layerlink-registry stats failed ({}):\n{}\n--- registry log\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr),
+            self.log()
+        );
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "stats --json printed no JSON ({e}):\n{}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        })
+    }
+
+    /// One number from `stats --json` (panics naming the field if absent).
+    pub fn stat(&self, field: &str) -> u64 {
+        let stats = self.stats();
+        stats[field]
+            .as_u64()
+            .unwrap_or_else(|| panic!("stats --json has no numeric `{field}`: {stats}"))
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("--- registry log ({})\n{}", self.url, self.log());
+        }
+    }
+}
+
+/// The first `[[publishers]]` user/password of a registry config.
+fn publisher_creds(config: &str) -> Option<(String, String)> {
+    let v: toml::Value = toml::from_str(config).expect("registry config is valid TOML");
+    let p = v.get("publishers")?.as_array()?.first()?;
+    Some((
+        p.get("user")?.as_str()?.to_string(),
+        p.get("password")?.as_str()?.to_string(),
+    ))
+}
