@@ -1,1 +1,3 @@
-//! TODO: archive
+//! The dedup archive writer (see `proto/SPEC.md`, "Dedup archive").
+
+pub mod tarfmt;

@@ -1,22 +1,263 @@
-//! Layer ingest: split pushed layers into files. OWNER: registry-dedup helper.
+//! Layer ingest: split pushed layers into files.
+//!
+//! For each layer of a pushed image manifest that is not indexed yet: open
+//! the blob, detect its compression (gzip, zstd or plain tar, by magic
+//! bytes), decompress and walk the tar in one streaming pass while hashing
+//! it; store every entry's content in the object store once (new objects
+//! are staged and only published with the index), record the entry index,
+//! and check the tar's sha256 against the config's `rootfs.diff_ids`.
+//! See [`crate::index`] for the tables and [`crate::objects`] for the store.
+//!
+//! Ingests of the same layer are serialised (one waits, then finds the
+//! layer indexed); different layers ingest in parallel.
 
+pub mod image;
+mod layer;
+#[cfg(test)]
+mod tests;
+#[cfg(test)]
+pub(crate) mod testutil;
+
+pub use layer::{decompressor, ingest_layer, uncompressed_digest, LayerOutcome};
+
+use crate::index;
+use crate::objects::ObjectStore;
 use crate::storage::Storage;
+use image::ParsedManifest;
+use layerlink_proto::Digest;
+use std::collections::HashSet;
+use std::io::Read;
+use std::sync::{Condvar, Mutex, Once};
+
+/// Largest image config read, in bytes.
+pub const MAX_CONFIG_BYTES: u64 = 16 * 1024 * 1024;
 
 /// Why an image's layers could not be ingested. The manifest PUT answers
-/// 400 `MANIFEST_INVALID` (or `BLOB_UNKNOWN`) with this message.
+/// 400 `MANIFEST_INVALID` (or `BLOB_UNKNOWN` for [`IngestError::MissingBlob`])
+/// with this message, except for [`IngestError::Store`] (500).
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
-    /// Placeholder until implemented.
+    /// The manifest or config is not what an image needs.
     #[error("{0}")]
     Invalid(String),
+    /// A blob the manifest names is not stored.
+    #[error("blob {0} is not in the registry")]
+    MissingBlob(Digest),
+    /// A layer's uncompressed content does not hash to its diff_id.
+    #[error("layer {layer}: uncompressed content has digest {found}, but the image config lists diff_id {expected}")]
+    DiffIdMismatch {
+        /// The layer blob.
+        layer: Digest,
+        /// diff_id in the config.
+        expected: Digest,
+        /// sha256 of the decompressed blob.
+        found: Digest,
+    },
+    /// A layer blob is not a readable (compressed) tar.
+    #[error("layer {layer}: {message}")]
+    Corrupt {
+        /// The layer blob.
+        layer: Digest,
+        /// What is wrong.
+        message: String,
+    },
+    /// A layer uses a tar feature the dedup store does not support.
+    #[error("layer {layer}: {message}")]
+    Unsupported {
+        /// The layer blob.
+        layer: Digest,
+        /// What.
+        message: String,
+    },
+    /// The registry failed to read or write its own store.
+    #[error("ingest failed: {0}")]
+    Store(String),
+}
+
+impl IngestError {
+    pub(crate) fn store(e: impl std::fmt::Display) -> IngestError {
+        IngestError::Store(e.to_string())
+    }
+
+    /// Whether the pusher is at fault (4xx) rather than the registry (5xx).
+    pub fn is_client_error(&self) -> bool {
+        !matches!(self, IngestError::Store(_))
+    }
+}
+
+static LAYER_LOCKS: Mutex<Option<HashSet<Digest>>> = Mutex::new(None);
+static LAYER_FREED: Condvar = Condvar::new();
+
+/// Held while one layer (by diff_id) is being ingested.
+struct LayerLock(Digest);
+
+impl LayerLock {
+    fn acquire(d: Digest) -> LayerLock {
+        let mut g = LAYER_LOCKS.lock().unwrap_or_else(|e| e.into_inner());
+        while g.get_or_insert_with(HashSet::new).contains(&d) {
+            g = LAYER_FREED.wait(g).unwrap_or_else(|e| e.into_inner());
+        }
+        g.get_or_insert_with(HashSet::new).insert(d);
+        LayerLock(d)
+    }
+}
+
+impl Drop for LayerLock {
+    fn drop(&mut self) {
+        let mut g = LAYER_LOCKS.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(s) = g.as_mut() {
+            s.remove(&self.0);
+        }
+        LAYER_FREED.notify_all();
+    }
+}
+
+/// Where ingest reads blobs from (the registry's blob store in production,
+/// a directory or map in tests).
+pub trait BlobSource {
+    /// Open a blob, `None` when absent.
+    fn open(&self, d: &Digest) -> std::io::Result<Option<Box<dyn Read + '_>>>;
+}
+
+impl BlobSource for Storage {
+    fn open(&self, d: &Digest) -> std::io::Result<Option<Box<dyn Read + '_>>> {
+        Ok(self.open_blob(d)?.map(|f| Box::new(f) as Box<dyn Read>))
+    }
 }
 
 /// Ingest every layer of a just-pushed image manifest that is not ingested
 /// yet. Called by the manifest PUT handler after it checked that the
-/// manifest's blobs exist and before it commits the manifest and tag; on
-/// error the store is left as it was. Image indexes are a no-op. Blocking:
-/// call from `spawn_blocking`.
-pub fn ingest_manifest(storage: &Storage, manifest: &[u8], media_type: &str) -> Result<(), IngestError> {
-    let _ = (storage, manifest, media_type);
+/// manifest's blobs exist and before it commits the manifest and tag.
+/// Each layer is recorded atomically: nothing of a failing layer is
+/// recorded (layers of the same image verified before it stay indexed —
+/// they are correct, content-addressed and simply unused). Image indexes,
+/// artifacts and schema 1 manifests are a no-op. Blocking: call from
+/// `spawn_blocking`.
+pub fn ingest_manifest(
+    storage: &Storage,
+    manifest: &[u8],
+    media_type: &str,
+) -> Result<(), IngestError> {
+    static CLEAN: Once = Once::new();
+    let store = index::object_store(storage);
+    CLEAN.call_once(|| {
+        if let Err(e) = store.clean_stale_staging() {
+            tracing::warn!("cleaning {}: {e}", store.root().display());
+        }
+    });
+    ingest_manifest_with(storage.db(), &store, storage, manifest, media_type)
+}
+
+/// Read a config blob (bounded).
+pub fn read_config(blobs: &dyn BlobSource, d: &Digest) -> Result<Vec<u8>, IngestError> {
+    let r = blobs
+        .open(d)
+        .map_err(IngestError::store)?
+        .ok_or(IngestError::MissingBlob(*d))?;
+    let mut v = Vec::new();
+    r.take(MAX_CONFIG_BYTES + 1)
+        .read_to_end(&mut v)
+        .map_err(IngestError::store)?;
+    if v.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(IngestError::Invalid(format!(
+            "image config {d} is larger than {MAX_CONFIG_BYTES} bytes"
+        )));
+    }
+    Ok(v)
+}
+
+/// [`ingest_manifest`] on explicit parts.
+pub fn ingest_manifest_with(
+    db: &redb::Database,
+    store: &ObjectStore,
+    blobs: &dyn BlobSource,
+    manifest: &[u8],
+    media_type: &str,
+) -> Result<(), IngestError> {
+    let m = match image::parse_manifest(manifest, media_type).map_err(IngestError::Invalid)? {
+        ParsedManifest::Image(m) => m,
+        ParsedManifest::Index(_) => return Ok(()),
+        ParsedManifest::Other(what) => {
+            tracing::info!(
+                "not ingesting {what}: layerlink sync needs OCI or Docker schema 2 images"
+            );
+            return Ok(());
+        }
+    };
+    if !m.is_container_image() {
+        return Ok(());
+    }
+    let config = read_config(blobs, &m.config.digest)?;
+    let diff_ids = image::config_diff_ids(&config).map_err(IngestError::Invalid)?;
+    if diff_ids.len() != m.layers.len() {
+        return Err(IngestError::Invalid(format!(
+            "manifest has {} layers but its config {} lists {} diff_ids",
+            m.layers.len(),
+            m.config.digest,
+            diff_ids.len()
+        )));
+    }
+    for (l, diff_id) in m.layers.iter().zip(&diff_ids) {
+        ingest_one(db, store, blobs, &l.digest, &l.media_type, diff_id)?;
+    }
+    Ok(())
+}
+
+fn ingest_one(
+    db: &redb::Database,
+    store: &ObjectStore,
+    blobs: &dyn BlobSource,
+    blob: &Digest,
+    media_type: &str,
+    diff_id: &Digest,
+) -> Result<(), IngestError> {
+    let _lock = LayerLock::acquire(*diff_id);
+    if index::layer_meta(db, diff_id)
+        .map_err(IngestError::store)?
+        .is_some()
+    {
+        if index::diff_id_for_blob(db, blob).map_err(IngestError::store)? == Some(*diff_id) {
+            return Ok(());
+        }
+        // Same layer content, another blob (other compression): check the
+        // claim, then link the blob.
+        let r = blobs
+            .open(blob)
+            .map_err(IngestError::store)?
+            .ok_or(IngestError::MissingBlob(*blob))?;
+        let (found, _) = uncompressed_digest(r, media_type).map_err(|e| IngestError::Corrupt {
+            layer: *blob,
+            message: e.to_string(),
+        })?;
+        if found != *diff_id {
+            return Err(IngestError::DiffIdMismatch {
+                layer: *blob,
+                expected: *diff_id,
+                found,
+            });
+        }
+        let txn = db.begin_write().map_err(IngestError::store)?;
+        {
+            let mut t = txn.open_table(index::BLOBS).map_err(IngestError::store)?;
+            t.insert(&blob.0, &diff_id.0).map_err(IngestError::store)?;
+        }
+        txn.commit().map_err(IngestError::store)?;
+        return Ok(());
+    }
+    let r = blobs
+        .open(blob)
+        .map_err(IngestError::store)?
+        .ok_or(IngestError::MissingBlob(*blob))?;
+    let started = std::time::Instant::now();
+    match ingest_layer(db, store, blob, media_type, diff_id, r)? {
+        LayerOutcome::Ingested(meta) => tracing::info!(
+            "ingested layer {diff_id}: {} entries, {} files, {} new objects, {:.1}s",
+            meta.entries,
+            meta.regular_files,
+            meta.new_objects,
+            started.elapsed().as_secs_f64()
+        ),
+        LayerOutcome::AlreadyIngested => {}
+    }
     Ok(())
 }

@@ -1,0 +1,258 @@
+//! Tar header bytes, written by hand: ustar blocks and PAX extended headers.
+//!
+//! Shared by the dedup archive writer (which must control every byte on the
+//! wire) and by the entry index (which renders a layer entry's canonical
+//! header and stores only how the original differed, see
+//! [`crate::index::RawHeader`]).
+//!
+//! Conventions (those of Go's `archive/tar`, which writes most layers):
+//! numeric fields are zero-padded octal ending in NUL, or base-256 when the
+//! value does not fit; the checksum is six octal digits, NUL, space; magic
+//! `ustar\0` version `00`; device numbers are always written.
+
+/// Size of a tar block.
+pub const BLOCK: usize = 512;
+/// Largest value an 11-digit octal field (size, mtime) can hold.
+pub const MAX_OCTAL_11: u64 = 0o777_7777_7777;
+/// Largest value a 7-digit octal field (uid, gid, device) can hold.
+pub const MAX_OCTAL_7: u64 = 0o777_7777;
+/// Name of the PAX extended-header entries we write.
+pub const PAX_HEADER_NAME: &[u8] = b"././@PaxHeader";
+
+/// The fields of one ustar header block.
+#[derive(Debug, Clone, Copy)]
+pub struct Fields<'a> {
+    /// Entry path (name and prefix are derived from it).
+    pub path: &'a [u8],
+    /// Type flag byte (`'0'`, `'5'`, …).
+    pub type_flag: u8,
+    /// Mode bits as stored in the header.
+    pub mode: u32,
+    /// Owner id.
+    pub uid: u64,
+    /// Group id.
+    pub gid: u64,
+    /// Content size written in the header.
+    pub size: u64,
+    /// Modification time, seconds.
+    pub mtime: u64,
+    /// Link target (hard or symbolic).
+    pub link: &'a [u8],
+    /// Owner name.
+    pub uname: &'a [u8],
+    /// Group name.
+    pub gname: &'a [u8],
+    /// Device major number.
+    pub dev_major: u32,
+    /// Device minor number.
+    pub dev_minor: u32,
+}
+
+/// Whether `path` can be stored in ustar `name` (100 bytes) or split into
+/// `prefix` (155) + `/` + `name`.
+pub fn path_fits_ustar(path: &[u8]) -> bool {
+    split_ustar_path(path).is_some()
+}
+
+/// `(prefix, name)` for a path that fits ustar, preferring no prefix.
+fn split_ustar_path(path: &[u8]) -> Option<(&[u8], &[u8])> {
+    if path.len() <= 100 {
+        return Some((&[], path));
+    }
+    if path.len() > 256 {
+        return None;
+    }
+    // The shortest prefix whose rest fits in `name`.
+    let min = path.len() - 101;
+    (min..path.len().min(156))
+        .find(|&i| path[i] == b'/')
+        .map(|i| (&path[..i], &path[i + 1..]))
+        .filter(|(p, n)| !p.is_empty() && !n.is_empty() && n.len() <= 100 && p.len() <= 155)
+}
+
+/// Write `v` into a numeric field: zero-padded octal plus NUL, or base-256
+/// when it does not fit.
+fn numeric(field: &mut [u8], v: u64) {
+    let digits = field.len() - 1;
+    if digits >= 22 || v < (1u64 << (3 * digits)) {
+        for (i, slot) in field[..digits].iter_mut().enumerate() {
+            let shift = 3 * (digits - 1 - i);
+            *slot = b'0' + ((v >> shift) & 7) as u8;
+        }
+        field[digits] = 0;
+    } else {
+        field.fill(0);
+        let n = field.len();
+        for (i, b) in v.to_be_bytes().iter().enumerate() {
+            field[n - 8 + i] = *b;
+        }
+        field[0] |= 0x80;
+    }
+}
+
+/// Copy `src` into a fixed field, truncating.
+fn bytes(field: &mut [u8], src: &[u8]) {
+    let n = src.len().min(field.len());
+    field[..n].copy_from_slice(&src[..n]);
+}
+
+/// Render one ustar header block. A path or link name that does not fit is
+/// truncated (the caller adds PAX records for it).
+pub fn ustar_block(f: &Fields<'_>) -> [u8; BLOCK] {
+    let mut b = [0u8; BLOCK];
+    match split_ustar_path(f.path) {
+        Some((prefix, name)) => {
+            bytes(&mut b[0..100], name);
+            bytes(&mut b[345..500], prefix);
+        }
+        None => bytes(&mut b[0..100], f.path),
+    }
+    numeric(&mut b[100..108], u64::from(f.mode));
+    numeric(&mut b[108..116], f.uid);
+    numeric(&mut b[116..124], f.gid);
+    numeric(&mut b[124..136], f.size);
+    numeric(&mut b[136..148], f.mtime);
+    b[156] = f.type_flag;
+    bytes(&mut b[157..257], f.link);
+    b[257..263].copy_from_slice(b"ustar\0");
+    b[263..265].copy_from_slice(b"00");
+    bytes(&mut b[265..297], f.uname);
+    bytes(&mut b[297..329], f.gname);
+    numeric(&mut b[329..337], u64::from(f.dev_major));
+    numeric(&mut b[337..345], u64::from(f.dev_minor));
+    set_checksum(&mut b);
+    b
+}
+
+/// Fill the checksum field (`%06o\0 `) of a block.
+pub fn set_checksum(b: &mut [u8; BLOCK]) {
+    b[148..156].fill(b' ');
+    let sum: u32 = b.iter().map(|&c| u32::from(c)).sum();
+    numeric(&mut b[148..155], u64::from(sum));
+    b[155] = b' ';
+}
+
+/// Append one PAX record (`"<len> <key>=<value>\n"`) to `out`.
+pub fn pax_record(out: &mut Vec<u8>, key: &[u8], value: &[u8]) {
+    let base = key.len() + value.len() + 3;
+    let mut len = base + 1;
+    while base + decimal_len(len) != len {
+        len = base + decimal_len(len);
+    }
+    out.extend_from_slice(len.to_string().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(key);
+    out.push(b'=');
+    out.extend_from_slice(value);
+    out.push(b'\n');
+}
+
+fn decimal_len(mut n: usize) -> usize {
+    let mut d = 1;
+    while n >= 10 {
+        n /= 10;
+        d += 1;
+    }
+    d
+}
+
+/// Number of zero bytes that pad `len` bytes of content to a block.
+pub fn padding(len: u64) -> usize {
+    ((BLOCK as u64 - len % BLOCK as u64) % BLOCK as u64) as usize
+}
+
+/// Append the header blocks of one entry to `out`: when `pax` (encoded
+/// records) is not empty, a PAX `'x'` entry carrying it, then the ustar
+/// block for `f`.
+pub fn entry_header(out: &mut Vec<u8>, f: &Fields<'_>, pax: &[u8]) {
+    if !pax.is_empty() {
+        let x = Fields {
+            path: PAX_HEADER_NAME,
+            type_flag: b'x',
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            size: pax.len() as u64,
+            mtime: 0,
+            link: b"",
+            uname: b"",
+            gname: b"",
+            dev_major: 0,
+            dev_minor: 0,
+        };
+        out.extend_from_slice(&ustar_block(&x));
+        out.extend_from_slice(pax);
+        out.resize(out.len() + padding(pax.len() as u64), 0);
+    }
+    out.extend_from_slice(&ustar_block(f));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fields(path: &[u8]) -> Fields<'_> {
+        Fields {
+            path,
+            type_flag: b'0',
+            mode: 0o644,
+            uid: 1000,
+            gid: 1000,
+            size: 5,
+            mtime: 1_700_000_000,
+            link: b"",
+            uname: b"user",
+            gname: b"group",
+            dev_major: 0,
+            dev_minor: 0,
+        }
+    }
+
+    #[test]
+    fn pax_record_length_counts_itself() {
+        let mut v = Vec::new();
+        pax_record(&mut v, b"path", b"a");
+        assert_eq!(v, b"9 path=a\n");
+        // Crossing a digit boundary: 98 bytes without the length → 101.
+        let mut v = Vec::new();
+        pax_record(&mut v, b"k", &[b'x'; 94]);
+        assert_eq!(v.len(), 101);
+        assert!(v.starts_with(b"101 k="));
+        let mut v = Vec::new();
+        pax_record(&mut v, b"k", &[b'x'; 93]);
+        assert_eq!(v.len(), 99);
+        assert!(v.starts_with(b"99 k="));
+    }
+
+    #[test]
+    fn block_parses_back_with_tar_crate() {
+        let long: Vec<u8> = [&b"d".repeat(120)[..], b"/", &b"f".repeat(90)[..]].concat();
+        for path in [&b"etc/passwd"[..], &long[..]] {
+            let b = ustar_block(&fields(path));
+            let h = tar::Header::from_byte_slice(&b);
+            assert_eq!(&*h.path_bytes(), path);
+            assert_eq!(h.mode().unwrap(), 0o644);
+            assert_eq!(h.uid().unwrap(), 1000);
+            assert_eq!(h.size().unwrap(), 5);
+            assert_eq!(h.mtime().unwrap(), 1_700_000_000);
+            assert_eq!(h.username_bytes(), Some(&b"user"[..]));
+            assert_eq!(h.cksum().unwrap(), {
+                let mut c = b;
+                c[148..156].fill(b' ');
+                c.iter().map(|&x| u32::from(x)).sum::<u32>()
+            });
+        }
+        assert!(!path_fits_ustar(&b"x".repeat(101)));
+    }
+
+    #[test]
+    fn big_numbers_use_base256() {
+        let mut f = fields(b"big");
+        f.size = MAX_OCTAL_11 + 1;
+        f.uid = MAX_OCTAL_7 + 1;
+        let b = ustar_block(&f);
+        let h = tar::Header::from_byte_slice(&b);
+        assert_eq!(h.size().unwrap(), MAX_OCTAL_11 + 1);
+        assert_eq!(h.uid().unwrap(), MAX_OCTAL_7 + 1);
+    }
+}

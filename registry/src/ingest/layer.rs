@@ -1,0 +1,699 @@
+//! Ingest of one layer blob: decompress, walk the tar once (streaming),
+//! stage new objects, verify the diff_id, then record the entry index and
+//! publish the objects together.
+
+use super::IngestError;
+use crate::archive::tarfmt;
+use crate::index::{
+    self, entry_key, layer_object_key, open_read, Compression, EntryKind, EntryRecord, LayerMeta,
+    PaxRecord, PaxRecords, RawHeader, Trailer,
+};
+use crate::objects::{self, ObjectMeta, ObjectStore, Staging, OBJECTS_META};
+use layerlink_proto::archive::PAX_PREFIX;
+use layerlink_proto::limits::{MAX_LAYER_ENTRIES, MAX_PAX_BYTES};
+use layerlink_proto::{Digest, Sha256};
+use redb::{ReadableDatabase as _, ReadableTable as _};
+use sha2::Digest as _;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
+use std::rc::Rc;
+
+/// Files up to this size are hashed in memory before being compressed
+/// (and only when new); larger ones stream through a compressor to a temp
+/// file.
+const SMALL_FILE: u64 = 1024 * 1024;
+/// Most bytes of extension headers (PAX, GNU long names) before one entry.
+const MAX_PREAMBLE: usize = 2 * MAX_PAX_BYTES as usize + 64 * 1024;
+/// Largest non-zero trailer kept for an exact rebuild.
+const MAX_TRAILER_KEPT: usize = 1024 * 1024;
+
+/// What [`ingest_layer`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LayerOutcome {
+    /// The layer was indexed now.
+    Ingested(LayerMeta),
+    /// The layer was already indexed (only the blob → diff_id link was added).
+    AlreadyIngested,
+}
+
+/// Detect the compression of a layer stream by its magic bytes (the media
+/// type only decides when the bytes say nothing) and wrap a decompressor.
+pub fn decompressor<'a, R: Read + 'a>(
+    reader: R,
+    media_type: &str,
+) -> io::Result<(Compression, Box<dyn Read + 'a>)> {
+    let mut br = BufReader::with_capacity(256 * 1024, reader);
+    let head = br.fill_buf()?;
+    if head.starts_with(&[0x1f, 0x8b]) {
+        return Ok((
+            Compression::Gzip,
+            Box::new(flate2::bufread::MultiGzDecoder::new(br)),
+        ));
+    }
+    if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        return Ok((
+            Compression::Zstd,
+            Box::new(zstd::stream::read::Decoder::with_buffer(br)?),
+        ));
+    }
+    if media_type.ends_with("gzip") || media_type.ends_with("+zstd") {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("media type {media_type} but the blob does not start with its magic bytes"),
+        ));
+    }
+    Ok((Compression::None, Box::new(br)))
+}
+
+/// sha256 and size of a layer's uncompressed content (to link a second
+/// blob of a known diff_id).
+pub fn uncompressed_digest(reader: impl Read, media_type: &str) -> io::Result<(Digest, u64)> {
+    let (_, mut r) = decompressor(reader, media_type)?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut n = 0u64;
+    loop {
+        let k = r.read(&mut buf)?;
+        if k == 0 {
+            break;
+        }
+        h.update(&buf[..k]);
+        n += k as u64;
+    }
+    Ok((Digest::from_hasher(h), n))
+}
+
+/// Everything the tar reader reads passes through here: hashed (diff_id),
+/// counted, and — between entries — captured, so each entry's original
+/// header bytes are known.
+struct TapState {
+    hasher: Sha256,
+    pos: u64,
+    capture: bool,
+    buf: Vec<u8>,
+    limit: usize,
+    overflow: bool,
+}
+
+struct Tap<R> {
+    inner: R,
+    st: Rc<RefCell<TapState>>,
+}
+
+impl<R: Read> Read for Tap<R> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(out)?;
+        let mut st = self.st.borrow_mut();
+        st.hasher.update(&out[..n]);
+        st.pos += n as u64;
+        if st.capture {
+            if st.buf.len() + n <= st.limit {
+                st.buf.extend_from_slice(&out[..n]);
+            } else {
+                st.overflow = true;
+            }
+        }
+        Ok(n)
+    }
+}
+
+/// The extension headers in front of an entry, parsed from its original
+/// bytes (the tar crate's own PAX parser splits on newlines, which binary
+/// xattr values may contain).
+#[derive(Default)]
+struct Preamble {
+    pax: PaxRecords,
+    has_gnu_sparse: bool,
+}
+
+fn block_size_field(b: &[u8]) -> Option<u64> {
+    let f = &b[124..136];
+    if f[0] & 0x80 != 0 {
+        let mut v = 0u64;
+        for &x in &f[4..] {
+            v = (v << 8) | u64::from(x);
+        }
+        return Some(v);
+    }
+    let s: Vec<u8> = f
+        .iter()
+        .copied()
+        .take_while(|&c| c != 0)
+        .filter(|c| *c != b' ')
+        .collect();
+    if s.is_empty() {
+        return Some(0);
+    }
+    u64::from_str_radix(std::str::from_utf8(&s).ok()?, 8).ok()
+}
+
+/// Parse PAX records by their length prefixes.
+pub(crate) fn parse_pax(mut data: &[u8]) -> Result<PaxRecords, String> {
+    let mut out = Vec::new();
+    while !data.is_empty() {
+        if data.iter().all(|&b| b == 0) {
+            break;
+        }
+        let sp = data
+            .iter()
+            .position(|&b| b == b' ')
+            .ok_or("PAX record without length")?;
+        let len: usize = std::str::from_utf8(&data[..sp])
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .ok_or("PAX record with a bad length")?;
+        if len <= sp + 1 || len > data.len() || data[len - 1] != b'\n' {
+            return Err("PAX record with a bad length".into());
+        }
+        let rec = &data[sp + 1..len - 1];
+        let eq = rec
+            .iter()
+            .position(|&b| b == b'=')
+            .ok_or("PAX record without '='")?;
+        out.push((rec[..eq].to_vec(), rec[eq + 1..].to_vec()));
+        data = &data[len..];
+    }
+    Ok(out)
+}
+
+fn parse_preamble(pre: &[u8]) -> Result<Preamble, String> {
+    let mut p = Preamble::default();
+    let mut o = 0usize;
+    while o + 512 <= pre.len() {
+        let h = &pre[o..o + 512];
+        let t = h[156];
+        if o + 512 == pre.len() {
+            break; // the entry's own header
+        }
+        let size = block_size_field(h).ok_or("extension header with a bad size")? as usize;
+        let data = pre
+            .get(o + 512..o + 512 + size)
+            .ok_or("extension header larger than its data")?;
+        match t {
+            b'x' => {
+                for (k, v) in parse_pax(data)? {
+                    if k.starts_with(b"GNU.sparse.") {
+                        p.has_gnu_sparse = true;
+                    }
+                    if k.starts_with(PAX_PREFIX.as_bytes()) {
+                        continue;
+                    }
+                    p.pax.push((k, v));
+                }
+            }
+            b'L' | b'K' => {}
+            _ => return Err(format!("unexpected extension header type {:?}", t as char)),
+        }
+        o += 512 + size + tarfmt::padding(size as u64);
+    }
+    Ok(p)
+}
+
+fn pax_get<'a>(pax: &'a [PaxRecord], key: &[u8]) -> Option<&'a [u8]> {
+    pax.iter()
+        .rev()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.as_slice())
+}
+
+fn pax_u64(pax: &[PaxRecord], key: &[u8]) -> Option<u64> {
+    std::str::from_utf8(pax_get(pax, key)?).ok()?.parse().ok()
+}
+
+struct Walk<'a> {
+    layer: Digest,
+    staging: Staging,
+    store: &'a ObjectStore,
+    known: Option<redb::ReadOnlyTable<&'static [u8; 32], &'static [u8]>>,
+    spill: BufWriter<File>,
+    /// Distinct objects of the layer and their sizes.
+    distinct: HashMap<Digest, u64>,
+    records: u32,
+    entries: u32,
+    regular_files: u32,
+    file_bytes: u64,
+    buf: Vec<u8>,
+}
+
+impl Walk<'_> {
+    fn corrupt(&self, message: impl std::fmt::Display) -> IngestError {
+        IngestError::Corrupt {
+            layer: self.layer,
+            message: message.to_string(),
+        }
+    }
+
+    fn is_known(&self, d: &Digest) -> Result<bool, IngestError> {
+        if self.staging.contains(d) {
+            return Ok(true);
+        }
+        let Some(t) = &self.known else {
+            return Ok(false);
+        };
+        let in_meta = t.get(&d.0).map_err(IngestError::store)?.is_some();
+        Ok(in_meta && self.store.exists(d))
+    }
+
+    /// Read an entry's content: hash it, stage it when new. Returns its digest.
+    fn content(
+        &mut self,
+        r: &mut impl Read,
+        size: u64,
+        path: &[u8],
+    ) -> Result<Digest, IngestError> {
+        let short = |got: u64| IngestError::Corrupt {
+            layer: self.layer,
+            message: format!(
+                "entry {:?} is truncated ({got} of {size} bytes)",
+                String::from_utf8_lossy(path)
+            ),
+        };
+        let mut h = Sha256::new();
+        if size <= SMALL_FILE {
+            let mut buf = std::mem::take(&mut self.buf);
+            buf.clear();
+            let got = r
+                .take(size)
+                .read_to_end(&mut buf)
+                .map_err(|e| self.corrupt(e))? as u64;
+            if got != size {
+                return Err(short(got));
+            }
+            h.update(&buf);
+            let d = Digest::from_hasher(h);
+            if !self.is_known(&d)? {
+                self.staging
+                    .put_bytes(d, &buf)
+                    .map_err(IngestError::store)?;
+            }
+            self.buf = buf;
+            return Ok(d);
+        }
+        let mut w = self.staging.begin_stream().map_err(IngestError::store)?;
+        let mut chunk = vec![0u8; 128 * 1024];
+        let mut got = 0u64;
+        while got < size {
+            let want = chunk.len().min((size - got) as usize);
+            let n = r.read(&mut chunk[..want]).map_err(|e| self.corrupt(e))?;
+            if n == 0 {
+                let _ = self.staging.discard_stream(w);
+                return Err(short(got));
+            }
+            h.update(&chunk[..n]);
+            w.write_all(&chunk[..n]).map_err(IngestError::store)?;
+            got += n as u64;
+        }
+        let d = Digest::from_hasher(h);
+        if self.is_known(&d)? {
+            self.staging.discard_stream(w).map_err(IngestError::store)?;
+        } else {
+            self.staging
+                .finish_stream(w, d)
+                .map_err(IngestError::store)?;
+        }
+        Ok(d)
+    }
+
+    fn push(&mut self, rec: &EntryRecord) -> Result<(), IngestError> {
+        let bytes = postcard::to_allocvec(rec).map_err(IngestError::store)?;
+        self.spill
+            .write_all(&(bytes.len() as u32).to_le_bytes())
+            .and_then(|_| self.spill.write_all(&bytes))
+            .map_err(IngestError::store)?;
+        self.records += 1;
+        if rec.kind.is_sent() {
+            self.entries += 1;
+        }
+        if rec.kind == EntryKind::File {
+            self.regular_files += 1;
+            self.file_bytes += rec.size;
+        }
+        if let Some(d) = rec.object {
+            self.distinct.insert(d, rec.size);
+        }
+        Ok(())
+    }
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Ingest one layer blob (`reader` yields the blob as pushed) whose config
+/// says `diff_id`. On success the layer's entries, objects and meta are
+/// recorded in one transaction; on any error nothing is recorded and no
+/// object is published. Blocking.
+pub fn ingest_layer(
+    db: &redb::Database,
+    store: &ObjectStore,
+    blob: &Digest,
+    media_type: &str,
+    diff_id: &Digest,
+    reader: impl Read,
+) -> Result<LayerOutcome, IngestError> {
+    let layer = *blob;
+    let corrupt = |m: String| IngestError::Corrupt { layer, message: m };
+    let (compression, inner) =
+        decompressor(reader, media_type).map_err(|e| corrupt(e.to_string()))?;
+    let st = Rc::new(RefCell::new(TapState {
+        hasher: Sha256::new(),
+        pos: 0,
+        capture: true,
+        buf: Vec::new(),
+        limit: MAX_PREAMBLE,
+        overflow: false,
+    }));
+    let tap = Tap {
+        inner,
+        st: Rc::clone(&st),
+    };
+
+    let staging = store.stage().map_err(IngestError::store)?;
+    let spill_path = staging.dir().join("entries.spill");
+    let spill = BufWriter::new(File::create(&spill_path).map_err(IngestError::store)?);
+    let read_txn = db.begin_read().map_err(IngestError::store)?;
+    let known = open_read(&read_txn, OBJECTS_META).map_err(IngestError::store)?;
+    let mut w = Walk {
+        layer,
+        staging,
+        store,
+        known,
+        spill,
+        distinct: HashMap::new(),
+        records: 0,
+        entries: 0,
+        regular_files: 0,
+        file_bytes: 0,
+        buf: Vec::new(),
+    };
+
+    let mut exact = true;
+    let mut archive = tar::Archive::new(tap);
+    let mut prev_end = 0u64;
+    {
+        let entries = archive.entries().map_err(|e| corrupt(e.to_string()))?;
+        for entry in entries {
+            let mut entry = entry.map_err(|e| corrupt(format!("bad tar: {e}")))?;
+            let file_pos = entry.raw_file_position();
+            let captured = {
+                let mut s = st.borrow_mut();
+                if s.overflow {
+                    return Err(corrupt(format!(
+                        "extension headers of entry {} are larger than {MAX_PREAMBLE} bytes",
+                        w.records
+                    )));
+                }
+                s.capture = false;
+                std::mem::take(&mut s.buf)
+            };
+            if captured.len() as u64 != file_pos - prev_end {
+                return Err(IngestError::Store(format!(
+                    "layer {layer}: internal error: captured {} header bytes for {} at {file_pos}",
+                    captured.len(),
+                    file_pos - prev_end
+                )));
+            }
+            let pad = tarfmt::padding(prev_end).min(captured.len());
+            if captured[..pad].iter().any(|&b| b != 0) {
+                exact = false;
+            }
+            let original = &captured[pad..];
+            if u64::from(w.records) >= MAX_LAYER_ENTRIES {
+                return Err(IngestError::Unsupported {
+                    layer,
+                    message: format!("more than {MAX_LAYER_ENTRIES} entries"),
+                });
+            }
+            let rec = record(&mut entry, original, &mut w, layer)?;
+            st.borrow_mut().capture = true;
+            prev_end = file_pos + rec.size;
+            w.push(&rec)?;
+        }
+    }
+
+    // The end-of-archive blocks (already read by the tar reader) and
+    // whatever follows them.
+    let mut tap = archive.into_inner();
+    st.borrow_mut().limit = MAX_TRAILER_KEPT;
+    let mut sink = vec![0u8; 64 * 1024];
+    loop {
+        match tap.read(&mut sink) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) => return Err(corrupt(format!("bad compressed stream: {e}"))),
+        }
+    }
+    drop(tap);
+    let (found, tar_size, trailer) = {
+        let mut s = st.borrow_mut();
+        let hasher = std::mem::replace(&mut s.hasher, Sha256::new());
+        let mut buf = std::mem::take(&mut s.buf);
+        let pad = tarfmt::padding(prev_end).min(buf.len());
+        if buf[..pad].iter().any(|&b| b != 0) {
+            exact = false;
+        }
+        buf.drain(..pad);
+        // The trailer starts after the last entry's padding.
+        let len = s.pos - prev_end - pad as u64;
+        let trailer = if buf.iter().all(|&b| b == 0) && !s.overflow {
+            Trailer { len, data: None }
+        } else if !s.overflow {
+            Trailer {
+                len,
+                data: Some(buf),
+            }
+        } else {
+            exact = false;
+            Trailer { len, data: None }
+        };
+        (Digest::from_hasher(hasher), s.pos, trailer)
+    };
+    if found != *diff_id {
+        return Err(IngestError::DiffIdMismatch {
+            layer,
+            expected: *diff_id,
+            found,
+        });
+    }
+    drop(read_txn);
+
+    let Walk {
+        mut staging,
+        spill,
+        distinct,
+        records,
+        entries,
+        regular_files,
+        file_bytes,
+        ..
+    } = w;
+    spill
+        .into_inner()
+        .map_err(|e| IngestError::store(e.into_error()))?;
+    let meta = LayerMeta {
+        blob: layer,
+        compression,
+        tar_size,
+        records,
+        entries,
+        regular_files,
+        file_bytes,
+        distinct_objects: distinct.len() as u32,
+        new_objects: 0,
+        trailer,
+        exact,
+        ingested_at: now_secs(),
+    };
+    commit(db, &mut staging, &spill_path, diff_id, meta, &distinct)
+}
+
+/// Build the record of one entry and store its content.
+fn record<R: Read>(
+    entry: &mut tar::Entry<'_, R>,
+    original: &[u8],
+    w: &mut Walk<'_>,
+    layer: Digest,
+) -> Result<EntryRecord, IngestError> {
+    let corrupt = |m: String| IngestError::Corrupt { layer, message: m };
+    let pre = parse_preamble(original).map_err(corrupt)?;
+    let hdr = entry.header().clone();
+    let type_flag = hdr.as_bytes()[156];
+    let kind = EntryKind::from_type_flag(type_flag);
+    let path = match pax_get(&pre.pax, b"path") {
+        Some(p) => p.to_vec(),
+        None => entry.path_bytes().into_owned(),
+    };
+    let name = || String::from_utf8_lossy(&path).into_owned();
+    if type_flag == b'S' || pre.has_gnu_sparse {
+        return Err(IngestError::Unsupported {
+            layer,
+            message: format!(
+                "entry {:?} is a GNU sparse file; sparse files are not supported",
+                name()
+            ),
+        });
+    }
+    let link = match pax_get(&pre.pax, b"linkpath") {
+        Some(l) => l.to_vec(),
+        None => entry
+            .link_name_bytes()
+            .map(|c| c.into_owned())
+            .unwrap_or_default(),
+    };
+    let bad = |what: &str, e: io::Error| corrupt(format!("entry {:?}: bad {what}: {e}", name()));
+    let size = entry.size();
+    if let Some(s) = pax_u64(&pre.pax, b"size") {
+        if s != size {
+            return Err(corrupt(format!(
+                "entry {:?}: PAX size {s} disagrees with the tar reader ({size})",
+                name()
+            )));
+        }
+    }
+    let mode = hdr.mode().map_err(|e| bad("mode", e))?;
+    let uid = match pax_u64(&pre.pax, b"uid") {
+        Some(u) => u,
+        None => hdr.uid().map_err(|e| bad("uid", e))?,
+    };
+    let gid = match pax_u64(&pre.pax, b"gid") {
+        Some(g) => g,
+        None => hdr.gid().map_err(|e| bad("gid", e))?,
+    };
+    let mtime = match pax_get(&pre.pax, b"mtime")
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .and_then(|s| s.split('.').next()?.parse::<u64>().ok())
+    {
+        Some(m) => m,
+        None => hdr.mtime().map_err(|e| bad("mtime", e))?,
+    };
+    let uname = match pax_get(&pre.pax, b"uname") {
+        Some(u) => u.to_vec(),
+        None => hdr.username_bytes().unwrap_or_default().to_vec(),
+    };
+    let gname = match pax_get(&pre.pax, b"gname") {
+        Some(g) => g.to_vec(),
+        None => hdr.groupname_bytes().unwrap_or_default().to_vec(),
+    };
+    let (dev_major, dev_minor) = if matches!(kind, EntryKind::Char | EntryKind::Block) {
+        (
+            hdr.device_major()
+                .map_err(|e| bad("device major", e))?
+                .unwrap_or(0),
+            hdr.device_minor()
+                .map_err(|e| bad("device minor", e))?
+                .unwrap_or(0),
+        )
+    } else {
+        (
+            hdr.device_major().ok().flatten().unwrap_or(0),
+            hdr.device_minor().ok().flatten().unwrap_or(0),
+        )
+    };
+    let object = if size > 0 {
+        Some(w.content(entry, size, &path)?)
+    } else {
+        None
+    };
+    let mut rec = EntryRecord {
+        path,
+        kind,
+        type_flag,
+        mode,
+        uid,
+        gid,
+        uname,
+        gname,
+        mtime,
+        link,
+        dev_major,
+        dev_minor,
+        size,
+        object,
+        pax: pre.pax,
+        raw: RawHeader::Canonical,
+    };
+    rec.raw = RawHeader::diff(&rec.canonical_header(), original);
+    Ok(rec)
+}
+
+/// Record the layer and publish its staged objects.
+fn commit(
+    db: &redb::Database,
+    staging: &mut Staging,
+    spill_path: &std::path::Path,
+    diff_id: &Digest,
+    mut meta: LayerMeta,
+    distinct: &HashMap<Digest, u64>,
+) -> Result<LayerOutcome, IngestError> {
+    let txn = db.begin_write().map_err(IngestError::store)?;
+    {
+        let mut blobs = txn.open_table(index::BLOBS).map_err(IngestError::store)?;
+        blobs
+            .insert(&meta.blob.0, &diff_id.0)
+            .map_err(IngestError::store)?;
+        let mut layers = txn.open_table(index::LAYERS).map_err(IngestError::store)?;
+        if layers
+            .get(&diff_id.0)
+            .map_err(IngestError::store)?
+            .is_some()
+        {
+            drop((blobs, layers));
+            txn.commit().map_err(IngestError::store)?;
+            return Ok(LayerOutcome::AlreadyIngested);
+        }
+        let mut entries = txn.open_table(index::ENTRIES).map_err(IngestError::store)?;
+        let mut spill = BufReader::new(File::open(spill_path).map_err(IngestError::store)?);
+        let mut len = [0u8; 4];
+        let mut buf = Vec::new();
+        for n in 0..meta.records {
+            spill.read_exact(&mut len).map_err(IngestError::store)?;
+            buf.resize(u32::from_le_bytes(len) as usize, 0);
+            spill.read_exact(&mut buf).map_err(IngestError::store)?;
+            entries
+                .insert(&entry_key(diff_id, n)[..], buf.as_slice())
+                .map_err(IngestError::store)?;
+        }
+        let mut lo = txn
+            .open_table(index::LAYER_OBJECTS)
+            .map_err(IngestError::store)?;
+        let mut om = txn.open_table(OBJECTS_META).map_err(IngestError::store)?;
+        for (d, size) in distinct {
+            lo.insert(&layer_object_key(diff_id, d)[..], ())
+                .map_err(IngestError::store)?;
+            let current = om
+                .get(&d.0)
+                .map_err(IngestError::store)?
+                .and_then(|v| objects::decode_meta(v.value()));
+            let next = match current {
+                Some(m) => ObjectMeta {
+                    layers: m.layers + 1,
+                    ..m
+                },
+                None => {
+                    meta.new_objects += 1;
+                    ObjectMeta {
+                        size: *size,
+                        stored_size: staging.stored_size(d).unwrap_or(0),
+                        layers: 1,
+                    }
+                }
+            };
+            let bytes = postcard::to_allocvec(&next).map_err(IngestError::store)?;
+            om.insert(&d.0, bytes.as_slice())
+                .map_err(IngestError::store)?;
+        }
+        let bytes = postcard::to_allocvec(&meta).map_err(IngestError::store)?;
+        layers
+            .insert(&diff_id.0, bytes.as_slice())
+            .map_err(IngestError::store)?;
+    }
+    // Objects first: a crash before the commit leaves unnamed files only.
+    staging.publish().map_err(IngestError::store)?;
+    txn.commit().map_err(IngestError::store)?;
+    Ok(LayerOutcome::Ingested(meta))
+}
