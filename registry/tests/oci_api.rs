@@ -220,21 +220,95 @@ fn pseudo_random(n: usize, seed: u64) -> Vec<u8> {
         .collect()
 }
 
-/// An image manifest naming `config` and `layers` (bytes already pushed).
-fn image_manifest(media_type: &str, config: &[u8], layers: &[&[u8]]) -> Vec<u8> {
-    let layer_type = if media_type == DOCKER_MANIFEST {
+/// A real little image: tar layers (gzip'd for Docker), a config listing
+/// their diff_ids, and the manifest.
+struct TestImage {
+    media_type: &'static str,
+    config: Vec<u8>,
+    layers: Vec<Vec<u8>>,
+    manifest: Vec<u8>,
+}
+
+impl TestImage {
+    fn new(media_type: &'static str, layers: &[&[(&str, &[u8])]]) -> TestImage {
+        let docker = media_type == DOCKER_MANIFEST;
+        let tars: Vec<Vec<u8>> = layers.iter().map(|files| layer_tar(files)).collect();
+        let diff_ids: Vec<String> = tars.iter().map(|t| Digest::of(t).to_string()).collect();
+        let layers: Vec<Vec<u8>> = if docker {
+            tars.iter().map(|t| gzip(t)).collect()
+        } else {
+            tars
+        };
+        let config = serde_json::to_vec(&serde_json::json!({
+            "architecture": "amd64",
+            "os": "linux",
+            "config": {},
+            "rootfs": {"type": "layers", "diff_ids": diff_ids},
+        }))
+        .unwrap();
+        let sizes: Vec<(Digest, u64)> = layers
+            .iter()
+            .map(|l| (Digest::of(l), l.len() as u64))
+            .collect();
+        let manifest = manifest_json(media_type, &config, &sizes);
+        TestImage {
+            media_type,
+            config,
+            layers,
+            manifest,
+        }
+    }
+
+    fn digest(&self) -> Digest {
+        Digest::of(&self.manifest)
+    }
+
+    fn push_blobs(&self, r: &Registry, repo: &str) {
+        r.push_blob(repo, &self.config);
+        for l in &self.layers {
+            r.push_blob(repo, l);
+        }
+    }
+}
+
+fn layer_tar(files: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (path, data) in files {
+        let mut h = tar::Header::new_ustar();
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_mode(0o644);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_size(data.len() as u64);
+        h.set_mtime(1_700_000_000);
+        h.set_cksum();
+        b.append_data(&mut h, path, *data).unwrap();
+    }
+    b.into_inner().unwrap()
+}
+
+fn gzip(data: &[u8]) -> Vec<u8> {
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    e.write_all(data).unwrap();
+    e.finish().unwrap()
+}
+
+/// A manifest of `media_type` naming `config` and layers (digest, size).
+fn manifest_json(media_type: &str, config: &[u8], layers: &[(Digest, u64)]) -> Vec<u8> {
+    let docker = media_type == DOCKER_MANIFEST;
+    let layer_type = if docker {
         "application/vnd.docker.image.rootfs.diff.tar.gzip"
     } else {
         "application/vnd.oci.image.layer.v1.tar"
     };
-    let config_type = if media_type == DOCKER_MANIFEST {
+    let config_type = if docker {
         "application/vnd.docker.container.image.v1+json"
     } else {
         "application/vnd.oci.image.config.v1+json"
     };
     let layers: Vec<_> = layers
         .iter()
-        .map(|l| serde_json::json!({"mediaType": layer_type, "digest": Digest::of(l).to_string(), "size": l.len()}))
+        .map(|(d, size)| serde_json::json!({"mediaType": layer_type, "digest": d.to_string(), "size": size}))
         .collect();
     // Odd spacing on purpose: the registry must keep these exact bytes.
     format!(
@@ -569,13 +643,15 @@ fn cross_repository_mount() {
 fn manifest_round_trip_by_tag_and_digest() {
     let r = Registry::start();
     for (repo, mt) in [("oci/img", OCI_MANIFEST), ("docker/img", DOCKER_MANIFEST)] {
-        let (config, layer) = (
-            br#"{"architecture":"amd64","os":"linux"}"#.to_vec(),
-            pseudo_random(3000, 6),
+        let img = TestImage::new(
+            mt,
+            &[
+                &[("etc/hello", b"hello\n")],
+                &[("bin/tool", &pseudo_random(3000, 6))],
+            ],
         );
-        r.push_blob(repo, &config);
-        r.push_blob(repo, &layer);
-        let manifest = image_manifest(mt, &config, &[&layer]);
+        img.push_blobs(&r, repo);
+        let manifest = img.manifest.clone();
         let d = Digest::of(&manifest);
         let put = r.push_manifest(repo, "v1", mt, &manifest);
         assert_eq!(put.status, 201, "{}", put.text());
@@ -633,10 +709,9 @@ fn manifest_round_trip_by_tag_and_digest() {
 #[test]
 fn manifest_naming_missing_blobs_is_rejected_and_nothing_committed() {
     let r = Registry::start();
-    let config = b"{}".to_vec();
-    let layer = pseudo_random(1000, 7);
-    r.push_blob("m", &config);
-    let manifest = image_manifest(OCI_MANIFEST, &config, &[&layer]);
+    let img = TestImage::new(OCI_MANIFEST, &[&[("a", b"one")]]);
+    let (config, layer, manifest) = (&img.config, &img.layers[0], &img.manifest);
+    r.push_blob("m", config);
     let put = r.push_manifest("m", "latest", OCI_MANIFEST, &manifest);
     assert_eq!(
         (put.status, put.error_code().as_str()),
@@ -667,16 +742,18 @@ fn manifest_naming_missing_blobs_is_rejected_and_nothing_committed() {
     );
 
     // The layer exists, but in another repository only.
-    r.push_blob("elsewhere", &layer);
+    r.push_blob("elsewhere", layer);
     let put = r.push_manifest("m", "latest", OCI_MANIFEST, &manifest);
     assert_eq!(put.error_code(), "MANIFEST_BLOB_UNKNOWN");
 
     // A descriptor size that does not match the blob.
-    r.push_blob("m", &layer);
-    let lying = String::from_utf8(manifest.clone())
-        .unwrap()
-        .replace("\"size\":1000", "\"size\":999");
-    let put = r.push_manifest("m", "latest", OCI_MANIFEST, lying.as_bytes());
+    r.push_blob("m", layer);
+    let lying = manifest_json(
+        OCI_MANIFEST,
+        config,
+        &[(Digest::of(layer), layer.len() as u64 - 1)],
+    );
+    let put = r.push_manifest("m", "latest", OCI_MANIFEST, &lying);
     assert_eq!(
         (put.status, put.error_code().as_str()),
         (400, "MANIFEST_INVALID")
@@ -696,7 +773,7 @@ fn manifest_naming_missing_blobs_is_rejected_and_nothing_committed() {
     );
 
     assert_eq!(
-        r.push_manifest("m", "latest", OCI_MANIFEST, &manifest)
+        r.push_manifest("m", "latest", OCI_MANIFEST, manifest)
             .status,
         201
     );
@@ -705,13 +782,12 @@ fn manifest_naming_missing_blobs_is_rejected_and_nothing_committed() {
 #[test]
 fn tags_list_paginates_and_delete_removes() {
     let r = Registry::start();
-    let config = b"{\"c\":1}".to_vec();
-    r.push_blob("p/q", &config);
-    let manifest = image_manifest(OCI_MANIFEST, &config, &[]);
-    let d = Digest::of(&manifest);
+    let img = TestImage::new(OCI_MANIFEST, &[&[("f", b"tags")]]);
+    img.push_blobs(&r, "p/q");
+    let (manifest, d) = (&img.manifest, img.digest());
     for tag in ["t3", "t1", "t5", "t2", "t4"] {
         assert_eq!(
-            r.push_manifest("p/q", tag, OCI_MANIFEST, &manifest).status,
+            r.push_manifest("p/q", tag, OCI_MANIFEST, manifest).status,
             201
         );
     }
@@ -882,15 +958,15 @@ fn bad_config_is_a_usage_error() {
 #[test]
 fn stats_counts_tagged_images() {
     let r = Registry::start();
-    let config = b"{}".to_vec();
-    r.push_blob("s", &config);
-    let manifest = image_manifest(OCI_MANIFEST, &config, &[]);
+    let img = TestImage::new(OCI_MANIFEST, &[&[("f", b"stats")]]);
+    img.push_blobs(&r, "s");
+    let manifest = &img.manifest;
     assert_eq!(
-        r.push_manifest("s", "a", OCI_MANIFEST, &manifest).status,
+        r.push_manifest("s", "a", OCI_MANIFEST, manifest).status,
         201
     );
     assert_eq!(
-        r.push_manifest("s", "b", OCI_MANIFEST, &manifest).status,
+        r.push_manifest("s", "b", OCI_MANIFEST, manifest).status,
         201
     );
     let out = Command::new(bin())
@@ -908,8 +984,45 @@ fn stats_counts_tagged_images() {
         (
             v["images"].as_u64(),
             v["tags"].as_u64(),
-            v["blobs"].as_u64()
+            v["blobs"].as_u64(),
+            v["layers"].as_u64(),
         ),
-        (Some(1), Some(2), Some(1))
+        (Some(1), Some(2), Some(2), Some(1))
+    );
+}
+
+#[test]
+fn layer_not_matching_its_diff_id_is_rejected_and_nothing_committed() {
+    let r = Registry::start();
+    let good = TestImage::new(OCI_MANIFEST, &[&[("f", b"real content")]]);
+    let other = TestImage::new(OCI_MANIFEST, &[&[("f", b"other content")]]);
+    // other's config (other diff_id) with good's layer
+    r.push_blob("bad", &other.config);
+    r.push_blob("bad", &good.layers[0]);
+    let manifest = manifest_json(
+        OCI_MANIFEST,
+        &other.config,
+        &[(Digest::of(&good.layers[0]), good.layers[0].len() as u64)],
+    );
+    let put = r.push_manifest("bad", "v1", OCI_MANIFEST, &manifest);
+    assert_eq!(
+        (put.status, put.error_code().as_str()),
+        (400, "MANIFEST_INVALID"),
+        "{}",
+        put.text()
+    );
+    assert!(put.text().contains("diff_id"), "{}", put.text());
+    assert_eq!(r.req("GET", "/v2/bad/manifests/v1", &[], None).status, 404);
+    assert_eq!(
+        r.req("GET", "/v2/bad/tags/list", &[], None).body,
+        br#"{"name":"bad","tags":[]}"#
+    );
+    // A gzip'd Docker image goes through.
+    let docker = TestImage::new(DOCKER_MANIFEST, &[&[("a", b"1")], &[("b", b"2")]]);
+    docker.push_blobs(&r, "bad");
+    assert_eq!(
+        r.push_manifest("bad", "v2", docker.media_type, &docker.manifest)
+            .status,
+        201
     );
 }

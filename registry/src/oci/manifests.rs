@@ -4,6 +4,7 @@
 use super::error::OciError;
 use super::manifest::{self, ParsedManifest};
 use super::{blocking, hv, route, Ctx, Reply};
+use crate::ingest::IngestError;
 use crate::storage::StoredManifest;
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::IntoResponse;
@@ -101,9 +102,8 @@ pub async fn put(ctx: Ctx, name: &str, reference: &str) -> Reply {
             media_type: parsed.media_type,
             bytes: bytes.to_vec(),
         };
-        crate::ingest::ingest_manifest(&storage, &stored.bytes, &stored.media_type).map_err(
-            |e| OciError::manifest_invalid(format!("manifest layers could not be ingested: {e}")),
-        )?;
+        crate::ingest::ingest_manifest(&storage, &stored.bytes, &stored.media_type)
+            .map_err(ingest_error)?;
         storage
             .meta()
             .commit_manifest(&repo, &stored, tag.as_deref(), &links)?;
@@ -126,6 +126,16 @@ pub async fn put(ctx: Ctx, name: &str, reference: &str) -> Reply {
         ],
     )
         .into_response())
+}
+
+fn ingest_error(e: IngestError) -> OciError {
+    match e {
+        IngestError::MissingBlob(d) => OciError::manifest_blob_unknown(&d.to_string()),
+        e if e.is_client_error() => {
+            OciError::manifest_invalid(format!("image layers rejected: {e}"))
+        }
+        e => OciError::internal(e),
+    }
 }
 
 /// Every blob must be in the repository with its declared size; every

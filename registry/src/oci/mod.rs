@@ -59,7 +59,14 @@ async fn base(State(state): State<AppState>, headers: HeaderMap) -> Response {
 }
 
 async fn dispatch(State(state): State<AppState>, req: Request) -> Response {
-    finish(handle(state, req).await)
+    let may_have_body = matches!(*req.method(), Method::POST | Method::PUT | Method::PATCH);
+    let mut resp = finish(handle(state, req).await);
+    if may_have_body && !resp.status().is_success() {
+        // The body may be unread: the connection cannot carry another request.
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    resp
 }
 
 /// Add the headers every `/v2/` answer carries.
