@@ -184,6 +184,30 @@ impl Registry {
         })
     }
 
+    /// `layerlink-registry devices --data DIR --json`, parsed: what each
+    /// device last reported holding.
+    pub fn devices(&self) -> serde_json::Value {
+        let out = crate::run(
+            Command::new(registry_bin())
+                .arg("devices")
+                .arg("--data")
+                .arg(&self.data)
+                .arg("--json"),
+        );
+        assert!(
+            out.status.success(),
+            "layerlink-registry devices failed ({}):\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "devices --json printed no JSON ({e}):\n{}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        })
+    }
+
     /// One number from `stats --json` (panics naming the field if absent).
     pub fn stat(&self, field: &str) -> u64 {
         let stats = self.stats();

@@ -1,0 +1,313 @@
+//! Device sync end to end: a real registry, real Debian images pushed with
+//! skopeo, the real agent syncing through a TCP byte-counting proxy. The
+//! oracle for every checkout is `umoci unpack` of the same image; the
+//! oracle for bytes is the wire itself.
+
+use layerlink_tests::layers::{image_files, LayerFiles};
+use layerlink_tests::{
+    assert_trees_equal, skopeo_push, test_images, umoci_unpack, Agent, CountingProxy, Registry,
+};
+use std::time::{Duration, Instant};
+
+const TOKEN: &str = "tok-dev1";
+const DEVICE_CONFIG: &str = r#"
+[[devices]]
+id = "dev1"
+token = "tok-dev1"
+repositories = ["*"]
+"#;
+
+/// What a no-op sync may cost on the wire, both directions.
+const NOOP_BUDGET: u64 = 2 * 1024;
+
+/// A registry holding some test images, reached through a counting proxy.
+struct Fixture {
+    reg: Registry,
+    proxy: CountingProxy,
+}
+
+/// `base-a:v1` → `test/base-a:v1`.
+fn remote(tag: &str) -> String {
+    format!("test/{tag}")
+}
+
+fn fixture(tags: &[&str]) -> Fixture {
+    let images = test_images();
+    let reg = Registry::start(Some(DEVICE_CONFIG));
+    for tag in tags {
+        skopeo_push(&images.oci_dir, tag, &reg, &remote(tag));
+    }
+    // Wait for ingest of every distinct layer.
+    let layout = images.layout();
+    let mut layers: Vec<String> = tags
+        .iter()
+        .flat_map(|t| layout.layers(t).into_iter().map(|l| l.digest))
+        .collect();
+    layers.sort();
+    layers.dedup();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while reg.stat("layers") < layers.len() as u64 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let proxy = CountingProxy::start(reg.addr());
+    Fixture { reg, proxy }
+}
+
+impl Fixture {
+    /// Sync `tags` and return the bytes it cost on the wire (both ways).
+    fn sync(&self, agent: &Agent, tags: &[&str]) -> u64 {
+        self.proxy.reset();
+        let images: Vec<String> = tags.iter().map(|t| remote(t)).collect();
+        let images: Vec<&str> = images.iter().map(String::as_str).collect();
+        agent.sync(&self.proxy.url(), &images);
+        self.proxy.bytes_total()
+    }
+}
+
+/// Check `tag` out of the agent's store and compare it with `umoci unpack`.
+fn assert_checkout_matches_umoci(agent: &Agent, tag: &str) {
+    let images = test_images();
+    let name = tag.replace([':', '/'], "_");
+    let reference = agent.scratch(&format!("umoci-{name}"));
+    umoci_unpack(&images.oci_dir, tag, &reference);
+    let checkout = agent.scratch(&format!("checkout-{name}"));
+    agent.checkout(&remote(tag), &checkout);
+    assert!(
+        checkout.join("rootfs").is_dir(),
+        "checkout {} has no rootfs/",
+        checkout.display()
+    );
+    assert!(
+        checkout.join("config.json").is_file(),
+        "checkout {} has no config.json (an OCI runtime bundle)",
+        checkout.display()
+    );
+    assert_trees_equal(&reference.join("rootfs"), &checkout.join("rootfs"));
+}
+
+/// A second sync of what the device holds must cost almost nothing.
+fn assert_noop_sync(fx: &Fixture, agent: &Agent, tags: &[&str]) {
+    let cost = fx.sync(agent, tags);
+    assert!(
+        cost < NOOP_BUDGET,
+        "a no-op sync of {tags:?} cost {cost} bytes on the wire (budget {NOOP_BUDGET})"
+    );
+}
+
+/// Compressed bytes of the layers of `tag`.
+fn layer_bytes(tag: &str) -> u64 {
+    test_images()
+        .layout()
+        .layers(tag)
+        .iter()
+        .map(|l| l.size)
+        .sum()
+}
+
+/// Sum of the sizes of the contents `new` has that `held` lacks: what an
+/// incremental sync must at most carry as file data.
+fn new_content_bytes(held: &LayerFiles, new_tag: &str) -> (u64, u64) {
+    let layout = test_images().layout();
+    let mut bytes = 0;
+    let mut count = 0;
+    let mut seen = std::collections::BTreeSet::new();
+    for layer in layout.layers(new_tag) {
+        let mut archive = tar::Archive::new(layerlink_tests::layers::layer_reader(&layout, &layer));
+        for entry in archive.entries().unwrap() {
+            let entry = entry.unwrap();
+            if !entry.header().entry_type().is_file() {
+                continue;
+            }
+            let size = entry.size();
+            let digest = layerlink_tests::sha256_reader(entry).unwrap();
+            if !held.digests.contains(&digest) && seen.insert(digest) {
+                bytes += size;
+                count += 1;
+            }
+        }
+    }
+    (count, bytes)
+}
+
+/// Entries of every layer of `tag` (each costs a header in the archive).
+fn entries(tag: &str) -> u64 {
+    image_files(&test_images().layout(), &[tag]).entries
+}
+
+#[test]
+fn cold_sync_of_base_a_matches_umoci_and_resync_is_free() {
+    let fx = fixture(&["base-a:v1"]);
+    let agent = Agent::new(TOKEN);
+    let cold = fx.sync(&agent, &["base-a:v1"]);
+    eprintln!(
+        "cold sync of base-a:v1: {cold} bytes on the wire; layer blobs {} bytes",
+        layer_bytes("base-a:v1")
+    );
+    assert!(
+        cold < layer_bytes("base-a:v1") * 3 / 2,
+        "a cold sync ({cold} B) should cost about the compressed layer ({} B)",
+        layer_bytes("base-a:v1")
+    );
+    assert_checkout_matches_umoci(&agent, "base-a:v1");
+    assert_noop_sync(&fx, &agent, &["base-a:v1"]);
+    let verify = agent.verify();
+    assert!(
+        verify.status.success(),
+        "verify after sync: {}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
+}
+
+/// Incremental sync from `from` to `to`: checkout equals umoci, bytes stay
+/// near what is really new, a re-sync is free.
+fn incremental(from: &str, to: &str) {
+    let fx = fixture(&[from, to]);
+    let agent = Agent::new(TOKEN);
+    fx.sync(&agent, &[from]);
+    let held = image_files(&test_images().layout(), &[from]);
+    let (new_files, new_bytes) = new_content_bytes(&held, to);
+
+    let cost = fx.sync(&agent, &[to]);
+    let full = layer_bytes(to);
+    eprintln!(
+        "{from} → {to}: {cost} bytes on the wire; {new_files} new contents ({new_bytes} B \
+         uncompressed); {to}'s layers are {full} B compressed"
+    );
+    // File data: at most the new contents (compressed or not); metadata:
+    // one tar header per entry (typically ~100 B compressed), plus slack.
+    let budget = new_bytes + entries(to) * 256 + 64 * 1024;
+    assert!(
+        cost <= budget,
+        "{from} → {to} cost {cost} B, more than new contents + headers ({budget} B)"
+    );
+    assert!(
+        cost < full / 4,
+        "{from} → {to} cost {cost} B: not much less than the plain layers ({full} B)"
+    );
+    assert_checkout_matches_umoci(&agent, to);
+    assert_noop_sync(&fx, &agent, &[to]);
+}
+
+#[test]
+fn device_with_base_a_syncs_base_b_cheaply_and_exactly() {
+    incremental("base-a:v1", "base-b:v1");
+}
+
+#[test]
+fn device_with_base_a_v1_syncs_the_rebuilt_v2_cheaply_and_exactly() {
+    incremental("base-a:v1", "base-a:v2");
+}
+
+#[test]
+fn tiny_images_with_whiteouts_hard_links_and_xattrs_check_out_exactly() {
+    let fx = fixture(&["tiny:v1", "tiny:v2"]);
+    let agent = Agent::new(TOKEN);
+    fx.sync(&agent, &["tiny:v1"]);
+    assert_checkout_matches_umoci(&agent, "tiny:v1");
+    // v2 adds a layer on v1: only that layer travels.
+    let cost = fx.sync(&agent, &["tiny:v1", "tiny:v2"]);
+    assert!(
+        cost < 16 * 1024,
+        "tiny:v2's small upper layer cost {cost} B"
+    );
+    assert_checkout_matches_umoci(&agent, "tiny:v2");
+    assert_checkout_matches_umoci(&agent, "tiny:v1");
+    assert_noop_sync(&fx, &agent, &["tiny:v1", "tiny:v2"]);
+    let devices = fx.reg.devices().to_string();
+    assert!(
+        devices.contains("dev1"),
+        "the registry keeps no record of dev1's holdings: {devices}"
+    );
+    let status = agent.status_json().to_string();
+    assert!(
+        status.contains("tiny"),
+        "status --json does not mention the synced images: {status}"
+    );
+}
+
+#[test]
+fn a_wrong_token_gets_nothing() {
+    let fx = fixture(&["tiny:v1"]);
+    let agent = Agent::new("not-a-device-token");
+    let out = agent.try_sync(&fx.proxy.url(), &[&remote("tiny:v1")]);
+    assert!(!out.status.success(), "sync with a wrong token succeeded");
+    assert!(
+        fx.proxy.bytes_down() < 4096,
+        "a refused device received {} bytes",
+        fx.proxy.bytes_down()
+    );
+    // The registry still serves the right device.
+    let good = Agent::new(TOKEN);
+    fx.sync(&good, &["tiny:v1"]);
+    assert_checkout_matches_umoci(&good, "tiny:v1");
+}
+
+#[test]
+fn a_sync_cut_midway_resumes_without_downloading_everything_again() {
+    let fx = fixture(&["base-a:v1"]);
+    // What a full cold sync costs, on another device.
+    let reference = Agent::new(TOKEN);
+    let full = fx.sync(&reference, &["base-a:v1"]);
+
+    let agent = Agent::new(TOKEN);
+    let cut_at = full / 2;
+    fx.proxy.reset();
+    fx.proxy.cut_after(cut_at);
+    let out = agent.try_sync(&fx.proxy.url(), &[&remote("base-a:v1")]);
+    assert!(
+        !out.status.success(),
+        "a sync whose connection was cut after {cut_at} B reported success"
+    );
+    assert!(!fx.proxy.cut_pending(), "the cut never fired");
+
+    let retry = fx.sync(&agent, &["base-a:v1"]);
+    eprintln!("full {full} B; cut after {cut_at} B; retry cost {retry} B");
+    assert!(
+        retry < full - cut_at / 2,
+        "the retry cost {retry} B: most of the {cut_at} B received before the cut was downloaded again (full sync {full} B)"
+    );
+    assert_checkout_matches_umoci(&agent, "base-a:v1");
+    assert_noop_sync(&fx, &agent, &["base-a:v1"]);
+}
+
+#[test]
+fn verify_detects_a_damaged_object() {
+    let fx = fixture(&["tiny:v1"]);
+    let agent = Agent::new(TOKEN);
+    fx.sync(&agent, &["tiny:v1"]);
+    let ok = agent.verify();
+    assert!(
+        ok.status.success(),
+        "verify of a fresh store: {}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    // The largest object is random.bin; damage it in place.
+    let objects = agent.store.join("objects");
+    let mut biggest: Option<(u64, std::path::PathBuf)> = None;
+    let mut stack = vec![objects.clone()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+            let e = e.unwrap();
+            let m = e.metadata().unwrap();
+            if m.is_dir() {
+                stack.push(e.path());
+            } else if m.is_file() && biggest.as_ref().is_none_or(|(s, _)| m.len() > *s) {
+                biggest = Some((m.len(), e.path()));
+            }
+        }
+    }
+    let (size, path) = biggest.expect("the store has objects under objects/");
+    assert_eq!(
+        size, 300_000,
+        "the biggest object should be tiny's random.bin"
+    );
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[1234] ^= 0xff;
+    std::fs::write(&path, &bytes).unwrap();
+    let bad = agent.verify();
+    assert!(
+        !bad.status.success(),
+        "verify missed a damaged object {}",
+        path.display()
+    );
+}
