@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# The project's test command (README "Tests"; CI runs it from .ci/run).
+#
+#   1. tools (scripts/install-deps.sh) and the cached real test images
+#      (scripts/build-test-images.sh; first run ~2 min, then instant)
+#   2. build every binary (the e2e tests run the real registry and agent)
+#   3. cargo fmt --check, cargo clippy -D warnings
+#   4. the ARM cross build + QEMU tests (cross/test.sh), when present
+#   5. cargo test --workspace — last, so the output ends with its summary
+#
+# Environment: LAYERLINK_CACHE (image cache dir), LAYERLINK_SKIP_CROSS=1
+# (skip step 4), CARGO_TARGET_DIR as usual.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "dependencies"
+bash scripts/install-deps.sh
+
+step "test images"
+bash scripts/build-test-images.sh
+
+step "build"
+cargo build --workspace --bins
+
+step "format"
+cargo fmt --all --check
+
+step "clippy"
+cargo clippy --workspace --all-targets -- -D warnings
+
+# ---------------------------------------------------------------------------
+# Cross (ARM) builds and QEMU user-mode tests: owned by cross/ (see
+# shared/cross.md). cross/test.sh installs its own toolchain via
+# cross/install.sh.
+if [[ -f cross/test.sh && "${LAYERLINK_SKIP_CROSS:-0}" != 1 ]]; then
+  step "cross builds + QEMU tests (cross/test.sh)"
+  bash cross/test.sh
+fi
+# ---------------------------------------------------------------------------
+
+step "doc tests"
+cargo test --workspace --doc
+
+# The e2e tests find the binaries built above; no need to rebuild them.
+step "tests"
+export LAYERLINK_SKIP_BUILD=1
+cargo test --workspace --all-targets --no-fail-fast
