@@ -141,6 +141,7 @@ async fn serve(listen: String, data: PathBuf, config: Config) -> anyhow::Result<
         "registry ready"
     );
     let state = AppState::new(storage, config);
+    tokio::spawn(expire_uploads(state.storage.clone()));
     // Tests and scripts wait for this exact line.
     let mut stdout = std::io::stdout();
     writeln!(stdout, "listening on {}://{addr}", transport.scheme())?;
@@ -148,4 +149,20 @@ async fn serve(listen: String, data: PathBuf, config: Config) -> anyhow::Result<
     server::serve(listener, transport, state, server::shutdown_signal())
         .await
         .context("serving")
+}
+
+/// Hourly: cancel upload sessions idle for a day (abandoned pushes).
+async fn expire_uploads(storage: std::sync::Arc<Storage>) {
+    const MAX_AGE: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(3600));
+    loop {
+        tick.tick().await;
+        let s = storage.clone();
+        match tokio::task::spawn_blocking(move || s.expire_uploads(MAX_AGE)).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => tracing::info!("cancelled {n} abandoned upload session(s)"),
+            Ok(Err(e)) => tracing::warn!("expiring upload sessions: {e:#}"),
+            Err(e) => tracing::warn!("expiring upload sessions: {e}"),
+        }
+    }
 }

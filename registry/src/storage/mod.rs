@@ -211,6 +211,28 @@ impl Storage {
         locks.remove(id);
     }
 
+    /// Cancel upload sessions started more than `max_age` ago and not busy
+    /// right now (abandoned pushes). Returns how many were removed.
+    pub fn expire_uploads(&self, max_age: std::time::Duration) -> anyhow::Result<usize> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let mut removed = 0;
+        for s in self.meta.uploads()? {
+            if now.saturating_sub(s.started) < max_age.as_secs() {
+                continue;
+            }
+            let lock = self.upload_lock(&s.id);
+            let Ok(_busy) = lock.try_lock() else { continue };
+            self.blobs.remove_upload(&s.id)?;
+            self.meta.delete_upload(&s.id)?;
+            self.forget_upload_lock(&s.id);
+            removed += 1;
+        }
+        Ok(removed)
+    }
+
     /// Remove upload sessions whose file is gone and upload files with no
     /// session. Called once by `serve` at start-up.
     pub fn clean_uploads(&self) -> anyhow::Result<()> {
@@ -287,5 +309,26 @@ mod tests {
         assert!(s.meta().delete_manifest("a/b", &d).unwrap());
         assert!(s.meta().tags("a/b", None, 10).unwrap().is_empty());
         assert!(!s.meta().delete_manifest("a/b", &d).unwrap());
+    }
+
+    #[test]
+    fn old_upload_sessions_expire() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Storage::open(dir.path()).unwrap();
+        for (id, started) in [("old", 1), ("new", u64::MAX / 2)] {
+            s.blobs().create_upload(id).unwrap();
+            let session = UploadSession {
+                id: id.into(),
+                repository: "r".into(),
+                started,
+            };
+            s.meta().create_upload(&session).unwrap();
+        }
+        let day = std::time::Duration::from_secs(86400);
+        assert_eq!(s.expire_uploads(day).unwrap(), 1);
+        assert!(s.meta().upload("old").unwrap().is_none());
+        assert_eq!(s.blobs().upload_len("old").unwrap(), None);
+        assert!(s.meta().upload("new").unwrap().is_some());
+        assert_eq!(s.blobs().upload_len("new").unwrap(), Some(0));
     }
 }
