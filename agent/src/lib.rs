@@ -1,1 +1,27 @@
-//! layerlink device agent (library).
+//! layerlink device agent (library; `main.rs` is a thin wrapper).
+//!
+//! The agent syncs container images from a layerlink registry file by file
+//! into a local store of content-addressed objects and hard-linked layer
+//! trees, and turns synced images into OCI runtime bundles or overlayfs
+//! lower dirs. Single-threaded, streaming, bounded memory.
+//!
+//! | module | what |
+//! |---|---|
+//! | [`store`] | the on-disk store (layout drawn there), gc, verify |
+//! | [`apply`] | applying a dedup archive into the store |
+//! | [`tar`] | the streaming tar reader |
+//! | [`checkout`] | OCI runtime bundles and overlayfs lower dirs |
+//! | [`json`] | minimal JSON reader/writer |
+//! | [`fsops`] | symlink-safe `*at` file-system primitives |
+//! | [`error`] | errors and exit codes |
+#![forbid(unsafe_code)]
+
+pub mod apply;
+pub mod checkout;
+pub mod error;
+pub mod fsops;
+pub mod json;
+pub mod store;
+pub mod tar;
+
+pub use error::{Error, Result};

@@ -1,0 +1,1064 @@
+//! Applying a dedup archive to the store: one streaming pass.
+//!
+//! For each layer section the applier builds `tmp/layer-<hex>/`:
+//!
+//! * every path goes through [`normalize_entry_path`]; parents are opened one
+//!   component at a time with `O_NOFOLLOW`, so nothing is ever created
+//!   through a symlink (an entry whose parent is a symlink is rejected);
+//! * a new file is hashed while written into `tmp/`, verified against its
+//!   `LAYERLINK.digest`, given its metadata and hard-linked into the tree
+//!   (it reaches `objects/` with the next batch flush);
+//! * a reference entry is linked to a local variant of its object, made by a
+//!   local copy when the metadata differs; a reference the store cannot
+//!   resolve leaves a placeholder and is collected ([`Applier::pending_digests`])
+//!   for a `POST /objects` repair before the layer is committed;
+//! * intra-layer hard links must name an earlier regular file of the layer;
+//! * `.wh.name` becomes an overlayfs whiteout (char device 0:0), `.wh..wh..opq`
+//!   the `trusted.overlay.opaque=y` xattr, so committed layers are overlayfs
+//!   lower dirs;
+//! * directory mtimes are recorded in a spill file and set last (after any
+//!   repair), so creating entries cannot disturb them;
+//! * at the `layer-end` marker, with a matching entry count and nothing
+//!   pending, the layer is committed (`syncfs`, rename into `layers/`).
+//!
+//! Memory stays flat: one 512-byte tar block, one 64 KiB copy buffer, the
+//! decompressor's window, and a bounded list of unresolved references.
+
+use crate::error::{Error, Result};
+use crate::fsops::{self, file_type, is_whiteout, show, split_leaf, Meta, OVERLAY_OPAQUE};
+use crate::store::objects::ObjectWriter;
+use crate::store::Store;
+use crate::tar::{Header, Kind, TarReader, Time};
+use layerlink_proto::archive::{
+    classify_whiteout, normalize_entry_path, parse_reference_link, Marker, PathError, Whiteout,
+};
+use layerlink_proto::limits::{MAX_LAYER_ENTRIES, MAX_METADATA_BYTES, MAX_REPAIR_OBJECTS};
+use layerlink_proto::Digest;
+use rustix::fs::{self as rfs, AtFlags, FileType, Mode, XattrFlags};
+use rustix::io::Errno;
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+
+/// Most bytes of paths kept for unresolved references.
+const MAX_PENDING_BYTES: usize = 4 * 1024 * 1024;
+
+/// What an apply may expect and accept.
+#[derive(Debug, Clone)]
+pub struct ApplyOptions {
+    /// diff_ids the archive must carry, in order.
+    pub layers: Vec<Digest>,
+    /// Committed layers below the first one, base first (their metadata is
+    /// copied onto directories a layer creates only implicitly).
+    pub lowers: Vec<Digest>,
+    /// Whether manifest and config markers must come first.
+    pub metadata: bool,
+    /// Bound on new file bytes (decompression bomb guard).
+    pub max_new_bytes: u64,
+    /// Bound on all uncompressed bytes of the stream.
+    pub max_stream_bytes: u64,
+    /// Accept character/block devices and FIFOs in layers.
+    pub allow_devices: bool,
+    /// Print progress lines to stderr.
+    pub progress: bool,
+}
+
+impl ApplyOptions {
+    /// Options for `layers` with no bounds beyond the protocol limits.
+    pub fn new(layers: Vec<Digest>) -> Self {
+        ApplyOptions {
+            layers,
+            lowers: Vec::new(),
+            metadata: false,
+            max_new_bytes: u64::MAX,
+            max_stream_bytes: u64::MAX,
+            allow_devices: true,
+            progress: false,
+        }
+    }
+}
+
+/// Counts for one layer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LayerStats {
+    /// Tar entries of the layer.
+    pub entries: u64,
+    /// New files received.
+    pub new_files: u64,
+    /// Bytes of new files.
+    pub new_bytes: u64,
+    /// Reference entries resolved locally.
+    pub referenced_files: u64,
+    /// Bytes those references stand for.
+    pub referenced_bytes: u64,
+    /// References fetched by repair.
+    pub repaired: u64,
+}
+
+struct Pending {
+    layer: usize,
+    path: Vec<u8>,
+    ino: u64,
+    digest: Digest,
+    meta: Meta,
+}
+
+struct Finished {
+    diff_id: Digest,
+    staging: String,
+    root: OwnedFd,
+    committed: bool,
+    stats: LayerStats,
+}
+
+/// Applies dedup archives to a store. See the module doc.
+pub struct Applier<'s> {
+    store: &'s Store,
+    objects: ObjectWriter<'s>,
+    opts: ApplyOptions,
+    /// Roots of lower layers, top first.
+    lowers: Vec<OwnedFd>,
+    finished: Vec<Finished>,
+    pending: Vec<Pending>,
+    pending_bytes: usize,
+    new_bytes: u64,
+    /// Staging name of the layer being written.
+    current: Option<String>,
+    empty: Digest,
+    /// Manifest JSON from the archive's marker.
+    pub manifest: Option<Vec<u8>>,
+    /// Config JSON from the archive's marker.
+    pub config: Option<Vec<u8>>,
+}
+
+/// A reader that fails once more than `limit` bytes came through.
+struct Bounded<R> {
+    inner: R,
+    left: u64,
+}
+
+impl<R: Read> Read for Bounded<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if n as u64 > self.left {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "archive expands beyond the size the plan announced (decompression bomb?)",
+            ));
+        }
+        self.left -= n as u64;
+        Ok(n)
+    }
+}
+
+fn staging_name(d: &Digest) -> String {
+    format!("layer-{}", d.hex())
+}
+
+fn hostile(path: &[u8], why: impl std::fmt::Display) -> Error {
+    Error::integrity(format!("archive entry {:?}: {why}", show(path)))
+}
+
+impl<'s> Applier<'s> {
+    /// An applier writing into `store` (which must be opened exclusively).
+    pub fn new(store: &'s Store, opts: ApplyOptions) -> Result<Self> {
+        let mut lowers = Vec::new();
+        for d in opts.lowers.iter().rev() {
+            lowers.push(store.open_layer(d)?);
+        }
+        Ok(Applier {
+            store,
+            objects: ObjectWriter::new(store),
+            opts,
+            lowers,
+            finished: Vec::new(),
+            pending: Vec::new(),
+            pending_bytes: 0,
+            new_bytes: 0,
+            current: None,
+            empty: Digest::of(b""),
+            manifest: None,
+            config: None,
+        })
+    }
+
+    /// Read a whole gzip'd dedup archive from `r` and apply it. Layers
+    /// without unresolved references are committed as their `layer-end`
+    /// marker arrives; the others wait for [`Applier::repair`].
+    pub fn apply_archive<R: Read>(&mut self, r: R) -> Result<()> {
+        let gz = flate2::read::GzDecoder::new(r);
+        let mut tar = TarReader::new(Bounded {
+            inner: gz,
+            left: self.opts.max_stream_bytes,
+        });
+        let mut next_layer = 0usize;
+        let mut seen_meta = [false; 2];
+        loop {
+            let Some(h) = tar.next_header()? else {
+                return Err(Error::integrity("archive ended without its end marker"));
+            };
+            match h.ll.marker {
+                Some(Marker::Manifest) | Some(Marker::Config) => {
+                    if !self.opts.metadata || next_layer > 0 {
+                        return Err(Error::integrity("unexpected manifest/config marker"));
+                    }
+                    if h.size > MAX_METADATA_BYTES {
+                        return Err(Error::integrity(
+                            "manifest/config larger than the protocol allows",
+                        ));
+                    }
+                    let mut data = vec![0u8; h.size as usize];
+                    let mut off = 0;
+                    while off < data.len() {
+                        off += tar.read_data(&mut data[off..])?;
+                    }
+                    if h.ll.marker == Some(Marker::Manifest) {
+                        seen_meta[0] = true;
+                        self.manifest = Some(data);
+                    } else {
+                        seen_meta[1] = true;
+                        self.config = Some(data);
+                    }
+                }
+                Some(Marker::Layer) => {
+                    if self.opts.metadata && seen_meta != [true, true] {
+                        return Err(Error::integrity(
+                            "archive lacks the manifest/config markers asked for",
+                        ));
+                    }
+                    let want = self.opts.layers.get(next_layer).copied();
+                    if h.ll.diff_id.is_none() || h.ll.diff_id != want {
+                        return Err(Error::integrity(format!(
+                            "archive carries layer {:?} where {:?} was expected",
+                            h.ll.diff_id, want
+                        )));
+                    }
+                    let diff_id = want.unwrap_or(self.empty);
+                    self.apply_layer(&mut tar, diff_id, next_layer)?;
+                    next_layer += 1;
+                }
+                Some(Marker::End) => {
+                    if next_layer != self.opts.layers.len() {
+                        return Err(Error::integrity(format!(
+                            "archive ended after {next_layer} of {} layers",
+                            self.opts.layers.len()
+                        )));
+                    }
+                    if self.opts.metadata && seen_meta != [true, true] {
+                        return Err(Error::integrity(
+                            "archive lacks the manifest/config markers asked for",
+                        ));
+                    }
+                    self.objects.flush()?;
+                    return Ok(());
+                }
+                Some(m) => {
+                    return Err(Error::integrity(format!(
+                        "unexpected {} marker",
+                        m.as_str()
+                    )))
+                }
+                None => return Err(hostile(&h.path, "entry outside a layer section")),
+            }
+        }
+    }
+
+    fn apply_layer<R: Read>(
+        &mut self,
+        tar: &mut TarReader<R>,
+        diff_id: Digest,
+        index: usize,
+    ) -> Result<()> {
+        let staging = staging_name(&diff_id);
+        let dirs_name = format!("{staging}.dirs");
+        for n in [&staging, &dirs_name] {
+            fsops::remove_at(self.store.tmp_fd(), n.as_bytes())
+                .map_err(|e| Error::errno(format!("clearing tmp/{n}"), e))?;
+        }
+        self.current = Some(staging.clone());
+        rfs::mkdirat(
+            self.store.tmp_fd(),
+            staging.as_str(),
+            Mode::from_raw_mode(0o755),
+        )
+        .map_err(|e| Error::errno(format!("creating tmp/{staging}"), e))?;
+        let root = fsops::open_dir_at(self.store.tmp_fd(), staging.as_bytes())
+            .map_err(|e| Error::errno(format!("opening tmp/{staging}"), e))?;
+        let dirs_file = fsops::create_file_at(self.store.tmp_fd(), dirs_name.as_bytes(), 0o600)
+            .map_err(|e| Error::errno(format!("creating tmp/{dirs_name}"), e))?;
+        if self.opts.progress {
+            eprintln!(
+                "layer {diff_id}: receiving ({}/{})",
+                index + 1,
+                self.opts.layers.len()
+            );
+        }
+        let mut lw = LayerWriter {
+            root,
+            cache: None,
+            dirs: BufWriter::with_capacity(8192, dirs_file),
+            stats: LayerStats::default(),
+            layer: self.finished.len(),
+            root_meta_set: false,
+        };
+        // The layer root's metadata comes from its "./" entry, or else from
+        // the layer below.
+        if let Some(m) = self.lower_dir_meta(b"")? {
+            fsops::set_meta_fd(lw.root.as_fd(), &m, false)
+                .map_err(|e| Error::errno("layer root", e))?;
+            lw.record_dir(b"", m.mtime)?;
+        }
+        loop {
+            let Some(h) = tar.next_header()? else {
+                return Err(Error::integrity(format!(
+                    "archive ended inside layer {diff_id}"
+                )));
+            };
+            match h.ll.marker {
+                None => {}
+                Some(Marker::LayerEnd) => {
+                    if h.ll.diff_id != Some(diff_id) {
+                        return Err(Error::integrity(format!(
+                            "layer-end marker does not match layer {diff_id}"
+                        )));
+                    }
+                    if h.ll.entries != Some(lw.stats.entries) {
+                        return Err(Error::integrity(format!(
+                            "layer {diff_id}: read {} entries, layer-end marker says {:?}",
+                            lw.stats.entries, h.ll.entries
+                        )));
+                    }
+                    break;
+                }
+                Some(m) => {
+                    return Err(Error::integrity(format!(
+                        "unexpected {} marker inside layer {diff_id}",
+                        m.as_str()
+                    )))
+                }
+            }
+            lw.stats.entries += 1;
+            if lw.stats.entries > MAX_LAYER_ENTRIES {
+                return Err(Error::integrity(format!(
+                    "layer {diff_id} has too many entries"
+                )));
+            }
+            self.apply_entry(&mut lw, &h, tar)?;
+        }
+        lw.dirs
+            .flush()
+            .map_err(|e| Error::io(format!("writing tmp/{dirs_name}"), e))?;
+        let stats = lw.stats;
+        let root = lw.root;
+        let has_pending = self.pending.iter().any(|p| p.layer == lw.layer);
+        self.current = None;
+        self.finished.push(Finished {
+            diff_id,
+            staging,
+            root,
+            committed: false,
+            stats,
+        });
+        if !has_pending {
+            self.commit(self.finished.len() - 1)?;
+        }
+        // Upper layers see this one as a lower.
+        let fd = fsops::open_dir_at(
+            self.finished
+                .last()
+                .map(|f| f.root.as_fd())
+                .unwrap_or(self.store.tmp_fd()),
+            b".",
+        )
+        .map_err(|e| Error::errno("reopening a layer", e))?;
+        self.lowers.insert(0, fd);
+        Ok(())
+    }
+
+    fn commit(&mut self, i: usize) -> Result<()> {
+        self.objects.flush()?;
+        let f = &self.finished[i];
+        set_dir_times(self.store.tmp_fd(), &f.staging, f.root.as_fd())?;
+        self.store.commit_layer(&f.staging, &f.diff_id)?;
+        let _ = rfs::unlinkat(
+            self.store.tmp_fd(),
+            format!("{}.dirs", f.staging).as_str(),
+            AtFlags::empty(),
+        );
+        let f = &mut self.finished[i];
+        f.committed = true;
+        if self.opts.progress {
+            let s = &f.stats;
+            eprintln!(
+                "layer {}: committed: {} entries, {} new files ({}), {} referenced files ({}){}",
+                f.diff_id,
+                s.entries,
+                s.new_files,
+                human(s.new_bytes),
+                s.referenced_files,
+                human(s.referenced_bytes),
+                if s.repaired > 0 {
+                    format!(", {} repaired", s.repaired)
+                } else {
+                    String::new()
+                }
+            );
+        }
+        Ok(())
+    }
+
+    /// Layers committed by this applier, with their counts.
+    pub fn committed(&self) -> Vec<(Digest, LayerStats)> {
+        self.finished
+            .iter()
+            .filter(|f| f.committed)
+            .map(|f| (f.diff_id, f.stats))
+            .collect()
+    }
+
+    /// Distinct digests of unresolved references (to fetch with
+    /// `POST /objects`), sorted.
+    pub fn pending_digests(&self) -> Vec<Digest> {
+        let mut v: Vec<Digest> = self.pending.iter().map(|p| p.digest).collect();
+        v.sort_unstable();
+        v.dedup();
+        v
+    }
+
+    /// Store the objects of an objects response (gzip'd tar of `object`
+    /// markers), then resolve pending references and commit the layers that
+    /// waited for them.
+    pub fn repair<R: Read>(&mut self, r: R) -> Result<()> {
+        let wanted = self.pending_digests();
+        let gz = flate2::read::GzDecoder::new(r);
+        let bound = self.opts.max_stream_bytes;
+        let mut tar = TarReader::new(Bounded {
+            inner: gz,
+            left: bound,
+        });
+        loop {
+            let Some(h) = tar.next_header()? else {
+                return Err(Error::integrity(
+                    "objects response ended without its end marker",
+                ));
+            };
+            match h.ll.marker {
+                Some(Marker::Object) => {
+                    let Some(d) = h.ll.digest else {
+                        return Err(Error::integrity("object marker without a digest"));
+                    };
+                    let Some(p) = self.pending.iter().find(|p| p.digest == d) else {
+                        continue; // not asked for: skip its content
+                    };
+                    let meta = p.meta.clone();
+                    self.objects
+                        .insert(Some(&d), h.size, &mut |b| tar.read_data(b), &meta)?;
+                }
+                Some(Marker::End) => break,
+                _ => return Err(hostile(&h.path, "unexpected entry in an objects response")),
+            }
+        }
+        for d in &wanted {
+            if !self.objects.has(d)? {
+                return Err(Error::integrity(format!(
+                    "the registry did not send object {d} asked for"
+                )));
+            }
+        }
+        self.resolve_pending()
+    }
+
+    /// Resolve pending references from objects now present, then commit
+    /// every finished layer. Fails if one is still missing.
+    pub fn resolve_pending(&mut self) -> Result<()> {
+        let pending = std::mem::take(&mut self.pending);
+        for p in &pending {
+            let f = &self.finished[p.layer];
+            let (parent, leaf) = split_leaf(&p.path);
+            let dir = open_existing_dir(f.root.as_fd(), parent).map_err(|e| hostile(&p.path, e))?;
+            match fsops::lstat_at(dir.as_fd(), leaf).map_err(|e| Error::errno("repair", e))? {
+                Some(st) if st.st_ino == p.ino => {}
+                _ => continue, // replaced later in the layer
+            }
+            rfs::unlinkat(&dir, leaf, AtFlags::empty()).map_err(|e| Error::errno("repair", e))?;
+            if !self.objects.link(&p.digest, &p.meta, dir.as_fd(), leaf)? {
+                let msg = format!(
+                    "object {} for {:?} is still missing after repair",
+                    p.digest,
+                    show(&p.path)
+                );
+                self.pending = pending;
+                return Err(Error::integrity(msg));
+            }
+            self.finished[p.layer].stats.repaired += 1;
+        }
+        for i in 0..self.finished.len() {
+            if !self.finished[i].committed {
+                self.commit(i)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Metadata of `path` as a directory in the nearest lower layer that has
+    /// it (not through whiteouts or opaque directories).
+    fn lower_dir_meta(&self, path: &[u8]) -> Result<Option<Meta>> {
+        'lowers: for lower in &self.lowers {
+            let mut cur = fsops::open_dir_at(lower.as_fd(), b".")
+                .map_err(|e| Error::errno("lower layer", e))?;
+            if !path.is_empty() {
+                for comp in path.split(|&c| c == b'/') {
+                    match fsops::open_dir_at(cur.as_fd(), comp) {
+                        Ok(fd) => cur = fd,
+                        Err(Errno::NOENT) => {
+                            if has_opaque(cur.as_fd()) {
+                                return Ok(None);
+                            }
+                            continue 'lowers;
+                        }
+                        Err(_) => return Ok(None), // a symlink, file or whiteout hides lower ones
+                    }
+                }
+            }
+            let st = rfs::fstat(&cur).map_err(|e| Error::errno("lower layer", e))?;
+            let x =
+                fsops::read_xattrs_fd(cur.as_fd()).map_err(|e| Error::errno("lower layer", e))?;
+            let x = x
+                .into_iter()
+                .filter(|(n, _)| !n.starts_with(fsops::OVERLAY_XATTR_PREFIX))
+                .collect();
+            return Ok(Some(Meta::from_stat(&st, x)));
+        }
+        Ok(None)
+    }
+
+    /// Open the parent directory `parent` of an entry, creating missing
+    /// directories (with the lower layers' metadata) and refusing symlinks.
+    fn parent_dir(&self, lw: &mut LayerWriter, parent: &[u8], entry: &[u8]) -> Result<OwnedFd> {
+        if let Some((p, fd)) = &lw.cache {
+            if p == parent {
+                return fsops::open_dir_at(fd.as_fd(), b".")
+                    .map_err(|e| Error::errno("reopening a directory", e));
+            }
+        }
+        let mut cur =
+            fsops::open_dir_at(lw.root.as_fd(), b".").map_err(|e| Error::errno("layer root", e))?;
+        if !parent.is_empty() {
+            let mut walked = 0usize;
+            for comp in parent.split(|&c| c == b'/') {
+                let here = &parent[..walked + comp.len()];
+                walked += comp.len() + 1;
+                cur = self.child_dir(lw, cur.as_fd(), comp, here, entry)?;
+            }
+        }
+        let dup = fsops::open_dir_at(cur.as_fd(), b".")
+            .map_err(|e| Error::errno("reopening a directory", e))?;
+        lw.cache = Some((parent.to_vec(), dup));
+        Ok(cur)
+    }
+
+    /// Open (or implicitly create) directory `comp` in `dir`.
+    fn child_dir(
+        &self,
+        lw: &mut LayerWriter,
+        dir: BorrowedFd<'_>,
+        comp: &[u8],
+        here: &[u8],
+        entry: &[u8],
+    ) -> Result<OwnedFd> {
+        match fsops::open_dir_at(dir, comp) {
+            Ok(fd) => return Ok(fd),
+            Err(Errno::NOENT) => {
+                let meta = self.lower_dir_meta(here)?;
+                self.make_dir(lw, dir, comp, here, meta.as_ref(), false)
+            }
+            Err(Errno::LOOP) | Err(Errno::NOTDIR) => {
+                let st = fsops::lstat_at(dir, comp).map_err(|e| Error::errno("lstat", e))?;
+                match st {
+                    Some(st) if is_whiteout(&st) => {
+                        // Deleted in this layer, then written into: a new,
+                        // opaque directory.
+                        rfs::unlinkat(dir, comp, AtFlags::empty())
+                            .map_err(|e| Error::errno("whiteout", e))?;
+                        self.make_dir(lw, dir, comp, here, None, true)
+                    }
+                    Some(st) if file_type(&st) == FileType::Symlink => Err(hostile(
+                        entry,
+                        format!("goes through the symlink {:?}", show(here)),
+                    )),
+                    _ => Err(hostile(
+                        entry,
+                        format!("parent {:?} is not a directory", show(here)),
+                    )),
+                }
+            }
+            Err(e) => Err(Error::errno(format!("opening {}", show(here)), e)),
+        }
+    }
+
+    fn make_dir(
+        &self,
+        lw: &mut LayerWriter,
+        dir: BorrowedFd<'_>,
+        comp: &[u8],
+        here: &[u8],
+        meta: Option<&Meta>,
+        opaque: bool,
+    ) -> Result<OwnedFd> {
+        rfs::mkdirat(dir, comp, Mode::from_raw_mode(0o755))
+            .map_err(|e| Error::errno(format!("mkdir {}", show(here)), e))?;
+        let fd = fsops::open_dir_at(dir, comp)
+            .map_err(|e| Error::errno(format!("opening {}", show(here)), e))?;
+        if let Some(m) = meta {
+            fsops::set_meta_fd(fd.as_fd(), m, false)
+                .map_err(|e| Error::errno(format!("metadata of {}", show(here)), e))?;
+            lw.record_dir(here, m.mtime)?;
+        }
+        if opaque {
+            set_opaque(fd.as_fd())
+                .map_err(|e| Error::errno(format!("marking {} opaque", show(here)), e))?;
+        }
+        Ok(fd)
+    }
+
+    fn apply_entry<R: Read>(
+        &mut self,
+        lw: &mut LayerWriter,
+        h: &Header,
+        tar: &mut TarReader<R>,
+    ) -> Result<()> {
+        let path = match normalize_entry_path(&h.path) {
+            Ok(p) => p,
+            Err(PathError::Empty) if h.kind == Kind::Dir => {
+                // The layer root ("./").
+                let meta = Meta::from_header(h);
+                fsops::set_meta_fd(lw.root.as_fd(), &meta, true)
+                    .map_err(|e| Error::errno("layer root", e))?;
+                lw.root_meta_set = true;
+                return lw.record_dir(b"", meta.mtime);
+            }
+            Err(e) => return Err(hostile(&h.path, e)),
+        };
+        let (parent_path, leaf) = split_leaf(&path);
+        match classify_whiteout(&path) {
+            Whiteout::None => {}
+            Whiteout::Remove(target) => {
+                let (tparent, tleaf) = split_leaf(&target);
+                if tleaf.is_empty() || tleaf == b"." || tleaf == b".." {
+                    return Err(hostile(&h.path, "bad whiteout name"));
+                }
+                if tleaf.starts_with(b".wh.") {
+                    return Ok(()); // aufs metadata (.wh..wh.plnk …): nothing to do
+                }
+                let dir = self.parent_dir(lw, tparent, &path)?;
+                match fsops::lstat_at(dir.as_fd(), tleaf)
+                    .map_err(|e| Error::errno("whiteout", e))?
+                {
+                    None => rfs::mknodat(&dir, tleaf, FileType::CharacterDevice, Mode::empty(), 0)
+                        .map_err(|e| {
+                            Error::errno(format!("creating whiteout {}", show(&target)), e)
+                        })?,
+                    Some(st) if file_type(&st) == FileType::Directory => {
+                        // Created earlier in this layer, then whited out:
+                        // hide what lower layers have there.
+                        let sub = fsops::open_dir_at(dir.as_fd(), tleaf)
+                            .map_err(|e| Error::errno("whiteout", e))?;
+                        set_opaque(sub.as_fd()).map_err(|e| Error::errno("whiteout", e))?;
+                    }
+                    Some(_) => {} // this layer's own entry stays
+                }
+                return Ok(());
+            }
+            Whiteout::Opaque(dir_path) => {
+                let fd = if dir_path.is_empty() {
+                    fsops::open_dir_at(lw.root.as_fd(), b".")
+                        .map_err(|e| Error::errno("layer root", e))?
+                } else {
+                    let (pp, pl) = split_leaf(&dir_path);
+                    let parent = self.parent_dir(lw, pp, &path)?;
+                    self.child_dir(lw, parent.as_fd(), pl, &dir_path, &path)?
+                };
+                set_opaque(fd.as_fd())
+                    .map_err(|e| Error::errno(format!("marking {} opaque", show(&dir_path)), e))?;
+                return Ok(());
+            }
+        }
+        let meta = Meta::from_header(h);
+        let dir = self.parent_dir(lw, parent_path, &path)?;
+        let dir = dir.as_fd();
+        let io = |what: &str, e: Errno| Error::errno(format!("{what} {}", show(&path)), e);
+        match h.kind {
+            Kind::Dir => {
+                let existing = fsops::lstat_at(dir, leaf).map_err(|e| io("lstat", e))?;
+                let mut opaque = false;
+                let existed = match existing {
+                    Some(st) if file_type(&st) == FileType::Directory => true,
+                    Some(st) => {
+                        opaque = is_whiteout(&st);
+                        rfs::unlinkat(dir, leaf, AtFlags::empty())
+                            .map_err(|e| io("replacing", e))?;
+                        false
+                    }
+                    None => false,
+                };
+                if !existed {
+                    rfs::mkdirat(dir, leaf, Mode::from_raw_mode(0o700))
+                        .map_err(|e| io("mkdir", e))?;
+                }
+                let fd = fsops::open_dir_at(dir, leaf).map_err(|e| io("opening", e))?;
+                fsops::set_meta_fd(fd.as_fd(), &meta, existed).map_err(|e| io("metadata of", e))?;
+                if opaque {
+                    set_opaque(fd.as_fd()).map_err(|e| io("marking opaque", e))?;
+                }
+                lw.record_dir(&path, meta.mtime)?;
+            }
+            Kind::Regular => {
+                replace(lw, dir, leaf, &path)?;
+                if h.size == 0 {
+                    if h.ll.digest.is_some_and(|d| d != self.empty) {
+                        return Err(hostile(&path, "empty file with a non-empty digest"));
+                    }
+                    let f =
+                        fsops::create_file_at(dir, leaf, 0o600).map_err(|e| io("creating", e))?;
+                    fsops::set_meta_fd(f.as_fd(), &meta, false)
+                        .map_err(|e| io("metadata of", e))?;
+                    return Ok(());
+                }
+                self.new_bytes = self.new_bytes.saturating_add(h.size);
+                if self.new_bytes > self.opts.max_new_bytes {
+                    return Err(Error::integrity(format!(
+                        "archive carries more new content than the plan announced ({} bytes)",
+                        self.opts.max_new_bytes
+                    )));
+                }
+                let d = self
+                    .objects
+                    .insert(
+                        h.ll.digest.as_ref(),
+                        h.size,
+                        &mut |b| tar.read_data(b),
+                        &meta,
+                    )
+                    .map_err(|e| match e {
+                        Error::Integrity(m) => hostile(&path, m),
+                        e => e,
+                    })?;
+                if !self.objects.link(&d, &meta, dir, leaf)? {
+                    return Err(Error::Other(format!("object {d} vanished while applying")));
+                }
+                lw.stats.new_files += 1;
+                lw.stats.new_bytes += h.size;
+            }
+            Kind::HardLink => {
+                if let Some(d) = parse_reference_link(&h.link) {
+                    replace(lw, dir, leaf, &path)?;
+                    self.reference(lw, dir, leaf, &path, d, &meta)?;
+                } else {
+                    self.hard_link(lw, dir, leaf, &path, &h.link)?;
+                }
+            }
+            Kind::Symlink => {
+                if h.link.is_empty() {
+                    return Err(hostile(&path, "symlink with an empty target"));
+                }
+                replace(lw, dir, leaf, &path)?;
+                rfs::symlinkat(h.link.as_slice(), dir, leaf).map_err(|e| io("symlink", e))?;
+                fsops::set_meta_at(dir, leaf, &meta, FileType::Symlink)
+                    .map_err(|e| io("metadata of", e))?;
+            }
+            Kind::Char | Kind::Block | Kind::Fifo => {
+                let ft = match h.kind {
+                    Kind::Char => FileType::CharacterDevice,
+                    Kind::Block => FileType::BlockDevice,
+                    _ => FileType::Fifo,
+                };
+                if ft != FileType::Fifo && !self.opts.allow_devices {
+                    return Err(hostile(
+                        &path,
+                        "device nodes are not allowed (--no-devices)",
+                    ));
+                }
+                replace(lw, dir, leaf, &path)?;
+                let dev = rfs::makedev(h.dev_major, h.dev_minor);
+                rfs::mknodat(dir, leaf, ft, Mode::from_raw_mode(meta.mode & 0o7777), dev)
+                    .map_err(|e| io("mknod", e))?;
+                fsops::set_meta_at(dir, leaf, &meta, ft).map_err(|e| io("metadata of", e))?;
+            }
+            Kind::Other(t) => {
+                return Err(hostile(
+                    &path,
+                    format!("unsupported tar entry type {:?}", t as char),
+                ))
+            }
+        }
+        Ok(())
+    }
+
+    fn reference(
+        &mut self,
+        lw: &mut LayerWriter,
+        dir: BorrowedFd<'_>,
+        leaf: &[u8],
+        path: &[u8],
+        d: Digest,
+        meta: &Meta,
+    ) -> Result<()> {
+        if d == self.empty {
+            let f =
+                fsops::create_file_at(dir, leaf, 0o600).map_err(|e| Error::errno("creating", e))?;
+            return fsops::set_meta_fd(f.as_fd(), meta, false)
+                .map_err(|e| Error::errno("metadata", e));
+        }
+        if self.objects.link(&d, meta, dir, leaf)? {
+            lw.stats.referenced_files += 1;
+            if let Ok(Some(st)) = fsops::lstat_at(dir, leaf) {
+                lw.stats.referenced_bytes += st.st_size as u64;
+            }
+            return Ok(());
+        }
+        // Not held after all: a placeholder until repair.
+        let f = fsops::create_file_at(dir, leaf, 0o600).map_err(|e| Error::errno("creating", e))?;
+        fsops::set_meta_fd(f.as_fd(), meta, false).map_err(|e| Error::errno("metadata", e))?;
+        let st = rfs::fstat(&f).map_err(|e| Error::errno("fstat", e))?;
+        self.add_pending(Pending {
+            layer: lw.layer,
+            path: path.to_vec(),
+            ino: st.st_ino,
+            digest: d,
+            meta: meta.clone(),
+        })
+    }
+
+    fn add_pending(&mut self, p: Pending) -> Result<()> {
+        self.pending_bytes += p.path.len() + 64;
+        if self.pending.len() >= MAX_REPAIR_OBJECTS || self.pending_bytes > MAX_PENDING_BYTES {
+            return Err(Error::integrity(
+                "too many references to objects this device does not hold; run `layerlink-agent verify`",
+            ));
+        }
+        self.pending.push(p);
+        Ok(())
+    }
+
+    fn hard_link(
+        &mut self,
+        lw: &mut LayerWriter,
+        dir: BorrowedFd<'_>,
+        leaf: &[u8],
+        path: &[u8],
+        link: &[u8],
+    ) -> Result<()> {
+        let target = normalize_entry_path(link)
+            .map_err(|e| hostile(path, format!("hard link target: {e}")))?;
+        if target == path {
+            return Ok(()); // a link to itself changes nothing
+        }
+        let (tparent, tleaf) = split_leaf(&target);
+        let tdir = open_existing_dir(lw.root.as_fd(), tparent)
+            .map_err(|e| hostile(path, format!("hard link target {:?}: {e}", show(&target))))?;
+        let st = fsops::lstat_at(tdir.as_fd(), tleaf).map_err(|e| Error::errno("lstat", e))?;
+        let Some(st) = st.filter(|s| file_type(s) == FileType::RegularFile) else {
+            return Err(hostile(
+                path,
+                format!(
+                    "hard link to {:?}, which is not a regular file of this layer",
+                    show(&target)
+                ),
+            ));
+        };
+        replace(lw, dir, leaf, path)?;
+        match rfs::linkat(&tdir, tleaf, dir, leaf, AtFlags::empty()) {
+            Ok(()) => {}
+            Err(Errno::MLINK) => {
+                // The target's variant is full: store it once more.
+                let mut f = fsops::open_file_at(tdir.as_fd(), tleaf)
+                    .map_err(|e| Error::errno("open", e))?;
+                let x = fsops::read_xattrs_fd(f.as_fd()).map_err(|e| Error::errno("xattrs", e))?;
+                let meta = Meta::from_stat(&st, x);
+                let d = self.objects.insert(
+                    None,
+                    st.st_size as u64,
+                    &mut |b| {
+                        f.read(b)
+                            .map_err(|e| Error::io("reading a hard link target", e))
+                    },
+                    &meta,
+                )?;
+                self.objects.link(&d, &meta, dir, leaf)?;
+            }
+            Err(e) => return Err(Error::errno(format!("hard link {}", show(path)), e)),
+        }
+        if let Some(p) = self
+            .pending
+            .iter()
+            .find(|p| p.layer == lw.layer && p.ino == st.st_ino)
+        {
+            let (digest, meta) = (p.digest, p.meta.clone());
+            self.add_pending(Pending {
+                layer: lw.layer,
+                path: path.to_vec(),
+                ino: st.st_ino,
+                digest,
+                meta,
+            })?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Applier<'_> {
+    /// After a failure: move verified objects into `objects/` and remove
+    /// uncommitted staging trees, so those objects count as loose (held)
+    /// and a retry does not download them again.
+    fn drop(&mut self) {
+        let _ = self.objects.flush();
+        let mut names: Vec<String> = self
+            .finished
+            .iter()
+            .filter(|f| !f.committed)
+            .map(|f| f.staging.clone())
+            .collect();
+        names.extend(self.current.take());
+        for n in names {
+            let _ = fsops::remove_at(self.store.tmp_fd(), n.as_bytes());
+            let _ = fsops::remove_at(self.store.tmp_fd(), format!("{n}.dirs").as_bytes());
+        }
+    }
+}
+
+/// Remove whatever `leaf` is in `dir` before a new entry takes its place
+/// (tar semantics: the later entry wins).
+fn replace(lw: &mut LayerWriter, dir: BorrowedFd<'_>, leaf: &[u8], path: &[u8]) -> Result<()> {
+    match fsops::lstat_at(dir, leaf).map_err(|e| Error::errno("lstat", e))? {
+        None => Ok(()),
+        Some(st) => {
+            if file_type(&st) == FileType::Directory {
+                lw.cache = None;
+            }
+            fsops::remove_at(dir, leaf)
+                .map_err(|e| Error::errno(format!("replacing {}", show(path)), e))?;
+            Ok(())
+        }
+    }
+}
+
+fn set_opaque(fd: BorrowedFd<'_>) -> std::result::Result<(), Errno> {
+    rfs::fsetxattr(fd, OVERLAY_OPAQUE, b"y", XattrFlags::empty())
+}
+
+fn has_opaque(fd: BorrowedFd<'_>) -> bool {
+    let mut b = [0u8; 4];
+    matches!(rfs::fgetxattr(fd, OVERLAY_OPAQUE, &mut b[..]), Ok(1) if b[0] == b'y')
+}
+
+/// Open an existing directory below `root` without creating or following.
+pub(crate) fn open_existing_dir(
+    root: BorrowedFd<'_>,
+    path: &[u8],
+) -> std::result::Result<OwnedFd, String> {
+    let mut cur = fsops::open_dir_at(root, b".").map_err(|e| e.to_string())?;
+    if path.is_empty() {
+        return Ok(cur);
+    }
+    for comp in path.split(|&c| c == b'/') {
+        cur = match fsops::open_dir_at(cur.as_fd(), comp) {
+            Ok(fd) => fd,
+            Err(Errno::NOENT) => return Err(format!("{:?} does not exist", show(path))),
+            Err(Errno::LOOP) | Err(Errno::NOTDIR) => {
+                return Err(format!(
+                    "{:?} is not a directory (or goes through a symlink)",
+                    show(path)
+                ))
+            }
+            Err(e) => return Err(e.to_string()),
+        };
+    }
+    Ok(cur)
+}
+
+/// State of the layer being written.
+struct LayerWriter {
+    root: OwnedFd,
+    /// The last parent directory opened, by path.
+    cache: Option<(Vec<u8>, OwnedFd)>,
+    /// Spill file of (directory path, mtime), applied at commit.
+    dirs: BufWriter<File>,
+    stats: LayerStats,
+    layer: usize,
+    root_meta_set: bool,
+}
+
+impl LayerWriter {
+    fn record_dir(&mut self, path: &[u8], t: Time) -> Result<()> {
+        let mut rec = Vec::with_capacity(path.len() + 20);
+        rec.extend_from_slice(&(path.len() as u32).to_le_bytes());
+        rec.extend_from_slice(path);
+        rec.extend_from_slice(&t.sec.to_le_bytes());
+        rec.extend_from_slice(&t.nsec.to_le_bytes());
+        self.dirs
+            .write_all(&rec)
+            .map_err(|e| Error::io("writing the directory list", e))
+    }
+}
+
+/// Apply the recorded directory mtimes of a staged layer (later records of
+/// the same path win: the file is read in order).
+fn set_dir_times(tmp: BorrowedFd<'_>, staging: &str, root: BorrowedFd<'_>) -> Result<()> {
+    let name = format!("{staging}.dirs");
+    let f = match fsops::open_file_at(tmp, name.as_bytes()) {
+        Ok(f) => f,
+        Err(Errno::NOENT) => return Ok(()),
+        Err(e) => return Err(Error::errno(format!("reading tmp/{name}"), e)),
+    };
+    let mut r = BufReader::with_capacity(8192, f);
+    let err = |e: io::Error| Error::io(format!("reading tmp/{name}"), e);
+    let mut path = Vec::new();
+    loop {
+        if r.fill_buf().map_err(err)?.is_empty() {
+            return Ok(());
+        }
+        let mut len = [0u8; 4];
+        r.read_exact(&mut len).map_err(err)?;
+        path.resize(u32::from_le_bytes(len) as usize, 0);
+        r.read_exact(&mut path).map_err(err)?;
+        let mut sec = [0u8; 8];
+        let mut nsec = [0u8; 4];
+        r.read_exact(&mut sec).map_err(err)?;
+        r.read_exact(&mut nsec).map_err(err)?;
+        let t = Time {
+            sec: i64::from_le_bytes(sec),
+            nsec: u32::from_le_bytes(nsec),
+        };
+        if path.is_empty() {
+            fsops::set_times_at(root, b".", t).map_err(|e| Error::errno("layer root", e))?;
+            continue;
+        }
+        let (parent, leaf) = split_leaf(&path);
+        let Ok(dir) = open_existing_dir(root, parent) else {
+            continue;
+        };
+        match fsops::lstat_at(dir.as_fd(), leaf) {
+            Ok(Some(st)) if file_type(&st) == FileType::Directory => {
+                fsops::set_times_at(dir.as_fd(), leaf, t)
+                    .map_err(|e| Error::errno(format!("mtime of {}", show(&path)), e))?;
+            }
+            _ => {}
+        }
+    }
+}
+
+/// `12.3 MiB`-style sizes for progress lines.
+pub fn human(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}

@@ -1,0 +1,179 @@
+//! The agent's error type and the process exit codes it maps to.
+//!
+//! | code | meaning |
+//! |---|---|
+//! | 0 | ok: synced, or already up to date |
+//! | 1 | other error (I/O, unexpected) |
+//! | 2 | usage or configuration error |
+//! | 3 | server or network error (after retries) |
+//! | 4 | the store is locked: another sync is running |
+//! | 5 | integrity error: digest mismatch, hostile or malformed archive, `verify` found problems |
+//! | 6 | disk full |
+//! | 7 | authentication error (401) |
+
+use std::fmt;
+use std::io;
+
+/// Process exit codes (see the module doc).
+pub mod exit {
+    /// Synced, or already up to date.
+    pub const OK: i32 = 0;
+    /// Any other error.
+    pub const OTHER: i32 = 1;
+    /// Bad command line or configuration file.
+    pub const USAGE: i32 = 2;
+    /// Server or network error after retries.
+    pub const NETWORK: i32 = 3;
+    /// Another process holds the store lock.
+    pub const LOCKED: i32 = 4;
+    /// Digest mismatch, hostile archive, or failed `verify`.
+    pub const INTEGRITY: i32 = 5;
+    /// No space left on the store's file system.
+    pub const DISK_FULL: i32 = 6;
+    /// The registry rejected the token (401).
+    pub const AUTH: i32 = 7;
+}
+
+/// Everything that can go wrong in the agent.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Error {
+    /// Bad command line or configuration.
+    Usage(String),
+    /// Another process holds the store lock.
+    Locked(String),
+    /// A network failure or server answer worth retrying (connect failure,
+    /// 5xx, cut stream). Becomes exit code 3 once retries are exhausted.
+    Transient(String),
+    /// A server answer that retrying will not change (4xx other than 401).
+    Server {
+        /// HTTP status.
+        status: u16,
+        /// The error body's code, if the body decoded.
+        code: Option<layerlink_proto::ErrorCode>,
+        /// What the server said, or what was wrong with the answer.
+        message: String,
+    },
+    /// The registry rejected the device token (401).
+    Auth(String),
+    /// Content or archive that must not be trusted: digest mismatch,
+    /// escaping path, write through a symlink, malformed tar, …
+    Integrity(String),
+    /// No space left on the store's file system.
+    DiskFull {
+        /// Bytes needed, when known.
+        needed: Option<u64>,
+        /// Bytes available, when known.
+        available: Option<u64>,
+        /// What was being written.
+        context: String,
+    },
+    /// An I/O error, with what was being done.
+    Io {
+        /// What was being done (names the path).
+        context: String,
+        /// The underlying error.
+        source: io::Error,
+    },
+    /// Anything else.
+    Other(String),
+}
+
+/// Shorthand result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// An I/O error with context; `ENOSPC`/`EDQUOT` become [`Error::DiskFull`].
+    pub fn io(context: impl Into<String>, source: io::Error) -> Error {
+        let context = context.into();
+        match source.raw_os_error() {
+            Some(28) | Some(122) => Error::DiskFull {
+                needed: None,
+                available: None,
+                context,
+            },
+            _ => Error::Io { context, source },
+        }
+    }
+
+    /// A rustix errno with context.
+    pub fn errno(context: impl Into<String>, e: rustix::io::Errno) -> Error {
+        Error::io(context, io::Error::from(e))
+    }
+
+    /// An integrity error.
+    pub fn integrity(msg: impl Into<String>) -> Error {
+        Error::Integrity(msg.into())
+    }
+
+    /// The process exit code for this error.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::Usage(_) => exit::USAGE,
+            Error::Locked(_) => exit::LOCKED,
+            Error::Transient(_) | Error::Server { .. } => exit::NETWORK,
+            Error::Auth(_) => exit::AUTH,
+            Error::Integrity(_) => exit::INTEGRITY,
+            Error::DiskFull { .. } => exit::DISK_FULL,
+            Error::Io { .. } | Error::Other(_) => exit::OTHER,
+        }
+    }
+
+    /// Whether retrying the operation later may succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Error::Transient(_))
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Usage(m) => write!(f, "{m} (see --help)"),
+            Error::Locked(m) => write!(f, "another sync is running: {m}"),
+            Error::Transient(m) => write!(f, "network error: {m}"),
+            Error::Server {
+                status, message, ..
+            } => write!(f, "server error {status}: {message}"),
+            Error::Auth(m) => write!(f, "authentication failed: {m}"),
+            Error::Integrity(m) => write!(f, "integrity error: {m}"),
+            Error::DiskFull {
+                needed,
+                available,
+                context,
+            } => {
+                write!(f, "disk full while {context}")?;
+                if let Some(n) = needed {
+                    write!(f, ": {n} bytes needed")?;
+                }
+                if let Some(a) = available {
+                    write!(f, ", {a} bytes available")?;
+                }
+                Ok(())
+            }
+            Error::Io { context, source } => write!(f, "{context}: {source}"),
+            Error::Other(m) => f.write_str(m),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Io { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn enospc_maps_to_disk_full() {
+        let e = Error::io("writing x", io::Error::from_raw_os_error(28));
+        assert_eq!(e.exit_code(), exit::DISK_FULL);
+        let e = Error::io("writing x", io::Error::from_raw_os_error(2));
+        assert_eq!(e.exit_code(), exit::OTHER);
+    }
+}

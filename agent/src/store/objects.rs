@@ -1,0 +1,319 @@
+//! Object variants: writing new content, finding or making a variant with
+//! given metadata, and linking it into a layer tree.
+//!
+//! New objects (and local copies made for a new variant) are written to
+//! `tmp/obj-<n>` and collected in a *batch*; [`ObjectWriter::flush`] syncs
+//! the file system once for the whole batch and then renames every file
+//! into `objects/`. So an object name never points at unsynced content,
+//! and a layer of ten thousand small files costs a few `syncfs` calls rather
+//! than ten thousand `fsync`s. Layer trees link to a batched object's inode
+//! while it is still in `tmp/`; the rename does not change the inode.
+
+use super::Store;
+use crate::error::{Error, Result};
+use crate::fsops::{self, show, Meta};
+use layerlink_proto::Digest;
+use rustix::fs::{self as rfs, AtFlags, Mode};
+use rustix::io::Errno;
+use sha2::{Digest as _, Sha256};
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::{AsFd, BorrowedFd};
+
+/// Flush the batch after this many files…
+const BATCH_FILES: usize = 256;
+/// …or this many bytes.
+const BATCH_BYTES: u64 = 32 * 1024 * 1024;
+/// Most `.<n>` suffixes tried for one variant.
+const MAX_SUFFIX: u32 = 1000;
+
+struct Staged {
+    /// `obj-<n>` in `tmp/`.
+    tmp: String,
+    /// `<2 hex>/<name>` in `objects/`.
+    name: String,
+}
+
+/// Where a variant's inode can be linked from.
+enum Loc<'a> {
+    Tmp(&'a str),
+    Obj(String),
+}
+
+/// Writes and links objects for one apply.
+pub struct ObjectWriter<'s> {
+    store: &'s Store,
+    batch: Vec<Staged>,
+    batch_bytes: u64,
+    seq: u64,
+    buf: Vec<u8>,
+}
+
+fn fanout(d: &Digest) -> String {
+    d.hex()[..2].to_string()
+}
+
+fn variant_name(d: &Digest, vkey: &str, n: u32) -> String {
+    if n == 0 {
+        format!("{}/{}.{}", fanout(d), d.hex(), vkey)
+    } else {
+        format!("{}/{}.{}.{}", fanout(d), d.hex(), vkey, n)
+    }
+}
+
+impl<'s> ObjectWriter<'s> {
+    /// A writer for `store`.
+    pub fn new(store: &'s Store) -> Self {
+        ObjectWriter {
+            store,
+            batch: Vec::new(),
+            batch_bytes: 0,
+            seq: 0,
+            buf: vec![0; fsops::COPY_BUF],
+        }
+    }
+
+    fn staged(&self, name: &str) -> Option<&Staged> {
+        self.batch.iter().find(|s| s.name == name)
+    }
+
+    /// `lstat` of a variant name, in the batch or in `objects/`.
+    fn stat_name(&self, name: &str) -> Result<Option<rfs::Stat>> {
+        let r = match self.staged(name) {
+            Some(s) => fsops::lstat_at(self.store.tmp_fd(), s.tmp.as_bytes()),
+            None => fsops::lstat_at(self.store.objects_fd(), name.as_bytes()),
+        };
+        r.map_err(|e| Error::errno(format!("looking up object {name}"), e))
+    }
+
+    fn loc<'a>(&'a self, name: &str) -> Loc<'a> {
+        match self.staged(name) {
+            Some(s) => Loc::Tmp(&s.tmp),
+            None => Loc::Obj(name.to_string()),
+        }
+    }
+
+    /// Try to link variant `name` to `dst/leaf`. `Ok(false)` when the
+    /// variant is full (EMLINK).
+    fn link_name(&self, name: &str, dst: BorrowedFd<'_>, leaf: &[u8]) -> Result<bool> {
+        let r = match self.loc(name) {
+            Loc::Tmp(t) => rfs::linkat(self.store.tmp_fd(), t, dst, leaf, AtFlags::empty()),
+            Loc::Obj(o) => rfs::linkat(
+                self.store.objects_fd(),
+                o.as_str(),
+                dst,
+                leaf,
+                AtFlags::empty(),
+            ),
+        };
+        match r {
+            Ok(()) => Ok(true),
+            Err(Errno::MLINK) => Ok(false),
+            Err(e) => Err(Error::errno(
+                format!("linking object {name} to {}", show(leaf)),
+                e,
+            )),
+        }
+    }
+
+    /// Any existing variant of `d` (batch first), to copy content from.
+    fn any_variant(&self, d: &Digest) -> Result<Option<File>> {
+        let prefix = format!("{}/{}.", fanout(d), d.hex());
+        if let Some(s) = self.batch.iter().find(|s| s.name.starts_with(&prefix)) {
+            let f = fsops::open_file_at(self.store.tmp_fd(), s.tmp.as_bytes())
+                .map_err(|e| Error::errno(format!("reading object {}", s.name), e))?;
+            return Ok(Some(f));
+        }
+        let dir = match fsops::open_dir_at(self.store.objects_fd(), fanout(d).as_bytes()) {
+            Ok(fd) => fd,
+            Err(Errno::NOENT) => return Ok(None),
+            Err(e) => return Err(Error::errno("reading objects/", e)),
+        };
+        let hexdot = format!("{}.", d.hex());
+        let mut found: Option<Vec<u8>> = None;
+        fsops::for_each_entry(dir.as_fd(), |n, _| {
+            if found.is_none() && n.starts_with(hexdot.as_bytes()) {
+                found = Some(n.to_vec());
+            }
+            Ok(())
+        })?;
+        match found {
+            None => Ok(None),
+            Some(n) => fsops::open_file_at(dir.as_fd(), &n)
+                .map(Some)
+                .map_err(|e| Error::errno(format!("reading object {}", show(&n)), e)),
+        }
+    }
+
+    /// Whether any variant of `d` is present.
+    pub fn has(&self, d: &Digest) -> Result<bool> {
+        Ok(self.any_variant(d)?.is_some())
+    }
+
+    /// Link a variant of `d` with metadata `meta` to `dst/leaf` (which must
+    /// not exist), making the variant by a local copy when needed.
+    /// `Ok(false)` when the store has no variant of `d` at all.
+    pub fn link(
+        &mut self,
+        d: &Digest,
+        meta: &Meta,
+        dst: BorrowedFd<'_>,
+        leaf: &[u8],
+    ) -> Result<bool> {
+        let vkey = meta.vkey();
+        for n in 0..MAX_SUFFIX {
+            let name = variant_name(d, &vkey, n);
+            match self.stat_name(&name)? {
+                Some(st) if meta.matches_stat(&st) => {
+                    if self.link_name(&name, dst, leaf)? {
+                        return Ok(true);
+                    }
+                }
+                Some(_) => {} // key collision or changed: try the next suffix
+                None => {
+                    let Some(src) = self.any_variant(d)? else {
+                        return Ok(false);
+                    };
+                    let size = src
+                        .metadata()
+                        .map_err(|e| Error::io("reading an object", e))?
+                        .len();
+                    let (tmp, file) = self.new_tmp()?;
+                    fsops::copy_data(&src, &file).map_err(|e| {
+                        Error::io(format!("copying object {d} for a new variant"), e)
+                    })?;
+                    fsops::set_meta_fd(file.as_fd(), meta, false)
+                        .map_err(|e| Error::errno(format!("setting metadata of object {d}"), e))?;
+                    drop(file);
+                    self.stage(tmp, name.clone(), size)?;
+                    if self.link_name(&name, dst, leaf)? {
+                        return Ok(true);
+                    }
+                    return Err(Error::Other(format!(
+                        "new object variant {name} cannot be linked"
+                    )));
+                }
+            }
+        }
+        Err(Error::Other(format!(
+            "object {d}: more than {MAX_SUFFIX} variants with one metadata"
+        )))
+    }
+
+    fn new_tmp(&mut self) -> Result<(String, File)> {
+        self.seq += 1;
+        let tmp = format!("obj-{}", self.seq);
+        let f = fsops::create_file_at(self.store.tmp_fd(), tmp.as_bytes(), 0o600)
+            .map_err(|e| Error::errno(format!("creating tmp/{tmp}"), e))?;
+        Ok((tmp, f))
+    }
+
+    fn stage(&mut self, tmp: String, name: String, size: u64) -> Result<()> {
+        self.batch.push(Staged { tmp, name });
+        self.batch_bytes += size;
+        if self.batch.len() >= BATCH_FILES || self.batch_bytes >= BATCH_BYTES {
+            // Layer trees keep their links to the staged inodes.
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Write a new object of `size` bytes read through `read`, hashing as it
+    /// goes; verify size and (when given) `expected`; store it with `meta`.
+    /// Returns its digest. Content already present (same variant) is
+    /// dropped.
+    pub fn insert(
+        &mut self,
+        expected: Option<&Digest>,
+        size: u64,
+        read: &mut dyn FnMut(&mut [u8]) -> Result<usize>,
+        meta: &Meta,
+    ) -> Result<Digest> {
+        let (tmp, mut file) = self.new_tmp()?;
+        let mut h = Sha256::new();
+        let mut got: u64 = 0;
+        let mut buf = std::mem::take(&mut self.buf);
+        let res = (|| {
+            while got < size {
+                let want = ((size - got) as usize).min(buf.len());
+                let n = read(&mut buf[..want])?;
+                if n == 0 {
+                    return Err(Error::Transient("content ended early".into()));
+                }
+                h.update(&buf[..n]);
+                file.write_all(&buf[..n])
+                    .map_err(|e| Error::io(format!("writing tmp/{tmp}"), e))?;
+                got += n as u64;
+            }
+            Ok(())
+        })();
+        self.buf = buf;
+        if let Err(e) = res {
+            drop(file);
+            let _ = rfs::unlinkat(self.store.tmp_fd(), tmp.as_str(), AtFlags::empty());
+            return Err(e);
+        }
+        let digest = Digest::from_hasher(h);
+        if let Some(want) = expected {
+            if *want != digest {
+                drop(file);
+                let _ = rfs::unlinkat(self.store.tmp_fd(), tmp.as_str(), AtFlags::empty());
+                return Err(Error::integrity(format!(
+                    "content announced as {want} hashes to {digest} ({size} bytes)"
+                )));
+            }
+        }
+        fsops::set_meta_fd(file.as_fd(), meta, false)
+            .map_err(|e| Error::errno(format!("setting metadata of object {digest}"), e))?;
+        drop(file);
+        // Already stored with this metadata? Keep the old one.
+        let vkey = meta.vkey();
+        for n in 0..MAX_SUFFIX {
+            let name = variant_name(&digest, &vkey, n);
+            match self.stat_name(&name)? {
+                Some(st) if meta.matches_stat(&st) => {
+                    let _ = rfs::unlinkat(self.store.tmp_fd(), tmp.as_str(), AtFlags::empty());
+                    return Ok(digest);
+                }
+                Some(_) => continue,
+                None => {
+                    self.stage(tmp, name, size)?;
+                    return Ok(digest);
+                }
+            }
+        }
+        Err(Error::Other(format!("object {digest}: too many variants")))
+    }
+
+    /// Sync the batch's content, then rename it into `objects/`.
+    pub fn flush(&mut self) -> Result<()> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        self.store.syncfs()?;
+        for s in self.batch.drain(..) {
+            let fan = &s.name[..2];
+            match rfs::mkdirat(self.store.objects_fd(), fan, Mode::from_raw_mode(0o700)) {
+                Ok(()) | Err(Errno::EXIST) => {}
+                Err(e) => return Err(Error::errno(format!("creating objects/{fan}"), e)),
+            }
+            rfs::renameat(
+                self.store.tmp_fd(),
+                s.tmp.as_str(),
+                self.store.objects_fd(),
+                s.name.as_str(),
+            )
+            .map_err(|e| Error::errno(format!("storing object {}", s.name), e))?;
+        }
+        self.batch_bytes = 0;
+        Ok(())
+    }
+}
+
+impl Drop for ObjectWriter<'_> {
+    fn drop(&mut self) {
+        // Best effort: verified content stays as loose objects, so a retry
+        // does not download it again.
+        let _ = self.flush();
+    }
+}
