@@ -1,0 +1,404 @@
+//! Layer blobs as streams: decompress while hashing both the compressed
+//! and the uncompressed bytes (so a read layer is verified against its
+//! digest and diff_id), and compress a new tar into a temp file while
+//! hashing both sides (its diff_id and blob digest come out at the end).
+//! Nothing is buffered beyond fixed-size buffers.
+
+use layerlink_proto::Digest;
+use sha2::{Digest as _, Sha256};
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+
+/// How a layer blob is compressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    /// Plain tar.
+    None,
+    /// gzip (possibly several members).
+    Gzip,
+    /// zstd.
+    Zstd,
+}
+
+impl Compression {
+    /// Recognise compressed data by its magic bytes.
+    pub fn sniff(head: &[u8]) -> Compression {
+        if head.starts_with(&[0x1f, 0x8b]) {
+            Compression::Gzip
+        } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+            Compression::Zstd
+        } else {
+            Compression::None
+        }
+    }
+
+    /// The compression a layer media type names.
+    pub fn of_media_type(media_type: &str) -> Compression {
+        if media_type.ends_with("zstd") {
+            Compression::Zstd
+        } else if media_type.ends_with(".tar") || media_type.ends_with("+tar") {
+            Compression::None
+        } else {
+            Compression::Gzip
+        }
+    }
+}
+
+/// A reader that hashes what passes through it.
+pub struct HashReader<R> {
+    inner: R,
+    hasher: Sha256,
+    len: u64,
+}
+
+impl<R> HashReader<R> {
+    /// Hash everything read from `inner`.
+    pub fn new(inner: R) -> HashReader<R> {
+        HashReader {
+            inner,
+            hasher: Sha256::new(),
+            len: 0,
+        }
+    }
+}
+
+impl<R: Read> Read for HashReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.len += n as u64;
+        Ok(n)
+    }
+}
+
+/// A writer that hashes what passes through it.
+pub struct HashWriter<W> {
+    inner: W,
+    hasher: Sha256,
+    len: u64,
+}
+
+impl<W> HashWriter<W> {
+    /// Hash everything written to `inner`.
+    pub fn new(inner: W) -> HashWriter<W> {
+        HashWriter {
+            inner,
+            hasher: Sha256::new(),
+            len: 0,
+        }
+    }
+
+    /// The inner writer, digest and length.
+    pub fn finish(self) -> (W, Digest, u64) {
+        (self.inner, Digest::from_hasher(self.hasher), self.len)
+    }
+}
+
+impl<W: Write> Write for HashWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.len += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+enum Decoder<R: BufRead> {
+    Plain(R),
+    Gzip(flate2::bufread::MultiGzDecoder<R>),
+    Zstd(zstd::stream::read::Decoder<'static, R>),
+}
+
+impl<R: BufRead> Read for Decoder<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Decoder::Plain(r) => r.read(buf),
+            Decoder::Gzip(r) => r.read(buf),
+            Decoder::Zstd(r) => r.read(buf),
+        }
+    }
+}
+
+impl<R: BufRead> Decoder<R> {
+    fn into_inner(self) -> R {
+        match self {
+            Decoder::Plain(r) => r,
+            Decoder::Gzip(r) => r.into_inner(),
+            Decoder::Zstd(r) => r.finish(),
+        }
+    }
+}
+
+/// The uncompressed tar of a layer blob, hashed on both sides.
+pub struct LayerReader {
+    tar: HashReader<Decoder<BufReader<HashReader<Box<dyn Read + Send>>>>>,
+    compression: Compression,
+}
+
+/// What a layer blob hashed to once read to the end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LayerDigests {
+    /// sha256 of the blob (compressed) bytes.
+    pub blob: Digest,
+    /// Blob size.
+    pub blob_size: u64,
+    /// sha256 of the uncompressed tar (the diff_id).
+    pub diff_id: Digest,
+}
+
+impl LayerReader {
+    /// Decompress `blob` (gzip, zstd or plain, recognised by its first bytes).
+    pub fn new(blob: Box<dyn Read + Send>) -> io::Result<LayerReader> {
+        let mut raw = BufReader::with_capacity(64 * 1024, HashReader::new(blob));
+        let compression = Compression::sniff(raw.fill_buf()?);
+        let dec = match compression {
+            Compression::None => Decoder::Plain(raw),
+            Compression::Gzip => Decoder::Gzip(flate2::bufread::MultiGzDecoder::new(raw)),
+            Compression::Zstd => Decoder::Zstd(zstd::stream::read::Decoder::with_buffer(raw)?),
+        };
+        Ok(LayerReader {
+            tar: HashReader::new(dec),
+            compression,
+        })
+    }
+
+    /// Open the file at `path` as a layer.
+    pub fn open(path: &Path) -> io::Result<LayerReader> {
+        LayerReader::new(Box::new(File::open(path)?))
+    }
+
+    /// How the blob is compressed.
+    pub fn compression(&self) -> Compression {
+        self.compression
+    }
+
+    /// Read the rest (tar padding, trailing bytes) and return the digests.
+    pub fn finish(mut self) -> io::Result<LayerDigests> {
+        io::copy(&mut self.tar, &mut io::sink())?;
+        let HashReader {
+            inner: dec,
+            hasher: tar_hasher,
+            ..
+        } = self.tar;
+        let mut raw = dec.into_inner();
+        io::copy(&mut raw, &mut io::sink())?;
+        let HashReader { hasher, len, .. } = raw.into_inner();
+        Ok(LayerDigests {
+            blob: Digest::from_hasher(hasher),
+            blob_size: len,
+            diff_id: Digest::from_hasher(tar_hasher),
+        })
+    }
+}
+
+impl Read for LayerReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.tar.read(buf)
+    }
+}
+
+enum Encoder<W: Write> {
+    Plain(W),
+    Gzip(flate2::write::GzEncoder<W>),
+    Zstd(zstd::stream::write::Encoder<'static, W>),
+}
+
+impl<W: Write> Write for Encoder<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Encoder::Plain(w) => w.write(buf),
+            Encoder::Gzip(w) => w.write(buf),
+            Encoder::Zstd(w) => w.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Encoder::Plain(w) => w.flush(),
+            Encoder::Gzip(w) => w.flush(),
+            Encoder::Zstd(w) => w.flush(),
+        }
+    }
+}
+
+impl<W: Write> Encoder<W> {
+    fn finish(self) -> io::Result<W> {
+        match self {
+            Encoder::Plain(w) => Ok(w),
+            Encoder::Gzip(w) => w.finish(),
+            Encoder::Zstd(w) => w.finish(),
+        }
+    }
+}
+
+/// A new layer blob being written to a temp file.
+pub struct LayerWriter {
+    tar: HashWriter<Encoder<HashWriter<BufWriter<File>>>>,
+    path: PathBuf,
+}
+
+/// A finished blob in a temp file, named by what it hashed to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewBlob {
+    /// The temp file.
+    pub path: PathBuf,
+    /// sha256 of the file.
+    pub digest: Digest,
+    /// File size.
+    pub size: u64,
+    /// For a layer: sha256 of the uncompressed tar.
+    pub diff_id: Digest,
+}
+
+impl LayerWriter {
+    /// Write a layer compressed with `compression` to the new file `path`.
+    pub fn create(path: PathBuf, compression: Compression) -> io::Result<LayerWriter> {
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)?;
+        let sink = HashWriter::new(BufWriter::with_capacity(64 * 1024, file));
+        let enc = match compression {
+            Compression::None => Encoder::Plain(sink),
+            Compression::Gzip => Encoder::Gzip(flate2::write::GzEncoder::new(
+                sink,
+                flate2::Compression::default(),
+            )),
+            Compression::Zstd => Encoder::Zstd(zstd::stream::write::Encoder::new(sink, 3)?),
+        };
+        Ok(LayerWriter {
+            tar: HashWriter::new(enc),
+            path,
+        })
+    }
+
+    /// Flush, compress the tail, fsync; the digests of both sides.
+    pub fn finish(self) -> io::Result<NewBlob> {
+        let (enc, diff_id, _) = self.tar.finish();
+        let sink = enc.finish()?;
+        let (buf, digest, size) = sink.finish();
+        let file = buf.into_inner().map_err(|e| e.into_error())?;
+        file.sync_all()?;
+        Ok(NewBlob {
+            path: self.path,
+            digest,
+            size,
+            diff_id,
+        })
+    }
+}
+
+impl Write for LayerWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.tar.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.tar.flush()
+    }
+}
+
+/// A private temp directory for one edit, removed (with whatever is left
+/// in it) when dropped. It lives on the same file system as the blobs so
+/// finished files can be renamed into place.
+#[derive(Debug)]
+pub struct Scratch {
+    dir: PathBuf,
+    next: std::cell::Cell<u32>,
+}
+
+impl Scratch {
+    /// Create a fresh directory `<parent>/<prefix><random>`.
+    pub fn create(parent: &Path, prefix: &str) -> io::Result<Scratch> {
+        fs::create_dir_all(parent)?;
+        let dir = parent.join(format!("{prefix}{:016x}", rand::random::<u64>()));
+        fs::create_dir(&dir)?;
+        Ok(Scratch {
+            dir,
+            next: std::cell::Cell::new(0),
+        })
+    }
+
+    /// A path for a new temp file in the directory.
+    pub fn file(&self, what: &str) -> PathBuf {
+        let n = self.next.get();
+        self.next.set(n + 1);
+        self.dir.join(format!("{n:04}-{what}"))
+    }
+
+    /// Write `bytes` to a new temp file; its digest and size.
+    pub fn write_blob(&self, what: &str, bytes: &[u8]) -> io::Result<NewBlob> {
+        let path = self.file(what);
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        let digest = Digest::of(bytes);
+        Ok(NewBlob {
+            path,
+            digest,
+            size: bytes.len() as u64,
+            diff_id: digest,
+        })
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writer_and_reader_agree_on_digests() {
+        let dir = tempfile::tempdir().unwrap();
+        for c in [Compression::None, Compression::Gzip, Compression::Zstd] {
+            let path = dir.path().join(format!("{c:?}"));
+            let mut w = LayerWriter::create(path.clone(), c).unwrap();
+            w.write_all(&[7u8; 100_000]).unwrap();
+            let blob = w.finish().unwrap();
+            assert_eq!(blob.diff_id, Digest::of(&[7u8; 100_000]));
+            assert_eq!(blob.digest, Digest::of(&fs::read(&path).unwrap()));
+            let mut r = LayerReader::open(&path).unwrap();
+            assert_eq!(r.compression(), c);
+            let mut first = [0u8; 10];
+            r.read_exact(&mut first).unwrap();
+            let d = r.finish().unwrap();
+            assert_eq!(
+                (d.blob, d.blob_size, d.diff_id),
+                (blob.digest, blob.size, blob.diff_id)
+            );
+        }
+    }
+
+    #[test]
+    fn media_types_name_compression() {
+        assert_eq!(
+            Compression::of_media_type("application/vnd.oci.image.layer.v1.tar"),
+            Compression::None
+        );
+        assert_eq!(
+            Compression::of_media_type("application/vnd.oci.image.layer.v1.tar+gzip"),
+            Compression::Gzip
+        );
+        assert_eq!(
+            Compression::of_media_type("application/vnd.oci.image.layer.v1.tar+zstd"),
+            Compression::Zstd
+        );
+        assert_eq!(
+            Compression::of_media_type("application/vnd.docker.image.rootfs.diff.tar.gzip"),
+            Compression::Gzip
+        );
+    }
+}

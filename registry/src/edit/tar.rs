@@ -1,0 +1,722 @@
+//! Raw tar, block by block: a reader that hands out each entry together
+//! with the exact bytes it was made of (so an untouched entry is copied
+//! byte for byte), and a writer for the few entries an edit makes.
+//!
+//! An entry is its extension headers (PAX `x`, GNU `L`/`K` long names,
+//! with their data), its own header block (plus GNU sparse extension
+//! blocks), then its data padded to 512 bytes. Global PAX headers (`g`) are
+//! entries of their own. Following Go's `archive/tar` (which wrote most
+//! layers in the wild), link, symlink, device, directory and FIFO entries
+//! carry no data whatever their size field says.
+
+use layerlink_proto::archive::{normalize_entry_path, PathError};
+use layerlink_proto::limits::MAX_PAX_BYTES;
+use std::io::{self, Read, Write};
+
+/// The tar block size.
+pub const BLOCK: usize = 512;
+const ZERO_BLOCK: [u8; BLOCK] = [0; BLOCK];
+
+/// Bytes of padding after `len` bytes of data.
+pub fn padding(len: u64) -> u64 {
+    (BLOCK as u64 - len % BLOCK as u64) % BLOCK as u64
+}
+
+fn invalid(msg: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, msg)
+}
+
+/// What an entry makes on disk, as far as editing cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A directory.
+    Dir,
+    /// A regular (possibly sparse or contiguous) file.
+    File,
+    /// A symbolic link.
+    Symlink,
+    /// A hard link to an earlier path.
+    HardLink,
+    /// Device, FIFO, or anything else.
+    Other,
+}
+
+impl Kind {
+    /// A word for messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Dir => "a directory",
+            Kind::File => "a file",
+            Kind::Symlink => "a symlink",
+            Kind::HardLink => "a hard link",
+            Kind::Other => "a special file",
+        }
+    }
+}
+
+/// One entry as read: its raw bytes up to the data, and what they say.
+#[derive(Debug, Clone)]
+pub struct RawEntry {
+    /// Extension headers before the entry's own header, with their data
+    /// and padding, exactly as read.
+    pub ext: Vec<u8>,
+    /// The entry's header block (and GNU sparse extension blocks).
+    pub header: Vec<u8>,
+    /// The type flag.
+    pub typ: u8,
+    /// Effective path (PAX `path`, else GNU long name, else ustar name).
+    pub path: Vec<u8>,
+    /// Effective link name (same precedence), empty when none.
+    pub link: Vec<u8>,
+    /// Bytes of data following the header.
+    pub size: u64,
+    /// The entry's PAX records, in order.
+    pub pax: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+impl RawEntry {
+    /// The entry's parsed header block.
+    pub fn header(&self) -> &tar::Header {
+        tar::Header::from_byte_slice(&self.header[..BLOCK])
+    }
+
+    /// Whether this is a global PAX header (not an entry of the layer).
+    pub fn is_global(&self) -> bool {
+        self.typ == b'g'
+    }
+
+    /// What the entry makes.
+    pub fn kind(&self) -> Kind {
+        match self.typ {
+            b'5' => Kind::Dir,
+            b'0' | 0 if self.path.ends_with(b"/") => Kind::Dir,
+            b'0' | 0 | b'7' | b'S' => Kind::File,
+            b'2' => Kind::Symlink,
+            b'1' => Kind::HardLink,
+            _ => Kind::Other,
+        }
+    }
+
+    /// Extended attributes (`SCHILY.xattr.<name>` PAX records).
+    pub fn xattrs(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
+        self.pax
+            .iter()
+            .filter_map(|(k, v)| {
+                k.strip_prefix(b"SCHILY.xattr.")
+                    .map(|n| (n.to_vec(), v.clone()))
+            })
+            .collect()
+    }
+
+    /// The metadata of this entry as a new entry of kind `kind` at `path`.
+    pub fn to_new(&self, path: Vec<u8>, kind: NewKind) -> NewEntry {
+        let h = self.header();
+        let pax_num = |key: &[u8]| {
+            self.pax
+                .iter()
+                .rev()
+                .find(|(k, _)| k == key)
+                .and_then(|(_, v)| std::str::from_utf8(v).ok())
+                .and_then(|s| s.split('.').next().and_then(|i| i.parse::<u64>().ok()))
+        };
+        NewEntry {
+            path,
+            kind,
+            mode: h.mode().unwrap_or(0o644) & 0o7777,
+            uid: pax_num(b"uid").or_else(|| h.uid().ok()).unwrap_or(0),
+            gid: pax_num(b"gid").or_else(|| h.gid().ok()).unwrap_or(0),
+            mtime: pax_num(b"mtime").or_else(|| h.mtime().ok()).unwrap_or(0),
+            uname: h.username_bytes().unwrap_or_default().to_vec(),
+            gname: h.groupname_bytes().unwrap_or_default().to_vec(),
+            xattrs: self.xattrs(),
+        }
+    }
+}
+
+/// A normalised layer path: `Ok(None)` is the root (`.`, `./`), a leading
+/// `/` is ignored. Errors name paths no edit can address (`..`, NUL, too
+/// long).
+pub fn normalize_layer_path(raw: &[u8]) -> Result<Option<Vec<u8>>, PathError> {
+    let mut p = raw;
+    while let Some(rest) = p.strip_prefix(b"/") {
+        p = rest;
+    }
+    match normalize_entry_path(p) {
+        Ok(v) => Ok(Some(v)),
+        Err(PathError::Empty) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Reads a tar stream entry by entry, keeping each entry's raw bytes.
+pub struct TarReader<R> {
+    inner: R,
+    data_left: u64,
+    pad_left: u64,
+    offset: u64,
+    ended: bool,
+    buf: Vec<u8>,
+}
+
+impl<R: Read> TarReader<R> {
+    /// Read tar from `inner`.
+    pub fn new(inner: R) -> TarReader<R> {
+        TarReader {
+            inner,
+            data_left: 0,
+            pad_left: 0,
+            offset: 0,
+            ended: false,
+            buf: vec![0; 64 * 1024],
+        }
+    }
+
+    /// The underlying reader. Whatever follows the end-of-archive block
+    /// was not read.
+    pub fn into_inner(self) -> R {
+        self.inner
+    }
+
+    fn read_exact(&mut self, out: &mut [u8]) -> io::Result<()> {
+        self.inner.read_exact(out).map_err(|e| {
+            if e.kind() == io::ErrorKind::UnexpectedEof {
+                invalid(format!("tar stream cut at byte {}", self.offset))
+            } else {
+                e
+            }
+        })?;
+        self.offset += out.len() as u64;
+        Ok(())
+    }
+
+    /// Read one block; `false` on a clean end of stream before it.
+    fn read_block(&mut self, block: &mut [u8; BLOCK]) -> io::Result<bool> {
+        let mut got = 0;
+        while got < BLOCK {
+            match self.inner.read(&mut block[got..]) {
+                Ok(0) if got == 0 => return Ok(false),
+                Ok(0) => {
+                    return Err(invalid(format!(
+                        "tar stream cut at byte {}",
+                        self.offset + got as u64
+                    )))
+                }
+                Ok(n) => got += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        self.offset += BLOCK as u64;
+        Ok(true)
+    }
+
+    /// The next entry, or `None` at the end of the archive. Data of the
+    /// previous entry not read yet is skipped.
+    pub fn next_entry(&mut self) -> io::Result<Option<RawEntry>> {
+        self.skip_rest()?;
+        if self.ended {
+            return Ok(None);
+        }
+        let mut ext = Vec::new();
+        let mut pax: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+        let mut gnu_name: Option<Vec<u8>> = None;
+        let mut gnu_link: Option<Vec<u8>> = None;
+        loop {
+            let start = self.offset;
+            let mut block = [0u8; BLOCK];
+            if !self.read_block(&mut block)? {
+                if ext.is_empty() {
+                    // No end-of-archive blocks: tolerated, as Go and GNU tar do.
+                    self.ended = true;
+                    return Ok(None);
+                }
+                return Err(invalid(format!(
+                    "tar stream ends after extension headers at byte {start}"
+                )));
+            }
+            if block == ZERO_BLOCK {
+                if !ext.is_empty() {
+                    return Err(invalid(format!(
+                        "end of archive right after extension headers at byte {start}"
+                    )));
+                }
+                self.ended = true;
+                return Ok(None);
+            }
+            verify_checksum(&block, start)?;
+            let h = tar::Header::from_byte_slice(&block);
+            let typ = block[156];
+            let hsize = h.entry_size().map_err(|e| {
+                invalid(format!("bad size field in tar header at byte {start}: {e}"))
+            })?;
+            match typ {
+                b'x' | b'L' | b'K' => {
+                    if hsize > MAX_PAX_BYTES {
+                        return Err(invalid(format!(
+                            "tar extension header at byte {start} is {hsize} bytes, more than {MAX_PAX_BYTES}"
+                        )));
+                    }
+                    let mut data = vec![0u8; (hsize + padding(hsize)) as usize];
+                    self.read_exact(&mut data)?;
+                    ext.extend_from_slice(&block);
+                    ext.extend_from_slice(&data);
+                    data.truncate(hsize as usize);
+                    match typ {
+                        b'x' => parse_pax(&data, &mut pax)
+                            .map_err(|m| invalid(format!("bad PAX header at byte {start}: {m}")))?,
+                        b'L' => gnu_name = Some(trim_nul(data)),
+                        _ => gnu_link = Some(trim_nul(data)),
+                    }
+                }
+                _ => {
+                    let mut header = block.to_vec();
+                    if typ == b'S' && block[482] != 0 {
+                        // GNU sparse: extension blocks follow while `isextended`.
+                        loop {
+                            let mut more = [0u8; BLOCK];
+                            self.read_exact(&mut more)?;
+                            header.extend_from_slice(&more);
+                            if more[504] == 0 {
+                                break;
+                            }
+                        }
+                    }
+                    let pax_get = |key: &[u8]| {
+                        pax.iter()
+                            .rev()
+                            .find(|(k, _)| k == key)
+                            .map(|(_, v)| v.clone())
+                    };
+                    let path = pax_get(b"path")
+                        .or(gnu_name)
+                        .unwrap_or_else(|| h.path_bytes().into_owned());
+                    let link = pax_get(b"linkpath").or(gnu_link).unwrap_or_else(|| {
+                        h.link_name_bytes()
+                            .map(|c| c.into_owned())
+                            .unwrap_or_default()
+                    });
+                    let mut size = match pax_get(b"size") {
+                        Some(v) => std::str::from_utf8(&v)
+                            .ok()
+                            .and_then(|s| s.parse::<u64>().ok())
+                            .ok_or_else(|| {
+                                invalid(format!("bad PAX size in tar entry at byte {start}"))
+                            })?,
+                        None => hsize,
+                    };
+                    if matches!(typ, b'1' | b'2' | b'3' | b'4' | b'5' | b'6') {
+                        size = 0;
+                    }
+                    self.data_left = size;
+                    self.pad_left = padding(size);
+                    return Ok(Some(RawEntry {
+                        ext,
+                        header,
+                        typ,
+                        path,
+                        link,
+                        size,
+                        pax,
+                    }));
+                }
+            }
+        }
+    }
+
+    /// Copy the rest of the current entry's data and its padding to `w`.
+    pub fn copy_raw(&mut self, w: &mut dyn Write) -> io::Result<()> {
+        self.copy_content(w)?;
+        let pad = self.pad_left as usize;
+        let mut tmp = [0u8; BLOCK];
+        self.read_exact(&mut tmp[..pad])?;
+        self.pad_left = 0;
+        w.write_all(&tmp[..pad])
+    }
+
+    /// Copy the rest of the current entry's data (without padding) to `w`.
+    pub fn copy_content(&mut self, w: &mut dyn Write) -> io::Result<()> {
+        let mut buf = std::mem::take(&mut self.buf);
+        let result = (|| {
+            while self.data_left > 0 {
+                let n = (self.data_left.min(buf.len() as u64)) as usize;
+                self.read_exact(&mut buf[..n])?;
+                self.data_left -= n as u64;
+                w.write_all(&buf[..n])?;
+            }
+            Ok(())
+        })();
+        self.buf = buf;
+        result
+    }
+
+    /// Skip the rest of the current entry's data and padding.
+    pub fn skip_rest(&mut self) -> io::Result<()> {
+        self.copy_content(&mut io::sink())?;
+        let pad = self.pad_left as usize;
+        let mut tmp = [0u8; BLOCK];
+        self.read_exact(&mut tmp[..pad])?;
+        self.pad_left = 0;
+        Ok(())
+    }
+}
+
+fn trim_nul(mut v: Vec<u8>) -> Vec<u8> {
+    while v.last() == Some(&0) {
+        v.pop();
+    }
+    v
+}
+
+fn verify_checksum(block: &[u8; BLOCK], at: u64) -> io::Result<()> {
+    let field = &block[148..156];
+    let text: Vec<u8> = field
+        .iter()
+        .copied()
+        .filter(|c| *c != 0 && *c != b' ')
+        .collect();
+    let stored = std::str::from_utf8(&text)
+        .ok()
+        .and_then(|s| u32::from_str_radix(s, 8).ok())
+        .ok_or_else(|| invalid(format!("not a tar header at byte {at} (no checksum)")))?;
+    let mut unsigned: u32 = 0;
+    let mut signed: i32 = 0;
+    for (i, &b) in block.iter().enumerate() {
+        let b = if (148..156).contains(&i) { b' ' } else { b };
+        unsigned += u32::from(b);
+        signed += i32::from(b as i8);
+    }
+    if stored == unsigned || stored as i32 == signed {
+        Ok(())
+    } else {
+        Err(invalid(format!(
+            "tar header checksum mismatch at byte {at}"
+        )))
+    }
+}
+
+/// Parse PAX records (`"<len> <key>=<value>\n"`) into `out`.
+fn parse_pax(mut data: &[u8], out: &mut Vec<(Vec<u8>, Vec<u8>)>) -> Result<(), String> {
+    while !data.is_empty() {
+        if data.iter().all(|&b| b == 0) {
+            break;
+        }
+        let sp = data
+            .iter()
+            .position(|&b| b == b' ')
+            .ok_or("record without length")?;
+        let len: usize = std::str::from_utf8(&data[..sp])
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .ok_or("bad record length")?;
+        if len <= sp + 1 || len > data.len() || data[len - 1] != b'\n' {
+            return Err("bad record length".into());
+        }
+        let rec = &data[sp + 1..len - 1];
+        let eq = rec
+            .iter()
+            .position(|&b| b == b'=')
+            .ok_or("record without '='")?;
+        out.push((rec[..eq].to_vec(), rec[eq + 1..].to_vec()));
+        data = &data[len..];
+    }
+    Ok(())
+}
+
+/// Append one PAX record to `out`.
+pub fn pax_record(out: &mut Vec<u8>, key: &[u8], value: &[u8]) {
+    let base = key.len() + value.len() + 3;
+    let mut len = base + 1;
+    while base + len.to_string().len() != len {
+        len = base + len.to_string().len();
+    }
+    out.extend_from_slice(len.to_string().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(key);
+    out.push(b'=');
+    out.extend_from_slice(value);
+    out.push(b'\n');
+}
+
+/// What a new entry is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NewKind {
+    /// A regular file of `size` bytes; the data follows the header.
+    File {
+        /// Content length.
+        size: u64,
+    },
+    /// A directory.
+    Dir,
+    /// A symlink to the target.
+    Symlink(Vec<u8>),
+    /// A hard link to an earlier path of the layer (normalised).
+    HardLink(Vec<u8>),
+    /// A character device (major, minor).
+    Char(u32, u32),
+    /// A block device (major, minor).
+    Block(u32, u32),
+    /// A FIFO.
+    Fifo,
+}
+
+/// An entry the editor writes (as opposed to one it copies).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewEntry {
+    /// Normalised path (no leading `/` or `./`).
+    pub path: Vec<u8>,
+    /// What it is.
+    pub kind: NewKind,
+    /// Permission bits (and setuid/setgid/sticky).
+    pub mode: u32,
+    /// Owner.
+    pub uid: u64,
+    /// Group.
+    pub gid: u64,
+    /// Modification time, seconds since the epoch.
+    pub mtime: u64,
+    /// Owner name (may be empty).
+    pub uname: Vec<u8>,
+    /// Group name (may be empty).
+    pub gname: Vec<u8>,
+    /// Extended attributes.
+    pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+impl NewEntry {
+    /// A directory owned by root with mode 0755.
+    pub fn dir(path: Vec<u8>, mtime: u64) -> NewEntry {
+        NewEntry {
+            path,
+            kind: NewKind::Dir,
+            mode: 0o755,
+            uid: 0,
+            gid: 0,
+            mtime,
+            uname: Vec::new(),
+            gname: Vec::new(),
+            xattrs: Vec::new(),
+        }
+    }
+}
+
+/// Split `path` into ustar `(prefix, name)` fields, if it fits.
+fn split_ustar(path: &[u8]) -> Option<(&[u8], &[u8])> {
+    if path.len() <= 100 {
+        return Some((&[], path));
+    }
+    path.iter()
+        .enumerate()
+        .rev()
+        .filter(|(_, &c)| c == b'/')
+        .find_map(|(i, _)| {
+            let (prefix, name) = (&path[..i], &path[i + 1..]);
+            (prefix.len() <= 155 && !name.is_empty() && name.len() <= 100).then_some((prefix, name))
+        })
+}
+
+fn set_field(field: &mut [u8], value: &[u8]) {
+    field.fill(0);
+    let n = value.len().min(field.len());
+    field[..n].copy_from_slice(&value[..n]);
+}
+
+/// Write the header(s) of `e` (a PAX header first when a name does not fit
+/// ustar, or there are xattrs). For a file, the caller writes exactly
+/// `size` bytes of data then [`write_padding`].
+pub fn write_header(w: &mut dyn Write, e: &NewEntry) -> io::Result<()> {
+    let mut name = e.path.clone();
+    if e.kind == NewKind::Dir {
+        name.push(b'/');
+    }
+    let mut records = Vec::new();
+    let split = split_ustar(&name);
+    if split.is_none() {
+        pax_record(&mut records, b"path", &name);
+    }
+    let link: &[u8] = match &e.kind {
+        NewKind::Symlink(t) | NewKind::HardLink(t) => t,
+        _ => &[],
+    };
+    if link.len() > 100 {
+        pax_record(&mut records, b"linkpath", link);
+    }
+    if e.uname.len() > 32 {
+        pax_record(&mut records, b"uname", &e.uname);
+    }
+    if e.gname.len() > 32 {
+        pax_record(&mut records, b"gname", &e.gname);
+    }
+    for (k, v) in &e.xattrs {
+        let mut key = b"SCHILY.xattr.".to_vec();
+        key.extend_from_slice(k);
+        pax_record(&mut records, &key, v);
+    }
+    if !records.is_empty() {
+        let base = e.path.rsplit(|&c| c == b'/').next().unwrap_or(&[]);
+        let mut pax_name = b"PaxHeaders.0/".to_vec();
+        pax_name.extend_from_slice(&base[..base.len().min(100 - pax_name.len())]);
+        let mut h = tar::Header::new_ustar();
+        set_field(&mut h.as_ustar_mut().expect("ustar").name, &pax_name);
+        h.set_entry_type(tar::EntryType::XHeader);
+        h.set_mode(0o644);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(e.mtime);
+        h.set_size(records.len() as u64);
+        h.set_cksum();
+        w.write_all(h.as_bytes())?;
+        w.write_all(&records)?;
+        write_padding(w, records.len() as u64)?;
+    }
+
+    let mut h = tar::Header::new_ustar();
+    {
+        let u = h.as_ustar_mut().expect("ustar");
+        match split {
+            Some((prefix, base)) => {
+                set_field(&mut u.prefix, prefix);
+                set_field(&mut u.name, base);
+            }
+            None => set_field(&mut u.name, &name[..100]),
+        }
+        set_field(&mut u.linkname, &link[..link.len().min(100)]);
+        set_field(&mut u.uname, &e.uname[..e.uname.len().min(32)]);
+        set_field(&mut u.gname, &e.gname[..e.gname.len().min(32)]);
+    }
+    let (typ, size) = match &e.kind {
+        NewKind::File { size } => (tar::EntryType::Regular, *size),
+        NewKind::Dir => (tar::EntryType::Directory, 0),
+        NewKind::Symlink(_) => (tar::EntryType::Symlink, 0),
+        NewKind::HardLink(_) => (tar::EntryType::Link, 0),
+        NewKind::Char(..) => (tar::EntryType::Char, 0),
+        NewKind::Block(..) => (tar::EntryType::Block, 0),
+        NewKind::Fifo => (tar::EntryType::Fifo, 0),
+    };
+    h.set_entry_type(typ);
+    h.set_mode(e.mode & 0o7777);
+    h.set_uid(e.uid);
+    h.set_gid(e.gid);
+    h.set_mtime(e.mtime);
+    h.set_size(size);
+    if let NewKind::Char(ma, mi) | NewKind::Block(ma, mi) = e.kind {
+        h.set_device_major(ma)?;
+        h.set_device_minor(mi)?;
+    } else {
+        h.set_device_major(0)?;
+        h.set_device_minor(0)?;
+    }
+    h.set_cksum();
+    w.write_all(h.as_bytes())
+}
+
+/// Write the zero padding after `len` bytes of data.
+pub fn write_padding(w: &mut dyn Write, len: u64) -> io::Result<()> {
+    w.write_all(&ZERO_BLOCK[..padding(len) as usize])
+}
+
+/// Write the end-of-archive marker (two zero blocks).
+pub fn write_end(w: &mut dyn Write) -> io::Result<()> {
+    w.write_all(&ZERO_BLOCK)?;
+    w.write_all(&ZERO_BLOCK)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pax_record_lengths_count_themselves() {
+        let mut out = Vec::new();
+        pax_record(&mut out, b"path", b"a");
+        assert_eq!(out, b"9 path=a\n");
+        let mut out = Vec::new();
+        let v = vec![b'x'; 95];
+        pax_record(&mut out, b"path", &v);
+        assert!(
+            out.starts_with(b"105 path=") && out.len() == 105,
+            "{:?}",
+            &out[..8]
+        );
+        let mut parsed = Vec::new();
+        parse_pax(&out, &mut parsed).unwrap();
+        assert_eq!(parsed, vec![(b"path".to_vec(), v)]);
+    }
+
+    #[test]
+    fn long_names_round_trip_through_tar_crate() {
+        let long = [b'd'; 120]
+            .iter()
+            .chain(b"/")
+            .chain([b'f'; 120].iter())
+            .copied()
+            .collect::<Vec<u8>>();
+        let mut buf = Vec::new();
+        let e = NewEntry {
+            path: long.clone(),
+            kind: NewKind::Symlink(vec![b't'; 150]),
+            mode: 0o777,
+            uid: 5,
+            gid: 6,
+            mtime: 7,
+            uname: vec![],
+            gname: vec![],
+            xattrs: vec![(b"user.k".to_vec(), b"v".to_vec())],
+        };
+        write_header(&mut buf, &e).unwrap();
+        write_end(&mut buf).unwrap();
+        let mut ar = tar::Archive::new(&buf[..]);
+        let mut entries = ar.entries().unwrap();
+        let mut ent = entries.next().unwrap().unwrap();
+        assert_eq!(&*ent.path_bytes(), &long[..]);
+        assert_eq!(ent.link_name_bytes().unwrap().len(), 150);
+        assert_eq!(ent.header().uid().unwrap(), 5);
+        let ext: Vec<_> = ent
+            .pax_extensions()
+            .unwrap()
+            .unwrap()
+            .map(|x| x.unwrap().key().unwrap().to_owned())
+            .collect();
+        assert!(ext.contains(&"SCHILY.xattr.user.k".to_owned()));
+
+        let mut r = TarReader::new(&buf[..]);
+        let raw = r.next_entry().unwrap().unwrap();
+        assert_eq!(raw.path, long);
+        assert_eq!(raw.kind(), Kind::Symlink);
+        assert_eq!(raw.xattrs(), vec![(b"user.k".to_vec(), b"v".to_vec())]);
+        assert!(r.next_entry().unwrap().is_none());
+    }
+
+    #[test]
+    fn ustar_prefix_split() {
+        let p = [b"a".repeat(80), b"b".repeat(80)].join(&b'/');
+        let (prefix, name) = split_ustar(&p).unwrap();
+        assert_eq!(prefix, &b"a".repeat(80)[..]);
+        assert_eq!(name, &b"b".repeat(80)[..]);
+        assert!(split_ustar(&b"c".repeat(300)).is_none());
+    }
+
+    #[test]
+    fn corrupt_checksum_is_an_error() {
+        let mut buf = Vec::new();
+        write_header(&mut buf, &NewEntry::dir(b"etc".to_vec(), 0)).unwrap();
+        write_end(&mut buf).unwrap();
+        buf[0] ^= 1;
+        let err = TarReader::new(&buf[..]).next_entry().unwrap_err();
+        assert!(err.to_string().contains("checksum"), "{err}");
+    }
+
+    #[test]
+    fn layer_paths() {
+        assert_eq!(normalize_layer_path(b"./").unwrap(), None);
+        assert_eq!(normalize_layer_path(b".").unwrap(), None);
+        assert_eq!(
+            normalize_layer_path(b"/etc/motd").unwrap(),
+            Some(b"etc/motd".to_vec())
+        );
+        assert_eq!(
+            normalize_layer_path(b"./etc/").unwrap(),
+            Some(b"etc".to_vec())
+        );
+        assert!(normalize_layer_path(b"a/../../b").is_err());
+    }
+}
