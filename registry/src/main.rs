@@ -129,7 +129,7 @@ async fn serve(listen: String, data: PathBuf, config: Config) -> anyhow::Result<
     let addrs = server::check_listen(&listen, &config).await?;
     let storage = tokio::task::spawn_blocking(move || {
         let s = Storage::open(&data)?;
-        s.clean_uploads()?;
+        s.clean_tmp()?;
         anyhow::Ok(s)
     })
     .await??;

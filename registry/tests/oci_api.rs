@@ -712,7 +712,7 @@ fn manifest_naming_missing_blobs_is_rejected_and_nothing_committed() {
     let img = TestImage::new(OCI_MANIFEST, &[&[("a", b"one")]]);
     let (config, layer, manifest) = (&img.config, &img.layers[0], &img.manifest);
     r.push_blob("m", config);
-    let put = r.push_manifest("m", "latest", OCI_MANIFEST, &manifest);
+    let put = r.push_manifest("m", "latest", OCI_MANIFEST, manifest);
     assert_eq!(
         (put.status, put.error_code().as_str()),
         (400, "MANIFEST_BLOB_UNKNOWN"),
@@ -722,7 +722,7 @@ fn manifest_naming_missing_blobs_is_rejected_and_nothing_committed() {
     let v: serde_json::Value = serde_json::from_slice(&put.body).unwrap();
     assert_eq!(
         v["errors"][0]["detail"]["digest"],
-        Digest::of(&layer).to_string()
+        Digest::of(layer).to_string()
     );
     let get = r.req("GET", "/v2/m/manifests/latest", &[], None);
     assert_eq!(
@@ -731,7 +731,7 @@ fn manifest_naming_missing_blobs_is_rejected_and_nothing_committed() {
     );
     let get = r.req(
         "GET",
-        &format!("/v2/m/manifests/{}", Digest::of(&manifest)),
+        &format!("/v2/m/manifests/{}", Digest::of(manifest)),
         &[],
         None,
     );
@@ -743,7 +743,7 @@ fn manifest_naming_missing_blobs_is_rejected_and_nothing_committed() {
 
     // The layer exists, but in another repository only.
     r.push_blob("elsewhere", layer);
-    let put = r.push_manifest("m", "latest", OCI_MANIFEST, &manifest);
+    let put = r.push_manifest("m", "latest", OCI_MANIFEST, manifest);
     assert_eq!(put.error_code(), "MANIFEST_BLOB_UNKNOWN");
 
     // A descriptor size that does not match the blob.

@@ -47,26 +47,26 @@ pub struct FsBlobs {
 
 impl FsBlobs {
     /// Use (creating) `blobs/sha256/` and `tmp/uploads/` under `data_dir`.
-    /// Stray temp files of interrupted monolithic uploads are removed.
     pub fn open(data_dir: &Path) -> io::Result<FsBlobs> {
         let blobs = data_dir.join("blobs").join("sha256");
         let tmp = data_dir.join("tmp");
         let uploads = tmp.join("uploads");
         fs::create_dir_all(&blobs)?;
         fs::create_dir_all(&uploads)?;
-        for entry in fs::read_dir(&tmp)? {
+        Ok(FsBlobs { blobs, tmp, uploads })
+    }
+
+    /// Remove temp files of one-request uploads a previous run left. Only
+    /// the serving process may call this (another command opening the
+    /// store must not delete a live upload).
+    pub fn clean_temp(&self) -> io::Result<()> {
+        for entry in fs::read_dir(&self.tmp)? {
             let entry = entry?;
-            if entry.file_type()?.is_file()
-                && entry.file_name().to_string_lossy().starts_with("blob-")
-            {
+            if entry.file_type()?.is_file() && entry.file_name().to_string_lossy().starts_with("blob-") {
                 let _ = fs::remove_file(entry.path());
             }
         }
-        Ok(FsBlobs {
-            blobs,
-            tmp,
-            uploads,
-        })
+        Ok(())
     }
 
     /// Where the blob `digest` lives once stored.

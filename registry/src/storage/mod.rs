@@ -10,7 +10,7 @@
 //! ├── blobs/sha256/<hex>      original blobs (layers, configs), byte-identical to the push
 //! ├── objects/                file objects of the dedup store (see `objects`)
 //! └── tmp/
-//!     ├── blob-<random>       a one-request upload in flight (removed at start-up)
+//!     ├── blob-<random>       a one-request upload in flight (removed when `serve` starts)
 //!     └── uploads/<id>        the bytes an upload session received so far
 //! ```
 //!
@@ -233,9 +233,11 @@ impl Storage {
         Ok(removed)
     }
 
-    /// Remove upload sessions whose file is gone and upload files with no
-    /// session. Called once by `serve` at start-up.
-    pub fn clean_uploads(&self) -> anyhow::Result<()> {
+    /// Remove leftovers of a previous run: one-request temp files, upload
+    /// sessions whose file is gone and upload files with no session. Called
+    /// once by `serve` at start-up, never by other commands.
+    pub fn clean_tmp(&self) -> anyhow::Result<()> {
+        self.blobs.clean_temp()?;
         let sessions = self.meta.uploads()?;
         let known: std::collections::HashSet<&str> =
             sessions.iter().map(|s| s.id.as_str()).collect();
