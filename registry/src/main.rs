@@ -45,6 +45,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Edit an image in place: change a file inside layer k, delete layer k,
+    /// insert a layer at k — without stacking new layers.
+    Edit(layerlink_registry::edit::cli::EditArgs),
     /// Print every device's holdings record.
     Devices {
         /// Data directory.
@@ -61,6 +64,17 @@ enum Command {
 #[error("{0:#}")]
 struct UsageError(anyhow::Error);
 
+/// An `edit` failure; its exit code comes from `edit::cli::exit_code`.
+#[derive(Debug, thiserror::Error)]
+#[error("{0:#}")]
+struct EditFailed(anyhow::Error);
+
+impl From<anyhow::Error> for EditFailed {
+    fn from(e: anyhow::Error) -> Self {
+        EditFailed(e)
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
@@ -75,6 +89,10 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
+            if let Some(EditFailed(inner)) = e.downcast_ref::<EditFailed>() {
+                let code = layerlink_registry::edit::cli::exit_code(inner);
+                return ExitCode::from(u8::try_from(code).unwrap_or(1));
+            }
             let usage = e.is::<UsageError>() || e.is::<ConfigError>();
             ExitCode::from(if usage { 2 } else { 1 })
         }
@@ -109,6 +127,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Devices { data, json } => {
             let storage = open_existing(&data)?;
             layerlink_registry::devices::print_devices(&storage, json)
+        }
+        Command::Edit(args) => {
+            layerlink_registry::edit::cli::cli_main(args).map_err(|e| EditFailed::from(e).into())
         }
     }
 }

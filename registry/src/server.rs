@@ -89,6 +89,7 @@ impl Transport {
 pub fn app(state: AppState) -> Router {
     crate::oci::router()
         .merge(crate::sync_api::router())
+        .merge(crate::edit::http::router())
         .layer(axum::middleware::from_fn(log_request))
         .with_state(state)
 }
