@@ -151,7 +151,12 @@ impl Backend for Layout {
             bytes,
             media_type,
             digest: desc.digest,
-            tag: Layout::ref_name(entry).map(str::to_owned),
+            // Found by digest: no tag was named, even if the entry has one.
+            tag: if reference.starts_with("sha256:") {
+                None
+            } else {
+                Layout::ref_name(entry).map(str::to_owned)
+            },
         }))
     }
 

@@ -764,8 +764,8 @@ fn inspect(
         let d = &manifest.layers[i];
         let in_edit = plan.layer == Some(i);
         let below_edit = plan.layer.is_some_and(|k| i < k);
-        let above_edit = plan.layer.is_some_and(|k| i > k);
-        let collect = min_affected.is_some_and(|m| i > m);
+        let above_edit = plan.layer.is_some_and(|k| i > k) && !plan.deleted.contains(&i);
+        let collect = min_affected.is_some_and(|m| i > m) && !plan.deleted.contains(&i);
         view.begin(i);
         let got = scan::scan_layer(open_layer(backend, i, d)?, |e| {
             let Some(path) = &e.path else { return };
@@ -831,7 +831,7 @@ fn inspect(
             let got = scan::scan_layer(open_layer(backend, i, d)?, |e| {
                 let Some(path) = &e.path else { return };
                 old.entry(path, e.kind, &e.whiteout);
-                if !deleted && !(edited && f.changes.is_removed(path)) {
+                if !(deleted || edited && f.changes.is_removed(path)) {
                     new.entry(path, e.kind, &e.whiteout);
                 }
             })

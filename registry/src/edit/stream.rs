@@ -134,9 +134,12 @@ impl<R: BufRead> Decoder<R> {
     }
 }
 
+/// The compressed side: the blob's bytes, hashed, buffered.
+type RawSide = BufReader<HashReader<Box<dyn Read + Send>>>;
+
 /// The uncompressed tar of a layer blob, hashed on both sides.
 pub struct LayerReader {
-    tar: HashReader<Decoder<BufReader<HashReader<Box<dyn Read + Send>>>>>,
+    tar: HashReader<Decoder<RawSide>>,
     compression: Compression,
 }
 

@@ -287,8 +287,11 @@ mod tests {
         b.append_link(&mut h, path, target).unwrap();
     }
 
-    /// Every entry of a tar: path, kind, link target, content, raw bytes.
-    fn entries(tar: &[u8]) -> Vec<(String, Kind, String, Vec<u8>, Vec<u8>)> {
+    /// Path, kind, link target, content, raw bytes.
+    type Seen = (String, Kind, String, Vec<u8>, Vec<u8>);
+
+    /// Every entry of a tar.
+    fn entries(tar: &[u8]) -> Vec<Seen> {
         let mut r = TarReader::new(tar);
         let mut out = Vec::new();
         while let Some(e) = r.next_entry().unwrap() {

@@ -127,10 +127,7 @@ mod tests {
     fn device_numbers() {
         // makedev(8, 1) and makedev(259, 65536) on Linux.
         assert_eq!(split_dev(0x801), (8, 1));
-        let dev = (259u64 & 0xfff) << 8
-            | (259u64 & !0xfff) << 32
-            | (65536u64 & 0xff)
-            | (65536u64 & !0xff) << 12;
+        let dev: u64 = 0x1001_0300;
         assert_eq!(split_dev(dev), (259, 65536));
     }
 }
