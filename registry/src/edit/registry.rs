@@ -197,7 +197,14 @@ impl Backend for RegistryImage<'_> {
             self.storage.put_blob(repo, f, Some(&b.digest))?;
         }
         crate::ingest::ingest_manifest(self.storage, &commit.image.bytes, &commit.image.media_type)
-            .map_err(|e| EditError::Other(anyhow::anyhow!("ingesting the edited manifest: {e}")))?;
+            .map_err(|e| {
+                let msg = format!("ingesting the edited manifest: {e}");
+                if e.is_client_error() {
+                    EditError::Invalid(msg)
+                } else {
+                    EditError::Other(anyhow::anyhow!(msg))
+                }
+            })?;
         let image_tag = if commit.index.is_none() {
             Some(commit.tag.as_str())
         } else {
