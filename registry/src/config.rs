@@ -12,9 +12,10 @@
 //! token = "long-random-token"
 //! repositories = ["edge/*", "tools/busybox"]   # glob: `*` matches any run of characters
 //!
+//! # serve HTTPS (PEM files; relative paths are relative to this file)
 //! [tls]
-//! cert = "/etc/layerlink/cert.pem"
-//! key = "/etc/layerlink/key.pem"
+//! cert = "/etc/layerlink/cert.pem"     # certificate chain, server cert first
+//! key = "/etc/layerlink/key.pem"       # PKCS#8, PKCS#1 (RSA) or SEC1 (EC) key
 //! ```
 
 use serde::Deserialize;
@@ -75,7 +76,13 @@ impl Config {
         use anyhow::Context;
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("reading config file {}", path.display()))?;
-        toml::from_str(&text).with_context(|| format!("parsing config file {}", path.display()))
+        let mut config: Config = toml::from_str(&text)
+            .with_context(|| format!("parsing config file {}", path.display()))?;
+        if let (Some(tls), Some(dir)) = (&mut config.tls, path.parent()) {
+            tls.cert = dir.join(&tls.cert);
+            tls.key = dir.join(&tls.key);
+        }
+        Ok(config)
     }
 
     /// Whether any publisher is configured (push needs auth then).
@@ -87,7 +94,9 @@ impl Config {
 impl Device {
     /// Whether this device may read `repository`.
     pub fn may_read(&self, repository: &str) -> bool {
-        self.repositories.iter().any(|p| glob_match(p.as_bytes(), repository.as_bytes()))
+        self.repositories
+            .iter()
+            .any(|p| glob_match(p.as_bytes(), repository.as_bytes()))
     }
 }
 

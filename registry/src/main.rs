@@ -147,7 +147,7 @@ fn open_existing(data: &std::path::Path) -> anyhow::Result<Storage> {
 
 async fn serve(listen: String, data: PathBuf, config: Config) -> anyhow::Result<()> {
     let transport = Transport::from_config(&config)?;
-    let addrs = server::check_listen(&listen, &config).await?;
+    let addrs = server::check_listen(&listen, &config, &transport).await?;
     let storage = tokio::task::spawn_blocking(move || {
         let s = Storage::open(&data)?;
         s.clean_tmp()?;
@@ -159,6 +159,7 @@ async fn serve(listen: String, data: PathBuf, config: Config) -> anyhow::Result<
     tracing::info!(
         publishers = config.publishers.len(),
         devices = config.devices.len(),
+        tls = transport.is_tls(),
         "registry ready"
     );
     let state = AppState::new(storage, config);

@@ -1,10 +1,12 @@
 //! Router assembly, listening, shared state.
 //!
-//! `serve` = [`check_listen`] (refuse a public address without publisher
-//! auth) → [`bind`] → [`serve`] on a [`Transport`]. Plain HTTP is the only
-//! transport today; HTTPS (config `[tls]`) is a second `Transport` variant
-//! that wraps each accepted stream in a `tokio-rustls` acceptor before
-//! handing it to hyper, with the same [`app`] router.
+//! `serve` = [`Transport::from_config`] (plain HTTP, or HTTPS when the
+//! config has `[tls]`) → [`check_listen`] (refuse a public address without
+//! publisher auth) → [`bind`] → [`serve`]. Both transports serve the same
+//! [`app`] router; HTTPS wraps each accepted stream in a `tokio-rustls`
+//! acceptor first ([`tls`]).
+
+pub mod tls;
 
 use crate::config::Config;
 use crate::storage::Storage;
@@ -56,32 +58,64 @@ pub enum ConfigError {
         /// Why.
         why: String,
     },
-    /// `[tls]` is configured but HTTPS is not implemented yet.
-    #[error("the config file has a [tls] section, but HTTPS is not supported yet: remove it (or terminate TLS in a proxy)")]
-    TlsUnsupported,
+    /// A `[tls]` certificate or key file is missing or unreadable.
+    #[error("[tls] {what} file {}: {why}", path.display())]
+    TlsFile {
+        /// `certificate` or `private key`.
+        what: &'static str,
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong.
+        why: String,
+    },
+    /// The certificate and key do not make a usable pair.
+    #[error("[tls] certificate {} and private key {} do not match or cannot be used: {why}", cert.display(), key.display())]
+    TlsMismatch {
+        /// The certificate file.
+        cert: std::path::PathBuf,
+        /// The key file.
+        key: std::path::PathBuf,
+        /// What rustls said.
+        why: String,
+    },
 }
 
 /// How connections are carried.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Clone)]
 pub enum Transport {
     /// Plain HTTP/1.1.
     Plain,
+    /// HTTP/1.1 over TLS (rustls, certificate and key from `[tls]`).
+    Tls(tokio_rustls::TlsAcceptor),
+}
+
+impl std::fmt::Debug for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.scheme())
+    }
 }
 
 impl Transport {
-    /// The transport `config` asks for.
+    /// The transport `config` asks for: HTTPS when it has `[tls]` (reading
+    /// and checking the certificate and key now), plain HTTP otherwise.
     pub fn from_config(config: &Config) -> Result<Transport, ConfigError> {
-        match config.tls {
-            Some(_) => Err(ConfigError::TlsUnsupported),
+        match &config.tls {
+            Some(t) => Ok(Transport::Tls(tls::load_acceptor(t)?)),
             None => Ok(Transport::Plain),
         }
     }
 
     /// URL scheme.
-    pub fn scheme(self) -> &'static str {
+    pub fn scheme(&self) -> &'static str {
         match self {
             Transport::Plain => "http",
+            Transport::Tls(_) => "https",
         }
+    }
+
+    /// Whether connections are encrypted.
+    pub fn is_tls(&self) -> bool {
+        matches!(self, Transport::Tls(_))
     }
 }
 
@@ -112,7 +146,13 @@ async fn log_request(req: Request, next: Next) -> Response {
 
 /// Resolve `listen` and check it is allowed: without publishers only
 /// loopback addresses are (anonymous push must not reach the network).
-pub async fn check_listen(listen: &str, config: &Config) -> Result<Vec<SocketAddr>, ConfigError> {
+/// A public address over plain HTTP with credentials configured is
+/// allowed but warned about (passwords and tokens would travel in clear).
+pub async fn check_listen(
+    listen: &str,
+    config: &Config,
+    transport: &Transport,
+) -> Result<Vec<SocketAddr>, ConfigError> {
     let addrs: Vec<SocketAddr> = tokio::net::lookup_host(listen)
         .await
         .map_err(|e| ConfigError::BadListen {
@@ -133,6 +173,11 @@ pub async fn check_listen(listen: &str, config: &Config) -> Result<Vec<SocketAdd
             });
         }
         tracing::warn!("no publishers configured: anyone can push; serving on loopback only");
+    } else if !transport.is_tls() && addrs.iter().any(|a| !a.ip().is_loopback()) {
+        tracing::warn!(
+            "serving plain HTTP on a non-loopback address: publisher passwords and device \
+             tokens travel in clear text; add [tls] to the config (or terminate TLS in a proxy)"
+        );
     }
     Ok(addrs)
 }
@@ -162,6 +207,11 @@ pub async fn serve(
     match transport {
         Transport::Plain => {
             axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+        Transport::Tls(acceptor) => {
+            axum::serve(tls::TlsListener::new(listener, acceptor)?, app)
                 .with_graceful_shutdown(shutdown)
                 .await
         }
