@@ -48,9 +48,13 @@ const MAX_PENDING_BYTES: usize = 4 * 1024 * 1024;
 pub struct ApplyOptions {
     /// diff_ids the archive must carry, in order.
     pub layers: Vec<Digest>,
-    /// Committed layers below the first one, base first (their metadata is
-    /// copied onto directories a layer creates only implicitly).
-    pub lowers: Vec<Digest>,
+    /// Accept whatever layer sections the archive carries (`layers` is
+    /// ignored); for `apply-archive`.
+    pub any_layers: bool,
+    /// All diff_ids of the image, base first. The layers below a layer give
+    /// the metadata of directories it creates only implicitly; when empty,
+    /// the layers applied before it in this archive do.
+    pub image_layers: Vec<Digest>,
     /// Whether manifest and config markers must come first.
     pub metadata: bool,
     /// Bound on new file bytes (decompression bomb guard).
@@ -68,7 +72,8 @@ impl ApplyOptions {
     pub fn new(layers: Vec<Digest>) -> Self {
         ApplyOptions {
             layers,
-            lowers: Vec::new(),
+            any_layers: false,
+            image_layers: Vec::new(),
             metadata: false,
             max_new_bytes: u64::MAX,
             max_stream_bytes: u64::MAX,
@@ -131,6 +136,9 @@ pub struct Applier<'s> {
     pub config: Option<Vec<u8>>,
 }
 
+/// The one tar reader type: gzip over any stream, bounded.
+type Tar<'a> = TarReader<Bounded<flate2::read::GzDecoder<&'a mut dyn Read>>>;
+
 /// A reader that fails once more than `limit` bytes came through.
 struct Bounded<R> {
     inner: R,
@@ -162,15 +170,11 @@ fn hostile(path: &[u8], why: impl std::fmt::Display) -> Error {
 impl<'s> Applier<'s> {
     /// An applier writing into `store` (which must be opened exclusively).
     pub fn new(store: &'s Store, opts: ApplyOptions) -> Result<Self> {
-        let mut lowers = Vec::new();
-        for d in opts.lowers.iter().rev() {
-            lowers.push(store.open_layer(d)?);
-        }
         Ok(Applier {
             store,
             objects: ObjectWriter::new(store),
             opts,
-            lowers,
+            lowers: Vec::new(),
             finished: Vec::new(),
             pending: Vec::new(),
             pending_bytes: 0,
@@ -185,7 +189,11 @@ impl<'s> Applier<'s> {
     /// Read a whole gzip'd dedup archive from `r` and apply it. Layers
     /// without unresolved references are committed as their `layer-end`
     /// marker arrives; the others wait for [`Applier::repair`].
-    pub fn apply_archive<R: Read>(&mut self, r: R) -> Result<()> {
+    pub fn apply_archive<R: Read>(&mut self, mut r: R) -> Result<()> {
+        self.apply_dyn(&mut r)
+    }
+
+    fn apply_dyn(&mut self, r: &mut dyn Read) -> Result<()> {
         let gz = flate2::read::GzDecoder::new(r);
         let mut tar = TarReader::new(Bounded {
             inner: gz,
@@ -226,7 +234,12 @@ impl<'s> Applier<'s> {
                             "archive lacks the manifest/config markers asked for",
                         ));
                     }
-                    let want = self.opts.layers.get(next_layer).copied();
+                    let want = if self.opts.any_layers {
+                        h.ll.diff_id
+                            .filter(|d| self.finished.iter().all(|f| f.diff_id != *d))
+                    } else {
+                        self.opts.layers.get(next_layer).copied()
+                    };
                     if h.ll.diff_id.is_none() || h.ll.diff_id != want {
                         return Err(Error::integrity(format!(
                             "archive carries layer {:?} where {:?} was expected",
@@ -238,7 +251,7 @@ impl<'s> Applier<'s> {
                     next_layer += 1;
                 }
                 Some(Marker::End) => {
-                    if next_layer != self.opts.layers.len() {
+                    if !self.opts.any_layers && next_layer != self.opts.layers.len() {
                         return Err(Error::integrity(format!(
                             "archive ended after {next_layer} of {} layers",
                             self.opts.layers.len()
@@ -263,12 +276,7 @@ impl<'s> Applier<'s> {
         }
     }
 
-    fn apply_layer<R: Read>(
-        &mut self,
-        tar: &mut TarReader<R>,
-        diff_id: Digest,
-        index: usize,
-    ) -> Result<()> {
+    fn apply_layer(&mut self, tar: &mut Tar<'_>, diff_id: Digest, index: usize) -> Result<()> {
         let staging = staging_name(&diff_id);
         let dirs_name = format!("{staging}.dirs");
         for n in [&staging, &dirs_name] {
@@ -286,12 +294,10 @@ impl<'s> Applier<'s> {
             .map_err(|e| Error::errno(format!("opening tmp/{staging}"), e))?;
         let dirs_file = fsops::create_file_at(self.store.tmp_fd(), dirs_name.as_bytes(), 0o600)
             .map_err(|e| Error::errno(format!("creating tmp/{dirs_name}"), e))?;
+        self.lowers = self.lowers_of(&diff_id)?;
         if self.opts.progress {
-            eprintln!(
-                "layer {diff_id}: receiving ({}/{})",
-                index + 1,
-                self.opts.layers.len()
-            );
+            let total = self.opts.layers.len().max(index + 1);
+            eprintln!("layer {diff_id}: receiving ({}/{total})", index + 1);
         }
         let mut lw = LayerWriter {
             root,
@@ -299,7 +305,6 @@ impl<'s> Applier<'s> {
             dirs: BufWriter::with_capacity(8192, dirs_file),
             stats: LayerStats::default(),
             layer: self.finished.len(),
-            root_meta_set: false,
         };
         // The layer root's metadata comes from its "./" entry, or else from
         // the layer below.
@@ -362,17 +367,36 @@ impl<'s> Applier<'s> {
         if !has_pending {
             self.commit(self.finished.len() - 1)?;
         }
-        // Upper layers see this one as a lower.
-        let fd = fsops::open_dir_at(
-            self.finished
-                .last()
-                .map(|f| f.root.as_fd())
-                .unwrap_or(self.store.tmp_fd()),
-            b".",
-        )
-        .map_err(|e| Error::errno("reopening a layer", e))?;
-        self.lowers.insert(0, fd);
         Ok(())
+    }
+
+    /// Roots of the layers below `diff_id`, top first: from the image's
+    /// layer list when known (applied in this archive or committed), else
+    /// the layers applied before it in this archive.
+    fn lowers_of(&self, diff_id: &Digest) -> Result<Vec<OwnedFd>> {
+        let dup = |fd: BorrowedFd<'_>| {
+            fsops::open_dir_at(fd, b".").map_err(|e| Error::errno("opening a lower layer", e))
+        };
+        let mut out = Vec::new();
+        if self.opts.image_layers.is_empty() {
+            for f in self.finished.iter().rev() {
+                out.push(dup(f.root.as_fd())?);
+            }
+            return Ok(out);
+        }
+        let k = self
+            .opts
+            .image_layers
+            .iter()
+            .position(|d| d == diff_id)
+            .unwrap_or(0);
+        for d in self.opts.image_layers[..k].iter().rev() {
+            match self.finished.iter().find(|f| f.diff_id == *d) {
+                Some(f) => out.push(dup(f.root.as_fd())?),
+                None => out.push(self.store.open_layer(d)?),
+            }
+        }
+        Ok(out)
     }
 
     fn commit(&mut self, i: usize) -> Result<()> {
@@ -428,7 +452,11 @@ impl<'s> Applier<'s> {
     /// Store the objects of an objects response (gzip'd tar of `object`
     /// markers), then resolve pending references and commit the layers that
     /// waited for them.
-    pub fn repair<R: Read>(&mut self, r: R) -> Result<()> {
+    pub fn repair<R: Read>(&mut self, mut r: R) -> Result<()> {
+        self.repair_dyn(&mut r)
+    }
+
+    fn repair_dyn(&mut self, r: &mut dyn Read) -> Result<()> {
         let wanted = self.pending_digests();
         let gz = flate2::read::GzDecoder::new(r);
         let bound = self.opts.max_stream_bytes;
@@ -621,12 +649,7 @@ impl<'s> Applier<'s> {
         Ok(fd)
     }
 
-    fn apply_entry<R: Read>(
-        &mut self,
-        lw: &mut LayerWriter,
-        h: &Header,
-        tar: &mut TarReader<R>,
-    ) -> Result<()> {
+    fn apply_entry(&mut self, lw: &mut LayerWriter, h: &Header, tar: &mut Tar<'_>) -> Result<()> {
         let path = match normalize_entry_path(&h.path) {
             Ok(p) => p,
             Err(PathError::Empty) if h.kind == Kind::Dir => {
@@ -634,7 +657,6 @@ impl<'s> Applier<'s> {
                 let meta = Meta::from_header(h);
                 fsops::set_meta_fd(lw.root.as_fd(), &meta, true)
                     .map_err(|e| Error::errno("layer root", e))?;
-                lw.root_meta_set = true;
                 return lw.record_dir(b"", meta.mtime);
             }
             Err(e) => return Err(hostile(&h.path, e)),
@@ -985,7 +1007,6 @@ struct LayerWriter {
     dirs: BufWriter<File>,
     stats: LayerStats,
     layer: usize,
-    root_meta_set: bool,
 }
 
 impl LayerWriter {
@@ -1047,18 +1068,31 @@ fn set_dir_times(tmp: BorrowedFd<'_>, staging: &str, root: BorrowedFd<'_>) -> Re
     }
 }
 
-/// `12.3 MiB`-style sizes for progress lines.
+/// `12.3 MiB`-style sizes for progress lines (integer arithmetic: no
+/// float formatting code in the binary).
 pub fn human(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
     let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
+    let mut div: u64 = 1;
+    while n / div >= 1024 && u < UNITS.len() - 1 {
+        div *= 1024;
         u += 1;
     }
     if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
+        return format!("{n} B");
+    }
+    let tenths = (n as u128 * 10 / div as u128) as u64;
+    format!("{}.{} {}", tenths / 10, tenths % 10, UNITS[u])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::human;
+
+    #[test]
+    fn human_sizes() {
+        assert_eq!(human(12), "12 B");
+        assert_eq!(human(1536), "1.5 KiB");
+        assert_eq!(human(5 << 30), "5.0 GiB");
     }
 }

@@ -7,6 +7,9 @@
 //!
 //! | module | what |
 //! |---|---|
+//! | [`cli`] | command line, config file, exit codes, `--help` |
+//! | [`sync`] | one sync run: plan, archive, repair, report, retries |
+//! | [`client`] | the thin HTTP client ([`client::Remote`]) |
 //! | [`store`] | the on-disk store (layout drawn there), gc, verify |
 //! | [`apply`] | applying a dedup archive into the store |
 //! | [`tar`] | the streaming tar reader |
@@ -18,10 +21,13 @@
 
 pub mod apply;
 pub mod checkout;
+pub mod cli;
+pub mod client;
 pub mod error;
 pub mod fsops;
 pub mod json;
 pub mod store;
+pub mod sync;
 pub mod tar;
 
 pub use error::{Error, Result};

@@ -235,7 +235,7 @@ impl<'s> ObjectWriter<'s> {
         let mut buf = std::mem::take(&mut self.buf);
         let res = (|| {
             while got < size {
-                let want = ((size - got) as usize).min(buf.len());
+                let want = (size - got).min(buf.len() as u64) as usize;
                 let n = read(&mut buf[..want])?;
                 if n == 0 {
                     return Err(Error::Transient("content ended early".into()));

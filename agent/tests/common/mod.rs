@@ -339,3 +339,133 @@ impl Drop for TempDir {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// Write an OCI image layout at `dir` with one manifest tagged `tag`:
+/// uncompressed layer tars and the given config. Returns (manifest bytes,
+/// config bytes).
+pub fn oci_layout(
+    dir: &std::path::Path,
+    tag: &str,
+    layers: &[Vec<u8>],
+    config: &[u8],
+) -> (Vec<u8>, Vec<u8>) {
+    let blobs = dir.join("blobs/sha256");
+    std::fs::create_dir_all(&blobs).unwrap();
+    let put = |data: &[u8]| {
+        let d = Digest::of(data);
+        std::fs::write(blobs.join(d.hex()), data).unwrap();
+        d
+    };
+    let cfg_d = put(config);
+    let layer_descs: Vec<String> = layers
+        .iter()
+        .map(|l| {
+            let d = put(l);
+            format!(
+                "{{\"mediaType\":\"application/vnd.oci.image.layer.v1.tar\",\"digest\":\"{d}\",\"size\":{}}}",
+                l.len()
+            )
+        })
+        .collect();
+    let manifest = format!(
+        "{{\"schemaVersion\":2,\"mediaType\":\"application/vnd.oci.image.manifest.v1+json\",\
+         \"config\":{{\"mediaType\":\"application/vnd.oci.image.config.v1+json\",\"digest\":\"{cfg_d}\",\"size\":{}}},\
+         \"layers\":[{}]}}",
+        config.len(),
+        layer_descs.join(",")
+    )
+    .into_bytes();
+    let man_d = put(&manifest);
+    std::fs::write(
+        dir.join("oci-layout"),
+        b"{\"imageLayoutVersion\":\"1.0.0\"}",
+    )
+    .unwrap();
+    let index = format!(
+        "{{\"schemaVersion\":2,\"manifests\":[{{\"mediaType\":\"application/vnd.oci.image.manifest.v1+json\",\
+         \"digest\":\"{man_d}\",\"size\":{},\"annotations\":{{\"org.opencontainers.image.ref.name\":\"{tag}\"}}}}]}}",
+        manifest.len()
+    );
+    std::fs::write(dir.join("index.json"), index).unwrap();
+    (manifest, config.to_vec())
+}
+
+/// An image config JSON for `diff_ids` with the given `config` object body.
+pub fn image_config(diff_ids: &[Digest], config_body: &str) -> Vec<u8> {
+    let ids: Vec<String> = diff_ids.iter().map(|d| format!("\"{d}\"")).collect();
+    format!(
+        "{{\"created\":\"2024-01-02T03:04:05Z\",\"author\":\"tests\",\"architecture\":\"amd64\",\"os\":\"linux\",\
+         \"config\":{{{config_body}}},\"rootfs\":{{\"type\":\"layers\",\"diff_ids\":[{}]}}}}",
+        ids.join(",")
+    )
+    .into_bytes()
+}
+
+/// Everything observable about a tree, one line per path, sorted: type,
+/// mode, owner, mtime (ns), size + sha256 or link target or rdev, xattrs.
+pub fn describe_tree(root: &std::path::Path) -> Vec<String> {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::MetadataExt;
+    fn walk(root: &std::path::Path, rel: &std::path::Path, out: &mut Vec<String>) {
+        let p = root.join(rel);
+        let m = std::fs::symlink_metadata(&p).unwrap();
+        let ft = m.file_type();
+        let kind = if ft.is_dir() {
+            "dir".to_string()
+        } else if ft.is_symlink() {
+            format!("symlink->{}", std::fs::read_link(&p).unwrap().display())
+        } else if ft.is_file() {
+            format!(
+                "file {} {}",
+                m.len(),
+                Digest::of(&std::fs::read(&p).unwrap()).hex()
+            )
+        } else {
+            format!("special mode={:o} rdev={}", m.mode() & 0o170000, m.rdev())
+        };
+        let mut xattrs = Vec::new();
+        let mut names = vec![0u8; 4096];
+        if let Ok(n) = rustix::fs::llistxattr(&p, &mut names[..]) {
+            for name in names[..n].split(|&c| c == 0).filter(|n| !n.is_empty()) {
+                if name == b"security.selinux" {
+                    continue;
+                }
+                let mut v = vec![0u8; 4096];
+                let len = rustix::fs::lgetxattr(&p, name, &mut v[..]).unwrap();
+                xattrs.push(format!(
+                    "{}={:?}",
+                    String::from_utf8_lossy(name),
+                    String::from_utf8_lossy(&v[..len])
+                ));
+            }
+        }
+        xattrs.sort();
+        let mode = if ft.is_symlink() {
+            0
+        } else {
+            m.mode() & 0o7777
+        };
+        out.push(format!(
+            "/{} {kind} mode={mode:o} {}:{} mtime={}.{:09} {}",
+            rel.display(),
+            m.uid(),
+            m.gid(),
+            m.mtime(),
+            m.mtime_nsec(),
+            xattrs.join(",")
+        ));
+        if ft.is_dir() {
+            let mut names: Vec<_> = std::fs::read_dir(&p)
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .collect();
+            names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+            for n in names {
+                walk(root, &rel.join(n), out);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(root, std::path::Path::new(""), &mut out);
+    out
+}

@@ -1,0 +1,235 @@
+//! The thin HTTP side: four POSTs under `/layerlink/v1/`, postcard bodies,
+//! streamed archive responses. Everything else talks to [`Remote`], so the
+//! sync logic is testable without a server.
+
+use crate::error::{Error, Result};
+use layerlink_proto::limits::MAX_MESSAGE_BYTES;
+use layerlink_proto::msg::{
+    ArchiveRequest, ObjectsRequest, PlanRequest, PlanResponse, Report, ReportAck, API_PREFIX,
+    CONTENT_TYPE, HEADER_NEW_BYTES,
+};
+use layerlink_proto::{ErrorBody, ErrorCode};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::io::Read;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// A streamed archive response.
+pub struct Download {
+    /// `x-layerlink-new-bytes`: uncompressed bytes of new file content.
+    pub new_bytes: Option<u64>,
+    /// The gzip'd archive.
+    pub body: Box<dyn Read>,
+}
+
+/// The registry's sync API, as the agent uses it.
+pub trait Remote {
+    /// `POST /plan`.
+    fn plan(&mut self, req: &PlanRequest) -> Result<PlanResponse>;
+    /// `POST /archive`.
+    fn archive(&mut self, req: &ArchiveRequest) -> Result<Download>;
+    /// `POST /objects`.
+    fn objects(&mut self, req: &ObjectsRequest) -> Result<Download>;
+    /// `POST /report`.
+    fn report(&mut self, req: &Report) -> Result<ReportAck>;
+}
+
+/// How to reach the registry.
+#[derive(Debug, Clone, Default)]
+pub struct ClientConfig {
+    /// `https://host[:port]` (or `http://…`), optionally with a path prefix.
+    pub server: String,
+    /// Bearer token of this device.
+    pub token: Option<String>,
+    /// PEM file with the CA certificates to trust instead of the built-in
+    /// web PKI roots.
+    pub ca_file: Option<PathBuf>,
+}
+
+/// [`Remote`] over HTTP(S) with `ureq`.
+pub struct Client {
+    agent: ureq::Agent,
+    base: String,
+    auth: Option<String>,
+}
+
+#[cfg(feature = "tls")]
+fn tls_config(cfg: &ClientConfig) -> Result<ureq::tls::TlsConfig> {
+    use ureq::tls::{parse_pem, PemItem, RootCerts, TlsConfig};
+    let mut b = TlsConfig::builder();
+    if let Some(path) = &cfg.ca_file {
+        let pem = std::fs::read(path)
+            .map_err(|e| Error::Usage(format!("reading CA file {}: {e}", path.display())))?;
+        let mut certs = Vec::new();
+        for item in parse_pem(&pem) {
+            match item {
+                Ok(PemItem::Certificate(c)) => certs.push(c),
+                Ok(_) => {}
+                Err(e) => return Err(Error::Usage(format!("CA file {}: {e}", path.display()))),
+            }
+        }
+        if certs.is_empty() {
+            return Err(Error::Usage(format!(
+                "CA file {} has no certificate",
+                path.display()
+            )));
+        }
+        b = b.root_certs(RootCerts::new_with_certs(&certs));
+    }
+    Ok(b.build())
+}
+
+impl Client {
+    /// A client for `cfg` (no connection is made yet).
+    pub fn new(cfg: &ClientConfig) -> Result<Client> {
+        let base = cfg.server.trim_end_matches('/').to_string();
+        if !(base.starts_with("http://") || base.starts_with("https://")) {
+            return Err(Error::Usage(format!(
+                "server URL {:?} must start with https:// (or http://)",
+                cfg.server
+            )));
+        }
+        #[cfg_attr(not(feature = "tls"), allow(unused_mut))]
+        let mut b = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .max_redirects(0)
+            .user_agent(ureq::config::AutoHeaderValue::None)
+            .accept(ureq::config::AutoHeaderValue::None)
+            .timeout_connect(Some(Duration::from_secs(30)))
+            .timeout_recv_response(Some(Duration::from_secs(300)))
+            .timeout_per_read(Some(Duration::from_secs(120)))
+            .timeout_per_write(Some(Duration::from_secs(120)))
+            .input_buffer_size(32 * 1024)
+            .output_buffer_size(16 * 1024)
+            .max_idle_connections(1)
+            .max_idle_connections_per_host(1);
+        if base.starts_with("https://") {
+            #[cfg(feature = "tls")]
+            {
+                b = b.tls_config(tls_config(cfg)?);
+            }
+            #[cfg(not(feature = "tls"))]
+            return Err(Error::Usage(format!(
+                "{base}: this agent was built without TLS; use an http:// URL"
+            )));
+        }
+        Ok(Client {
+            agent: b.build().into(),
+            base,
+            auth: cfg.token.as_ref().map(|t| format!("Bearer {}", t.trim())),
+        })
+    }
+
+    fn post(&self, path: &str, body: &[u8]) -> Result<ureq::http::Response<ureq::Body>> {
+        let url = format!("{}{API_PREFIX}{path}", self.base);
+        let mut req = self.agent.post(&url).header("content-type", CONTENT_TYPE);
+        if let Some(a) = &self.auth {
+            req = req.header("authorization", a);
+        }
+        let resp = req.send(body).map_err(|e| transport_error(&url, e))?;
+        let status = resp.status().as_u16();
+        if (200..300).contains(&status) {
+            return Ok(resp);
+        }
+        let mut resp = resp;
+        let body = resp
+            .body_mut()
+            .with_config()
+            .limit(64 * 1024)
+            .read_to_vec()
+            .unwrap_or_default();
+        let decoded: Option<ErrorBody> = postcard::from_bytes(&body).ok();
+        let message = match &decoded {
+            Some(b) => format!("{} ({url})", b.message),
+            None => format!("HTTP {status} from {url}"),
+        };
+        let code = decoded.map(|b| b.code);
+        Err(match status {
+            401 | 403 => Error::Auth(message),
+            500..=599 | 429 | 408 => Error::Transient(message),
+            _ => Error::Server {
+                status,
+                code,
+                message,
+            },
+        })
+    }
+
+    fn call<Q: Serialize, A: DeserializeOwned>(&self, path: &str, req: &Q) -> Result<A> {
+        let body = postcard::to_allocvec(req)
+            .map_err(|e| Error::Other(format!("encoding request: {e}")))?;
+        let mut resp = self.post(path, &body)?;
+        let bytes = resp
+            .body_mut()
+            .with_config()
+            .limit(MAX_MESSAGE_BYTES as u64)
+            .read_to_vec()
+            .map_err(|e| transport_error(path, e))?;
+        postcard::from_bytes(&bytes).map_err(|e| Error::Server {
+            status: 200,
+            code: None,
+            message: format!("undecodable answer to {path}: {e}"),
+        })
+    }
+
+    fn download<Q: Serialize>(&self, path: &str, req: &Q) -> Result<Download> {
+        let body = postcard::to_allocvec(req)
+            .map_err(|e| Error::Other(format!("encoding request: {e}")))?;
+        let resp = self.post(path, &body)?;
+        let new_bytes = resp
+            .headers()
+            .get(HEADER_NEW_BYTES)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse().ok());
+        Ok(Download {
+            new_bytes,
+            body: Box::new(resp.into_body().into_reader()),
+        })
+    }
+}
+
+fn transport_error(url: &str, e: ureq::Error) -> Error {
+    match e {
+        ureq::Error::BadUri(m) => Error::Usage(format!("bad server URL {url}: {m}")),
+        ureq::Error::RequireHttpsOnly(m) => Error::Usage(m),
+        ureq::Error::Tls(m) => Error::Server {
+            status: 0,
+            code: None,
+            message: format!("TLS: {m} ({url})"),
+        },
+        #[cfg(feature = "tls")]
+        ureq::Error::Rustls(e) => Error::Server {
+            status: 0,
+            code: None,
+            message: format!("TLS: {e} ({url})"),
+        },
+        e => Error::Transient(format!("{url}: {e}")),
+    }
+}
+
+impl Remote for Client {
+    fn plan(&mut self, req: &PlanRequest) -> Result<PlanResponse> {
+        self.call("/plan", req)
+    }
+    fn archive(&mut self, req: &ArchiveRequest) -> Result<Download> {
+        self.download("/archive", req)
+    }
+    fn objects(&mut self, req: &ObjectsRequest) -> Result<Download> {
+        self.download("/objects", req)
+    }
+    fn report(&mut self, req: &Report) -> Result<ReportAck> {
+        self.call("/report", req)
+    }
+}
+
+/// Whether `e` is the registry's "unknown holdings set" answer (409).
+pub fn is_unknown_holdings(e: &Error) -> bool {
+    matches!(
+        e,
+        Error::Server {
+            code: Some(ErrorCode::UnknownHoldingsSet),
+            ..
+        }
+    ) || matches!(e, Error::Server { status: 409, .. })
+}

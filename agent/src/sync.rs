@@ -1,0 +1,391 @@
+//! One sync run: plan, fetch and apply what is missing, report.
+//!
+//! ```text
+//! held set ──► POST /plan (Holdings::Hash when the registry acknowledged
+//!              this exact set, else Full; 409 → resend Full)
+//! for each image whose manifest differs from the local record:
+//!     POST /archive (missing layers; manifest+config unless a record of
+//!                    this manifest exists) ─► apply, commit layer by layer
+//!     POST /objects (references the store could not resolve) ─► repair
+//!     write the image record (after all its layers are committed)
+//! POST /report (skipped when nothing changed since the last one)
+//! ```
+//!
+//! A transient failure (connect error, 5xx, cut stream) restarts the run
+//! after an exponential backoff (1 s, 2 s, 4 s … capped at 60 s) until the
+//! retry window closes. Nothing already stored is downloaded again:
+//! committed layers are held, and objects written before a cut are loose
+//! objects of the next holdings set.
+
+use crate::apply::{human, Applier, ApplyOptions};
+use crate::client::{is_unknown_holdings, Remote};
+use crate::error::{Error, Result};
+use crate::fsops;
+use crate::json;
+use crate::store::record::{show_image_ref, ImageRecord, FORMAT_VERSION};
+use crate::store::{now, Store};
+use layerlink_proto::limits::MAX_REPAIR_OBJECTS;
+use layerlink_proto::msg::{
+    ArchiveRequest, HeldImage, HeldSet, Holdings, ImagePlan, ImageRef, LayerState, ObjectsRequest,
+    PlanRequest, Platform, Report,
+};
+use layerlink_proto::Digest;
+use std::time::{Duration, Instant};
+
+/// What to sync and how.
+#[derive(Debug, Clone)]
+pub struct SyncOptions {
+    /// The device's platform.
+    pub platform: Platform,
+    /// Images wanted.
+    pub images: Vec<ImageRef>,
+    /// How long to keep retrying transient failures.
+    pub retry_for: Duration,
+    /// First backoff delay (doubles, capped at 60 s).
+    pub first_backoff: Duration,
+    /// Print progress lines on stderr.
+    pub progress: bool,
+    /// Accept device nodes in layers.
+    pub allow_devices: bool,
+}
+
+/// What a sync did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SyncSummary {
+    /// Images whose record was (re)written.
+    pub updated: Vec<ImageRef>,
+    /// Images already up to date.
+    pub up_to_date: Vec<ImageRef>,
+    /// Layers committed.
+    pub layers: u64,
+    /// New file bytes received.
+    pub new_bytes: u64,
+    /// Whether a report was sent.
+    pub reported: bool,
+    /// Attempts made (1 = no retry).
+    pub attempts: u32,
+}
+
+/// Run a sync with retries.
+pub fn sync(store: &Store, remote: &mut dyn Remote, opts: &SyncOptions) -> Result<SyncSummary> {
+    let start = Instant::now();
+    let mut delay = opts.first_backoff;
+    let mut summary = SyncSummary::default();
+    loop {
+        summary.attempts += 1;
+        match attempt(store, remote, opts, &mut summary) {
+            Ok(()) => return Ok(summary),
+            Err(e) if e.is_transient() && start.elapsed() + delay < opts.retry_for => {
+                if opts.progress {
+                    eprintln!("{e}; retrying in {} ms", delay.as_millis());
+                }
+                std::thread::sleep(delay);
+                delay = (delay * 2).min(Duration::from_secs(60));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// The holdings to send: the hash when the registry acknowledged this
+/// exact set, else the set.
+fn holdings(store: &Store, held: &HeldSet) -> Holdings {
+    let h = held.hash();
+    if store.state().acked_holdings == Some(h) {
+        Holdings::Hash(h)
+    } else {
+        Holdings::Full(held.clone())
+    }
+}
+
+fn remember_ack(store: &Store, acked: Digest) -> Result<()> {
+    let mut st = store.state();
+    if st.acked_holdings != Some(acked) {
+        st.acked_holdings = Some(acked);
+        store.save_state(&st)?;
+    }
+    Ok(())
+}
+
+fn attempt(
+    store: &Store,
+    remote: &mut dyn Remote,
+    opts: &SyncOptions,
+    summary: &mut SyncSummary,
+) -> Result<()> {
+    let held = store.held_set()?;
+    let mut req = PlanRequest {
+        platform: opts.platform.clone(),
+        images: opts.images.clone(),
+        holdings: holdings(store, &held),
+    };
+    let plan = match remote.plan(&req) {
+        Err(e) if is_unknown_holdings(&e) && matches!(req.holdings, Holdings::Hash(_)) => {
+            req.holdings = Holdings::Full(held.clone());
+            remote.plan(&req)?
+        }
+        r => r?,
+    };
+    if plan.holdings_hash == held.hash() {
+        remember_ack(store, plan.holdings_hash)?;
+    }
+    if plan.images.len() != opts.images.len() {
+        return Err(Error::Server {
+            status: 200,
+            code: None,
+            message: format!(
+                "plan answers {} images for {} asked",
+                plan.images.len(),
+                opts.images.len()
+            ),
+        });
+    }
+    let mut first_error = None;
+    for (want, ip) in opts.images.iter().zip(&plan.images) {
+        match sync_image(store, remote, opts, want, ip, summary) {
+            Ok(()) => {}
+            Err(e) if e.is_transient() => return Err(e),
+            Err(e) => {
+                eprintln!("image {}: {e}", show_image_ref(want));
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    report(store, remote, summary)?;
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+fn bad_answer(msg: String) -> Error {
+    Error::Server {
+        status: 200,
+        code: None,
+        message: msg,
+    }
+}
+
+fn sync_image(
+    store: &Store,
+    remote: &mut dyn Remote,
+    opts: &SyncOptions,
+    want: &ImageRef,
+    ip: &ImagePlan,
+    summary: &mut SyncSummary,
+) -> Result<()> {
+    let name = show_image_ref(want);
+    let diff_ids: Vec<Digest> = ip.layers.iter().map(|l| l.diff_id).collect();
+    let mut missing: Vec<Digest> = Vec::new();
+    for d in &diff_ids {
+        if !store.has_layer(d)? && !missing.contains(d) {
+            missing.push(*d);
+        }
+    }
+    let current = store.record(want)?;
+    if missing.is_empty()
+        && current
+            .as_ref()
+            .is_some_and(|r| r.manifest_digest == ip.manifest_digest && r.layers == diff_ids)
+    {
+        if !summary.up_to_date.contains(want) && !summary.updated.contains(want) {
+            summary.up_to_date.push(want.clone());
+        }
+        if opts.progress {
+            eprintln!("image {name}: up to date ({})", ip.manifest_digest);
+        }
+        return Ok(());
+    }
+    // Manifest and config: from any record of this manifest, else the archive.
+    let known = store
+        .records()?
+        .into_iter()
+        .find(|r| r.manifest_digest == ip.manifest_digest);
+    let need_meta = known.is_none();
+    let (mut manifest, mut config) = match known {
+        Some(r) => (r.manifest, r.config),
+        None => (Vec::new(), Vec::new()),
+    };
+
+    if !missing.is_empty() || need_meta {
+        let mut new_files = 0u64;
+        let mut new_bytes = 0u64;
+        let mut entries = 0u64;
+        let mut refs = 0u64;
+        let mut known_cost = true;
+        for d in &missing {
+            match ip.layers.iter().find(|l| l.diff_id == *d).map(|l| l.state) {
+                Some(LayerState::Needed(c)) => {
+                    new_files += c.new_files as u64;
+                    new_bytes += c.new_bytes;
+                    entries += c.entries as u64;
+                    refs += c.referenced_files as u64;
+                }
+                _ => known_cost = false,
+            }
+        }
+        if opts.progress {
+            eprintln!(
+                "image {name}: {} of {} layers to fetch ({new_files} new files, {}; {refs} referenced)",
+                missing.len(),
+                diff_ids.len(),
+                human(new_bytes)
+            );
+        }
+        let held = store.held_set()?;
+        let req = ArchiveRequest {
+            repository: want.repository.clone(),
+            manifest_digest: ip.manifest_digest,
+            layers: missing.clone(),
+            metadata: need_meta,
+            holdings: holdings(store, &held),
+        };
+        let dl = remote.archive(&req)?;
+        if let Some(n) = dl.new_bytes {
+            // Content, plus room for directories, metadata and sync slack.
+            let needed = n.saturating_add(n / 32).saturating_add(16 << 20);
+            let free = fsops::free_bytes(store.root_fd())
+                .map_err(|e| Error::io("checking free space", e))?;
+            if free < needed {
+                return Err(Error::DiskFull {
+                    needed: Some(needed),
+                    available: Some(free),
+                    context: format!("syncing {name} into {}", store.root().display()),
+                });
+            }
+        }
+        let mut aopts = ApplyOptions::new(missing.clone());
+        aopts.image_layers = diff_ids.clone();
+        aopts.metadata = need_meta;
+        aopts.allow_devices = opts.allow_devices;
+        aopts.progress = opts.progress;
+        if known_cost {
+            let bound = new_bytes.max(dl.new_bytes.unwrap_or(0));
+            aopts.max_new_bytes = bound + bound / 64 + (1 << 20);
+            aopts.max_stream_bytes = aopts
+                .max_new_bytes
+                .saturating_add(entries.saturating_add(16).saturating_mul(8 * 1024))
+                .saturating_add(2 * layerlink_proto::limits::MAX_METADATA_BYTES)
+                .saturating_add(64 << 20);
+        }
+        let mut applier = Applier::new(store, aopts)?;
+        applier.apply_archive(dl.body)?;
+        let pending = applier.pending_digests();
+        if !pending.is_empty() {
+            if opts.progress {
+                eprintln!(
+                    "image {name}: fetching {} objects the store lacks",
+                    pending.len()
+                );
+            }
+            for chunk in pending.chunks(MAX_REPAIR_OBJECTS) {
+                let dl = remote.objects(&ObjectsRequest {
+                    repository: want.repository.clone(),
+                    digests: chunk.to_vec(),
+                })?;
+                applier.repair(dl.body)?;
+            }
+        }
+        for (_, s) in applier.committed() {
+            summary.layers += 1;
+            summary.new_bytes += s.new_bytes;
+        }
+        if need_meta {
+            manifest = applier.manifest.take().unwrap_or_default();
+            config = applier.config.take().unwrap_or_default();
+        }
+    }
+
+    if Digest::of(&manifest) != ip.manifest_digest {
+        return Err(Error::integrity(format!(
+            "image {name}: manifest does not match {}",
+            ip.manifest_digest
+        )));
+    }
+    if Digest::of(&config) != ip.config_digest {
+        return Err(Error::integrity(format!(
+            "image {name}: config does not match {}",
+            ip.config_digest
+        )));
+    }
+    check_config_layers(&config, &diff_ids)
+        .map_err(|m| bad_answer(format!("image {name}: {m}")))?;
+    for d in &diff_ids {
+        if !store.has_layer(d)? {
+            return Err(bad_answer(format!("image {name}: layer {d} was not sent")));
+        }
+    }
+    store.write_record(&ImageRecord {
+        version: FORMAT_VERSION,
+        image: want.clone(),
+        manifest_digest: ip.manifest_digest,
+        config_digest: ip.config_digest,
+        manifest,
+        config,
+        layers: diff_ids,
+        synced_at: now(),
+    })?;
+    summary.up_to_date.retain(|i| i != want);
+    if !summary.updated.contains(want) {
+        summary.updated.push(want.clone());
+    }
+    if opts.progress {
+        eprintln!("image {name}: synced {}", ip.manifest_digest);
+    }
+    Ok(())
+}
+
+/// The config's `rootfs.diff_ids` must be the plan's layers.
+fn check_config_layers(config: &[u8], diff_ids: &[Digest]) -> std::result::Result<(), String> {
+    let v = json::parse(config).map_err(|e| format!("config is not JSON: {e}"))?;
+    let ids = v
+        .get("rootfs")
+        .and_then(|r| r.get("diff_ids"))
+        .map(json::Value::str_list)
+        .unwrap_or_default();
+    let ids: Vec<Digest> = ids.iter().filter_map(|s| Digest::parse(s).ok()).collect();
+    if ids != diff_ids {
+        return Err("the plan's layers differ from the config's rootfs.diff_ids".into());
+    }
+    Ok(())
+}
+
+/// Send the report unless the registry already has exactly this one.
+fn report(store: &Store, remote: &mut dyn Remote, summary: &mut SyncSummary) -> Result<()> {
+    let held = store.held_set()?;
+    let h = held.hash();
+    let images: Vec<HeldImage> = store
+        .records()?
+        .into_iter()
+        .map(|r| HeldImage {
+            image: r.image,
+            manifest_digest: r.manifest_digest,
+        })
+        .collect();
+    let mut fp = postcard::to_allocvec(&images).unwrap_or_default();
+    fp.extend_from_slice(&h.0);
+    let fingerprint = Digest::of(&fp);
+    let st = store.state();
+    if st.reported == Some(fingerprint) && st.acked_holdings == Some(h) {
+        return Ok(());
+    }
+    let mut req = Report {
+        holdings: holdings(store, &held),
+        images,
+    };
+    let ack = match remote.report(&req) {
+        Err(e) if is_unknown_holdings(&e) && matches!(req.holdings, Holdings::Hash(_)) => {
+            req.holdings = Holdings::Full(held);
+            remote.report(&req)?
+        }
+        r => r?,
+    };
+    let mut st = store.state();
+    if ack.holdings_hash == h {
+        st.acked_holdings = Some(h);
+        st.reported = Some(fingerprint);
+    }
+    store.save_state(&st)?;
+    summary.reported = true;
+    Ok(())
+}
