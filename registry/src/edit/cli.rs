@@ -42,6 +42,14 @@ pub struct EditArgs {
     /// The image. Layout: its ref name (tag) or a sha256: digest. Registry: REPO:TAG or REPO@sha256:….
     #[arg(value_name = "IMAGE")]
     pub image: String,
+    /// The operations (boxed: keeps the subcommand enum small).
+    #[command(flatten)]
+    pub ops: Box<EditOps>,
+}
+
+/// The operations and options of `edit`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct EditOps {
     /// Tag the result with this tag (default: the tag IMAGE names, moved in place).
     #[arg(long, value_name = "TAG")]
     pub tag: Option<String>,
@@ -87,6 +95,7 @@ impl EditArgs {
     /// The request these arguments describe.
     pub fn request(&self) -> Result<EditRequest, EditError> {
         let mode = self
+            .ops
             .mode
             .as_deref()
             .map(|m| {
@@ -95,6 +104,7 @@ impl EditArgs {
             })
             .transpose()?;
         let puts = self
+            .ops
             .put
             .iter()
             .map(|spec| {
@@ -109,13 +119,14 @@ impl EditArgs {
                     dest: dest.to_owned(),
                     source: PutSource::File(PathBuf::from(src)),
                     mode,
-                    uid: self.uid,
-                    gid: self.gid,
-                    mtime: self.mtime,
+                    uid: self.ops.uid,
+                    gid: self.ops.gid,
+                    mtime: self.ops.mtime,
                 })
             })
             .collect::<Result<Vec<_>, EditError>>()?;
         let inserts = self
+            .ops
             .insert_layer
             .iter()
             .map(|spec| {
@@ -140,22 +151,25 @@ impl EditArgs {
                 Ok(InsertOp { at: k, source })
             })
             .collect::<Result<Vec<_>, EditError>>()?;
-        if self.put.is_empty()
-            && (mode.is_some() || self.uid.is_some() || self.gid.is_some() || self.mtime.is_some())
+        if self.ops.put.is_empty()
+            && (mode.is_some()
+                || self.ops.uid.is_some()
+                || self.ops.gid.is_some()
+                || self.ops.mtime.is_some())
         {
             return Err(EditError::Invalid(
                 "--mode/--uid/--gid/--mtime only apply to --put".into(),
             ));
         }
         Ok(EditRequest {
-            tag: self.tag.clone(),
-            platform: self.platform.clone(),
-            layer: self.layer,
+            tag: self.ops.tag.clone(),
+            platform: self.ops.platform.clone(),
+            layer: self.ops.layer,
             puts,
-            removes: self.rm.clone(),
-            delete_layers: self.delete_layer.clone(),
+            removes: self.ops.rm.clone(),
+            delete_layers: self.ops.delete_layer.clone(),
             inserts,
-            dry_run: self.dry_run,
+            dry_run: self.ops.dry_run,
         })
     }
 
@@ -182,7 +196,7 @@ pub fn cli_main(args: EditArgs) -> anyhow::Result<()> {
     for w in &outcome.warnings {
         eprintln!("warning: {w}");
     }
-    if args.json {
+    if args.ops.json {
         println!("{}", serde_json::to_string_pretty(&outcome)?);
     } else {
         println!("{}", outcome.digest);
