@@ -939,6 +939,129 @@ fn public_address_allowed_with_auth() {
     assert!(line.starts_with("listening on http://0.0.0.0:"), "{line}");
 }
 
+/// A self-signed certificate for 127.0.0.1 and localhost: (cert PEM, key PEM).
+fn self_signed() -> (String, String) {
+    let c =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+            .unwrap();
+    (c.cert.pem(), c.key_pair.serialize_pem())
+}
+
+/// `serve` with `config` (written to `dir/c.toml`), run from `dir`; returns
+/// the child and its first stdout line.
+fn serve_with(dir: &Path, listen: &str, config: &str) -> (Child, String) {
+    std::fs::write(dir.join("c.toml"), config).unwrap();
+    let mut child = Command::new(bin())
+        .args(["serve", "--listen", listen, "--data"])
+        .arg(dir.join("d"))
+        .arg("--config")
+        .arg(dir.join("c.toml"))
+        .current_dir("/")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    (child, line.trim().to_owned())
+}
+
+#[test]
+fn serves_https_with_tls_config_and_public_address_is_allowed_with_auth() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = self_signed();
+    std::fs::write(dir.path().join("cert.pem"), &cert).unwrap();
+    std::fs::write(dir.path().join("key.pem"), &key).unwrap();
+    // Relative paths are relative to the config file (the process runs in /).
+    let config = format!("{AUTH_CONFIG}[tls]\ncert = \"cert.pem\"\nkey = \"key.pem\"\n");
+    let (mut child, line) = serve_with(dir.path(), "0.0.0.0:0", &config);
+    let port = line
+        .strip_prefix("listening on https://0.0.0.0:")
+        .unwrap_or_else(|| panic!("{line}"))
+        .to_owned();
+
+    let ca = ureq::tls::Certificate::from_pem(cert.as_bytes()).unwrap();
+    let tls = ureq::tls::TlsConfig::builder()
+        .root_certs(ureq::tls::RootCerts::new_with_certs(&[ca]))
+        .build();
+    let trusting = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .tls_config(tls)
+        .build()
+        .new_agent();
+    let url = format!("https://127.0.0.1:{port}/v2/");
+    let anon = trusting.get(&url).call().unwrap();
+    assert_eq!(anon.status().as_u16(), 401, "auth still applies over https");
+    let ok = trusting
+        .get(&url)
+        .header("Authorization", basic("ci:s3cret"))
+        .call()
+        .unwrap();
+    assert_eq!(ok.status().as_u16(), 200);
+
+    // A client that does not trust the certificate gets no answer.
+    let default_roots = ureq::Agent::config_builder().build().new_agent();
+    let e = default_roots.get(&url).call().unwrap_err();
+    assert!(format!("{e}").contains("certificate"), "{e}");
+    // Nor does plain HTTP on the TLS port.
+    assert!(ureq::get(&format!("http://127.0.0.1:{port}/v2/"))
+        .call()
+        .is_err());
+    // And the server is still serving.
+    let again = trusting
+        .get(&url)
+        .header("Authorization", basic("ci:s3cret"))
+        .call()
+        .unwrap();
+    assert_eq!(again.status().as_u16(), 200);
+
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+#[test]
+fn bad_tls_files_are_usage_errors_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = self_signed();
+    let (_, other_key) = self_signed();
+    let p = |n: &str| dir.path().join(n);
+    std::fs::write(p("cert.pem"), &cert).unwrap();
+    std::fs::write(p("key.pem"), &key).unwrap();
+    std::fs::write(p("other-key.pem"), &other_key).unwrap();
+    std::fs::write(p("empty.pem"), "").unwrap();
+    let cases = [
+        ("missing.pem", "key.pem", "missing.pem", "certificate file"),
+        ("cert.pem", "missing.pem", "missing.pem", "private key file"),
+        ("empty.pem", "key.pem", "empty.pem", "no PEM certificate"),
+        ("cert.pem", "empty.pem", "empty.pem", "no PEM private key"),
+        ("cert.pem", "other-key.pem", "other-key.pem", "do not match"),
+    ];
+    for (c, k, named, says) in cases {
+        let config = format!(
+            "[tls]\ncert = \"{}\"\nkey = \"{}\"\n",
+            p(c).display(),
+            p(k).display()
+        );
+        std::fs::write(p("c.toml"), config).unwrap();
+        let out = Command::new(bin())
+            .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+            .arg(p("d"))
+            .arg("--config")
+            .arg(p("c.toml"))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{c}/{k}: {stderr}");
+        assert!(out.stdout.is_empty(), "{c}/{k}: nothing may listen");
+        assert!(
+            stderr.contains(&p(named).display().to_string()) && stderr.contains(says),
+            "{c}/{k}: the error must name {named} and say {says:?}: {stderr}"
+        );
+    }
+}
+
 #[test]
 fn bad_config_is_a_usage_error() {
     let dir = tempfile::tempdir().unwrap();
