@@ -595,7 +595,7 @@ impl<'s> Applier<'s> {
         entry: &[u8],
     ) -> Result<OwnedFd> {
         match fsops::open_dir_at(dir, comp) {
-            Ok(fd) => return Ok(fd),
+            Ok(fd) => Ok(fd),
             Err(Errno::NOENT) => {
                 let meta = self.lower_dir_meta(here)?;
                 self.make_dir(lw, dir, comp, here, meta.as_ref(), false)

@@ -31,6 +31,9 @@ pub const OVERLAY_XATTR_PREFIX: &[u8] = b"trusted.overlay.";
 /// The overlayfs opaque-directory xattr.
 pub const OVERLAY_OPAQUE: &[u8] = b"trusted.overlay.opaque";
 
+/// Extended attributes: (name, value) pairs, sorted by name.
+pub type Xattrs = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// The metadata a hard link shares: what makes an object *variant*.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Meta {
@@ -66,6 +69,7 @@ impl Meta {
     }
 
     /// Metadata of an existing inode (`xattrs` read separately).
+    #[allow(clippy::unnecessary_cast)] // the stat field types differ per target
     pub fn from_stat(st: &Stat, xattrs: Vec<(Vec<u8>, Vec<u8>)>) -> Meta {
         Meta {
             mode: st.st_mode & 0o7777,
@@ -80,6 +84,7 @@ impl Meta {
     }
 
     /// Whether `st` has this mode, owner and mtime (xattrs not compared).
+    #[allow(clippy::unnecessary_cast)] // the stat field types differ per target
     pub fn matches_stat(&self, st: &Stat) -> bool {
         st.st_mode & 0o7777 == self.mode
             && st.st_uid == self.uid
@@ -234,7 +239,7 @@ fn proc_path(dir: BorrowedFd<'_>, name: &[u8]) -> Vec<u8> {
 }
 
 /// Read all xattrs of an open file.
-pub fn read_xattrs_fd(fd: BorrowedFd<'_>) -> Result<Vec<(Vec<u8>, Vec<u8>)>, Errno> {
+pub fn read_xattrs_fd(fd: BorrowedFd<'_>) -> Result<Xattrs, Errno> {
     read_xattrs_with(
         |buf| fs::flistxattr(fd, buf),
         |name, buf| fs::fgetxattr(fd, name, buf),
@@ -242,7 +247,7 @@ pub fn read_xattrs_fd(fd: BorrowedFd<'_>) -> Result<Vec<(Vec<u8>, Vec<u8>)>, Err
 }
 
 /// Read all xattrs of `name` in `dir` without following a symlink.
-pub fn read_xattrs_at(dir: BorrowedFd<'_>, name: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, Errno> {
+pub fn read_xattrs_at(dir: BorrowedFd<'_>, name: &[u8]) -> Result<Xattrs, Errno> {
     let p = proc_path(dir, name);
     read_xattrs_with(
         |buf| fs::llistxattr(p.as_slice(), buf),
@@ -253,7 +258,7 @@ pub fn read_xattrs_at(dir: BorrowedFd<'_>, name: &[u8]) -> Result<Vec<(Vec<u8>, 
 fn read_xattrs_with(
     list: impl Fn(&mut [u8]) -> Result<usize, Errno>,
     get: impl Fn(&[u8], &mut [u8]) -> Result<usize, Errno>,
-) -> Result<Vec<(Vec<u8>, Vec<u8>)>, Errno> {
+) -> Result<Xattrs, Errno> {
     let mut buf = vec![0u8; 1024];
     let n = loop {
         match list(&mut buf) {

@@ -105,7 +105,7 @@ fn applies_every_entry_kind_and_references_across_layers() {
         .into_iter()
         .map(|e| {
             if e.path == b"etc/hosts" {
-                e.as_reference()
+                e.into_reference()
             } else {
                 e.with_digest()
             }
@@ -284,7 +284,7 @@ fn cut_stream_commits_nothing_and_keeps_verified_objects_loose() {
         .iter()
         .map(|e| {
             if loose.contains(&Digest::of(&e.data)) {
-                e.clone().as_reference()
+                e.clone().into_reference()
             } else {
                 e.clone().with_digest()
             }
@@ -476,7 +476,7 @@ fn unresolved_references_are_collected_and_repaired_before_commit() {
     let lost = b"content the registry thinks we hold".to_vec();
     let entries = vec![
         Entry::file("have", b"new content").with_digest(),
-        Entry::file("lost", &lost).mode(0o600).as_reference(),
+        Entry::file("lost", &lost).mode(0o600).into_reference(),
         Entry::hardlink("lost-link", "lost"),
     ];
     let d = Digest::of(b"layer");
@@ -509,7 +509,7 @@ fn repair_with_wrong_content_fails() {
     let store = Store::open(&t.path().join("store"), Access::Exclusive).unwrap();
     let d = Digest::of(b"layer");
     let mut arch = Archive::new();
-    arch.layer(&d, &[Entry::file("lost", b"right").as_reference()])
+    arch.layer(&d, &[Entry::file("lost", b"right").into_reference()])
         .end();
     let mut a = Applier::new(&store, ApplyOptions::new(vec![d])).unwrap();
     a.apply_archive(arch.finish().as_slice()).unwrap();
@@ -553,7 +553,7 @@ fn gc_removes_unused_layers_and_objects_and_verify_finds_damage() {
     arch.layer(
         &db,
         &[
-            Entry::file("shared", b"shared").as_reference(),
+            Entry::file("shared", b"shared").into_reference(),
             Entry::file("only-b", b"only b").with_digest(),
         ],
     );

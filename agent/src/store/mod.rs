@@ -546,13 +546,12 @@ fn tree_private_bytes(dir: BorrowedFd<'_>) -> Result<u64> {
     Ok(total)
 }
 
+/// The callback of [`walk_tree`]: (parent directory, relative path, lstat).
+pub type WalkFn<'a> = dyn FnMut(BorrowedFd<'_>, &[u8], &rfs::Stat) -> Result<()> + 'a;
+
 /// Depth-first walk of a tree without following symlinks: `f(dir, path,
 /// stat)` for every entry below `dir` (pre-order). `path` is relative.
-pub fn walk_tree(
-    dir: BorrowedFd<'_>,
-    path: &mut Vec<u8>,
-    f: &mut dyn FnMut(BorrowedFd<'_>, &[u8], &rfs::Stat) -> Result<()>,
-) -> Result<()> {
+pub fn walk_tree(dir: BorrowedFd<'_>, path: &mut Vec<u8>, f: &mut WalkFn<'_>) -> Result<()> {
     let mut names = Vec::new();
     fsops::for_each_entry(dir, |n, _| {
         names.push(n.to_vec());

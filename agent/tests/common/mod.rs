@@ -101,7 +101,7 @@ impl Entry {
         }
     }
     /// The same file as a reference entry of a dedup archive.
-    pub fn as_reference(mut self) -> Entry {
+    pub fn into_reference(mut self) -> Entry {
         assert_eq!(self.kind, b'0');
         let d = Digest::of(&self.data);
         self.kind = b'1';
@@ -301,7 +301,7 @@ pub fn as_new(entries: &[Entry]) -> Vec<Entry> {
             if e.kind == b'0' && !e.data.is_empty() {
                 let d = Digest::of(&e.data);
                 if seen.contains(&d) {
-                    return e.clone().as_reference();
+                    return e.clone().into_reference();
                 }
                 seen.push(d);
                 e.clone().with_digest()
