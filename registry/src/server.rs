@@ -124,8 +124,30 @@ pub fn app(state: AppState) -> Router {
     crate::oci::router()
         .merge(crate::sync_api::router())
         .merge(crate::edit::http::router())
+        .layer(axum::middleware::from_fn(close_after_error_with_body))
         .layer(axum::middleware::from_fn(log_request))
         .with_state(state)
+}
+
+/// An error answered to a request that carries a body may leave that body
+/// unread (a bad token is refused before the body is looked at), so the
+/// connection cannot carry another request: say so with `Connection:
+/// close`, or a client that pools connections would send its next request
+/// into a socket the server is closing.
+async fn close_after_error_with_body(req: Request, next: Next) -> Response {
+    use axum::http::{header, HeaderValue};
+    let headers = req.headers();
+    let has_body = headers.contains_key(header::TRANSFER_ENCODING)
+        || headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim() != "0");
+    let mut resp = next.run(req).await;
+    if has_body && !resp.status().is_success() {
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    resp
 }
 
 /// One line per request: method, path, status, time. Never headers (they
