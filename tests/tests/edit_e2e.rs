@@ -1,0 +1,202 @@
+//! Edit, then sync: an image is edited in the registry's store while the
+//! registry serves (`layerlink-registry edit --data`), and a device that
+//! held the old image syncs the edited one. It must download only what
+//! changed — the edited file and the entry headers of the rebuilt layer,
+//! not the layer — and its checkout must equal `umoci unpack` of the
+//! edited image pulled back with skopeo.
+
+use layerlink_tests::bins::registry_bin;
+use layerlink_tests::layers::image_files;
+use layerlink_tests::{
+    assert_trees_equal, run, skopeo_pull, skopeo_push, test_images, umoci_unpack, Agent,
+    CountingProxy, OciLayout, Registry,
+};
+use sha2::{Digest as _, Sha256};
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const TOKEN: &str = "tok-dev1";
+const DEVICE_CONFIG: &str = r#"
+[[devices]]
+id = "dev1"
+token = "tok-dev1"
+repositories = ["*"]
+"#;
+const IMAGE: &str = "test/base-b:v1";
+
+struct Fixture {
+    reg: Registry,
+    proxy: CountingProxy,
+}
+
+/// base-b:v1 (a Debian base layer and a small /app layer) in a registry.
+fn fixture() -> Fixture {
+    let images = test_images();
+    let reg = Registry::start(Some(DEVICE_CONFIG));
+    skopeo_push(&images.oci_dir, "base-b:v1", &reg, IMAGE);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while reg.stat("layers") < 2 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let proxy = CountingProxy::start(reg.addr());
+    Fixture { reg, proxy }
+}
+
+impl Fixture {
+    /// Sync and return the bytes on the wire (both ways).
+    fn sync(&self, agent: &Agent, image: &str) -> u64 {
+        self.proxy.reset();
+        agent.sync(&self.proxy.url(), &[image]);
+        self.proxy.bytes_total()
+    }
+
+    /// `layerlink-registry edit --data DATA IMAGE ARGS…`; the new digest.
+    fn edit(&self, args: &[&str]) -> String {
+        let out = run(Command::new(registry_bin())
+            .arg("edit")
+            .arg("--data")
+            .arg(self.reg.data_dir())
+            .arg(IMAGE)
+            .args(args));
+        assert!(
+            out.status.success(),
+            "edit {args:?} failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    /// Pull `image` back with skopeo; the layout holding it as `tag`.
+    fn pull(&self, agent: &Agent, image: &str, tag: &str) -> OciLayout {
+        let dir = agent.scratch(&format!("pulled-{tag}"));
+        skopeo_pull(&self.reg, image, &dir, tag);
+        OciLayout::open(dir)
+    }
+}
+
+/// The agent's checkout of `image` equals `umoci unpack` of `tag` in `layout`.
+fn assert_checkout_matches_umoci(agent: &Agent, image: &str, layout: &OciLayout, tag: &str) {
+    let reference = agent.scratch(&format!("umoci-{tag}"));
+    umoci_unpack(&layout.dir, tag, &reference);
+    let checkout = agent.scratch(&format!("checkout-{tag}"));
+    agent.checkout(image, &checkout);
+    assert_trees_equal(&reference.join("rootfs"), &checkout.join("rootfs"));
+}
+
+/// `n` bytes that do not compress (a sha256 chain).
+fn incompressible(n: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(n + 32);
+    let mut block = Sha256::digest(b"layerlink edit e2e");
+    while out.len() < n {
+        out.extend_from_slice(&block);
+        block = Sha256::digest(block);
+    }
+    out.truncate(n);
+    out
+}
+
+fn write(path: &Path, bytes: &[u8]) {
+    std::fs::write(path, bytes).unwrap();
+}
+
+#[test]
+fn a_device_downloads_only_the_file_edited_inside_the_base_layer() {
+    let fx = fixture();
+    let agent = Agent::new(TOKEN);
+    fx.sync(&agent, IMAGE);
+
+    // Replace /etc/motd inside layer 0 (the ~60 MB Debian base) with 100 kB
+    // that cannot compress, while the registry serves.
+    let content = incompressible(100_000);
+    let src = agent.scratch("motd");
+    write(&src, &content);
+    let put = format!("{}:/etc/motd", src.display());
+    let args = [
+        "--tag", "edited", "--layer", "0", "--put", &put, "--mode", "0644",
+    ];
+    fx.edit(
+        &[
+            &args[..],
+            &["--uid", "0", "--gid", "0", "--mtime", "1700000000"],
+        ]
+        .concat(),
+    );
+
+    let edited = "test/base-b:edited";
+    let layout = fx.pull(&agent, edited, "edited");
+    let original = test_images().layout();
+    let old = original.layers("base-b:v1");
+    let new = layout.layers("edited");
+    assert_eq!(new.len(), 2);
+    assert_ne!(new[0].digest, old[0].digest, "layer 0 was rebuilt");
+    assert_eq!(new[1].digest, old[1].digest, "layer 1 is byte-identical");
+
+    let cost = fx.sync(&agent, edited);
+    let entries = image_files(&layout, &["edited"]).entries;
+    let budget = content.len() as u64 + entries * 256 + 64 * 1024;
+    eprintln!(
+        "edited base layer: sync cost {cost} B; layer 0 is {} B compressed, {entries} entries",
+        new[0].size
+    );
+    assert!(
+        cost >= content.len() as u64,
+        "the edited file ({} B, incompressible) cannot have travelled in {cost} B",
+        content.len()
+    );
+    assert!(
+        cost <= budget,
+        "sync after the edit cost {cost} B, more than the edited file + headers ({budget} B)"
+    );
+    assert!(
+        cost < new[0].size / 10,
+        "sync after the edit cost {cost} B: not much less than the rebuilt layer ({} B)",
+        new[0].size
+    );
+    assert_checkout_matches_umoci(&agent, edited, &layout, "edited");
+    let checkout = agent.scratch("checkout-edited");
+    assert_eq!(
+        std::fs::read(checkout.join("rootfs/etc/motd")).unwrap(),
+        content
+    );
+
+    let again = fx.sync(&agent, edited);
+    assert!(again < 2 * 1024, "a no-op re-sync cost {again} B");
+}
+
+#[test]
+fn deleting_or_inserting_a_layer_costs_only_the_new_layer() {
+    let fx = fixture();
+    let agent = Agent::new(TOKEN);
+    fx.sync(&agent, IMAGE);
+
+    // Without /app: every remaining layer is held.
+    fx.edit(&["--tag", "no-app", "--delete-layer", "1"]);
+    let image = "test/base-b:no-app";
+    let cost = fx.sync(&agent, image);
+    assert!(
+        cost < 16 * 1024,
+        "deleting a layer cost {cost} B on the wire"
+    );
+    let layout = fx.pull(&agent, image, "no-app");
+    assert_eq!(layout.layers("no-app").len(), 1);
+    assert_checkout_matches_umoci(&agent, image, &layout, "no-app");
+
+    // A small layer inserted between the two: only it travels.
+    let dir = agent.scratch("insert");
+    std::fs::create_dir_all(dir.join("etc/layerlink")).unwrap();
+    let content = incompressible(20_000);
+    write(&dir.join("etc/layerlink/inserted.bin"), &content);
+    let spec = format!("1:{}", dir.display());
+    fx.edit(&["--tag", "inserted", "--insert-layer", &spec]);
+    let image = "test/base-b:inserted";
+    let cost = fx.sync(&agent, image);
+    assert!(
+        cost >= content.len() as u64 && cost < content.len() as u64 + 16 * 1024,
+        "inserting a {} B layer cost {cost} B on the wire",
+        content.len()
+    );
+    let layout = fx.pull(&agent, image, "inserted");
+    assert_eq!(layout.layers("inserted").len(), 3);
+    assert_checkout_matches_umoci(&agent, image, &layout, "inserted");
+}
