@@ -235,15 +235,6 @@ fn zstd_and_plain_layers_ingest() {
     );
 }
 
-trait FinishRef {
-    fn finish_ref(&mut self) -> Vec<u8>;
-}
-impl FinishRef for TarBuilder {
-    fn finish_ref(&mut self) -> Vec<u8> {
-        std::mem::replace(self, TarBuilder::new()).finish()
-    }
-}
-
 #[test]
 fn dedup_across_layers_and_repush_adds_nothing() {
     let ts = TestStore::new();

@@ -117,6 +117,11 @@ impl TarBuilder {
     pub fn finish(self) -> Vec<u8> {
         self.b.into_inner().unwrap()
     }
+
+    /// Finish a builder used through `&mut` chains.
+    pub fn finish_ref(&mut self) -> Vec<u8> {
+        std::mem::replace(self, TarBuilder::new()).finish()
+    }
 }
 
 /// A layer exercising every entry kind the index must keep.

@@ -1,0 +1,365 @@
+use super::*;
+use crate::ingest::parse_pax;
+use crate::ingest::testutil::{gunzip, sample_tar, TarBuilder};
+use crate::plan::{plan_image, MemRegistry};
+use layerlink_proto::archive::parse_reference_link;
+use layerlink_proto::msg::{ImageRef, LayerState};
+use std::io::Read;
+
+/// One entry of a parsed archive: header fields plus its PAX records.
+#[derive(Debug)]
+struct Parsed {
+    path: Vec<u8>,
+    type_flag: u8,
+    link: Vec<u8>,
+    size: u64,
+    mode: u32,
+    pax: Vec<(Vec<u8>, Vec<u8>)>,
+    data: Vec<u8>,
+    /// Bytes the entry took in the uncompressed tar (headers + data).
+    raw_len: u64,
+}
+
+impl Parsed {
+    fn pax(&self, k: &str) -> Option<&[u8]> {
+        self.pax
+            .iter()
+            .find(|(kk, _)| kk == k.as_bytes())
+            .map(|(_, v)| v.as_slice())
+    }
+    fn marker(&self) -> Option<Marker> {
+        self.pax(PAX_MARKER).and_then(Marker::parse)
+    }
+}
+
+/// Parse an uncompressed archive with the tar crate in raw mode, applying
+/// PAX headers (parsed by length) to the next entry.
+fn parse(tar_bytes: &[u8]) -> Vec<Parsed> {
+    let mut a = tar::Archive::new(tar_bytes);
+    let mut out = Vec::new();
+    let mut pending: Option<(crate::index::PaxRecords, u64)> = None;
+    for e in a.entries().unwrap().raw(true) {
+        let mut e = e.unwrap();
+        let start = e.raw_header_position();
+        let h = e.header().clone();
+        let mut data = Vec::new();
+        e.read_to_end(&mut data).unwrap();
+        let t = h.as_bytes()[156];
+        if t == b'x' {
+            pending = Some((parse_pax(&data).unwrap(), start));
+            continue;
+        }
+        if t == b'L' || t == b'K' {
+            // GNU long name / link (only in pushed layers, never written by us).
+            let key = if t == b'L' {
+                b"path".to_vec()
+            } else {
+                b"linkpath".to_vec()
+            };
+            let value = data.strip_suffix(b"\0").unwrap_or(&data).to_vec();
+            let p = pending.get_or_insert_with(|| (Vec::new(), start));
+            p.0.push((key, value));
+            continue;
+        }
+        let (pax, first) = pending.take().unwrap_or((Vec::new(), start));
+        let get = |k: &[u8]| pax.iter().find(|(kk, _)| kk == k).map(|(_, v)| v.clone());
+        let end = e.raw_file_position() + data.len() as u64;
+        let end = end.div_ceil(512) * 512;
+        out.push(Parsed {
+            path: get(b"path").unwrap_or_else(|| h.path_bytes().into_owned()),
+            type_flag: t,
+            link: get(b"linkpath").unwrap_or_else(|| {
+                h.link_name_bytes()
+                    .map(|c| c.into_owned())
+                    .unwrap_or_default()
+            }),
+            size: data.len() as u64,
+            mode: h.mode().unwrap(),
+            pax,
+            data,
+            raw_len: end - first,
+        });
+    }
+    out
+}
+
+fn write(
+    r: &MemRegistry,
+    meta: Option<Metadata<'_>>,
+    layers: &[Digest],
+    held: &HeldSet,
+) -> Vec<u8> {
+    let gz = write_image_archive(&r.ts.db, &r.ts.objects, meta, layers, held, Vec::new()).unwrap();
+    gunzip(&gz)
+}
+
+/// Check markers and counts; return the sections: (diff_id, entries).
+fn sections(entries: &[Parsed]) -> Vec<(Digest, Vec<&Parsed>)> {
+    let mut out: Vec<(Digest, Vec<&Parsed>)> = Vec::new();
+    let mut open: Option<(Digest, Vec<&Parsed>)> = None;
+    for e in entries {
+        match e.marker() {
+            Some(Marker::Layer) => {
+                assert!(open.is_none());
+                let d = Digest::parse(std::str::from_utf8(e.pax(PAX_DIFF_ID).unwrap()).unwrap())
+                    .unwrap();
+                open = Some((d, Vec::new()));
+            }
+            Some(Marker::LayerEnd) => {
+                let (d, es) = open.take().unwrap();
+                assert_eq!(e.pax(PAX_DIFF_ID).unwrap(), d.to_string().as_bytes());
+                let n: usize = std::str::from_utf8(e.pax(PAX_ENTRIES).unwrap())
+                    .unwrap()
+                    .parse()
+                    .unwrap();
+                assert_eq!(n, es.len());
+                out.push((d, es));
+            }
+            Some(Marker::End) => assert!(open.is_none()),
+            Some(_) => {}
+            None => open.as_mut().expect("entry outside a layer").1.push(e),
+        }
+    }
+    assert_eq!(entries.last().and_then(Parsed::marker), Some(Marker::End));
+    out
+}
+
+fn img(repo: &str, r: &str) -> ImageRef {
+    ImageRef {
+        repository: repo.into(),
+        reference: r.into(),
+    }
+}
+
+#[test]
+fn full_archive_carries_every_entry_and_dedups_within_the_stream() {
+    let r = MemRegistry::new();
+    let base = sample_tar();
+    let app = TarBuilder::new()
+        .file("app/hostname-again", b"edge\n")
+        .file("app/new", b"brand new")
+        .finish_ref();
+    let (md, ids) = r.push("edge/app", "v1", &[base.clone(), app]);
+    let manifest = r.manifest_bytes("edge/app", "v1");
+    let meta = Metadata {
+        manifest: &manifest,
+        config: b"{\"config\":1}",
+    };
+    let tar_bytes = write(&r, Some(meta), &ids, &HeldSet::default());
+    let entries = parse(&tar_bytes);
+    assert_eq!(entries[0].marker(), Some(Marker::Manifest));
+    assert_eq!(entries[0].data, manifest);
+    assert_eq!(entries[1].marker(), Some(Marker::Config));
+    assert_eq!(entries[1].data, b"{\"config\":1}");
+    let secs = sections(&entries);
+    assert_eq!(secs.len(), 2);
+    assert_eq!((secs[0].0, secs[1].0), (ids[0], ids[1]));
+
+    // Layer 1: same entries, same order, as the pushed tar.
+    let original = parse(&base);
+    let l1 = &secs[0].1;
+    assert_eq!(l1.len(), original.len());
+    for (a, o) in l1.iter().zip(&original) {
+        assert_eq!(a.path, o.path, "order and names (long, non-UTF-8) kept");
+        assert_eq!(a.mode, o.mode);
+    }
+    let by = |p: &[u8]| *l1.iter().find(|e| e.path == p).unwrap();
+    let host = by(b"etc/hostname");
+    assert_eq!(host.type_flag, b'0');
+    assert_eq!(
+        host.pax(PAX_DIGEST).unwrap(),
+        Digest::of(b"edge\n").hex().as_bytes()
+    );
+    assert_eq!(host.data, b"edge\n");
+    // The second file with the same content is a reference, one header.
+    let copy = by(b"etc/hostname.copy");
+    assert_eq!(copy.type_flag, b'1');
+    assert_eq!(
+        parse_reference_link(&copy.link),
+        Some(Digest::of(b"edge\n"))
+    );
+    assert_eq!((copy.size, copy.raw_len), (0, 512));
+    // Everything else exactly as in the layer.
+    assert_eq!(by(b"etc/hostname.hard").link, b"etc/hostname");
+    assert_eq!(by(b"etc/hostname.hard").type_flag, b'1');
+    assert_eq!(by(b"etc/localtime").link, b"/usr/share/zoneinfo/UTC");
+    assert_eq!(by(b"dev/null").type_flag, b'3');
+    assert_eq!(by(b"run/fifo").type_flag, b'6');
+    let empty = by(b"etc/empty");
+    assert_eq!((empty.type_flag, empty.pax(PAX_DIGEST)), (b'0', None));
+    assert_eq!(by(b"opt/.wh..wh..opq").type_flag, b'0');
+    let ping = by(b"bin/ping");
+    assert_eq!(
+        ping.pax("SCHILY.xattr.security.capability"),
+        Some(&b"\x01\x00\x00\x02\x0a\x00"[..])
+    );
+    assert_eq!(ping.pax("SCHILY.xattr.user.note"), Some(&b"hello"[..]));
+    let layerlink_keys = ping
+        .pax
+        .iter()
+        .filter(|(k, _)| k.starts_with(b"LAYERLINK."))
+        .count();
+    assert_eq!(layerlink_keys, 1, "only our own digest key");
+    assert_eq!(by(b"caf\xe9.bin").data, b"latin-1 name");
+    // No PAX header where none is needed.
+    let dir = by(b"etc/");
+    assert!(dir.pax.is_empty());
+    assert_eq!(dir.raw_len, 512);
+
+    // Layer 2: content seen in layer 1 of this stream is a reference.
+    let l2 = &secs[1].1;
+    assert_eq!(l2[0].type_flag, b'1');
+    assert_eq!(
+        parse_reference_link(&l2[0].link),
+        Some(Digest::of(b"edge\n"))
+    );
+    assert_eq!(l2[1].data, b"brand new");
+
+    // The plan's costs agree with what was written.
+    let p = plan_image(
+        &r,
+        &img("edge/app", "v1"),
+        &crate::plan::amd64(),
+        &HeldSet::default(),
+    )
+    .unwrap();
+    assert_eq!(p.manifest_digest, md);
+    let mut new_bytes = 0;
+    for (lp, (_, es)) in p.layers.iter().zip(&secs) {
+        let LayerState::Needed(c) = lp.state else {
+            panic!()
+        };
+        assert_eq!(c.entries as usize, es.len());
+        let new: Vec<_> = es.iter().filter(|e| e.pax(PAX_DIGEST).is_some()).collect();
+        assert_eq!(c.new_files as usize, new.len());
+        assert_eq!(c.new_bytes, new.iter().map(|e| e.size).sum::<u64>());
+        let refs = es
+            .iter()
+            .filter(|e| parse_reference_link(&e.link).is_some())
+            .count();
+        assert_eq!(c.referenced_files as usize, refs);
+        new_bytes += c.new_bytes;
+    }
+    assert!(new_bytes > 0);
+}
+
+#[test]
+fn held_layers_make_references_at_one_header_each() {
+    let r = MemRegistry::new();
+    let base = TarBuilder::new()
+        .file("a", b"A")
+        .file("b", b"B")
+        .file("c", b"C")
+        .finish_ref();
+    let same = TarBuilder::new()
+        .file("x", b"A")
+        .file("y", b"B")
+        .file("z", b"C")
+        .finish_ref();
+    let (_, ids) = r.push("r", "1", &[base, same]);
+    let held = HeldSet {
+        layers: vec![ids[0]],
+        objects: vec![],
+    };
+    let tar_bytes = write(&r, None, &ids[1..], &held);
+    let entries = parse(&tar_bytes);
+    let secs = sections(&entries);
+    assert_eq!(secs.len(), 1);
+    for (e, want) in secs[0].1.iter().zip([b"A", b"B", b"C"]) {
+        assert_eq!(e.type_flag, b'1');
+        assert_eq!(parse_reference_link(&e.link), Some(Digest::of(want)));
+        assert_eq!(e.raw_len, 512);
+    }
+    // layer marker (PAX header + data + ustar) + 3 references + layer-end
+    // marker + end marker + two zero blocks.
+    assert_eq!(tar_bytes.len(), 1536 + 3 * 512 + 1536 + 1536 + 1024);
+
+    // Loose objects count as held too.
+    let held = HeldSet {
+        layers: vec![],
+        objects: vec![Digest::of(b"B")],
+    };
+    let entries = parse(&write(&r, None, &ids[..1], &held));
+    let secs = sections(&entries);
+    let kinds: Vec<u8> = secs[0].1.iter().map(|e| e.type_flag).collect();
+    assert_eq!(kinds, vec![b'0', b'1', b'0']);
+}
+
+#[test]
+fn long_names_and_links_use_pax() {
+    let r = MemRegistry::new();
+    let long_dir = "d".repeat(150);
+    let long_name = format!("{long_dir}/{}", "n".repeat(120));
+    let long_target = format!("{}/target", "t".repeat(120));
+    let l = TarBuilder::new()
+        .file(long_name.as_bytes(), b"long")
+        .link(tar::EntryType::Symlink, "s", &long_target)
+        .finish_ref();
+    let (_, ids) = r.push("r", "1", &[l]);
+    let entries = parse(&write(&r, None, &ids, &HeldSet::default()));
+    let secs = sections(&entries);
+    assert_eq!(secs[0].1[0].path, long_name.as_bytes());
+    assert_eq!(secs[0].1[0].data, b"long");
+    assert_eq!(secs[0].1[1].link, long_target.as_bytes());
+}
+
+#[test]
+fn objects_archive_carries_object_markers() {
+    let r = MemRegistry::new();
+    let l = TarBuilder::new()
+        .file("a", b"alpha")
+        .file("b", &[7u8; 100_000])
+        .finish_ref();
+    r.push("r", "1", &[l]);
+    let wanted = [
+        (Digest::of(b"alpha"), 5),
+        (Digest::of(&[7u8; 100_000]), 100_000),
+    ];
+    let gz = write_objects_archive(&r.ts.objects, &wanted, Vec::new()).unwrap();
+    let entries = parse(&gunzip(&gz));
+    assert_eq!(entries.len(), 3);
+    for (e, (d, size)) in entries.iter().zip(&wanted) {
+        assert_eq!(e.marker(), Some(Marker::Object));
+        assert_eq!(e.pax(PAX_DIGEST).unwrap(), d.hex().as_bytes());
+        assert_eq!(e.size, *size);
+        assert_eq!(Digest::of(&e.data), *d);
+    }
+    assert_eq!(entries[2].marker(), Some(Marker::End));
+}
+
+#[test]
+fn gnu_tar_lists_the_archive() {
+    let r = MemRegistry::new();
+    let (_, ids) = r.push("r", "1", &[sample_tar()]);
+    let gz = write_image_archive(
+        &r.ts.db,
+        &r.ts.objects,
+        None,
+        &ids,
+        &HeldSet::default(),
+        Vec::new(),
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a.tar.gz");
+    std::fs::write(&path, &gz).unwrap();
+    let Ok(out) = std::process::Command::new("tar")
+        .arg("-tzvf")
+        .arg(&path)
+        .output()
+    else {
+        eprintln!("tar not installed; skipped");
+        return;
+    };
+    let listing = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        listing.contains("etc/hostname.copy link to layerlink:sha256:"),
+        "{listing}"
+    );
+    assert!(listing.contains(".layerlink/layer-end"), "{listing}");
+}
