@@ -7,9 +7,10 @@
 mod edit_util;
 
 use edit_util::*;
+use layerlink_proto::Digest;
 use layerlink_registry::edit::{
-    edit_layout, EditError, EditRequest, InsertOp, InsertSource, PutOp, PutSource, ShadowHow,
-    Warning,
+    edit_image, edit_layout, Backend, Commit, EditError, EditRequest, InsertOp, InsertSource,
+    Layout, PutOp, PutSource, Resolved, Scratch, ShadowHow, Warning,
 };
 use std::fs;
 use std::path::Path;
@@ -865,6 +866,11 @@ fn bad_input_is_refused_and_changes_nothing() {
             "symlink",
         ),
         (
+            "put of a whiteout name",
+            edit_req(0, vec![put("/etc/.wh.motd", &src)], &[]),
+            ".wh.",
+        ),
+        (
             "put and rm of one path",
             edit_req(0, vec![put("/etc/motd", &src)], &["/etc/motd"]),
             "both",
@@ -1066,5 +1072,116 @@ fn command_line() {
     assert!(
         Cli::try_parse_from(["edit", "t", "--delete-layer", "0"]).is_err(),
         "--layout or --data is required"
+    );
+}
+
+#[test]
+fn deleting_the_layer_an_upper_hard_link_points_into_warns() {
+    let fx = fixture();
+    // A layer on top with a hard link to layer 0's /usr/bin/tool.
+    let tarball = fx.dir.path().join("link.tar");
+    let mut b = tar::Builder::new(fs::File::create(&tarball).unwrap());
+    let mut h = tar::Header::new_ustar();
+    h.set_entry_type(tar::EntryType::Link);
+    h.set_size(0);
+    h.set_mode(0o755);
+    b.append_link(&mut h, "usr/bin/tool-link", "usr/bin/tool")
+        .unwrap();
+    b.into_inner().unwrap();
+    let req = EditRequest {
+        inserts: vec![InsertOp {
+            at: 3,
+            source: InsertSource::Tar(tarball),
+        }],
+        tag: Some("linked".into()),
+        ..EditRequest::default()
+    };
+    edit_layout(&fx.layout, "t", &req).unwrap();
+    let rootfs = unpack(&fx.layout, "linked", fx.dir.path());
+    assert_eq!(
+        fs::read(rootfs.join("usr/bin/tool-link")).unwrap(),
+        fs::read(rootfs.join("usr/bin/tool")).unwrap()
+    );
+
+    let req = EditRequest {
+        delete_layers: vec![0],
+        tag: Some("broken".into()),
+        dry_run: true,
+        ..EditRequest::default()
+    };
+    let out = edit_layout(&fx.layout, "linked", &req).unwrap();
+    assert!(
+        out.warnings.contains(&Warning::DanglingHardLink {
+            path: "/usr/bin/tool-link".into(),
+            target: "/usr/bin/tool".into(),
+            layer: 3
+        }),
+        "{:?}",
+        out.warnings
+    );
+}
+
+/// A layout whose tag `t` is moved by someone else just before the commit.
+struct Racing(Layout, std::path::PathBuf);
+
+impl Backend for Racing {
+    fn describe(&self) -> String {
+        self.0.describe()
+    }
+    fn resolve(&self, r: &str) -> Result<Option<Resolved>, EditError> {
+        self.0.resolve(r)
+    }
+    fn manifest(&self, d: &Digest, mt: &str) -> Result<Option<(Vec<u8>, String)>, EditError> {
+        self.0.manifest(d, mt)
+    }
+    fn blob_path(&self, d: &Digest) -> Result<Option<std::path::PathBuf>, EditError> {
+        self.0.blob_path(d)
+    }
+    fn scratch(&self) -> Result<Scratch, EditError> {
+        self.0.scratch()
+    }
+    fn check_tag(&self, tag: &str) -> Result<(), EditError> {
+        self.0.check_tag(tag)
+    }
+    fn blob_users(&self, b: &Digest, skip: &[&str]) -> Result<Vec<String>, EditError> {
+        self.0.blob_users(b, skip)
+    }
+    fn commit(&self, c: Commit) -> Result<(), EditError> {
+        let other = descriptor(&self.1, "other");
+        let mut index = index_json(&self.1);
+        for e in index["manifests"].as_array_mut().unwrap() {
+            if e["annotations"]["org.opencontainers.image.ref.name"] == "t" {
+                e["digest"] = other["digest"].clone();
+                e["size"] = other["size"].clone();
+            }
+        }
+        fs::write(
+            self.1.join("index.json"),
+            serde_json::to_vec(&index).unwrap(),
+        )
+        .unwrap();
+        self.0.commit(c)
+    }
+}
+
+#[test]
+fn a_tag_moved_during_the_edit_is_not_overwritten() {
+    let fx = fixture();
+    // "other": the image without its top layer.
+    let req = EditRequest {
+        delete_layers: vec![2],
+        tag: Some("other".into()),
+        ..EditRequest::default()
+    };
+    edit_layout(&fx.layout, "t", &req).unwrap();
+    let backend = Racing(Layout::open(&fx.layout).unwrap(), fx.layout.clone());
+    let src = fx.dir.path().join("x");
+    fs::write(&src, b"x").unwrap();
+    let err = edit_image(&backend, "t", &edit_req(0, vec![put("/etc/x", &src)], &[])).unwrap_err();
+    assert!(matches!(err, EditError::Conflict(_)), "{err:?}");
+    assert_eq!(
+        descriptor(&fx.layout, "t")["digest"],
+        descriptor(&fx.layout, "other")["digest"],
+        "the other writer's tag stays"
     );
 }

@@ -208,12 +208,14 @@ pub fn cli_main(args: EditArgs) -> anyhow::Result<()> {
 }
 
 /// The process exit status for an error of [`cli_main`]: 2 for a bad
-/// request, 3 for something not found, 4 for corrupt stored data, 1 otherwise.
+/// request, 3 for something not found, 4 for corrupt stored data, 5 when
+/// the tag moved during the edit, 1 otherwise.
 pub fn exit_code(err: &anyhow::Error) -> i32 {
     match err.downcast_ref::<EditError>() {
         Some(EditError::Invalid(_)) => 2,
         Some(EditError::NotFound(_)) => 3,
         Some(EditError::Corrupt(_)) => 4,
+        Some(EditError::Conflict(_)) => 5,
         _ => 1,
     }
 }

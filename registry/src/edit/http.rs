@@ -21,7 +21,7 @@
 //! upload) and named by digest. A put's mode, uid, gid and mtime default
 //! to 0644, 0, 0 and now. The answer is the [`super::EditOutcome`] as
 //! JSON; errors are `{"error": "…"}` with 400 (bad request), 401, 404
-//! (image or blob unknown) or 500.
+//! (image or blob unknown), 409 (the tag moved during the edit) or 500.
 
 use super::registry::RegistryImage;
 use super::{
@@ -150,6 +150,7 @@ async fn handle(State(state): State<AppState>, headers: HeaderMap, body: Bytes) 
             let status = match e {
                 EditError::Invalid(_) => StatusCode::BAD_REQUEST,
                 EditError::NotFound(_) => StatusCode::NOT_FOUND,
+                EditError::Conflict(_) => StatusCode::CONFLICT,
                 _ => StatusCode::INTERNAL_SERVER_ERROR,
             };
             if status == StatusCode::INTERNAL_SERVER_ERROR {

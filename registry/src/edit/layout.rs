@@ -25,6 +25,9 @@ use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+/// Scratch directories older than this belong to killed edits.
+const STALE_SCRATCH: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
 /// An OCI image layout directory.
 #[derive(Debug, Clone)]
 pub struct Layout {
@@ -181,6 +184,7 @@ impl Backend for Layout {
     }
 
     fn scratch(&self) -> Result<Scratch, EditError> {
+        Scratch::sweep(&self.root, ".layerlink-edit-", STALE_SCRATCH);
         Ok(Scratch::create(&self.root, ".layerlink-edit-")?)
     }
 
@@ -230,6 +234,18 @@ impl Backend for Layout {
         // index.json, read again just before replacing it.
         let mut index = self.index()?;
         let mut entries = Layout::entries(&index);
+        if commit.source_tag.as_deref() == Some(commit.tag.as_str()) {
+            let now = Layout::find(&entries, &commit.tag)
+                .and_then(|e| e.get("digest"))
+                .and_then(Value::as_str);
+            if now != Some(commit.source_digest.to_string().as_str()) {
+                return Err(EditError::Conflict(format!(
+                    "tag {} changed while the edit ran (now {}); nothing was tagged",
+                    commit.tag,
+                    now.unwrap_or("gone")
+                )));
+            }
+        }
         let top = commit.top();
         let source = entries
             .iter()

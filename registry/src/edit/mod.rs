@@ -87,6 +87,10 @@ pub enum EditError {
     /// Stored data does not match its digest, or is not what it claims.
     #[error("{0}")]
     Corrupt(String),
+    /// The tag moved to another image while the edit ran; nothing was
+    /// tagged (retry on the new image).
+    #[error("{0}")]
+    Conflict(String),
     /// Anything else (I/O, database).
     #[error(transparent)]
     Other(#[from] anyhow::Error),
@@ -505,6 +509,13 @@ impl Plan {
         let mut puts: Vec<(Vec<u8>, PutOp)> = Vec::new();
         for op in &req.puts {
             let p = user_path(&op.dest)?;
+            let name = p.rsplit(|&c| c == b'/').next().unwrap_or_default();
+            if name.starts_with(layerlink_proto::archive::WHITEOUT_PREFIX) {
+                return Err(EditError::Invalid(format!(
+                    "{}: names starting with .wh. are whiteouts; to hide a path, --rm it from the layer that has it",
+                    show_path(&p)
+                )));
+            }
             if puts.iter().any(|(q, _)| *q == p) {
                 return Err(EditError::Invalid(format!(
                     "{} is put twice",
@@ -1104,7 +1115,7 @@ pub fn edit_image(
                 .to_owned()
         };
         let image_platform = format!("{}/{}", get("os"), get("architecture"));
-        if !p.to_string().starts_with(&image_platform) {
+        if p.os != get("os") || p.architecture != get("architecture") {
             warnings.push(Warning::PlatformMismatch {
                 asked: p.to_string(),
                 image: image_platform,

@@ -156,10 +156,10 @@ impl Backend for RegistryImage<'_> {
     }
 
     fn scratch(&self) -> Result<Scratch, EditError> {
-        Ok(Scratch::create(
-            &self.storage.data_dir().join("tmp"),
-            "edit-",
-        )?)
+        let tmp = self.storage.data_dir().join("tmp");
+        // Scratch of edits that were killed (a live one is written to all along).
+        Scratch::sweep(&tmp, "edit-", std::time::Duration::from_secs(24 * 3600));
+        Ok(Scratch::create(&tmp, "edit-")?)
     }
 
     fn check_tag(&self, tag: &str) -> Result<(), EditError> {
@@ -191,6 +191,24 @@ impl Backend for RegistryImage<'_> {
 
     fn commit(&self, commit: Commit) -> Result<(), EditError> {
         let repo = self.repository.as_str();
+        let tag_moved = || -> Result<Option<String>, EditError> {
+            if commit.source_tag.as_deref() != Some(commit.tag.as_str()) {
+                return Ok(None);
+            }
+            let now = self.storage.meta().tag(repo, &commit.tag)?;
+            Ok((now != Some(commit.source_digest))
+                .then(|| now.map_or("gone".into(), |d| d.to_string())))
+        };
+        let check_tag = || -> Result<(), EditError> {
+            match tag_moved()? {
+                Some(now) => Err(EditError::Conflict(format!(
+                    "tag {repo}:{} changed while the edit ran (now {now}); nothing was tagged",
+                    commit.tag
+                ))),
+                None => Ok(()),
+            }
+        };
+        check_tag()?;
         for b in &commit.blobs {
             let f = std::fs::File::open(&b.path)
                 .with_context(|| format!("opening {}", b.path.display()))?;
@@ -205,6 +223,9 @@ impl Backend for RegistryImage<'_> {
                     EditError::Other(anyhow::anyhow!(msg))
                 }
             })?;
+        // Ingesting a big layer takes a while: look again (the window left
+        // is the one between this read and the tag write below).
+        check_tag()?;
         let image_tag = if commit.index.is_none() {
             Some(commit.tag.as_str())
         } else {

@@ -327,6 +327,25 @@ impl Scratch {
         })
     }
 
+    /// Remove `<parent>/<prefix>*` directories untouched for `max_age`:
+    /// scratch of edits that were killed. Errors are ignored.
+    pub fn sweep(parent: &Path, prefix: &str, max_age: std::time::Duration) {
+        let Ok(entries) = fs::read_dir(parent) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let stale = e.file_name().to_string_lossy().starts_with(prefix)
+                && e.metadata()
+                    .ok()
+                    .and_then(|m| m.modified().ok())
+                    .and_then(|t| t.elapsed().ok())
+                    .is_some_and(|age| age > max_age);
+            if stale {
+                let _ = fs::remove_dir_all(e.path());
+            }
+        }
+    }
+
     /// A path for a new temp file in the directory.
     pub fn file(&self, what: &str) -> PathBuf {
         let n = self.next.get();
