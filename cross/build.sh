@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Build the device agent for an ARM target (profile release-agent).
 #
-#   cross/build.sh TARGET [--no-tls]   build one binary, print its size
+#   cross/build.sh TARGET [--no-tls]   build one binary, print its size (warns
+#                                      when over budget)
 #   cross/build.sh --size-report       build all 4 targets with and without TLS,
 #                                      print a table, fail if a budget is broken
 #
@@ -35,11 +36,11 @@ build_one() {
   fi
   echo "cross/build: $target (tls=$tls)" >&2
   cross_cargo "$target" abort build -p layerlink-agent --bin layerlink-agent \
-    --profile release-agent "${feat[@]}" >&2
+    --profile release-agent "${feat[@]}" >&2 || return 1
   local out="$CARGO_TARGET_DIR/$target/release-agent/layerlink-agent"
   local dist="$CARGO_TARGET_DIR/dist/$target"
   mkdir -p "$dist"
-  cp "$out" "$dist/$name.tmp" && mv "$dist/$name.tmp" "$dist/$name"
+  cp "$out" "$dist/$name.tmp" && mv "$dist/$name.tmp" "$dist/$name" || return 1
   echo "$dist/$name"
 }
 
@@ -55,7 +56,10 @@ if [[ ${1:-} == --size-report ]]; then
   fail=0
   for target in "${CROSS_TARGETS[@]}"; do
     for tls in 1 0; do
-      bin=$(build_one "$target" "$tls")
+      if ! bin=$(build_one "$target" "$tls"); then
+        echo "cross/build: $target (tls=$tls) FAILED to build" >&2
+        exit 1
+      fi
       size=$(size_of "$bin")
       max=$(budget "$target" "$tls")
       verdict=ok
@@ -94,11 +98,11 @@ case ${2:-} in
   --no-tls) tls=0 ;;
   *) echo "cross/build: unknown option $2" >&2; exit 2 ;;
 esac
-bin=$(build_one "$target" "$tls")
+bin=$(build_one "$target" "$tls") || { echo "cross/build: $target: build failed" >&2; exit 1; }
 size=$(size_of "$bin")
 max=$(budget "$target" "$tls")
 printf "cross/build: %s: %'d bytes (%s, stripped; budget %'d)\n" "$bin" "$size" "$(describe "$bin")" "$max"
 if ((size > max)); then
-  echo "cross/build: over the size budget" >&2
-  exit 1
+  # Only --size-report enforces the budgets; a single build still delivers.
+  echo "cross/build: WARNING: over the size budget by $((size - max)) bytes" >&2
 fi

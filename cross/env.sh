@@ -2,8 +2,9 @@
 # ARM target. Not meant to be run directly.
 #
 #   cross_cargo TARGET PROFILE_KIND SUBCOMMAND ARGS...
-#     PROFILE_KIND: "abort" when the profile has panic = "abort" (release-agent),
-#                   "unwind" otherwise (tests); decides -Z build-std crates.
+#     PROFILE_KIND: "abort" for the device binary (release-agent: panic = "abort",
+#                   std built with optimize_for_size), "unwind" otherwise (tests);
+#                   decides the -Z build-std crates and features.
 #
 # Uses Debian's cargo/rustc (1.96, /usr/bin) with cross/cargo-config.toml and a
 # target dir of its own (cross/target), so native builds with rustup's
@@ -57,7 +58,9 @@ cross_cargo() {
   if cross_needs_build_std "$target"; then
     export RUSTC_BOOTSTRAP=1
     if [[ $kind == abort ]]; then
-      args+=(-Z build-std=std,panic_abort)
+      # optimize_for_size: std's smaller implementations (fmt, sort, …);
+      # ~235 KB less on armv7 with TLS, same behaviour.
+      args+=(-Z build-std=std,panic_abort -Z build-std-features=optimize_for_size)
     else
       args+=(-Z build-std=std)
     fi
