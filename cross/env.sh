@@ -1,3 +1,4 @@
+# shellcheck shell=bash disable=SC2034,SC2054
 # Sourced by cross/build.sh and cross/test.sh: the cargo invocation for one
 # ARM target. Not meant to be run directly.
 #

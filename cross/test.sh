@@ -48,7 +48,8 @@ done
 
 log() { printf '[cross/test %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 WORK=$(mktemp -d /var/tmp/layerlink-cross.XXXXXX)
-REG_PID=
+REG_PID=''
+# shellcheck disable=SC2317 # called by the trap
 cleanup() {
   [[ -n $REG_PID ]] && kill "$REG_PID" 2>/dev/null && wait "$REG_PID" 2>/dev/null
   rm -rf "$WORK"
@@ -90,7 +91,7 @@ build_agent() {
 }
 
 # --- >4 GiB entry -------------------------------------------------------
-BIG_ARCHIVE= BIG_INFO=
+BIG_ARCHIVE='' BIG_INFO=''
 make_big_archive() {
   [[ -n $BIG_ARCHIVE ]] && return 0
   local key
@@ -119,8 +120,9 @@ run_big() {
   fi
   cat "$WORK/big-$t.log" >&2
   local layer="$store/layers/${diff_id#sha256:}" ok=1
-  local big="$layer/$(jq -r .big_path "$BIG_INFO")"
-  local after="$layer/$(jq -r .after_path "$BIG_INFO")"
+  local big after
+  big="$layer/$(jq -r .big_path "$BIG_INFO")"
+  after="$layer/$(jq -r .after_path "$BIG_INFO")"
   local link="$layer/big/file.link"
   python3 "$CROSS_DIR/bigarchive.py" check "$big" "$BIG_INFO" >&2 || ok=0
   [[ $(sha256sum <"$after" 2>/dev/null | cut -d' ' -f1) == "$(jq -r .after_sha256 "$BIG_INFO")" ]] ||
@@ -132,7 +134,7 @@ run_big() {
 }
 
 # --- end to end against the native registry -----------------------------
-E2E_READY=0 REG_URL= BUNDLE=
+E2E_READY=0 REG_URL='' BUNDLE=''
 IMAGE=base-a:v1
 e2e_setup() {
   ((E2E_READY)) && return 0
