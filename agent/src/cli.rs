@@ -37,7 +37,8 @@ sync options:
   --store DIR         the store directory (created if missing)
   --token T           device bearer token
   --token-file F      read the token from F
-  --ca-file PEM       trust these CA certificates instead of the built-in roots
+  --ca-file PEM       trust these CA certificates (default: the system CA bundle,
+                      $SSL_CERT_FILE or /etc/ssl/certs/ca-certificates.crt …)
   --platform P        os/arch[/variant], default: the build target (e.g. linux/arm64)
   --config FILE       read server, store, token_file, ca_file, platform, images,
                       retry_for from FILE (TOML subset: key = \"value\" / [\"a\", \"b\"]);

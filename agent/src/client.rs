@@ -54,30 +54,54 @@ pub struct Client {
     auth: Option<String>,
 }
 
+/// Where the system CA bundle usually is (Debian/Ubuntu/Alpine/OpenWrt,
+/// Fedora/RHEL, openSUSE, BSD-style); `SSL_CERT_FILE` comes first.
+#[cfg(feature = "tls")]
+const SYSTEM_CA_FILES: &[&str] = &[
+    "/etc/ssl/certs/ca-certificates.crt",
+    "/etc/pki/tls/certs/ca-bundle.crt",
+    "/etc/ssl/ca-bundle.pem",
+    "/etc/ssl/cert.pem",
+];
+
 #[cfg(feature = "tls")]
 fn tls_config(cfg: &ClientConfig) -> Result<ureq::tls::TlsConfig> {
     use ureq::tls::{parse_pem, PemItem, RootCerts, TlsConfig};
-    let mut b = TlsConfig::builder();
-    if let Some(path) = &cfg.ca_file {
-        let pem = std::fs::read(path)
-            .map_err(|e| Error::Usage(format!("reading CA file {}: {e}", path.display())))?;
-        let mut certs = Vec::new();
-        for item in parse_pem(&pem) {
-            match item {
-                Ok(PemItem::Certificate(c)) => certs.push(c),
-                Ok(_) => {}
-                Err(e) => return Err(Error::Usage(format!("CA file {}: {e}", path.display()))),
-            }
+    // ring is the only provider compiled in; make it the process default.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let path = match &cfg.ca_file {
+        Some(p) => p.clone(),
+        None => {
+            let env = std::env::var_os("SSL_CERT_FILE").map(PathBuf::from);
+            env.into_iter()
+                .chain(SYSTEM_CA_FILES.iter().map(PathBuf::from))
+                .find(|p| p.is_file())
+                .ok_or_else(|| {
+                    Error::Usage(
+                        "no CA certificates: pass --ca-file PEM (no system CA bundle found)".into(),
+                    )
+                })?
         }
-        if certs.is_empty() {
-            return Err(Error::Usage(format!(
-                "CA file {} has no certificate",
-                path.display()
-            )));
+    };
+    let pem = std::fs::read(&path)
+        .map_err(|e| Error::Usage(format!("reading CA file {}: {e}", path.display())))?;
+    let mut certs = Vec::new();
+    for item in parse_pem(&pem) {
+        match item {
+            Ok(PemItem::Certificate(c)) => certs.push(c),
+            Ok(_) => {}
+            Err(e) => return Err(Error::Usage(format!("CA file {}: {e}", path.display()))),
         }
-        b = b.root_certs(RootCerts::new_with_certs(&certs));
     }
-    Ok(b.build())
+    if certs.is_empty() {
+        return Err(Error::Usage(format!(
+            "CA file {} has no certificate",
+            path.display()
+        )));
+    }
+    Ok(TlsConfig::builder()
+        .root_certs(RootCerts::new_with_certs(&certs))
+        .build())
 }
 
 impl Client {

@@ -602,3 +602,43 @@ fn a_second_exclusive_open_is_refused_and_tmp_is_recovered() {
     let _store = Store::open(&root, Access::Exclusive).unwrap();
     assert_eq!(fs::read_dir(root.join("tmp")).unwrap().count(), 0);
 }
+
+/// A small tmpfs, unmounted on drop (`None` when mounting is not allowed).
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path, size: &str) -> Option<Tmpfs> {
+        fs::create_dir_all(dir).unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        ok.then(|| Tmpfs(dir.to_path_buf()))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_full_disk_is_exit_6_and_commits_nothing() {
+    let t = TempDir::new("enospc");
+    let Some(fs_) = Tmpfs::mount(&t.path().join("small"), "1m") else {
+        eprintln!("cannot mount tmpfs: skipping");
+        return;
+    };
+    let store = Store::open(&fs_.0.join("store"), Access::Exclusive).unwrap();
+    let big = pseudo_random(7, 3 << 20);
+    let d = Digest::of(b"big");
+    let mut arch = Archive::new();
+    arch.layer(&d, &[Entry::file("big", &big).with_digest()])
+        .end();
+    let err = apply(&store, &[d], &arch.finish()).unwrap_err();
+    assert_eq!(err.exit_code(), exit::DISK_FULL, "{err}");
+    assert!(store.committed_layers().unwrap().is_empty());
+}

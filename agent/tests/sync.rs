@@ -533,3 +533,38 @@ fn a_wrong_manifest_is_an_integrity_error_and_records_nothing() {
         .unwrap()
         .is_none());
 }
+
+#[test]
+fn too_little_free_space_is_exit_6_before_downloading() {
+    let t = TempDir::new("sync-full");
+    let dir = t.path().join("small");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"])
+        .arg(&dir)
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !mounted {
+        eprintln!("cannot mount tmpfs: skipping");
+        return;
+    }
+    let res = (|| {
+        let store = Store::open(&dir.join("store"), Access::Exclusive).unwrap();
+        let mut fake = Fake {
+            images: vec![image("app:v1", vec![base_layer(), app_layer("1")])],
+            ..Default::default()
+        };
+        let err = sync(&store, &mut fake, &opts(&["app:v1"])).unwrap_err();
+        (
+            err.exit_code(),
+            err.to_string(),
+            store.committed_layers().unwrap().len(),
+        )
+    })();
+    let _ = std::process::Command::new("umount").arg(&dir).status();
+    let (code, msg, layers) = res;
+    assert_eq!(code, exit::DISK_FULL, "{msg}");
+    assert!(msg.contains("bytes needed"), "{msg}");
+    assert_eq!(layers, 0);
+}
