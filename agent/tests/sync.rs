@@ -549,22 +549,24 @@ fn too_little_free_space_is_exit_6_before_downloading() {
         eprintln!("cannot mount tmpfs: skipping");
         return;
     }
-    let res = (|| {
-        let store = Store::open(&dir.join("store"), Access::Exclusive).unwrap();
-        let mut fake = Fake {
-            images: vec![image("app:v1", vec![base_layer(), app_layer("1")])],
-            ..Default::default()
-        };
-        let err = sync(&store, &mut fake, &opts(&["app:v1"])).unwrap_err();
-        (
-            err.exit_code(),
-            err.to_string(),
-            store.committed_layers().unwrap().len(),
-        )
-    })();
+    let res = sync_into(&dir);
     let _ = std::process::Command::new("umount").arg(&dir).status();
     let (code, msg, layers) = res;
     assert_eq!(code, exit::DISK_FULL, "{msg}");
     assert!(msg.contains("bytes needed"), "{msg}");
     assert_eq!(layers, 0);
+}
+
+fn sync_into(dir: &std::path::Path) -> (i32, String, usize) {
+    let store = Store::open(&dir.join("store"), Access::Exclusive).unwrap();
+    let mut fake = Fake {
+        images: vec![image("app:v1", vec![base_layer(), app_layer("1")])],
+        ..Default::default()
+    };
+    let err = sync(&store, &mut fake, &opts(&["app:v1"])).unwrap_err();
+    (
+        err.exit_code(),
+        err.to_string(),
+        store.committed_layers().unwrap().len(),
+    )
 }
