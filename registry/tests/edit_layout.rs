@@ -392,6 +392,12 @@ fn delete_base_layer_warns_about_whiteouts_that_now_remove_nothing() {
     assert_eq!(layer_digests(&fx.layout, "t").len(), 3);
 }
 
+fn setfattr(p: &Path, name: &str, value: &str) {
+    run(Command::new("setfattr")
+        .args(["-n", name, "-v", value])
+        .arg(p));
+}
+
 fn insert_dir(base: &Path) -> std::path::PathBuf {
     let d = base.join("insert");
     fs::create_dir_all(d.join("etc")).unwrap();
@@ -404,6 +410,7 @@ fn insert_dir(base: &Path) -> std::path::PathBuf {
         6,
         1_650_000_000,
     );
+    setfattr(&d.join("etc/extra.conf"), "user.color", "red");
     write_file(
         &d.join("etc/hostname"),
         b"inserted host\n",
@@ -441,6 +448,7 @@ fn expected_after_insert(before: &Path, dir: &Path, expected: &Path) {
         6,
         1_650_000_000,
     );
+    setfattr(&expected.join("etc/extra.conf"), "user.color", "red");
     // /usr came from layer 0; the inserted layer's usr/ entry now sets its metadata.
     let usr = expected.join("usr");
     fs::create_dir_all(usr.join("local/bin")).unwrap();

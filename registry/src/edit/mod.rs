@@ -27,18 +27,32 @@
 //! edited through one platform's manifest and rewritten with that entry
 //! replaced.
 //!
+//! **Semantics.** In one edit, removals apply before puts. A put replaces
+//! the entry at its path in place (same position in the tar) or appends
+//! one; it creates parent directories (0755, root) only where no layer up
+//! to *k* has them. A removal drops the path and everything under it from
+//! layer *k* without writing a whiteout, so lower layers' content there
+//! shows through. Hard links of layer *k* to a replaced file follow it; a
+//! link to a removed file keeps the content (the first link becomes the
+//! file). Every layer is read with its digest and diff_id verified.
+//!
 //! **Checks before anything is written** (errors, nothing changed): layer
-//! indexes in range; paths root-relative without `..`; sources exist; an
-//! index needs `--platform`; a removed path must exist in the layer; a put
-//! may not replace a directory or go through a non-directory parent. The
-//! layout's `index.json` or the registry's tag changes only at the very
-//! end, atomically.
+//! indexes in range; paths root-relative without `..`, not `.wh.` names;
+//! sources exist; an index needs `--platform`; a removed path must exist
+//! in the layer; a put may not replace a directory or go through a
+//! non-directory parent; stored blobs match their digests. The layout's
+//! `index.json` or the registry's tag changes only at the very end,
+//! atomically, and not if the tag moved meanwhile ([`EditError::Conflict`]).
 //!
 //! **Warnings** (printed by the CLI, returned in [`EditOutcome`]): an
 //! upper layer overwrites or whites out an edited path; a removed path is
 //! still provided by a lower layer; after a delete or removal an upper
 //! whiteout or hard link points at nothing; the edited layer's blob is
 //! used by other images (they keep the old blob).
+//!
+//! **Not done:** extended attributes of an inserted *directory* are not
+//! read (a tar keeps them); old blobs are never deleted (garbage
+//! collection is the store's business: `umoci gc` for a layout).
 
 pub mod cli;
 pub mod http;

@@ -1,9 +1,9 @@
 //! A directory tree as a layer tar: walked in byte order of names, parents
 //! before children, keeping mode, owner, mtime, symlink targets, devices,
-//! FIFOs, and hard links between files of the tree. The root directory
-//! itself is not an entry (its mode would otherwise become the image's
-//! `/`). Sockets are skipped with a warning. Extended attributes are not
-//! read.
+//! FIFOs, extended attributes (except `security.selinux`, a label of the
+//! build host, as umoci does) and hard links between files of the tree.
+//! The root directory itself is not an entry (its mode would otherwise
+//! become the image's `/`). Sockets are skipped with a warning.
 
 use super::tar::{write_header, write_padding, NewEntry, NewKind};
 use super::tar_rewrite::copy_exact;
@@ -21,6 +21,30 @@ fn split_dev(rdev: u64) -> (u32, u32) {
     let major = ((rdev >> 8) & 0xfff) | ((rdev >> 32) & !0xfff);
     let minor = (rdev & 0xff) | ((rdev >> 12) & !0xff);
     (major as u32, minor as u32)
+}
+
+/// The extended attributes of `path` (not following a symlink), sorted.
+fn read_xattrs(path: &Path) -> anyhow::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    let names = match xattr::list(path) {
+        Ok(n) => n,
+        // A file system without xattrs has none to keep.
+        Err(e) if e.kind() == std::io::ErrorKind::Unsupported => return Ok(Vec::new()),
+        Err(e) => return Err(e).with_context(|| format!("listing xattrs of {}", path.display())),
+    };
+    let mut out = Vec::new();
+    for name in names {
+        let key = name.as_bytes().to_vec();
+        if key == b"security.selinux" {
+            continue;
+        }
+        if let Some(value) = xattr::get(path, &name)
+            .with_context(|| format!("reading xattr of {}", path.display()))?
+        {
+            out.push((key, value));
+        }
+    }
+    out.sort();
+    Ok(out)
 }
 
 /// Write the tree under `root` as tar entries (no end marker) to `out`.
@@ -68,7 +92,7 @@ fn walk(
             mtime: meta.mtime().max(0) as u64,
             uname: Vec::new(),
             gname: Vec::new(),
-            xattrs: Vec::new(),
+            xattrs: read_xattrs(&path)?,
         };
         let mut data = None;
         if ft.is_dir() {
