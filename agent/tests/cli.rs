@@ -129,11 +129,12 @@ fn config_file_supplies_defaults() {
     );
 }
 
+/// A canned response: status, extra headers, body.
+type Canned = (u16, Vec<(String, String)>, Vec<u8>);
+
 /// Serve one canned response per connection; send each request (head +
 /// body) back over the channel.
-fn serve(
-    responses: Vec<(u16, Vec<(String, String)>, Vec<u8>)>,
-) -> (String, mpsc::Receiver<(String, Vec<u8>)>) {
+fn serve(responses: Vec<Canned>) -> (String, mpsc::Receiver<(String, Vec<u8>)>) {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}", l.local_addr().unwrap());
     let (tx, rx) = mpsc::channel();
