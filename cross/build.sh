@@ -69,7 +69,7 @@ if [[ ${1:-} == --size-report ]]; then
       fi
       rows+=("$(printf '| %-32s | %-3s | %-7s | %11s | %11s | %-11s |' \
         "$target" "$([[ $tls == 1 ]] && echo yes || echo no)" "$(describe "$bin")" \
-        "$(printf "%'d" "$size")" "$(printf "%'d" "$max")" "$verdict")")
+        "$size" "$max" "$verdict")")
     done
   done
   echo
@@ -101,7 +101,7 @@ esac
 bin=$(build_one "$target" "$tls") || { echo "cross/build: $target: build failed" >&2; exit 1; }
 size=$(size_of "$bin")
 max=$(budget "$target" "$tls")
-printf "cross/build: %s: %'d bytes (%s, stripped; budget %'d)\n" "$bin" "$size" "$(describe "$bin")" "$max"
+printf "cross/build: %s: %d bytes (%s, stripped; budget %d)\n" "$bin" "$size" "$(describe "$bin")" "$max"
 if ((size > max)); then
   # Only --size-report enforces the budgets; a single build still delivers.
   echo "cross/build: WARNING: over the size budget by $((size - max)) bytes" >&2

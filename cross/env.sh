@@ -29,10 +29,12 @@ cross_known_target() {
   return 1
 }
 
-# Targets whose std is built from source (rust-web-src): no matching prebuilt
-# std package for them.
+# Whether std is built from source (rust-web-src) for TARGET and PROFILE_KIND:
+# always for the device binary (std optimize_for_size, panic_abort), and for
+# tests on every target but aarch64 glibc, the only one with a matching
+# prebuilt std package (libstd-rust-web-dev:arm64).
 cross_needs_build_std() {
-  [[ $1 != aarch64-unknown-linux-gnu ]]
+  [[ $1 != aarch64-unknown-linux-gnu || $2 == abort ]]
 }
 
 # The qemu runner for TARGET as a bash array in CROSS_RUNNER.
@@ -56,7 +58,7 @@ cross_cargo() {
     local flags="[\"-C\", \"link-self-contained=no\", \"-L\", \"native=$CROSS_CACHE/$target\"]"
     args+=(--config "target.$target.rustflags=$flags" --config "target.$target.rustdocflags=$flags")
   fi
-  if cross_needs_build_std "$target"; then
+  if cross_needs_build_std "$target" "$kind"; then
     export RUSTC_BOOTSTRAP=1
     if [[ $kind == abort ]]; then
       # optimize_for_size: std's smaller implementations (fmt, sort, …);
