@@ -150,7 +150,13 @@ async fn serve(listen: String, data: PathBuf, config: Config) -> anyhow::Result<
     let addrs = server::check_listen(&listen, &config, &transport).await?;
     let storage = tokio::task::spawn_blocking(move || {
         let s = Storage::open(&data)?;
+        // Leftovers of a crash: temp blobs, orphan upload files, and the
+        // staging dirs of layer ingests that died with their process.
         s.clean_tmp()?;
+        let objects = layerlink_registry::index::object_store(&s);
+        objects
+            .clean_stale_staging()
+            .with_context(|| format!("cleaning {}/.staging", objects.root().display()))?;
         anyhow::Ok(s)
     })
     .await??;
