@@ -879,9 +879,9 @@ fn bad_input_is_refused_and_changes_nothing() {
             ".wh.",
         ),
         (
-            "put and rm of one path",
-            edit_req(0, vec![put("/etc/motd", &src)], &["/etc/motd"]),
-            "both",
+            "put over a lower layer's directory",
+            edit_req(1, vec![put("/usr/bin", &src)], &[]),
+            "directory (from layer 0)",
         ),
         ("no operation", EditRequest::default(), "nothing to do"),
         (
@@ -1192,4 +1192,32 @@ fn a_tag_moved_during_the_edit_is_not_overwritten() {
         descriptor(&fx.layout, "other")["digest"],
         "the other writer's tag stays"
     );
+}
+
+#[test]
+fn rm_then_put_replaces_a_directory_tree_with_a_file() {
+    let fx = fixture();
+    let before = original(&fx);
+    let src = fx.dir.path().join("empty-file");
+    fs::write(&src, b"now a file\n").unwrap();
+    let req = edit_req(
+        0,
+        vec![put_meta("/var/empty", &src, 0o644, 0, 0, 1_600_000_000)],
+        &["/var/empty"],
+    );
+    let out = edit_layout(&fx.layout, "t", &req).unwrap();
+    assert!(out.warnings.is_empty(), "{:?}", out.warnings);
+    let after = unpack(&fx.layout, "t", fx.dir.path());
+    let expected = fx.dir.path().join("expected");
+    copy_tree(&before, &expected);
+    remove(&expected.join("var/empty"));
+    write_file(
+        &expected.join("var/empty"),
+        b"now a file\n",
+        0o644,
+        0,
+        0,
+        1_600_000_000,
+    );
+    assert_trees(&expected, &after, &[]);
 }

@@ -536,12 +536,6 @@ impl Plan {
                     show_path(&p)
                 )));
             }
-            if removes.contains(&p) {
-                return Err(EditError::Invalid(format!(
-                    "{} is both put and removed",
-                    show_path(&p)
-                )));
-            }
             if let Some(mode) = op.mode {
                 if mode > 0o7777 {
                     return Err(EditError::Invalid(format!(
