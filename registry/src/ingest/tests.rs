@@ -2,6 +2,8 @@ use super::testutil::{gzip, sample_tar, MemBlobs, TarBuilder, TestStore};
 use super::*;
 use crate::index::{self, EntryKind, EntryRecord, RawHeader};
 use crate::objects::read_object;
+use layerlink_proto::Sha256;
+use sha2::Digest as _;
 use redb::ReadableDatabase as _;
 use std::io::Write;
 
@@ -420,4 +422,101 @@ fn trailing_garbage_after_end_is_kept_for_rebuild() {
     let diff_id = Digest::of(&tar);
     ingest(&ts, &tar, &diff_id).unwrap();
     assert_same_tar(&rebuild(&ts, &diff_id), &tar);
+}
+
+/// Blobs of an OCI image layout directory.
+struct LayoutBlobs(std::path::PathBuf);
+
+impl BlobSource for LayoutBlobs {
+    fn open(&self, d: &Digest) -> std::io::Result<Option<Box<dyn std::io::Read + '_>>> {
+        match std::fs::File::open(self.0.join("blobs/sha256").join(d.hex())) {
+            Ok(f) => Ok(Some(Box::new(f))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// Real layers (written by umoci / Go's archive/tar) from the cached test
+/// images: every layer ingests, rebuilds to its diff_id, and most headers
+/// need no stored bytes. Needs `scripts/build-test-images.sh`; run with
+/// `cargo test --release -p layerlink-registry real_layers -- --ignored --nocapture`
+/// (`LAYERLINK_TEST_OCI` overrides the layout path).
+#[test]
+#[ignore]
+fn real_layers_ingest_and_rebuild_exactly() {
+    let dir = std::env::var_os("LAYERLINK_TEST_OCI")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| "/var/cache/layerlink/images/oci".into());
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("index.json")).expect("test image cache"))
+            .unwrap();
+    let ts = TestStore::new();
+    let blobs = LayoutBlobs(dir.clone());
+    let mut diff_ids = Vec::new();
+    let t0 = std::time::Instant::now();
+    for m in index["manifests"].as_array().unwrap() {
+        let d = Digest::parse(m["digest"].as_str().unwrap()).unwrap();
+        let bytes = std::fs::read(dir.join("blobs/sha256").join(d.hex())).unwrap();
+        ingest_manifest_with(
+            &ts.db,
+            &ts.objects,
+            &blobs,
+            &bytes,
+            m["mediaType"].as_str().unwrap_or(""),
+        )
+        .unwrap();
+        let image::ParsedManifest::Image(im) = image::parse_manifest(&bytes, "").unwrap() else {
+            continue;
+        };
+        let config = read_config(&blobs, &im.config.digest).unwrap();
+        diff_ids.extend(image::config_diff_ids(&config).unwrap());
+    }
+    diff_ids.sort();
+    diff_ids.dedup();
+    eprintln!("ingested {} layers in {:?}", diff_ids.len(), t0.elapsed());
+    let stats = index::dedup_stats_db(&ts.db).unwrap();
+    eprintln!("{stats:?}");
+    for d in &diff_ids {
+        let meta = index::layer_meta(&ts.db, d).unwrap().unwrap();
+        let recs = records(&ts, d);
+        let (mut canonical, mut patch, mut patch_bytes, mut verbatim) = (0, 0, 0, 0);
+        for r in &recs {
+            match &r.raw {
+                RawHeader::Canonical => canonical += 1,
+                RawHeader::Patch(p) => {
+                    patch += 1;
+                    patch_bytes += p.iter().map(|(_, b)| b.len() + 4).sum::<usize>();
+                }
+                RawHeader::Verbatim(_) => verbatim += 1,
+            }
+        }
+        let mut h = Sha256::new();
+        index::rebuild_layer_tar_with(&ts.db, &ts.objects, d, HashWriter(&mut h)).unwrap();
+        let rebuilt = Digest::from_hasher(h);
+        eprintln!(
+            "layer {d}: {} entries, canonical {canonical}, patched {patch} ({patch_bytes} B), verbatim {verbatim}, exact {}",
+            recs.len(),
+            meta.exact
+        );
+        assert!(meta.exact);
+        assert_eq!(rebuilt, *d, "rebuild of {d}");
+        assert!(verbatim * 10 <= recs.len(), "too many verbatim headers");
+    }
+    assert!(
+        stats.distinct_objects < stats.regular_files,
+        "files shared between images are stored once"
+    );
+}
+
+struct HashWriter<'a>(&'a mut Sha256);
+
+impl std::io::Write for HashWriter<'_> {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.update(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
