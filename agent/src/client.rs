@@ -228,6 +228,13 @@ fn transport_error(url: &str, e: ureq::Error) -> Error {
             code: None,
             message: format!("TLS: {e} ({url})"),
         },
+        // rustls reports a refused certificate (and other handshake
+        // failures) as InvalidData: retrying will not change it.
+        ureq::Error::Io(io) if io.kind() == std::io::ErrorKind::InvalidData => Error::Server {
+            status: 0,
+            code: None,
+            message: format!("TLS: {io} ({url})"),
+        },
         e => Error::Transient(format!("{url}: {e}")),
     }
 }
