@@ -1,0 +1,440 @@
+//! `layerlink-load`: many devices syncing at once against one registry.
+//!
+//! Starts a real `layerlink-registry serve` on loopback with a temp data
+//! dir and a config holding N device tokens, pushes one small test image
+//! with skopeo, then runs N device threads at once (released together by a
+//! barrier). Each device, per round, sends a plan request (empty holdings)
+//! and an archive request for the layers the plan says it needs, reading
+//! the archive stream to the end and discarding it. Everything is bounded:
+//! per-request timeouts and an overall time limit after which unfinished
+//! devices count as failed.
+//!
+//! Prints a header and one line: devices, rounds, failed syncs, plan and
+//! archive latency p50/p99, bytes per archive, the registry's peak RSS
+//! (`VmHWM` from `/proc/PID/status`) and the wall time. Exit code 0 when
+//! every sync succeeded, 1 otherwise, 2 on bad arguments.
+//!
+//! ```text
+//! cargo run -p layerlink-tests --bin layerlink-load -- --devices 200
+//! cargo run --release -p layerlink-tests --bin layerlink-load -- \
+//!     --registry-bin target/release/layerlink-registry
+//! ```
+
+use layerlink_proto::msg::{
+    ArchiveRequest, HeldSet, Holdings, ImageRef, LayerState, PlanRequest, PlanResponse, Platform,
+    CONTENT_TYPE,
+};
+use layerlink_tests::bins::registry_bin;
+use layerlink_tests::test_images;
+use std::io::{BufRead, BufReader, Read};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::{mpsc, Arc, Barrier};
+use std::time::{Duration, Instant};
+
+const USAGE: &str = "\
+usage: layerlink-load [--devices N] [--rounds R] [--image TAG] [--time-limit SECS]
+                      [--registry-bin PATH]
+
+  --devices N         simulated devices, one thread each (default 200)
+  --rounds R          plan+archive syncs per device (default 1)
+  --image TAG         test image to sync (default tiny:v1; see scripts/build-test-images.sh)
+  --time-limit SECS   stop after this long; unfinished syncs count as failed (default 300)
+  --registry-bin P    registry binary (default: the debug build, built if needed)
+";
+
+struct Opts {
+    devices: usize,
+    rounds: usize,
+    image: String,
+    time_limit: Duration,
+    registry_bin: Option<PathBuf>,
+}
+
+fn parse_args() -> Result<Opts, String> {
+    let mut o = Opts {
+        devices: 200,
+        rounds: 1,
+        image: "tiny:v1".into(),
+        time_limit: Duration::from_secs(300),
+        registry_bin: None,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        let mut value = |name: &str| args.next().ok_or_else(|| format!("{name} needs a value"));
+        let number = |name: &str, v: String| {
+            v.parse::<u64>()
+                .map_err(|_| format!("{name}: {v:?} is not a number"))
+        };
+        match a.as_str() {
+            "--devices" => o.devices = number(&a, value(&a)?)? as usize,
+            "--rounds" => o.rounds = number(&a, value(&a)?)? as usize,
+            "--image" => o.image = value(&a)?,
+            "--time-limit" => o.time_limit = Duration::from_secs(number(&a, value(&a)?)?),
+            "--registry-bin" => o.registry_bin = Some(PathBuf::from(value(&a)?)),
+            "-h" | "--help" => {
+                print!("{USAGE}");
+                std::process::exit(0);
+            }
+            _ => return Err(format!("unknown argument {a:?}")),
+        }
+    }
+    if o.devices == 0 || o.rounds == 0 || o.devices > 10_000 {
+        return Err("--devices must be 1..=10000 and --rounds at least 1".into());
+    }
+    Ok(o)
+}
+
+/// The registry process, killed on drop.
+struct Server {
+    child: Child,
+    addr: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn token(i: usize) -> String {
+    // Long enough to look like a real token; derived, not secret.
+    format!(
+        "load-{i:05}-{:016x}",
+        (i as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+    )
+}
+
+fn start_registry(opts: &Opts) -> Result<Server, String> {
+    let dir = tempfile::Builder::new()
+        .prefix("layerlink-load-")
+        .tempdir()
+        .map_err(|e| e.to_string())?;
+    let mut config = String::new();
+    for i in 0..opts.devices {
+        config.push_str(&format!(
+            "[[devices]]\nid = \"load-{i:05}\"\ntoken = \"{}\"\nrepositories = [\"load/*\"]\n\n",
+            token(i)
+        ));
+    }
+    let config_path = dir.path().join("registry.toml");
+    std::fs::write(&config_path, config).map_err(|e| e.to_string())?;
+    let bin = opts.registry_bin.clone().unwrap_or_else(registry_bin);
+    let stderr =
+        std::fs::File::create(dir.path().join("registry.stderr")).map_err(|e| e.to_string())?;
+    let mut child = Command::new(&bin)
+        .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+        .arg(dir.path().join("data"))
+        .arg("--config")
+        .arg(&config_path)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(stderr)
+        .spawn()
+        .map_err(|e| format!("starting {}: {e}", bin.display()))?;
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("piped"))
+        .read_line(&mut line)
+        .map_err(|e| e.to_string())?;
+    let Some(addr) = line.trim().strip_prefix("listening on http://") else {
+        let _ = child.kill();
+        return Err(format!("the registry did not start: {line:?}"));
+    };
+    Ok(Server {
+        addr: addr.to_owned(),
+        child,
+        _dir: dir,
+    })
+}
+
+fn push_image(server: &Server, tag: &str) -> Result<(), String> {
+    let images = test_images();
+    let out = Command::new("skopeo")
+        .args(["--insecure-policy", "copy", "--dest-tls-verify=false"])
+        .arg(format!("oci:{}:{tag}", images.oci_dir.display()))
+        .arg(format!("docker://{}/load/{tag}", server.addr))
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("running skopeo: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "skopeo push failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(())
+}
+
+/// `VmHWM` (peak resident set) or `VmRSS` of a process, in KiB.
+fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()
+}
+
+fn platform() -> Platform {
+    let architecture = match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        "arm" => "arm",
+        other => other,
+    };
+    Platform {
+        os: "linux".into(),
+        architecture: architecture.into(),
+        variant: None,
+    }
+}
+
+/// One device's measurements.
+#[derive(Default)]
+struct DeviceResult {
+    plan: Vec<Duration>,
+    archive: Vec<Duration>,
+    archive_bytes: u64,
+    failures: Vec<String>,
+}
+
+fn post(
+    agent: &ureq::Agent,
+    url: &str,
+    token: &str,
+    body: Vec<u8>,
+) -> Result<ureq::http::Response<ureq::Body>, String> {
+    let resp = agent
+        .post(url)
+        .header("content-type", CONTENT_TYPE)
+        .header("authorization", format!("Bearer {token}"))
+        .send(body)
+        .map_err(|e| format!("{url}: {e}"))?;
+    if resp.status() != 200 {
+        let status = resp.status();
+        let mut body = Vec::new();
+        let _ = resp
+            .into_body()
+            .into_reader()
+            .take(4096)
+            .read_to_end(&mut body);
+        let msg = postcard::from_bytes::<layerlink_proto::ErrorBody>(&body)
+            .map(|e| format!("{:?}: {}", e.code, e.message))
+            .unwrap_or_default();
+        return Err(format!("{url}: HTTP {status} {msg}"));
+    }
+    Ok(resp)
+}
+
+/// Plan, then stream the archive of the needed layers to nowhere.
+fn sync_once(
+    agent: &ureq::Agent,
+    base: &str,
+    token: &str,
+    image: &ImageRef,
+    out: &mut DeviceResult,
+) -> Result<(), String> {
+    let plan_req = PlanRequest {
+        platform: platform(),
+        images: vec![image.clone()],
+        holdings: Holdings::Full(HeldSet::default()),
+    };
+    let body = postcard::to_allocvec(&plan_req).map_err(|e| e.to_string())?;
+    let t = Instant::now();
+    let resp = post(agent, &format!("{base}/layerlink/v1/plan"), token, body)?;
+    let mut bytes = Vec::new();
+    resp.into_body()
+        .into_reader()
+        .take(1 << 20)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("reading the plan: {e}"))?;
+    let plan: PlanResponse =
+        postcard::from_bytes(&bytes).map_err(|e| format!("decoding the plan: {e}"))?;
+    out.plan.push(t.elapsed());
+
+    let img = plan.images.first().ok_or("the plan has no image")?;
+    let layers = img
+        .layers
+        .iter()
+        .filter(|l| matches!(l.state, LayerState::Needed(_)))
+        .map(|l| l.diff_id)
+        .collect();
+    let archive_req = ArchiveRequest {
+        repository: image.repository.clone(),
+        manifest_digest: img.manifest_digest,
+        layers,
+        metadata: true,
+        holdings: Holdings::Hash(plan.holdings_hash),
+    };
+    let body = postcard::to_allocvec(&archive_req).map_err(|e| e.to_string())?;
+    let t = Instant::now();
+    let resp = post(agent, &format!("{base}/layerlink/v1/archive"), token, body)?;
+    let n = std::io::copy(&mut resp.into_body().into_reader(), &mut std::io::sink())
+        .map_err(|e| format!("reading the archive: {e}"))?;
+    out.archive.push(t.elapsed());
+    if n == 0 {
+        return Err("empty archive".into());
+    }
+    out.archive_bytes = n;
+    Ok(())
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i].as_secs_f64() * 1000.0
+}
+
+fn main() -> ExitCode {
+    let opts = match parse_args() {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("layerlink-load: {e}\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    match run(&opts) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("layerlink-load: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(opts: &Opts) -> Result<bool, String> {
+    let server = start_registry(opts)?;
+    let pid = server.child.id();
+    push_image(&server, &opts.image)?;
+    let rss_idle = proc_status_kib(pid, "VmRSS").unwrap_or(0);
+    eprintln!(
+        "registry pid {pid} on {} ({} devices configured, RSS after push {} MiB); {} devices × {} round(s) of {}",
+        server.addr,
+        opts.devices,
+        rss_idle / 1024,
+        opts.devices,
+        opts.rounds,
+        opts.image
+    );
+
+    let (repo, reference) = opts
+        .image
+        .split_once(':')
+        .ok_or("--image must be name:tag")?;
+    let image = ImageRef {
+        repository: format!("load/{repo}"),
+        reference: reference.to_owned(),
+    };
+    let base = format!("http://{}", server.addr);
+    let start_line = Arc::new(Barrier::new(opts.devices + 1));
+    let deadline = Instant::now() + opts.time_limit;
+    let (tx, rx) = mpsc::channel();
+    for i in 0..opts.devices {
+        let (tx, start_line, base, image) =
+            (tx.clone(), start_line.clone(), base.clone(), image.clone());
+        let rounds = opts.rounds;
+        std::thread::Builder::new()
+            .name(format!("device-{i}"))
+            .stack_size(256 * 1024)
+            .spawn(move || {
+                let token = token(i);
+                let mut out = DeviceResult::default();
+                start_line.wait();
+                for _ in 0..rounds {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        out.failures
+                            .push("time limit reached before the sync".into());
+                        break;
+                    }
+                    let agent: ureq::Agent = ureq::Agent::config_builder()
+                        .http_status_as_error(false)
+                        .timeout_global(Some(left.min(Duration::from_secs(120))))
+                        .build()
+                        .into();
+                    if let Err(e) = sync_once(&agent, &base, &token, &image, &mut out) {
+                        out.failures.push(e);
+                    }
+                }
+                let _ = tx.send(out);
+            })
+            .map_err(|e| format!("starting device thread {i}: {e}"))?;
+    }
+    drop(tx);
+    start_line.wait();
+    let t0 = Instant::now();
+
+    let mut results = Vec::new();
+    let grace = Duration::from_secs(5);
+    while results.len() < opts.devices {
+        let left = (deadline + grace).saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(r) => results.push(r),
+            Err(_) => break,
+        }
+    }
+    let wall = t0.elapsed();
+    let peak_kib = proc_status_kib(pid, "VmHWM").unwrap_or(0);
+
+    let unfinished = opts.devices - results.len();
+    let mut plan: Vec<Duration> = results
+        .iter()
+        .flat_map(|r| r.plan.iter().copied())
+        .collect();
+    let mut archive: Vec<Duration> = results
+        .iter()
+        .flat_map(|r| r.archive.iter().copied())
+        .collect();
+    plan.sort();
+    archive.sort();
+    let failures: Vec<&String> = results.iter().flat_map(|r| &r.failures).collect();
+    let failed = failures.len() + unfinished * opts.rounds;
+    let archive_bytes = results.iter().map(|r| r.archive_bytes).max().unwrap_or(0);
+    for f in failures.iter().take(5) {
+        eprintln!("failure: {f}");
+    }
+    if failures.len() > 5 {
+        eprintln!("… and {} more failures", failures.len() - 5);
+    }
+    if unfinished > 0 {
+        eprintln!("{unfinished} devices did not finish within the time limit");
+    }
+    println!(
+        "{:>7} {:>6} {:>7} {:>6} {:>12} {:>12} {:>15} {:>15} {:>13} {:>12} {:>7}",
+        "devices",
+        "rounds",
+        "syncs",
+        "failed",
+        "plan_p50_ms",
+        "plan_p99_ms",
+        "archive_p50_ms",
+        "archive_p99_ms",
+        "archive_bytes",
+        "peak_rss_MiB",
+        "wall_s"
+    );
+    println!(
+        "{:>7} {:>6} {:>7} {:>6} {:>12.1} {:>12.1} {:>15.1} {:>15.1} {:>13} {:>12.1} {:>7.1}",
+        opts.devices,
+        opts.rounds,
+        opts.devices * opts.rounds,
+        failed,
+        percentile(&plan, 0.50),
+        percentile(&plan, 0.99),
+        percentile(&archive, 0.50),
+        percentile(&archive, 0.99),
+        archive_bytes,
+        peak_kib as f64 / 1024.0,
+        wall.as_secs_f64()
+    );
+    Ok(failed == 0)
+}
