@@ -132,6 +132,9 @@ impl fmt::Display for Error {
             Error::Locked(m) => write!(f, "another sync is running: {m}"),
             Error::Transient(m) => write!(f, "network error: {m}"),
             Error::Server {
+                status: 0, message, ..
+            } => write!(f, "connection failed: {message}"),
+            Error::Server {
                 status, message, ..
             } => write!(f, "server error {status}: {message}"),
             Error::Auth(m) => write!(f, "authentication failed: {m}"),
