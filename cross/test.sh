@@ -67,7 +67,11 @@ record() { # TARGET PART VERDICT
 run_unit() {
   local t=$1 start=$SECONDS
   log "$t: unit tests + doctests (layerlink-proto, layerlink-agent) under qemu"
-  if cross_cargo "$t" unwind test -p layerlink-proto -p layerlink-agent >"$WORK/unit-$t.log" 2>&1; then
+  cross_runner "$t"
+  # Tests that spawn the agent binary themselves (agent/tests/cli.rs) must go
+  # through qemu too: binfmt_misc is not mounted. Same variable as tests/.
+  if LAYERLINK_AGENT_RUNNER="${CROSS_RUNNER[*]}" \
+    cross_cargo "$t" unwind test --no-fail-fast -p layerlink-proto -p layerlink-agent >"$WORK/unit-$t.log" 2>&1; then
     local n
     n=$(grep -E '^test result: ok' "$WORK/unit-$t.log" | awk '{s += $4} END {print s + 0}')
     record "$t" unit "ok ($n tests, $((SECONDS - start)) s)"
