@@ -269,7 +269,20 @@ fn sync_image(
                 .saturating_add(64 << 20);
         }
         let mut applier = Applier::new(store, aopts)?;
-        applier.apply_archive(dl.body)?;
+        let announced = dl.new_bytes;
+        applier.apply_archive(dl.body).map_err(|e| match e {
+            // Name what the layers need when the disk filled up mid-way.
+            Error::DiskFull {
+                needed: None,
+                available,
+                context,
+            } => Error::DiskFull {
+                needed: announced.or(Some(new_bytes)),
+                available: available.or_else(|| fsops::free_bytes(store.root_fd()).ok()),
+                context,
+            },
+            e => e,
+        })?;
         let pending = applier.pending_digests();
         if !pending.is_empty() {
             if opts.progress {

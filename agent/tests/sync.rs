@@ -55,6 +55,8 @@ struct Fake {
     /// Answer 503 to the next N plans.
     unavailable: u32,
     reports: Vec<Report>,
+    /// Leave out the x-layerlink-new-bytes header.
+    no_size_header: bool,
     new_bytes_sent: u64,
     request_bytes: Vec<usize>,
 }
@@ -219,7 +221,7 @@ impl Remote for Fake {
             self.new_bytes_sent += new_bytes;
         }
         Ok(Download {
-            new_bytes: Some(new_bytes),
+            new_bytes: (!self.no_size_header).then_some(new_bytes),
             body: Box::new(std::io::Cursor::new(bytes)),
         })
     }
@@ -535,12 +537,12 @@ fn a_wrong_manifest_is_an_integrity_error_and_records_nothing() {
 }
 
 #[test]
-fn too_little_free_space_is_exit_6_before_downloading() {
+fn too_little_free_space_is_exit_6_before_or_while_applying() {
     let t = TempDir::new("sync-full");
     let dir = t.path().join("small");
     std::fs::create_dir_all(&dir).unwrap();
     let mounted = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"])
+        .args(["-t", "tmpfs", "-o", "size=20m", "tmpfs"])
         .arg(&dir)
         .status()
         .map(|s| s.success())
@@ -549,18 +551,29 @@ fn too_little_free_space_is_exit_6_before_downloading() {
         eprintln!("cannot mount tmpfs: skipping");
         return;
     }
-    let res = sync_into(&dir);
+    // The size header announces more than fits: refused before applying.
+    let before = sync_into(&dir.join("a"), true);
+    // No header, and more content than fits: ENOSPC while applying.
+    let during = sync_into(&dir.join("b"), false);
     let _ = std::process::Command::new("umount").arg(&dir).status();
-    let (code, msg, layers) = res;
-    assert_eq!(code, exit::DISK_FULL, "{msg}");
-    assert!(msg.contains("bytes needed"), "{msg}");
-    assert_eq!(layers, 0);
+    for (code, msg, layers) in [before, during] {
+        assert_eq!(code, exit::DISK_FULL, "{msg}");
+        assert!(msg.contains("bytes needed"), "{msg}");
+        assert!(layers < 2, "{msg}");
+    }
 }
 
-fn sync_into(dir: &std::path::Path) -> (i32, String, usize) {
+/// Sync an image with 24 MiB of content into `dir` (on a 20 MiB tmpfs).
+fn sync_into(dir: &std::path::Path, size_header: bool) -> (i32, String, usize) {
+    std::fs::create_dir_all(dir).unwrap();
     let store = Store::open(&dir.join("store"), Access::Exclusive).unwrap();
+    let layers = vec![
+        base_layer(),
+        vec![Entry::file("big", &pseudo_random(9, 24 << 20))],
+    ];
     let mut fake = Fake {
-        images: vec![image("app:v1", vec![base_layer(), app_layer("1")])],
+        images: vec![image("app:v1", layers)],
+        no_size_header: !size_header,
         ..Default::default()
     };
     let err = sync(&store, &mut fake, &opts(&["app:v1"])).unwrap_err();
