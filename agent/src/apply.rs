@@ -446,18 +446,27 @@ impl<'s> Applier<'s> {
         let mut v: Vec<Digest> = self.pending.iter().map(|p| p.digest).collect();
         v.sort_unstable();
         v.dedup();
+        // Content that arrived later in the stream resolves locally.
+        v.retain(|d| !self.objects.has(d).unwrap_or(false));
         v
     }
 
-    /// Store the objects of an objects response (gzip'd tar of `object`
-    /// markers), then resolve pending references and commit the layers that
-    /// waited for them.
-    pub fn repair<R: Read>(&mut self, mut r: R) -> Result<()> {
-        self.repair_dyn(&mut r)
+    /// Store the objects of one objects response (gzip'd tar of `object`
+    /// markers) that answers a request for `asked`, which must all arrive.
+    /// Then [`Applier::resolve_pending`] commits the waiting layers.
+    pub fn store_objects<R: Read>(&mut self, mut r: R, asked: &[Digest]) -> Result<()> {
+        self.objects_dyn(&mut r, asked)
     }
 
-    fn repair_dyn(&mut self, r: &mut dyn Read) -> Result<()> {
+    /// [`Applier::store_objects`] for all pending digests at once, then
+    /// [`Applier::resolve_pending`].
+    pub fn repair<R: Read>(&mut self, r: R) -> Result<()> {
         let wanted = self.pending_digests();
+        self.store_objects(r, &wanted)?;
+        self.resolve_pending()
+    }
+
+    fn objects_dyn(&mut self, r: &mut dyn Read, wanted: &[Digest]) -> Result<()> {
         let gz = flate2::read::GzDecoder::new(r);
         let bound = self.opts.max_stream_bytes;
         let mut tar = TarReader::new(Bounded {
@@ -486,14 +495,14 @@ impl<'s> Applier<'s> {
                 _ => return Err(hostile(&h.path, "unexpected entry in an objects response")),
             }
         }
-        for d in &wanted {
+        for d in wanted {
             if !self.objects.has(d)? {
                 return Err(Error::integrity(format!(
                     "the registry did not send object {d} asked for"
                 )));
             }
         }
-        self.resolve_pending()
+        Ok(())
     }
 
     /// Resolve pending references from objects now present, then commit

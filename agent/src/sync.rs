@@ -296,9 +296,11 @@ fn sync_image(
                     repository: want.repository.clone(),
                     digests: chunk.to_vec(),
                 })?;
-                applier.repair(dl.body)?;
+                applier.store_objects(dl.body, chunk)?;
             }
         }
+        // Link the repaired (or later-arrived) objects, commit what waited.
+        applier.resolve_pending()?;
         for (_, s) in applier.committed() {
             summary.layers += 1;
             summary.new_bytes += s.new_bytes;

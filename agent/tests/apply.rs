@@ -642,3 +642,33 @@ fn a_full_disk_is_exit_6_and_commits_nothing() {
     assert_eq!(err.exit_code(), exit::DISK_FULL, "{err}");
     assert!(store.committed_layers().unwrap().is_empty());
 }
+
+#[test]
+fn a_reference_resolved_by_content_later_in_the_stream_needs_no_fetch() {
+    let t = TempDir::new("late");
+    let store = Store::open(&t.path().join("store"), Access::Exclusive).unwrap();
+    let (d1, d2) = (Digest::of(b"one"), Digest::of(b"two"));
+    let mut arch = Archive::new();
+    arch.layer(
+        &d1,
+        &[Entry::file("early-ref", b"late content").into_reference()],
+    );
+    arch.layer(&d2, &[Entry::file("late", b"late content").with_digest()]);
+    arch.end();
+    let mut a = Applier::new(&store, ApplyOptions::new(vec![d1, d2])).unwrap();
+    a.apply_archive(arch.finish().as_slice()).unwrap();
+    assert!(a.pending_digests().is_empty());
+    assert_eq!(
+        store.committed_layers().unwrap(),
+        vec![d2].into_iter().collect::<Vec<_>>()
+    );
+    a.resolve_pending().unwrap();
+    drop(a);
+    let mut want = vec![d1, d2];
+    want.sort();
+    assert_eq!(store.committed_layers().unwrap(), want);
+    assert_eq!(
+        fs::read(store.layer_path(&d1).join("early-ref")).unwrap(),
+        b"late content"
+    );
+}
