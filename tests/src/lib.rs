@@ -17,6 +17,7 @@
 
 pub mod agent;
 pub mod bins;
+pub mod faultproxy;
 pub mod http;
 pub mod images;
 pub mod layers;

@@ -1,0 +1,176 @@
+//! `layerlink-faults`: power-cut and network-fault harnesses for the agent.
+//!
+//! ```text
+//! layerlink-faults power [--cuts N] [--seed S] [--check-every K] [--release]
+//! layerlink-faults net   [--faults N] [--seed S] [--retry-for SECS] [--release]
+//! ```
+//!
+//! `power` SIGKILLs `layerlink-agent sync` at seeded delays over three
+//! scenarios (cold base-a:v1, base-a:v1→v2, base-a:v1→base-b:v1); after each
+//! cut `verify` must pass, a rerun must finish and the checkout must equal
+//! `umoci unpack`. `net` syncs through a proxy that cuts, stalls, truncates
+//! and answers 503, then through one that always fails (exit 3 expected).
+//! `--release` uses `target/release` binaries (build them first). The last
+//! line is machine-readable: `RESULT kind survived tried excess_total
+//! excess_worst seed`. Exit 1 if anything failed.
+
+use layerlink_tests::bins::target_dir;
+use layerlink_tests::faultproxy::{
+    always_failing, net_faults, power_cuts, prepare, FaultReport, SCENARIOS,
+};
+use std::time::{Duration, Instant};
+
+fn arg(args: &[String], name: &str) -> Option<String> {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1).cloned())
+}
+
+fn num(args: &[String], name: &str, default: u64) -> u64 {
+    arg(args, name)
+        .map(|s| {
+            s.parse()
+                .unwrap_or_else(|_| panic!("{name} {s:?}: not a number"))
+        })
+        .unwrap_or(default)
+}
+
+fn mib(b: u64) -> String {
+    format!("{:.2} MiB", b as f64 / (1024.0 * 1024.0))
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let Some(mode) = args.first().cloned() else {
+        eprintln!("usage: layerlink-faults power|net [--cuts N|--faults N] [--seed S] [--release]");
+        std::process::exit(2);
+    };
+    let seed = num(&args, "--seed", 1);
+    if args.iter().any(|a| a == "--release") {
+        let rel = target_dir().join("release");
+        for (env, name) in [
+            ("LAYERLINK_REGISTRY_BIN", "layerlink-registry"),
+            ("LAYERLINK_AGENT_BIN", "layerlink-agent"),
+        ] {
+            if std::env::var_os(env).is_none() {
+                std::env::set_var(env, rel.join(name));
+            }
+        }
+    }
+    let work = tempfile::Builder::new()
+        .prefix("layerlink-faults-")
+        .tempdir()
+        .expect("temp dir");
+    let t0 = Instant::now();
+    let mut total = FaultReport::default();
+    let mut ok = true;
+    match mode.as_str() {
+        "power" => {
+            let cuts = num(&args, "--cuts", 30);
+            let check_every = num(&args, "--check-every", 5);
+            let per = cuts.div_ceil(SCENARIOS.len() as u64);
+            for (k, sc) in SCENARIOS.iter().enumerate() {
+                let p = prepare(*sc, &work.path().join(format!("s{k}")));
+                println!(
+                    "{}: uncut sync {} in {:.2}s; {per} cuts",
+                    sc.name,
+                    mib(p.uncut_bytes),
+                    p.uncut_time.as_secs_f64()
+                );
+                let r = power_cuts(&p, per, seed.wrapping_add(k as u64), check_every);
+                println!(
+                    "{}: survived {}/{} (killed mid-sync {}), re-downloaded total {} worst {} (uncut {})",
+                    sc.name,
+                    r.survived,
+                    r.tried,
+                    r.killed_mid_sync,
+                    mib(r.excess_total),
+                    mib(r.excess_worst),
+                    mib(r.uncut_bytes)
+                );
+                for f in &r.failures {
+                    println!("FAIL {f}");
+                }
+                total.add(&r);
+            }
+            println!(
+                "power cuts: survived {}/{} (killed mid-sync {}), seed {seed}, re-downloaded total {} worst {}, {:.0}s",
+                total.survived,
+                total.tried,
+                total.killed_mid_sync,
+                mib(total.excess_total),
+                mib(total.excess_worst),
+                t0.elapsed().as_secs_f64()
+            );
+            println!(
+                "RESULT power {} {} {} {} {seed}",
+                total.survived, total.tried, total.excess_total, total.excess_worst
+            );
+        }
+        "net" => {
+            let faults = num(&args, "--faults", 30);
+            let retry_for = num(&args, "--retry-for", 60);
+            let per = faults.div_ceil(SCENARIOS.len() as u64);
+            for (k, sc) in SCENARIOS.iter().enumerate() {
+                let p = prepare(*sc, &work.path().join(format!("s{k}")));
+                let r = net_faults(&p, per, seed.wrapping_add(k as u64), 4, retry_for, per * 3);
+                println!(
+                    "{}: {} faults fired over {} syncs, {} syncs correct; extra bytes total {} worst {} (uncut {})",
+                    sc.name,
+                    r.faults_fired,
+                    r.tried,
+                    r.survived,
+                    mib(r.excess_total),
+                    mib(r.excess_worst),
+                    mib(r.uncut_bytes)
+                );
+                for f in &r.failures {
+                    println!("FAIL {f}");
+                }
+                total.add(&r);
+                if k == 0 {
+                    let bound = 10;
+                    let (code, took, err) = always_failing(&p, seed, bound);
+                    let within = took < Duration::from_secs(bound + 45);
+                    println!(
+                        "always-failing proxy, --retry-for {bound}: exit {code} after {:.1}s",
+                        took.as_secs_f64()
+                    );
+                    if code != 3 || !within {
+                        ok = false;
+                        println!(
+                            "FAIL always-failing proxy: expected exit 3 within {}s, got {code} after {:.1}s: {}",
+                            bound + 45,
+                            took.as_secs_f64(),
+                            err.trim()
+                        );
+                    }
+                }
+            }
+            println!(
+                "network faults: {} fired, syncs correct {}/{}, seed {seed}, extra bytes total {} worst {}, {:.0}s",
+                total.faults_fired,
+                total.survived,
+                total.tried,
+                mib(total.excess_total),
+                mib(total.excess_worst),
+                t0.elapsed().as_secs_f64()
+            );
+            println!(
+                "RESULT net {} {} {} {} {seed} {}",
+                total.survived,
+                total.tried,
+                total.excess_total,
+                total.excess_worst,
+                total.faults_fired
+            );
+        }
+        other => {
+            eprintln!("unknown mode {other:?}: power or net");
+            std::process::exit(2);
+        }
+    }
+    if !total.failures.is_empty() || !ok {
+        std::process::exit(1);
+    }
+}
