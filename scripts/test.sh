@@ -36,7 +36,9 @@ cargo clippy --workspace --all-targets -- -D warnings
 # cross/install.sh.
 if [[ -f cross/test.sh && "${LAYERLINK_SKIP_CROSS:-0}" != 1 ]]; then
   step "cross builds + QEMU tests (cross/test.sh)"
-  bash cross/test.sh
+  bash cross/install.sh
+  # one 64-bit and one 32-bit target, both the static form flashed on gateways
+  bash cross/test.sh aarch64-unknown-linux-musl armv7-unknown-linux-musleabihf
 fi
 # ---------------------------------------------------------------------------
 
