@@ -1,0 +1,84 @@
+//! Power cuts and network faults, short version of `scripts/faults.sh`
+//! (`layerlink-faults`): the real agent is SIGKILLed mid-sync of
+//! base-a:v1 → base-a:v2, then synced through a proxy that cuts, stalls,
+//! truncates and answers 503, then through one that always fails. After
+//! every fault `verify` must pass and the checkout must equal `umoci
+//! unpack`; bytes that travel twice are bounded.
+
+use layerlink_tests::faultproxy::{always_failing, net_faults, power_cuts, prepare, SCENARIOS};
+use std::time::Duration;
+
+/// Slack on top of whole-sync bounds: request and response headers,
+/// session set-up.
+const SLACK: u64 = 64 * 1024;
+
+#[test]
+fn power_cuts_and_network_faults_on_base_a_v1_to_v2() {
+    let scenario = SCENARIOS[1];
+    assert_eq!(scenario.target, "base-a:v2");
+    let work = tempfile::Builder::new()
+        .prefix("layerlink-faults-e2e-")
+        .tempdir()
+        .expect("temp dir");
+    let p = prepare(scenario, work.path());
+    eprintln!(
+        "uncut sync {}: {} bytes in {:.2}s",
+        scenario.name,
+        p.uncut_bytes,
+        p.uncut_time.as_secs_f64()
+    );
+
+    // 8 power cuts, checkout compared with umoci after every other one.
+    let seed = 20261123;
+    let power = power_cuts(&p, 8, seed, 2);
+    eprintln!("power: {power:?}");
+    assert!(
+        power.failures.is_empty(),
+        "power cuts failed (seed {seed}):\n{}",
+        power.failures.join("\n")
+    );
+    assert_eq!(power.survived, 8);
+    assert!(
+        power.killed_mid_sync >= 1,
+        "no cut landed while the agent ran (seed {seed}): the test proved nothing"
+    );
+    // A rerun never costs more than a whole uncut sync: whatever was
+    // committed before the cut does not travel again.
+    assert!(
+        power.excess_worst <= p.uncut_bytes + SLACK,
+        "a power cut made {} bytes travel twice (uncut sync {} bytes)",
+        power.excess_worst,
+        p.uncut_bytes
+    );
+
+    // Network faults: the sync must finish correctly despite them.
+    let net = net_faults(&p, 4, seed, 3, 60, 4);
+    eprintln!("net: {net:?}");
+    assert!(
+        net.failures.is_empty(),
+        "network faults broke a sync (seed {seed}):\n{}",
+        net.failures.join("\n")
+    );
+    assert!(
+        net.faults_fired >= 1,
+        "no network fault fired (seed {seed})"
+    );
+    assert!(
+        net.excess_total <= net.faults_fired * (p.uncut_bytes + SLACK),
+        "{} extra bytes for {} faults (uncut sync {} bytes): more than one sync's worth per fault",
+        net.excess_total,
+        net.faults_fired,
+        p.uncut_bytes
+    );
+
+    // A proxy that always fails: exit 3 once --retry-for runs out.
+    let (code, took, err) = always_failing(&p, seed, 5);
+    assert_eq!(
+        code, 3,
+        "always-failing network: expected exit 3, got {code}: {err}"
+    );
+    assert!(
+        took < Duration::from_secs(5 + 45),
+        "--retry-for 5 gave up only after {took:?}"
+    );
+}
