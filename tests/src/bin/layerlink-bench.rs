@@ -500,28 +500,36 @@ impl Tool {
 struct Bench<'a> {
     opts: &'a Opts,
     proxy: CountingProxy,
+    /// The registry's address (behind the proxies).
+    registry: SocketAddr,
     /// Devices that fetched and unpacked some images, by tool and images.
     prepared: std::collections::BTreeMap<(Tool, Vec<&'static str>), Device>,
 }
 
 impl Bench<'_> {
+    /// `layerlink-agent sync` of `tag` onto `dev` from `server`.
+    fn agent_sync(&self, server: &str, dev: &Device, tag: &str) -> Command {
+        let mut cmd = Command::new(&self.opts.agent_bin);
+        cmd.arg("sync")
+            .arg("--server")
+            .arg(server)
+            .arg("--store")
+            .arg(dev.path("store"))
+            .arg("--token")
+            .arg(TOKEN)
+            .arg("--platform")
+            .arg(PLATFORM)
+            .arg("--quiet")
+            .arg(remote(tag));
+        cmd
+    }
+
     /// Fetch `tag` onto `dev`: agent sync, or skopeo copy.
     fn fetch(&self, tool: Tool, dev: &Device, tag: &str) -> anyhow::Result<Cost> {
         match tool {
             Tool::Layerlink => measured(
                 &format!("layerlink-agent sync {tag}"),
-                Command::new(&self.opts.agent_bin)
-                    .arg("sync")
-                    .arg("--server")
-                    .arg(self.proxy.url())
-                    .arg("--store")
-                    .arg(dev.path("store"))
-                    .arg("--token")
-                    .arg(TOKEN)
-                    .arg("--platform")
-                    .arg(PLATFORM)
-                    .arg("--quiet")
-                    .arg(remote(tag)),
+                &mut self.agent_sync(&self.proxy.url(), dev, tag),
             ),
             Tool::Peer => measured(
                 &format!("skopeo copy {tag}"),
@@ -627,6 +635,231 @@ impl Bench<'_> {
         median.rss_max = rss_max;
         Ok(median)
     }
+
+    /// One more (unmeasured) agent sync of `tag` on a copy of the device
+    /// holding `held`, recording what the registry sent, and what the dedup
+    /// archive in it is made of.
+    fn archive_anatomy(&mut self, held: &[&'static str], tag: &str) -> anyhow::Result<Anatomy> {
+        let dev = self
+            .prepared(Tool::Layerlink, held)?
+            .clone_device(Tool::Layerlink.prefix())?;
+        for h in held {
+            self.fetch(Tool::Layerlink, &dev, h)?;
+        }
+        let recorder = Recorder::start(self.registry)?;
+        measured(
+            &format!("layerlink-agent sync {tag} (recorded)"),
+            &mut self.agent_sync(&format!("http://{}", recorder.addr), &dev, tag),
+        )?;
+        let archives: Vec<Vec<u8>> = recorder
+            .take()
+            .iter()
+            .flat_map(|stream| http_bodies(stream))
+            .filter(|(content_type, _)| content_type.contains("archive"))
+            .map(|(_, body)| body)
+            .collect();
+        anyhow::ensure!(
+            archives.len() == 1,
+            "expected one archive response in the recorded sync of {tag}, found {}",
+            archives.len()
+        );
+        anatomy(&archives[0])
+    }
+}
+
+// ---------------------------------------------------------------------------
+// What a dedup archive is made of
+
+/// A loopback TCP proxy keeping every server→client byte, per connection.
+struct Recorder {
+    addr: SocketAddr,
+    streams: Arc<Mutex<Vec<Arc<Mutex<Vec<u8>>>>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Recorder {
+    fn start(upstream: SocketAddr) -> std::io::Result<Recorder> {
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let addr = listener.local_addr()?;
+        let streams: Arc<Mutex<Vec<Arc<Mutex<Vec<u8>>>>>> = Arc::default();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (st, sp) = (streams.clone(), stop.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                if sp.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(client) = client else { continue };
+                let Ok(server) = TcpStream::connect(upstream) else {
+                    continue;
+                };
+                let (c2, s2) = match (client.try_clone(), server.try_clone()) {
+                    (Ok(c), Ok(s)) => (c, s),
+                    _ => continue,
+                };
+                let record: Arc<Mutex<Vec<u8>>> = Arc::default();
+                st.lock().unwrap().push(record.clone());
+                std::thread::spawn(move || pump(client, server, |_| {}));
+                std::thread::spawn(move || {
+                    pump(s2, c2, |chunk| {
+                        record.lock().unwrap().extend_from_slice(chunk)
+                    })
+                });
+            }
+        });
+        Ok(Recorder {
+            addr,
+            streams,
+            stop,
+        })
+    }
+
+    /// Every connection's server→client bytes so far.
+    fn take(&self) -> Vec<Vec<u8>> {
+        self.streams
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|s| std::mem::take(&mut *s.lock().unwrap()))
+            .collect()
+    }
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect(self.addr);
+    }
+}
+
+/// The responses in one connection's server→client bytes: (content type,
+/// body with chunked transfer encoding removed).
+fn http_bodies(mut s: &[u8]) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    while let Some(end) = s.windows(4).position(|w| w == b"\r\n\r\n") {
+        let head = String::from_utf8_lossy(&s[..end]).to_ascii_lowercase();
+        s = &s[end + 4..];
+        let header = |name: &str| {
+            head.lines()
+                .skip(1)
+                .filter_map(|l| l.split_once(':'))
+                .find(|(k, _)| k.trim() == name)
+                .map(|(_, v)| v.trim().to_string())
+        };
+        let content_type = header("content-type").unwrap_or_default();
+        let mut body = Vec::new();
+        if let Some(n) = header("content-length").and_then(|v| v.parse::<usize>().ok()) {
+            let n = n.min(s.len());
+            body.extend_from_slice(&s[..n]);
+            s = &s[n..];
+        } else if header("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
+            while let Some(eol) = s.windows(2).position(|w| w == b"\r\n") {
+                let size = String::from_utf8_lossy(&s[..eol]);
+                let size = usize::from_str_radix(size.split(';').next().unwrap_or("").trim(), 16)
+                    .unwrap_or(0);
+                s = &s[(eol + 2).min(s.len())..];
+                if size == 0 {
+                    s = &s[2.min(s.len())..];
+                    break;
+                }
+                let n = size.min(s.len());
+                body.extend_from_slice(&s[..n]);
+                s = &s[(n + 2).min(s.len())..];
+            }
+        } else {
+            body.extend_from_slice(s);
+            s = &[];
+        }
+        out.push((content_type, body));
+    }
+    out
+}
+
+/// What one dedup archive holds, by entry kind (see proto/SPEC.md).
+#[derive(Debug, Clone, Copy, Default)]
+struct Anatomy {
+    /// The gzip'd archive as sent.
+    gz: u64,
+    /// Its tar, uncompressed.
+    tar: u64,
+    /// Reference entries (`layerlink:sha256:…` hard links).
+    references: u64,
+    /// New files (`LAYERLINK.digest`) and their content bytes.
+    new_files: u64,
+    new_file_bytes: u64,
+    /// Marker entries.
+    markers: u64,
+    /// Every other entry (directories, symlinks, empty files, links, …).
+    other: u64,
+    /// The same tar gzip'd (flate2 default level) without the reference
+    /// entries: what the archive would cost if references were free.
+    gz_without_references: u64,
+}
+
+fn tar_number(field: &[u8]) -> u64 {
+    if field.first().is_some_and(|b| b & 0x80 != 0) {
+        // base-256
+        field[1..]
+            .iter()
+            .fold(u64::from(field[0] & 0x7f), |n, b| (n << 8) | u64::from(*b))
+    } else {
+        let text = String::from_utf8_lossy(field);
+        u64::from_str_radix(text.trim_matches(|c: char| c == '\0' || c == ' '), 8).unwrap_or(0)
+    }
+}
+
+fn gz_len(bytes: &[u8]) -> anyhow::Result<u64> {
+    let mut gz = flate2::write::GzEncoder::new(CountingSink(0), flate2::Compression::default());
+    gz.write_all(bytes)?;
+    Ok(gz.finish()?.0)
+}
+
+/// Walk the archive's tar headers (raw, so entries can be dropped).
+fn anatomy(gz: &[u8]) -> anyhow::Result<Anatomy> {
+    let mut tar = Vec::new();
+    flate2::read::MultiGzDecoder::new(gz).read_to_end(&mut tar)?;
+    let mut a = Anatomy {
+        gz: gz.len() as u64,
+        tar: tar.len() as u64,
+        ..Anatomy::default()
+    };
+    let mut kept = Vec::with_capacity(tar.len());
+    let mut pax: Option<(usize, &[u8])> = None;
+    let mut i = 0;
+    while i + 512 <= tar.len() {
+        let h = &tar[i..i + 512];
+        if h.iter().all(|b| *b == 0) {
+            kept.extend_from_slice(&tar[i..]);
+            break;
+        }
+        let size = tar_number(&h[124..136]) as usize;
+        let end = (i + 512 + size.div_ceil(512) * 512).min(tar.len());
+        let data = &tar[(i + 512).min(end)..(i + 512 + size).min(end)];
+        if h[156] == b'x' {
+            // PAX header: belongs to the entry after it.
+            pax = Some((pax.map_or(i, |(start, _)| start), data));
+            i = end;
+            continue;
+        }
+        let (start, records) = pax.take().unwrap_or((i, &[]));
+        let has = |key: &[u8]| records.windows(key.len()).any(|w| w == key);
+        if h[156] == b'1' && h[157..].starts_with(b"layerlink:sha256:") {
+            a.references += 1;
+        } else {
+            if has(b"LAYERLINK.marker=") {
+                a.markers += 1;
+            } else if has(b"LAYERLINK.digest=") {
+                a.new_files += 1;
+                a.new_file_bytes += size as u64;
+            } else {
+                a.other += 1;
+            }
+            kept.extend_from_slice(&tar[start..end]);
+        }
+        i = end;
+    }
+    a.gz_without_references = gz_len(&kept)?;
+    Ok(a)
 }
 
 struct Scenario {
@@ -667,6 +900,8 @@ const SCENARIOS: &[Scenario] = &[
 struct Outcome {
     scenario: &'static Scenario,
     missing: Missing,
+    /// The dedup archive of the incremental scenarios, taken apart.
+    anatomy: Option<Anatomy>,
     ll: Side,
     peer: Side,
 }
@@ -762,6 +997,7 @@ fn run(opts: &Opts) -> anyhow::Result<()> {
     let mut bench = Bench {
         opts,
         proxy: CountingProxy::start(reg.addr()),
+        registry: reg.addr(),
         prepared: Default::default(),
     };
     let mut results = Vec::new();
@@ -786,9 +1022,15 @@ fn run(opts: &Opts) -> anyhow::Result<()> {
                 peer.total().cpu()
             ),
         );
+        let anatomy = if s.incremental {
+            Some(bench.archive_anatomy(s.held, s.tag)?)
+        } else {
+            None
+        };
         results.push(Outcome {
             scenario: s,
             missing,
+            anatomy,
             ll,
             peer,
         });
@@ -966,6 +1208,36 @@ fn render(
             verdict(over <= TARGET_BYTES_OVER_MISSING_GZ),
         );
     }
+    if results.iter().any(|r| r.anatomy.is_some()) {
+        let _ = writeln!(
+            w,
+            "\nWhat the dedup archive of an incremental sync is made of (recorded on one more, unmeasured, sync; entry kinds \
+             as in proto/SPEC.md). The last column re-gzips the archive's tar without its reference entries (flate2, default \
+             level): what it would cost if held files needed no entry.\n"
+        );
+        let _ = writeln!(
+            w,
+            "| scenario | archive (gz) | tar | reference entries | new files (bytes) | other entries | markers | gz without reference entries (/ missing-gz) |"
+        );
+        let _ = writeln!(w, "|---|--:|--:|--:|--:|--:|--:|--:|");
+        for res in results {
+            let Some(a) = &res.anatomy else { continue };
+            let _ = writeln!(
+                w,
+                "| {} | {} | {} | {} | {} ({}) | {} | {} | {} ({:.2}) |",
+                res.scenario.name,
+                bytes(a.gz),
+                bytes(a.tar),
+                a.references,
+                a.new_files,
+                bytes(a.new_file_bytes),
+                a.other,
+                a.markers,
+                bytes(a.gz_without_references),
+                a.gz_without_references as f64 / res.missing.gz.max(1) as f64
+            );
+        }
+    }
     let agent_rss = results.iter().map(|r| r.ll.rss_max).max().unwrap_or(0);
     let _ = writeln!(
         w,
@@ -1064,4 +1336,96 @@ fn render(
         num("blobs"),
     );
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tar::{Builder, EntryType, Header};
+
+    fn header(kind: EntryType, path: &str, size: u64) -> Header {
+        let mut h = Header::new_ustar();
+        h.set_entry_type(kind);
+        h.set_path(path).unwrap();
+        h.set_size(size);
+        h.set_mode(0o644);
+        h
+    }
+
+    /// A small archive in the shape proto/SPEC.md describes.
+    fn archive() -> Vec<u8> {
+        let mut b = Builder::new(Vec::new());
+        b.append_pax_extensions([("LAYERLINK.marker", b"layer".as_slice())])
+            .unwrap();
+        let mut h = header(EntryType::Regular, ".layerlink/layer", 0);
+        b.append(&h, std::io::empty()).unwrap();
+        h = header(EntryType::Directory, "etc/", 0);
+        b.append(&h, std::io::empty()).unwrap();
+        let content = b"hello world\n";
+        b.append_pax_extensions([("LAYERLINK.digest", sha256_hex(content).as_bytes())])
+            .unwrap();
+        h = header(EntryType::Regular, "etc/new", content.len() as u64);
+        b.append(&h, content.as_slice()).unwrap();
+        for i in 0..3 {
+            h = header(EntryType::Link, &format!("etc/held{i}"), 0);
+            h.set_link_name_literal(format!("layerlink:sha256:{}", "ab".repeat(32)))
+                .unwrap();
+            b.append(&h, std::io::empty()).unwrap();
+        }
+        let tar = b.into_inner().unwrap();
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all(&tar).unwrap();
+        gz.finish().unwrap()
+    }
+
+    fn sha256_hex(b: &[u8]) -> String {
+        layerlink_tests::sha256_hex(b)
+    }
+
+    #[test]
+    fn anatomy_counts_entry_kinds() {
+        let gz = archive();
+        let a = anatomy(&gz).unwrap();
+        assert_eq!(a.gz, gz.len() as u64);
+        assert_eq!(
+            (
+                a.markers,
+                a.other,
+                a.new_files,
+                a.new_file_bytes,
+                a.references
+            ),
+            (1, 1, 1, 12, 3)
+        );
+        assert!(a.gz_without_references < a.gz, "{a:?}");
+    }
+
+    #[test]
+    fn http_bodies_handles_length_and_chunked() {
+        let stream = b"HTTP/1.1 200 OK\r\nContent-Type: a/b\r\nContent-Length: 3\r\n\r\nabc\
+HTTP/1.1 200 OK\r\ncontent-type: application/vnd.layerlink.archive\r\ntransfer-encoding: chunked\r\n\r\n\
+2\r\nxy\r\n3\r\nzzz\r\n0\r\n\r\n";
+        let bodies = http_bodies(stream);
+        assert_eq!(
+            bodies,
+            vec![
+                ("a/b".to_string(), b"abc".to_vec()),
+                (
+                    "application/vnd.layerlink.archive".to_string(),
+                    b"xyzzz".to_vec()
+                )
+            ]
+        );
+    }
+
+    #[test]
+    fn disk_use_counts_hard_links_once() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a"), vec![1u8; 64 * 1024]).unwrap();
+        let one = disk_use(dir.path());
+        std::fs::hard_link(dir.path().join("a"), dir.path().join("b")).unwrap();
+        assert_eq!(disk_use(dir.path()), one);
+        std::fs::write(dir.path().join("c"), vec![1u8; 64 * 1024]).unwrap();
+        assert!(disk_use(dir.path()) >= one + 64 * 1024);
+    }
 }
