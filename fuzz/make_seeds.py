@@ -1,0 +1,55 @@
+#!/usr/bin/env python3
+"""Writes small valid inputs into fuzz/seeds/<target>/ (run from fuzz/)."""
+import hashlib, io, tarfile
+
+def add(t, name, kind=tarfile.REGTYPE, data=b"", link="", pax=None, mode=0o644):
+    i = tarfile.TarInfo(name)
+    i.type, i.size, i.linkname, i.mode, i.mtime = kind, len(data), link, mode, 1600000000
+    if kind in (tarfile.CHRTYPE, tarfile.BLKTYPE):
+        i.devmajor, i.devminor = 1, 3
+    if pax:
+        i.pax_headers = pax
+    t.addfile(i, io.BytesIO(data) if data else None)
+
+def layer_entries(t, dedup):
+    files = [("etc/hosts", b"127.0.0.1 localhost\n"), ("bin/tool", b"#!/bin/sh\necho hi\n")]
+    add(t, "etc/", tarfile.DIRTYPE, mode=0o755)
+    add(t, "bin/", tarfile.DIRTYPE, mode=0o755)
+    for n, d in files:
+        add(t, n, data=d, pax={"LAYERLINK.digest": hashlib.sha256(d).hexdigest()} if dedup else None)
+    add(t, "bin/sh", tarfile.SYMTYPE, link="/bin/busybox")
+    add(t, "bin/tool2", tarfile.LNKTYPE, link="bin/tool")
+    add(t, "dev/null", tarfile.CHRTYPE)
+    add(t, "run/fifo", tarfile.FIFOTYPE)
+    add(t, "etc/.wh.old", data=b"")
+    n = 9
+    if dedup:
+        d = hashlib.sha256(files[0][1]).hexdigest()
+        add(t, "etc/hosts2", tarfile.LNKTYPE, link="layerlink:sha256:" + d)
+        n += 1
+    return n
+
+def marker(t, kind, **keys):
+    pax = {"LAYERLINK.marker": kind}
+    pax.update({"LAYERLINK." + k: v for k, v in keys.items()})
+    add(t, ".layerlink/" + kind, pax=pax)
+
+for fmt in (tarfile.PAX_FORMAT, tarfile.GNU_FORMAT):
+    b = io.BytesIO()
+    with tarfile.open(fileobj=b, mode="w", format=fmt) as t:
+        layer_entries(t, False)
+    open(f"seeds/registry_ingest/plain-{fmt}", "wb").write(b"\x00" + b.getvalue())
+
+b = io.BytesIO()
+with tarfile.open(fileobj=b, mode="w", format=tarfile.PAX_FORMAT) as t:
+    did = "sha256:" + hashlib.sha256(b"layer").hexdigest()
+    marker(t, "layer", diff_id=did)
+    n = layer_entries(t, True)
+    marker(t, "layer-end", diff_id=did, entries=str(n))
+    marker(t, "end")
+# odd first byte: the fuzz target gzips the rest
+open("seeds/archive_apply/layer", "wb").write(b"\x01" + b.getvalue())
+open("seeds/archive_apply/layer-nodev", "wb").write(b"\x03" + b.getvalue())
+
+open("seeds/postcard_msgs/plan", "wb").write(
+    bytes([5]) + b"linux" + bytes([5]) + b"amd64" + b"\x00" + b"\x01" + bytes([3]) + b"app" + bytes([2]) + b"v1" + b"\x00\x00\x00")
