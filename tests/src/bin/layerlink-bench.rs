@@ -670,10 +670,13 @@ impl Bench<'_> {
 // ---------------------------------------------------------------------------
 // What a dedup archive is made of
 
+/// One connection's recorded bytes.
+type Recording = Arc<Mutex<Vec<u8>>>;
+
 /// A loopback TCP proxy keeping every server→client byte, per connection.
 struct Recorder {
     addr: SocketAddr,
-    streams: Arc<Mutex<Vec<Arc<Mutex<Vec<u8>>>>>>,
+    streams: Arc<Mutex<Vec<Recording>>>,
     stop: Arc<AtomicBool>,
 }
 
@@ -681,7 +684,7 @@ impl Recorder {
     fn start(upstream: SocketAddr) -> std::io::Result<Recorder> {
         let listener = TcpListener::bind("127.0.0.1:0")?;
         let addr = listener.local_addr()?;
-        let streams: Arc<Mutex<Vec<Arc<Mutex<Vec<u8>>>>>> = Arc::default();
+        let streams: Arc<Mutex<Vec<Recording>>> = Arc::default();
         let stop = Arc::new(AtomicBool::new(false));
         let (st, sp) = (streams.clone(), stop.clone());
         std::thread::spawn(move || {
@@ -697,7 +700,7 @@ impl Recorder {
                     (Ok(c), Ok(s)) => (c, s),
                     _ => continue,
                 };
-                let record: Arc<Mutex<Vec<u8>>> = Arc::default();
+                let record: Recording = Arc::default();
                 st.lock().unwrap().push(record.clone());
                 std::thread::spawn(move || pump(client, server, |_| {}));
                 std::thread::spawn(move || {
