@@ -662,6 +662,7 @@ pub fn power_cuts(p: &Prepared, cuts: u64, seed: u64, check_every: u64) -> Fault
             ));
             continue;
         }
+        eprintln!("{what}: killed mid-sync {killed}, verify ok, rerun ok, excess {excess} B",);
         if i % check_every.max(1) == 0 {
             if let Err(e) =
                 checkout_matches(&store, p.scenario.target, &p.work.join("co"), &p.reference)
@@ -730,6 +731,7 @@ pub fn net_faults(
             continue;
         }
         let excess = bytes.saturating_sub(p.uncut_bytes);
+        eprintln!("{what}: sync ok, {fired} faults, excess {excess} B");
         rep.excess_total += excess;
         rep.excess_worst = rep.excess_worst.max(excess);
         let (code, out) = verify(&store);
