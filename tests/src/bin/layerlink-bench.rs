@@ -473,6 +473,8 @@ struct Side {
     bytes_stable: bool,
     /// Highest peak RSS of any process over the repetitions.
     rss_max: u64,
+    /// How many repetitions ran.
+    runs: usize,
 }
 
 impl Side {
@@ -499,9 +501,12 @@ impl Tool {
 
 struct Bench<'a> {
     opts: &'a Opts,
+    /// Counts the bytes between the device side and the registry.
     proxy: CountingProxy,
-    /// The registry's address (behind the proxies).
-    registry: SocketAddr,
+    /// In front of `proxy`: keeps what the registry sent when asked to.
+    recorder: Recorder,
+    /// Device trees being removed in the background.
+    trash: Vec<std::thread::JoinHandle<()>>,
     /// Devices that fetched and unpacked some images, by tool and images.
     prepared: std::collections::BTreeMap<(Tool, Vec<&'static str>), Device>,
 }
@@ -529,7 +534,7 @@ impl Bench<'_> {
         match tool {
             Tool::Layerlink => measured(
                 &format!("layerlink-agent sync {tag}"),
-                &mut self.agent_sync(&self.proxy.url(), dev, tag),
+                &mut self.agent_sync(&format!("http://{}", self.recorder.addr), dev, tag),
             ),
             Tool::Peer => measured(
                 &format!("skopeo copy {tag}"),
@@ -540,7 +545,7 @@ impl Bench<'_> {
                         "--quiet",
                         "--src-tls-verify=false",
                     ])
-                    .arg(format!("docker://{}/{}", self.proxy.addr(), remote(tag)))
+                    .arg(format!("docker://{}/{}", self.recorder.addr, remote(tag)))
                     .arg(format!("oci:{}:{tag}", dev.path("oci").display())),
             ),
         }
@@ -593,9 +598,11 @@ impl Bench<'_> {
         held: &[&'static str],
         tag: &str,
         reps: usize,
-    ) -> anyhow::Result<Side> {
+        record: bool,
+    ) -> anyhow::Result<(Side, Option<Anatomy>)> {
         let mut runs = Vec::new();
-        for _ in 0..reps.max(1) {
+        let mut anatomy_of_first = None;
+        for rep in 0..reps.max(1) {
             let prepared = self.prepared(tool, held)?;
             let disk_prepared = prepared.disk();
             let mut dev = prepared.clone_device(tool.prefix())?;
@@ -608,11 +615,20 @@ impl Bench<'_> {
                 }
             }
             let clone_before = dev.disk();
+            let record = record && rep == 0;
+            self.recorder.record(record);
             self.proxy.reset();
             let fetch = self.fetch(tool, &dev, tag)?;
             let bytes = self.proxy.bytes_total();
+            self.recorder.record(false);
+            let streams = self.recorder.take();
+            if record {
+                anatomy_of_first = Some(archive_anatomy(&streams, tag)?);
+            }
             let unpack = self.unpack(tool, &mut dev, tag)?;
             let added = dev.disk().saturating_sub(clone_before);
+            // Removing a device tree takes long on a busy disk: overlap it.
+            self.trash.push(std::thread::spawn(move || drop(dev)));
             runs.push(Side {
                 bytes,
                 fetch,
@@ -633,42 +649,30 @@ impl Bench<'_> {
         median.cpu_range = range;
         median.bytes_stable = stable;
         median.rss_max = rss_max;
-        Ok(median)
-    }
-
-    /// One more (unmeasured) agent sync of `tag` on a copy of the device
-    /// holding `held`, recording what the registry sent, and what the dedup
-    /// archive in it is made of.
-    fn archive_anatomy(&mut self, held: &[&'static str], tag: &str) -> anyhow::Result<Anatomy> {
-        let dev = self
-            .prepared(Tool::Layerlink, held)?
-            .clone_device(Tool::Layerlink.prefix())?;
-        for h in held {
-            self.fetch(Tool::Layerlink, &dev, h)?;
-        }
-        let recorder = Recorder::start(self.registry)?;
-        measured(
-            &format!("layerlink-agent sync {tag} (recorded)"),
-            &mut self.agent_sync(&format!("http://{}", recorder.addr), &dev, tag),
-        )?;
-        let archives: Vec<Vec<u8>> = recorder
-            .take()
-            .iter()
-            .flat_map(|stream| http_bodies(stream))
-            .filter(|(content_type, _)| content_type.contains("archive"))
-            .map(|(_, body)| body)
-            .collect();
-        anyhow::ensure!(
-            archives.len() == 1,
-            "expected one archive response in the recorded sync of {tag}, found {}",
-            archives.len()
-        );
-        anatomy(&archives[0])
+        median.runs = runs.len();
+        Ok((median, anatomy_of_first))
     }
 }
 
 // ---------------------------------------------------------------------------
 // What a dedup archive is made of
+
+/// The dedup archive among the responses recorded during a sync of `tag`,
+/// taken apart.
+fn archive_anatomy(streams: &[Vec<u8>], tag: &str) -> anyhow::Result<Anatomy> {
+    let archives: Vec<Vec<u8>> = streams
+        .iter()
+        .flat_map(|stream| http_bodies(stream))
+        .filter(|(content_type, _)| content_type.contains("archive"))
+        .map(|(_, body)| body)
+        .collect();
+    anyhow::ensure!(
+        archives.len() == 1,
+        "expected one archive response in the recorded sync of {tag}, found {}",
+        archives.len()
+    );
+    anatomy(&archives[0])
+}
 
 /// One connection's recorded bytes.
 type Recording = Arc<Mutex<Vec<u8>>>;
@@ -677,6 +681,7 @@ type Recording = Arc<Mutex<Vec<u8>>>;
 struct Recorder {
     addr: SocketAddr,
     streams: Arc<Mutex<Vec<Recording>>>,
+    on: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
 }
 
@@ -686,7 +691,8 @@ impl Recorder {
         let addr = listener.local_addr()?;
         let streams: Arc<Mutex<Vec<Recording>>> = Arc::default();
         let stop = Arc::new(AtomicBool::new(false));
-        let (st, sp) = (streams.clone(), stop.clone());
+        let on = Arc::new(AtomicBool::new(false));
+        let (st, sp, o) = (streams.clone(), stop.clone(), on.clone());
         std::thread::spawn(move || {
             for client in listener.incoming() {
                 if sp.load(Ordering::SeqCst) {
@@ -702,10 +708,13 @@ impl Recorder {
                 };
                 let record: Recording = Arc::default();
                 st.lock().unwrap().push(record.clone());
+                let o = o.clone();
                 std::thread::spawn(move || pump(client, server, |_| {}));
                 std::thread::spawn(move || {
                     pump(s2, c2, |chunk| {
-                        record.lock().unwrap().extend_from_slice(chunk)
+                        if o.load(Ordering::SeqCst) {
+                            record.lock().unwrap().extend_from_slice(chunk);
+                        }
                     })
                 });
             }
@@ -713,16 +722,22 @@ impl Recorder {
         Ok(Recorder {
             addr,
             streams,
+            on,
             stop,
         })
     }
 
-    /// Every connection's server→client bytes so far.
+    /// Start or stop recording.
+    fn record(&self, on: bool) {
+        self.on.store(on, Ordering::SeqCst);
+    }
+
+    /// Every connection's recorded server→client bytes; forgets them.
     fn take(&self) -> Vec<Vec<u8>> {
         self.streams
             .lock()
             .unwrap()
-            .iter()
+            .drain(..)
             .map(|s| std::mem::take(&mut *s.lock().unwrap()))
             .collect()
     }
@@ -871,6 +886,8 @@ struct Scenario {
     tag: &'static str,
     /// Whether the pull-vs-layerlink target applies.
     incremental: bool,
+    /// Whether to run it `--reps` times (the CPU target's scenario).
+    repeat: bool,
 }
 
 const SCENARIOS: &[Scenario] = &[
@@ -879,24 +896,28 @@ const SCENARIOS: &[Scenario] = &[
         held: &[],
         tag: "tiny:v1",
         incremental: false,
+        repeat: false,
     },
     Scenario {
         name: "1. cold sync base-a:v1",
         held: &[],
         tag: "base-a:v1",
         incremental: false,
+        repeat: false,
     },
     Scenario {
         name: "2. holds base-a:v1, syncs base-b:v1",
         held: &["base-a:v1"],
         tag: "base-b:v1",
         incremental: true,
+        repeat: false,
     },
     Scenario {
         name: "3. holds base-a:v1, syncs base-a:v2 (update)",
         held: &["base-a:v1"],
         tag: "base-a:v2",
         incremental: true,
+        repeat: true,
     },
 ];
 
@@ -920,6 +941,40 @@ struct Push {
 }
 
 // ---------------------------------------------------------------------------
+
+/// The commit the binaries were built from, and which of the registry's,
+/// agent's and proto's files differed from it (a shared work tree).
+fn source_revision() -> String {
+    let root = layerlink_tests::bins::workspace_root();
+    let git = |args: &[&str]| {
+        Command::new("git")
+            .arg("-C")
+            .arg(&root)
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    let Some(head) = git(&["rev-parse", "--short", "HEAD"]) else {
+        return "unknown (not a git checkout)".into();
+    };
+    let dirty =
+        git(&["status", "--porcelain", "--", "registry", "agent", "proto"]).unwrap_or_default();
+    let dirty: Vec<&str> = dirty.lines().filter_map(|l| l.get(3..)).collect();
+    if dirty.is_empty() {
+        format!("commit {head}")
+    } else {
+        format!(
+            "commit {head} plus uncommitted changes in {}",
+            dirty
+                .iter()
+                .map(|p| format!("`{p}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    }
+}
 
 /// A progress line on stderr with the seconds since start.
 fn progress(started: Instant, what: &str) {
@@ -997,17 +1052,20 @@ fn run(opts: &Opts) -> anyhow::Result<()> {
     }
     let stats = reg.stats();
 
+    let proxy = CountingProxy::start(reg.addr());
     let mut bench = Bench {
         opts,
-        proxy: CountingProxy::start(reg.addr()),
-        registry: reg.addr(),
+        recorder: Recorder::start(proxy.addr())?,
+        proxy,
+        trash: Vec::new(),
         prepared: Default::default(),
     };
     let mut results = Vec::new();
     for s in SCENARIOS {
         progress(started, s.name);
         let missing = missing(&layout, s.held, s.tag)?;
-        let ll = bench.measure(Tool::Layerlink, s.held, s.tag, opts.reps)?;
+        let reps = if s.repeat { opts.reps } else { 1 };
+        let (ll, anatomy) = bench.measure(Tool::Layerlink, s.held, s.tag, reps, s.incremental)?;
         progress(
             started,
             &format!(
@@ -1016,7 +1074,7 @@ fn run(opts: &Opts) -> anyhow::Result<()> {
                 ll.total().cpu()
             ),
         );
-        let peer = bench.measure(Tool::Peer, s.held, s.tag, opts.reps)?;
+        let (peer, _) = bench.measure(Tool::Peer, s.held, s.tag, reps, false)?;
         progress(
             started,
             &format!(
@@ -1025,11 +1083,6 @@ fn run(opts: &Opts) -> anyhow::Result<()> {
                 peer.total().cpu()
             ),
         );
-        let anatomy = if s.incremental {
-            Some(bench.archive_anatomy(s.held, s.tag)?)
-        } else {
-            None
-        };
         results.push(Outcome {
             scenario: s,
             missing,
@@ -1038,8 +1091,12 @@ fn run(opts: &Opts) -> anyhow::Result<()> {
             peer,
         });
     }
+    for t in std::mem::take(&mut bench.trash) {
+        let _ = t.join();
+    }
     let report = render(
         opts,
+        &source_revision(),
         &date,
         &pushes,
         &stats,
@@ -1082,6 +1139,7 @@ fn verdict(ok: bool) -> &'static str {
 
 fn render(
     opts: &Opts,
+    source: &str,
     date: &str,
     pushes: &[Push],
     stats: &serde_json::Value,
@@ -1093,6 +1151,7 @@ fn render(
     let _ = writeln!(w, "# layerlink benchmark\n");
     let _ = writeln!(w, "- date: {date}");
     let _ = writeln!(w, "- command: `{}`", opts.command);
+    let _ = writeln!(w, "- source: {source}");
     let _ = writeln!(
         w,
         "- registry: release build; agent: `{}` build; agent checkout: `--read-only` (hard links into the store)",
@@ -1104,8 +1163,8 @@ fn render(
     );
     let _ = writeln!(
         w,
-        "- each scenario runs {} times per tool from a copy of the same device state; the run with the median device CPU is shown, \
-         with the CPU range over all runs",
+        "- scenario 3 (the CPU target) runs {} times per tool, each from a copy of the same device state; the run with the median \
+         device CPU is shown, with the CPU range over the runs; the other scenarios run once",
         opts.reps
     );
     let _ = writeln!(
@@ -1124,21 +1183,27 @@ fn render(
     );
     let _ = writeln!(
         w,
-        "| scenario | tool | bytes on the wire | device CPU (range) | peak RSS | disk (added) | wall |"
+        "| scenario | tool | bytes on the wire | device CPU | peak RSS | disk (added) | wall |"
     );
     let _ = writeln!(w, "|---|---|--:|--:|--:|--:|--:|");
     for res in results {
         for (tool, side) in [("layerlink", &res.ll), ("skopeo + umoci", &res.peer)] {
             let c = side.total();
+            let range = if side.runs > 1 {
+                format!(
+                    " ({:.2}–{:.2}, {} runs)",
+                    side.cpu_range.0, side.cpu_range.1, side.runs
+                )
+            } else {
+                String::new()
+            };
             let _ = writeln!(
                 w,
-                "| {} | {tool} | {}{} | {:.2} s ({:.2}–{:.2}) | {} | {} (+{}) | {:.2} s |",
+                "| {} | {tool} | {}{} | {:.2} s{range} | {} | {} (+{}) | {:.2} s |",
                 res.scenario.name,
                 bytes(side.bytes),
                 if side.bytes_stable { "" } else { " (varied)" },
                 c.cpu(),
-                side.cpu_range.0,
-                side.cpu_range.1,
                 mib(side.rss_max),
                 mib(side.disk_after),
                 mib(side.disk_after.saturating_sub(side.disk_before)),
@@ -1214,7 +1279,7 @@ fn render(
     if results.iter().any(|r| r.anatomy.is_some()) {
         let _ = writeln!(
             w,
-            "\nWhat the dedup archive of an incremental sync is made of (recorded on one more, unmeasured, sync; entry kinds \
+            "\nWhat the dedup archive of an incremental sync is made of (recorded on the first measured sync; entry kinds \
              as in proto/SPEC.md). The last column re-gzips the archive's tar without its reference entries (flate2, default \
              level): what it would cost if held files needed no entry.\n"
         );
