@@ -233,8 +233,14 @@ mod tests {
 
     #[test]
     fn rejects_escapes() {
-        assert_eq!(normalize_entry_path(b"/etc/passwd"), Err(PathError::Absolute));
-        assert_eq!(normalize_entry_path(b"a/../../b"), Err(PathError::ParentDir));
+        assert_eq!(
+            normalize_entry_path(b"/etc/passwd"),
+            Err(PathError::Absolute)
+        );
+        assert_eq!(
+            normalize_entry_path(b"a/../../b"),
+            Err(PathError::ParentDir)
+        );
         assert_eq!(normalize_entry_path(b".."), Err(PathError::ParentDir));
         assert_eq!(normalize_entry_path(b"./"), Err(PathError::Empty));
         assert_eq!(normalize_entry_path(b"a\0b"), Err(PathError::Nul));
@@ -254,10 +260,22 @@ mod tests {
 
     #[test]
     fn classifies_whiteouts() {
-        assert_eq!(classify_whiteout(b"etc/.wh..wh..opq"), Whiteout::Opaque(b"etc".to_vec()));
-        assert_eq!(classify_whiteout(b".wh..wh..opq"), Whiteout::Opaque(Vec::new()));
-        assert_eq!(classify_whiteout(b"etc/.wh.motd"), Whiteout::Remove(b"etc/motd".to_vec()));
-        assert_eq!(classify_whiteout(b".wh.motd"), Whiteout::Remove(b"motd".to_vec()));
+        assert_eq!(
+            classify_whiteout(b"etc/.wh..wh..opq"),
+            Whiteout::Opaque(b"etc".to_vec())
+        );
+        assert_eq!(
+            classify_whiteout(b".wh..wh..opq"),
+            Whiteout::Opaque(Vec::new())
+        );
+        assert_eq!(
+            classify_whiteout(b"etc/.wh.motd"),
+            Whiteout::Remove(b"etc/motd".to_vec())
+        );
+        assert_eq!(
+            classify_whiteout(b".wh.motd"),
+            Whiteout::Remove(b"motd".to_vec())
+        );
         assert_eq!(classify_whiteout(b"etc/motd"), Whiteout::None);
     }
 

@@ -47,7 +47,9 @@ impl Digest {
 
     /// Parse `sha256:<hex>`.
     pub fn parse(s: &str) -> Result<Digest, DigestParseError> {
-        let hex = s.strip_prefix("sha256:").ok_or(DigestParseError::Algorithm)?;
+        let hex = s
+            .strip_prefix("sha256:")
+            .ok_or(DigestParseError::Algorithm)?;
         Digest::from_hex(hex)
     }
 

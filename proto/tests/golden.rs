@@ -35,12 +35,13 @@ fn plan_request_by_hash_is_compact() {
     };
     let bytes = postcard::to_allocvec(&req).unwrap();
     let expected = concat!(
-        "056c696e7578",   // os "linux"
-        "0561726d3634",   // architecture "arm64"
-        "01027638",       // Some("v8")
-        "01",             // one image
-        "07656467652f6777", "027631", // edge/gw, v1
-        "01",             // Holdings::Hash
+        "056c696e7578", // os "linux"
+        "0561726d3634", // architecture "arm64"
+        "01027638",     // Some("v8")
+        "01",           // one image
+        "07656467652f6777",
+        "027631", // edge/gw, v1
+        "01",     // Holdings::Hash
         "0101010101010101010101010101010101010101010101010101010101010101",
     );
     assert_eq!(hex(&bytes), expected);

@@ -712,4 +712,3 @@ mod tests {
         assert!(took < std::time::Duration::from_secs(2), "{took:?}");
     }
 }
-

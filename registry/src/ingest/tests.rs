@@ -3,8 +3,8 @@ use super::*;
 use crate::index::{self, EntryKind, EntryRecord, RawHeader};
 use crate::objects::read_object;
 use layerlink_proto::Sha256;
-use sha2::Digest as _;
 use redb::ReadableDatabase as _;
+use sha2::Digest as _;
 use std::io::Write;
 
 fn ingest(ts: &TestStore, blob: &[u8], diff_id: &Digest) -> Result<LayerOutcome, IngestError> {

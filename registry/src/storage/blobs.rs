@@ -53,7 +53,11 @@ impl FsBlobs {
         let uploads = tmp.join("uploads");
         fs::create_dir_all(&blobs)?;
         fs::create_dir_all(&uploads)?;
-        Ok(FsBlobs { blobs, tmp, uploads })
+        Ok(FsBlobs {
+            blobs,
+            tmp,
+            uploads,
+        })
     }
 
     /// Remove temp files of one-request uploads a previous run left. Only
@@ -62,7 +66,9 @@ impl FsBlobs {
     pub fn clean_temp(&self) -> io::Result<()> {
         for entry in fs::read_dir(&self.tmp)? {
             let entry = entry?;
-            if entry.file_type()?.is_file() && entry.file_name().to_string_lossy().starts_with("blob-") {
+            if entry.file_type()?.is_file()
+                && entry.file_name().to_string_lossy().starts_with("blob-")
+            {
                 let _ = fs::remove_file(entry.path());
             }
         }
