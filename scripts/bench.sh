@@ -9,11 +9,13 @@
 # 3. runs tests/src/bin/layerlink-bench.rs: one registry, every image pushed
 #    with skopeo, then each scenario on fresh device dirs for both sides.
 #
-# Takes ~5 min on 2 cores once built. The benchmark reports; a missed
-# target is printed as MISS and does not fail the script.
+# Takes ~3-4 min on 2 cores once built (longer when the machine is busy).
+# The benchmark reports: a missed target is printed as MISS and does not
+# fail the script.
 #
 # Environment: LAYERLINK_BENCH_AGENT_PROFILE=release to measure the plain
-# release agent instead; LAYERLINK_BENCH_OUT (default bench/RESULTS.md);
+# release agent instead; LAYERLINK_BENCH_REPS (runs of the update scenario,
+# default 5); LAYERLINK_BENCH_OUT (default bench/RESULTS.md);
 # LAYERLINK_CACHE (image cache), CARGO_TARGET_DIR as usual.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -42,5 +44,6 @@ echo "==> bench" >&2
   --registry-bin "$target/release/layerlink-registry" \
   --agent-bin "$target/$profile/layerlink-agent" \
   --agent-label "--profile $profile" \
-  --command "scripts/bench.sh${LAYERLINK_BENCH_AGENT_PROFILE:+ (LAYERLINK_BENCH_AGENT_PROFILE=$profile)}" \
+  --command "${LAYERLINK_BENCH_AGENT_PROFILE:+LAYERLINK_BENCH_AGENT_PROFILE=$profile }${LAYERLINK_BENCH_REPS:+LAYERLINK_BENCH_REPS=$LAYERLINK_BENCH_REPS }scripts/bench.sh" \
+  --reps "${LAYERLINK_BENCH_REPS:-5}" \
   --out "$out"

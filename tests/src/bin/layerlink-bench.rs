@@ -50,7 +50,7 @@ usage: layerlink-bench --registry-bin PATH --agent-bin PATH [--agent-label TEXT]
   --agent-label TEXT   how to name the agent build in the report (default: its path)
   --out FILE           also write the report there (default: print only)
   --command TEXT       the command line to quote in the report (default: this one)
-  --reps N             measure each scenario N times, keep the median by CPU (default 3)
+  --reps N             runs of the update scenario (the CPU target); the median by CPU is kept (default 5)
 ";
 
 const TOKEN: &str = "tok-bench";
@@ -82,7 +82,7 @@ struct Opts {
 fn parse_args() -> Result<Opts, String> {
     let (mut registry_bin, mut agent_bin, mut agent_label, mut out, mut command) =
         (None, None, None, None, None);
-    let mut reps = 3;
+    let mut reps = 5;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut value = || args.next().ok_or_else(|| format!("{a} needs a value"));
