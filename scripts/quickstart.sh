@@ -6,6 +6,7 @@
 #   scripts/quickstart.sh [TAG]     TAG from the test images: tiny:v1 (default),
 #                                   tiny:v2, base-a:v1, base-a:v2, base-b:v1
 #   KEEP=1 scripts/quickstart.sh    keep the work dir (printed) afterwards
+#   LAYERLINK_SKIP_BUILD=1          use the binaries already in the target dir
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TAG=${1:-tiny:v1}
@@ -13,8 +14,10 @@ REPO="demo/${TAG}"
 
 say() { printf '\n==> %s\n' "$*"; }
 
-say "build"
-cargo build --workspace --bins
+if [[ "${LAYERLINK_SKIP_BUILD:-0}" != 1 ]]; then
+  say "build"
+  cargo build --workspace --bins
+fi
 REGISTRY=${CARGO_TARGET_DIR:-target}/debug/layerlink-registry
 AGENT=${CARGO_TARGET_DIR:-target}/debug/layerlink-agent
 
