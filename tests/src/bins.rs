@@ -11,7 +11,7 @@
 //! * `LAYERLINK_SKIP_BUILD=1` — do not run cargo (binaries already built);
 //! * `LAYERLINK_REGISTRY_BIN`, `LAYERLINK_AGENT_BIN` — use these binaries;
 //! * `LAYERLINK_AGENT_RUNNER` — a command prefix for the agent, split on
-//!   whitespace (e.g. `qemu-aarch64 -L /usr/aarch64-linux-gnu` for a
+//!   whitespace (e.g. `qemu-aarch64 -L /` for a
 //!   cross-built agent).
 
 use std::path::{Path, PathBuf};
