@@ -13,6 +13,7 @@ declare -A PKG_FOR=(
   [umoci]=umoci
   [debootstrap]=debootstrap
   [jq]=jq
+  [/usr/bin/time]=time
   [setfattr]=attr
   [getfattr]=attr
   [rsync]=rsync
