@@ -9,6 +9,7 @@
 //! layers in the wild), link, symlink, device, directory and FIFO entries
 //! carry no data whatever their size field says.
 
+use crate::ingest::parse_pax;
 use layerlink_proto::archive::{normalize_entry_path, PathError};
 use layerlink_proto::limits::MAX_PAX_BYTES;
 use std::io::{self, Read, Write};
@@ -262,8 +263,9 @@ impl<R: Read> TarReader<R> {
                     ext.extend_from_slice(&data);
                     data.truncate(hsize as usize);
                     match typ {
-                        b'x' => parse_pax(&data, &mut pax)
-                            .map_err(|m| invalid(format!("bad PAX header at byte {start}: {m}")))?,
+                        b'x' => pax.extend(parse_pax(&data).map_err(|m| {
+                            invalid(format!("bad PAX header at byte {start}: {m}"))
+                        })?),
                         b'L' => gnu_name = Some(trim_nul(data)),
                         _ => gnu_link = Some(trim_nul(data)),
                     }
@@ -392,34 +394,6 @@ fn verify_checksum(block: &[u8; BLOCK], at: u64) -> io::Result<()> {
             "tar header checksum mismatch at byte {at}"
         )))
     }
-}
-
-/// Parse PAX records (`"<len> <key>=<value>\n"`) into `out`.
-fn parse_pax(mut data: &[u8], out: &mut Vec<(Vec<u8>, Vec<u8>)>) -> Result<(), String> {
-    while !data.is_empty() {
-        if data.iter().all(|&b| b == 0) {
-            break;
-        }
-        let sp = data
-            .iter()
-            .position(|&b| b == b' ')
-            .ok_or("record without length")?;
-        let len: usize = std::str::from_utf8(&data[..sp])
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .ok_or("bad record length")?;
-        if len <= sp + 1 || len > data.len() || data[len - 1] != b'\n' {
-            return Err("bad record length".into());
-        }
-        let rec = &data[sp + 1..len - 1];
-        let eq = rec
-            .iter()
-            .position(|&b| b == b'=')
-            .ok_or("record without '='")?;
-        out.push((rec[..eq].to_vec(), rec[eq + 1..].to_vec()));
-        data = &data[len..];
-    }
-    Ok(())
 }
 
 /// Append one PAX record to `out`.
@@ -637,9 +611,7 @@ mod tests {
             "{:?}",
             &out[..8]
         );
-        let mut parsed = Vec::new();
-        parse_pax(&out, &mut parsed).unwrap();
-        assert_eq!(parsed, vec![(b"path".to_vec(), v)]);
+        assert_eq!(parse_pax(&out).unwrap(), vec![(b"path".to_vec(), v)]);
     }
 
     #[test]
