@@ -184,6 +184,33 @@ pub fn layer_cost(
     Ok(c)
 }
 
+/// The index records of `diff_ids` (each must be ingested, else
+/// `Unavailable`), and how many regular files of the layers `sent` selects
+/// will need an object lookup.
+pub(crate) fn load_layer_metas(
+    txn: &redb::ReadTransaction,
+    diff_ids: &[Digest],
+    sent: impl Fn(&Digest) -> bool,
+) -> Result<(Vec<index::LayerMeta>, u64), SyncError> {
+    let mut metas = Vec::with_capacity(diff_ids.len());
+    let mut lookups = 0u64;
+    for d in diff_ids {
+        let m = index::layer_meta_in(txn, d)
+            .map_err(SyncError::internal)?
+            .ok_or_else(|| {
+                SyncError::new(
+                    ErrorCode::Unavailable,
+                    format!("layer {d} is not ingested yet; retry later"),
+                )
+            })?;
+        if sent(d) {
+            lookups += u64::from(m.regular_files);
+        }
+        metas.push(m);
+    }
+    Ok((metas, lookups))
+}
+
 /// Per-layer plan of an image (diff_ids in image order) for a device
 /// holding `held`. Every layer must be indexed.
 pub fn plan_layers(
@@ -193,22 +220,7 @@ pub fn plan_layers(
 ) -> Result<Vec<LayerPlan>, SyncError> {
     let txn = db.begin_read().map_err(SyncError::internal)?;
     let held_layers: HashSet<Digest> = held.layers.iter().copied().collect();
-    let mut metas = Vec::with_capacity(diff_ids.len());
-    let mut lookups = 0u64;
-    for d in diff_ids {
-        let m = index::layer_meta_in(&txn, d)
-            .map_err(SyncError::internal)?
-            .ok_or_else(|| {
-                SyncError::new(
-                    ErrorCode::Unavailable,
-                    format!("layer {d} is not ingested yet; retry later"),
-                )
-            })?;
-        if !held_layers.contains(d) {
-            lookups += u64::from(m.regular_files);
-        }
-        metas.push(m);
-    }
+    let (metas, lookups) = load_layer_metas(&txn, diff_ids, |d| !held_layers.contains(d))?;
     let objects = HeldObjects::load(&txn, held, lookups).map_err(SyncError::internal)?;
     let mut dedup = Dedup::new(&objects);
     let mut out = Vec::with_capacity(diff_ids.len());

@@ -211,20 +211,7 @@ pub fn stream_new_bytes(
     held: &HeldSet,
 ) -> Result<u64, SyncError> {
     let txn = db.begin_read().map_err(SyncError::internal)?;
-    let mut metas = Vec::with_capacity(layers.len());
-    let mut lookups = 0u64;
-    for d in layers {
-        let m = index::layer_meta_in(&txn, d)
-            .map_err(SyncError::internal)?
-            .ok_or_else(|| {
-                SyncError::new(
-                    ErrorCode::Unavailable,
-                    format!("layer {d} is not ingested yet; retry later"),
-                )
-            })?;
-        lookups += u64::from(m.regular_files);
-        metas.push(m);
-    }
+    let (metas, lookups) = plan::load_layer_metas(&txn, layers, |_| true)?;
     let objects = HeldObjects::load(&txn, held, lookups).map_err(SyncError::internal)?;
     let mut dedup = Dedup::new(&objects);
     let mut total = 0;
