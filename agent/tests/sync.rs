@@ -541,21 +541,36 @@ fn too_little_free_space_is_exit_6_before_or_while_applying() {
     let t = TempDir::new("sync-full");
     let dir = t.path().join("small");
     std::fs::create_dir_all(&dir).unwrap();
-    let mounted = std::process::Command::new("mount")
+    let mount = std::process::Command::new("mount")
         .args(["-t", "tmpfs", "-o", "size=20m", "tmpfs"])
         .arg(&dir)
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if !mounted {
-        eprintln!("cannot mount tmpfs: skipping");
-        return;
+        .output();
+    match &mount {
+        Ok(out) if out.status.success() => {}
+        Ok(out) => panic!(
+            "cannot mount a 20 MiB tmpfs on {} ({}): {}\nthis test needs root and tmpfs \
+             (it does not skip)",
+            dir.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ),
+        Err(e) => {
+            panic!("cannot run mount: {e} (this test needs root and tmpfs; it does not skip)")
+        }
     }
+    /// Unmounts the tmpfs on drop, also when an assertion fails.
+    struct Unmount<'a>(&'a std::path::Path);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(self.0).status();
+        }
+    }
+    let unmount = Unmount(&dir);
     // The size header announces more than fits: refused before applying.
     let before = sync_into(&dir.join("a"), true);
     // No header, and more content than fits: ENOSPC while applying.
     let during = sync_into(&dir.join("b"), false);
-    let _ = std::process::Command::new("umount").arg(&dir).status();
+    drop(unmount);
     for (code, msg, layers) in [before, during] {
         assert_eq!(code, exit::DISK_FULL, "{msg}");
         assert!(msg.contains("bytes needed"), "{msg}");
