@@ -32,7 +32,9 @@ use crate::tar::{Header, Kind, TarReader, Time};
 use layerlink_proto::archive::{
     classify_whiteout, normalize_entry_path, parse_reference_link, Marker, PathError, Whiteout,
 };
-use layerlink_proto::limits::{MAX_LAYER_ENTRIES, MAX_METADATA_BYTES, MAX_REPAIR_OBJECTS};
+use layerlink_proto::limits::{
+    MAX_LAYER_ENTRIES, MAX_METADATA_BYTES, MAX_PATH_BYTES, MAX_REPAIR_OBJECTS,
+};
 use layerlink_proto::Digest;
 use rustix::fs::{self as rfs, AtFlags, FileType, Mode, XattrFlags};
 use rustix::io::Errno;
@@ -42,6 +44,9 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 /// Most bytes of paths kept for unresolved references.
 const MAX_PENDING_BYTES: usize = 4 * 1024 * 1024;
+/// Deepest directory nesting copied from a held layer (each level holds
+/// three descriptors while it is copied).
+const MAX_COPY_DEPTH: usize = 200;
 
 /// What an apply may expect and accept.
 #[derive(Debug, Clone)]
@@ -98,6 +103,9 @@ pub struct LayerStats {
     pub referenced_bytes: u64,
     /// References fetched by repair.
     pub repaired: u64,
+    /// Entries kept from the held base layer the section was built on
+    /// (archive feature `layer-base`).
+    pub kept: u64,
 }
 
 struct Pending {
@@ -305,6 +313,7 @@ impl<'s> Applier<'s> {
             dirs: BufWriter::with_capacity(8192, dirs_file),
             stats: LayerStats::default(),
             layer: self.finished.len(),
+            based: false,
         };
         // The layer root's metadata comes from its "./" entry, or else from
         // the layer below.
@@ -321,6 +330,11 @@ impl<'s> Applier<'s> {
             };
             match h.ll.marker {
                 None => {}
+                Some(Marker::Base) if lw.stats.entries == 0 && lw.stats.kept == 0 && !lw.based => {
+                    lw.based = true;
+                    self.apply_base(&mut lw, &h, tar, &diff_id)?;
+                    continue;
+                }
                 Some(Marker::LayerEnd) => {
                     if h.ll.diff_id != Some(diff_id) {
                         return Err(Error::integrity(format!(
@@ -414,9 +428,14 @@ impl<'s> Applier<'s> {
         if self.opts.progress {
             let s = &f.stats;
             eprintln!(
-                "layer {}: committed: {} entries, {} new files ({}), {} referenced files ({}){}",
+                "layer {}: committed: {} entries{}, {} new files ({}), {} referenced files ({}){}",
                 f.diff_id,
                 s.entries,
+                if s.kept > 0 {
+                    format!(" + {} kept from a held layer", s.kept)
+                } else {
+                    String::new()
+                },
                 s.new_files,
                 human(s.new_bytes),
                 s.referenced_files,
@@ -825,6 +844,240 @@ impl<'s> Applier<'s> {
         Ok(())
     }
 
+    /// A base marker: copy the held layer's tree into the staging tree,
+    /// then remove the paths the marker lists (`proto/SPEC.md`, "Layers
+    /// built on a held layer").
+    fn apply_base(
+        &mut self,
+        lw: &mut LayerWriter,
+        h: &Header,
+        tar: &mut Tar<'_>,
+        diff_id: &Digest,
+    ) -> Result<()> {
+        let Some(base) = h.ll.diff_id else {
+            return Err(Error::integrity("base marker without a diff_id"));
+        };
+        if base == *diff_id || h.size > MAX_METADATA_BYTES {
+            return Err(Error::integrity(format!(
+                "bad base marker for layer {diff_id}"
+            )));
+        }
+        if !self.store.has_layer(&base)? {
+            return Err(Error::integrity(format!(
+                "the registry built layer {diff_id} on layer {base}, which this store does not hold"
+            )));
+        }
+        let src = self.store.open_layer(&base)?;
+        if self.opts.progress {
+            eprintln!("layer {diff_id}: building on held layer {base}");
+        }
+        let dst =
+            fsops::open_dir_at(lw.root.as_fd(), b".").map_err(|e| Error::errno("layer root", e))?;
+        let mut path = Vec::new();
+        self.copy_tree(lw, src.as_fd(), dst.as_fd(), &mut path, 0)?;
+        lw.cache = None;
+        // The removed paths, each ended by a NUL, streamed.
+        let mut buf = [0u8; 4096];
+        let mut cur: Vec<u8> = Vec::new();
+        let mut removed = 0u64;
+        while tar.remaining() > 0 {
+            let n = tar.read_data(&mut buf)?;
+            for &c in &buf[..n] {
+                if c != 0 {
+                    if cur.len() >= MAX_PATH_BYTES {
+                        return Err(Error::integrity("base marker: removed path too long"));
+                    }
+                    cur.push(c);
+                    continue;
+                }
+                self.remove_base_path(lw, &cur)?;
+                removed += 1;
+                cur.clear();
+            }
+        }
+        if !cur.is_empty() || h.ll.entries != Some(removed) {
+            return Err(Error::integrity(format!(
+                "base marker of layer {diff_id}: {removed} removed paths, marker says {:?}",
+                h.ll.entries
+            )));
+        }
+        lw.cache = None;
+        Ok(())
+    }
+
+    /// Copy the tree below `src` into `dst` (same inodes for non-empty
+    /// regular files, new ones for the rest), recording directory times.
+    fn copy_tree(
+        &mut self,
+        lw: &mut LayerWriter,
+        src: BorrowedFd<'_>,
+        dst: BorrowedFd<'_>,
+        path: &mut Vec<u8>,
+        depth: usize,
+    ) -> Result<()> {
+        if depth > MAX_COPY_DEPTH {
+            return Err(Error::Other(format!(
+                "held layer deeper than {MAX_COPY_DEPTH} directories at {:?}",
+                show(path)
+            )));
+        }
+        let mut d =
+            rfs::Dir::read_from(src).map_err(|e| Error::errno("reading a held layer", e))?;
+        while let Some(ent) = d.read() {
+            let ent = ent.map_err(|e| Error::errno("reading a held layer", e))?;
+            let name = ent.file_name().to_bytes();
+            if name == b"." || name == b".." {
+                continue;
+            }
+            let len = path.len();
+            if !path.is_empty() {
+                path.push(b'/');
+            }
+            path.extend_from_slice(name);
+            self.copy_entry(lw, src, dst, name, path, depth)?;
+            path.truncate(len);
+        }
+        Ok(())
+    }
+
+    fn copy_entry(
+        &mut self,
+        lw: &mut LayerWriter,
+        src: BorrowedFd<'_>,
+        dst: BorrowedFd<'_>,
+        name: &[u8],
+        path: &mut Vec<u8>,
+        depth: usize,
+    ) -> Result<()> {
+        let io = |what: &str, e: Errno| {
+            Error::errno(format!("{what} {} (held layer copy)", show(path)), e)
+        };
+        let Some(st) = fsops::lstat_at(src, name).map_err(|e| io("lstat", e))? else {
+            return Ok(());
+        };
+        let meta_of = |x: fsops::Xattrs| {
+            let x = x
+                .into_iter()
+                .filter(|(n, _)| !n.starts_with(fsops::OVERLAY_XATTR_PREFIX))
+                .collect();
+            Meta::from_stat(&st, x)
+        };
+        let ft = file_type(&st);
+        match ft {
+            FileType::Directory => {
+                rfs::mkdirat(dst, name, Mode::from_raw_mode(0o700)).map_err(|e| io("mkdir", e))?;
+                let s = fsops::open_dir_at(src, name).map_err(|e| io("opening", e))?;
+                let d = fsops::open_dir_at(dst, name).map_err(|e| io("opening", e))?;
+                let x = fsops::read_xattrs_fd(s.as_fd()).map_err(|e| io("xattrs of", e))?;
+                let meta = meta_of(x);
+                fsops::set_meta_fd(d.as_fd(), &meta, false).map_err(|e| io("metadata of", e))?;
+                if has_opaque(s.as_fd()) {
+                    set_opaque(d.as_fd()).map_err(|e| io("marking opaque", e))?;
+                }
+                lw.record_dir(path, meta.mtime)?;
+                lw.stats.kept += 1;
+                self.copy_tree(lw, s.as_fd(), d.as_fd(), path, depth + 1)?;
+                return Ok(());
+            }
+            FileType::RegularFile if st.st_size > 0 => {
+                match rfs::linkat(src, name, dst, name, AtFlags::empty()) {
+                    Ok(()) => {}
+                    Err(Errno::MLINK) => {
+                        // The variant is full: store the content once more.
+                        let mut f = fsops::open_file_at(src, name).map_err(|e| io("open", e))?;
+                        let x = fsops::read_xattrs_fd(f.as_fd()).map_err(|e| io("xattrs of", e))?;
+                        let meta = meta_of(x);
+                        let d = self.objects.insert(
+                            None,
+                            st.st_size as u64,
+                            &mut |b| f.read(b).map_err(|e| Error::io("reading a held file", e)),
+                            &meta,
+                        )?;
+                        self.objects.link(&d, &meta, dst, name)?;
+                    }
+                    Err(e) => return Err(io("linking", e)),
+                }
+            }
+            FileType::RegularFile => {
+                // Empty files are never linked (store invariant).
+                let x = fsops::read_xattrs_at(src, name).map_err(|e| io("xattrs of", e))?;
+                let meta = meta_of(x);
+                let f = fsops::create_file_at(dst, name, 0o600).map_err(|e| io("creating", e))?;
+                fsops::set_meta_fd(f.as_fd(), &meta, false).map_err(|e| io("metadata of", e))?;
+            }
+            FileType::Symlink => {
+                let target =
+                    rfs::readlinkat(src, name, Vec::new()).map_err(|e| io("readlink", e))?;
+                rfs::symlinkat(target.as_bytes(), dst, name).map_err(|e| io("symlink", e))?;
+                let x = fsops::read_xattrs_at(src, name).map_err(|e| io("xattrs of", e))?;
+                fsops::set_meta_at(dst, name, &meta_of(x), ft).map_err(|e| io("metadata of", e))?;
+            }
+            FileType::CharacterDevice | FileType::BlockDevice | FileType::Fifo => {
+                if is_whiteout(&st) {
+                    rfs::mknodat(dst, name, FileType::CharacterDevice, Mode::empty(), 0)
+                        .map_err(|e| io("creating whiteout", e))?;
+                } else {
+                    if ft != FileType::Fifo && !self.opts.allow_devices {
+                        return Err(hostile(path, "device nodes are not allowed (--no-devices)"));
+                    }
+                    rfs::mknodat(
+                        dst,
+                        name,
+                        ft,
+                        Mode::from_raw_mode(st.st_mode & 0o7777),
+                        st.st_rdev,
+                    )
+                    .map_err(|e| io("mknod", e))?;
+                    let x = fsops::read_xattrs_at(src, name).map_err(|e| io("xattrs of", e))?;
+                    fsops::set_meta_at(dst, name, &meta_of(x), ft)
+                        .map_err(|e| io("metadata of", e))?;
+                }
+            }
+            _ => {
+                return Err(Error::integrity(format!(
+                    "held layer has an unsupported file type at {:?}",
+                    show(path)
+                )))
+            }
+        }
+        lw.stats.kept += 1;
+        Ok(())
+    }
+
+    /// Remove one path a base marker lists from the staging tree.
+    fn remove_base_path(&mut self, lw: &mut LayerWriter, raw: &[u8]) -> Result<()> {
+        let path = normalize_entry_path(raw).map_err(|e| hostile(raw, e))?;
+        let root = lw.root.as_fd();
+        let err = |e: Errno| Error::errno(format!("removing {}", show(&path)), e);
+        match classify_whiteout(&path) {
+            Whiteout::Opaque(dir) => {
+                if let Ok(fd) = open_existing_dir(root, &dir) {
+                    match rfs::fremovexattr(&fd, OVERLAY_OPAQUE) {
+                        Ok(()) | Err(Errno::NODATA) => {}
+                        Err(e) => return Err(err(e)),
+                    }
+                }
+            }
+            Whiteout::Remove(target) => {
+                let (parent, leaf) = split_leaf(&target);
+                if let Ok(dir) = open_existing_dir(root, parent) {
+                    if let Some(st) = fsops::lstat_at(dir.as_fd(), leaf).map_err(err)? {
+                        if is_whiteout(&st) {
+                            rfs::unlinkat(&dir, leaf, AtFlags::empty()).map_err(err)?;
+                        }
+                    }
+                }
+            }
+            Whiteout::None => {
+                let (parent, leaf) = split_leaf(&path);
+                if let Ok(dir) = open_existing_dir(root, parent) {
+                    fsops::remove_at(dir.as_fd(), leaf).map_err(err)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn reference(
         &mut self,
         lw: &mut LayerWriter,
@@ -1016,6 +1269,8 @@ struct LayerWriter {
     dirs: BufWriter<File>,
     stats: LayerStats,
     layer: usize,
+    /// Whether the section started with a base marker.
+    based: bool,
 }
 
 impl LayerWriter {

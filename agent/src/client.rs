@@ -3,6 +3,7 @@
 //! sync logic is testable without a server.
 
 use crate::error::{Error, Result};
+use layerlink_proto::archive::{FEATURES_HEADER, FEATURE_LAYER_BASE};
 use layerlink_proto::limits::MAX_MESSAGE_BYTES;
 use layerlink_proto::msg::{
     ArchiveRequest, ObjectsRequest, PlanRequest, PlanResponse, Report, ReportAck, API_PREFIX,
@@ -147,7 +148,11 @@ impl Client {
 
     fn post(&self, path: &str, body: &[u8]) -> Result<ureq::http::Response<ureq::Body>> {
         let url = format!("{}{API_PREFIX}{path}", self.base);
-        let mut req = self.agent.post(&url).header("content-type", CONTENT_TYPE);
+        let mut req = self
+            .agent
+            .post(&url)
+            .header("content-type", CONTENT_TYPE)
+            .header(FEATURES_HEADER, FEATURE_LAYER_BASE);
         if let Some(a) = &self.auth {
             req = req.header("authorization", a);
         }

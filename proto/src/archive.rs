@@ -54,6 +54,12 @@ pub const PAX_PREFIX: &str = "LAYERLINK.";
 pub const REF_PREFIX: &str = "layerlink:sha256:";
 /// Directory name markers are listed under (informational).
 pub const MARKER_DIR: &str = ".layerlink";
+/// HTTP request header of `POST /archive` listing optional archive features
+/// the device understands (comma-separated). Registries ignore unknown ones.
+pub const FEATURES_HEADER: &str = "layerlink-features";
+/// Archive feature: layer sections may start with a [`Marker::Base`] marker
+/// and then carry only the entries that differ from the held base layer.
+pub const FEATURE_LAYER_BASE: &str = "layer-base";
 
 /// Kinds of marker entries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,6 +76,11 @@ pub enum Marker {
     Object,
     /// Last entry of every archive. A stream without it was cut.
     End,
+    /// First entry of a layer section built on a layer the device holds
+    /// (only when the request asked for [`FEATURE_LAYER_BASE`]): has
+    /// [`PAX_DIFF_ID`] naming the held base layer and [`PAX_ENTRIES`] the
+    /// number of removed paths its content lists, each followed by a NUL.
+    Base,
 }
 
 impl Marker {
@@ -82,6 +93,7 @@ impl Marker {
             Marker::LayerEnd => "layer-end",
             Marker::Object => "object",
             Marker::End => "end",
+            Marker::Base => "base",
         }
     }
 
@@ -94,6 +106,7 @@ impl Marker {
             b"layer-end" => Marker::LayerEnd,
             b"object" => Marker::Object,
             b"end" => Marker::End,
+            b"base" => Marker::Base,
             _ => return None,
         })
     }
@@ -288,9 +301,14 @@ mod tests {
             Marker::LayerEnd,
             Marker::Object,
             Marker::End,
+            Marker::Base,
         ] {
             assert_eq!(Marker::parse(m.as_str().as_bytes()), Some(m));
         }
         assert_eq!(Marker::parse(b"bogus"), None);
+        // Names are wire format (proto/SPEC.md): they never change.
+        assert_eq!(Marker::Base.as_str(), "base");
+        assert_eq!(FEATURES_HEADER, "layerlink-features");
+        assert_eq!(FEATURE_LAYER_BASE, "layer-base");
     }
 }

@@ -25,6 +25,7 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
+use layerlink_proto::archive::FEATURES_HEADER;
 use layerlink_proto::limits::{
     MAX_IMAGES_PER_PLAN, MAX_MESSAGE_BYTES, MAX_NAME_BYTES, MAX_REPAIR_OBJECTS,
 };
@@ -497,6 +498,11 @@ async fn archive_handler(State(st): State<AppState>, headers: HeaderMap, body: B
             let device = authenticate(&st, &headers)?;
             let req: ArchiveRequest = read_body(&headers, body, "ArchiveRequest").await?;
             check_read(device, &req.repository)?;
+            let features = headers
+                .get(FEATURES_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .map(archive::Features::parse)
+                .unwrap_or_default();
             let (storage, id) = (st.storage.clone(), device.id.clone());
             let job = blocking(move || prepare_archive(&*storage, &id, &req)).await?;
             let storage: Arc<crate::storage::Storage> = st.storage.clone();
@@ -505,12 +511,13 @@ async fn archive_handler(State(st): State<AppState>, headers: HeaderMap, body: B
                     manifest: m,
                     config: c,
                 });
-                archive::write_image_archive(
+                archive::write_image_archive_with(
                     storage.db(),
                     &index::object_store(&storage),
                     meta,
                     &job.layers,
                     &job.held,
+                    features,
                     w,
                 )
                 .map_err(|e| e.to_string())

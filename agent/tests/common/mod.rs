@@ -258,6 +258,26 @@ impl Archive {
         self.w.entry(e);
         self
     }
+    /// A base marker (feature `layer-base`): build on held layer `base`,
+    /// minus `removed` paths (the count says `count` of them).
+    pub fn base(&mut self, base: &Digest, removed: &[&str], count: usize) -> &mut Self {
+        let id = base.to_string();
+        let n = count.to_string();
+        let mut data = Vec::new();
+        for p in removed {
+            data.extend_from_slice(p.as_bytes());
+            data.push(0);
+        }
+        self.w.entry(&marker(
+            "base",
+            &[
+                ("LAYERLINK.diff_id", id.as_bytes()),
+                ("LAYERLINK.entries", n.as_bytes()),
+            ],
+            &data,
+        ));
+        self
+    }
     pub fn layer_end(&mut self, diff_id: &Digest, count: u64) -> &mut Self {
         let id = diff_id.to_string();
         let n = count.to_string();

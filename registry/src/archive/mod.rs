@@ -6,13 +6,16 @@
 //! 512-byte header. Every entry streams from the index and the object store:
 //! memory does not grow with the archive.
 
+pub mod base;
 pub mod tarfmt;
 
 use crate::index::{self, EntryKind, EntryRecord, IndexError};
 use crate::objects::ObjectStore;
 use crate::plan::{Dedup, HeldObjects};
+use base::BaseDiff;
 use layerlink_proto::archive::{
-    reference_link, Marker, MARKER_DIR, PAX_DIFF_ID, PAX_DIGEST, PAX_ENTRIES, PAX_MARKER,
+    reference_link, Marker, FEATURE_LAYER_BASE, MARKER_DIR, PAX_DIFF_ID, PAX_DIGEST, PAX_ENTRIES,
+    PAX_MARKER,
 };
 use layerlink_proto::msg::HeldSet;
 use layerlink_proto::Digest;
@@ -210,13 +213,44 @@ impl<W: Write> ArchiveWriter<W> {
         diff_id: &Digest,
         dedup: &mut Dedup<'_>,
     ) -> Result<u32, IndexError> {
+        self.layer_on(txn, diff_id, None, dedup)
+    }
+
+    /// [`ArchiveWriter::layer`], on a held base layer when `base` is given
+    /// (a base marker, then only the entries that differ). Returns the
+    /// number of entries in the section.
+    pub fn layer_on(
+        &mut self,
+        txn: &redb::ReadTransaction,
+        diff_id: &Digest,
+        base: Option<&BaseDiff>,
+        dedup: &mut Dedup<'_>,
+    ) -> Result<u32, IndexError> {
         let meta = index::layer_meta_in(txn, diff_id)?.ok_or(IndexError::UnknownLayer(*diff_id))?;
         let id = diff_id.to_string();
         self.marker(Marker::Layer, &[(PAX_DIFF_ID, id.as_bytes())], b"")?;
-        let mut n = 0u32;
-        for rec in index::layer_entries(txn, diff_id)? {
-            if self.entry(&rec?, dedup)? {
+        if let Some(b) = base {
+            let base_id = b.base.to_string();
+            let count = b.removed.len().to_string();
+            self.marker(
+                Marker::Base,
+                &[
+                    (PAX_DIFF_ID, base_id.as_bytes()),
+                    (PAX_ENTRIES, count.as_bytes()),
+                ],
+                &b.removed_list(),
+            )?;
+        }
+        let (mut n, mut sent) = (0u32, 0u32);
+        for (i, rec) in index::layer_entries(txn, diff_id)?.enumerate() {
+            let rec = rec?;
+            if base.is_some_and(|b| b.is_same(i)) {
                 n += 1;
+                continue;
+            }
+            if self.entry(&rec, dedup)? {
+                n += 1;
+                sent += 1;
             }
         }
         if n != meta.entries {
@@ -229,7 +263,7 @@ impl<W: Write> ArchiveWriter<W> {
             )
             .into());
         }
-        let count = n.to_string();
+        let count = sent.to_string();
         self.marker(
             Marker::LayerEnd,
             &[
@@ -238,7 +272,7 @@ impl<W: Write> ArchiveWriter<W> {
             ],
             b"",
         )?;
-        Ok(n)
+        Ok(sent)
     }
 
     /// Write an object marker carrying object `d` (`size` bytes).
@@ -290,6 +324,27 @@ pub struct Metadata<'a> {
     pub config: &'a [u8],
 }
 
+/// Optional archive features a device asked for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Features {
+    /// `layer-base`: send layers on held layers they resemble.
+    pub layer_base: bool,
+}
+
+impl Features {
+    /// Parse the `layerlink-features` request header value (unknown names
+    /// are ignored).
+    pub fn parse(v: &str) -> Features {
+        let mut f = Features::default();
+        for name in v.split(',').map(str::trim) {
+            if name == FEATURE_LAYER_BASE {
+                f.layer_base = true;
+            }
+        }
+        f
+    }
+}
+
 /// Write the gzip'd dedup archive of `layers` (diff_ids, in order) for a
 /// device holding `held` into `out`; returns `out` after the gzip trailer.
 pub fn write_image_archive<W: Write>(
@@ -298,6 +353,28 @@ pub fn write_image_archive<W: Write>(
     metadata: Option<Metadata<'_>>,
     layers: &[Digest],
     held: &HeldSet,
+    out: W,
+) -> Result<W, IndexError> {
+    write_image_archive_with(
+        db,
+        objects,
+        metadata,
+        layers,
+        held,
+        Features::default(),
+        out,
+    )
+}
+
+/// [`write_image_archive`] with the optional `features` the device asked
+/// for.
+pub fn write_image_archive_with<W: Write>(
+    db: &redb::Database,
+    objects: &ObjectStore,
+    metadata: Option<Metadata<'_>>,
+    layers: &[Digest],
+    held: &HeldSet,
+    features: Features,
     out: W,
 ) -> Result<W, IndexError> {
     let txn = db.begin_read()?;
@@ -316,7 +393,12 @@ pub fn write_image_archive<W: Write>(
         w.marker(Marker::Config, &[], m.config)?;
     }
     for d in layers {
-        w.layer(&txn, d, &mut dedup)?;
+        let base = if features.layer_base {
+            base::choose_base(&txn, d, &held.layers)?
+        } else {
+            None
+        };
+        w.layer_on(&txn, d, base.as_deref(), &mut dedup)?;
     }
     Ok(w.finish()?.finish()?)
 }

@@ -363,3 +363,131 @@ fn gnu_tar_lists_the_archive() {
     );
     assert!(listing.contains(".layerlink/layer-end"), "{listing}");
 }
+
+/// A layer tar with dirs `a/`, `a/b/` and 20 filler files, plus whatever
+/// `extra` adds.
+fn based_layer(extra: impl FnOnce(&mut TarBuilder)) -> Vec<u8> {
+    let mut b = TarBuilder::new();
+    b.dir("a/").dir("a/b/");
+    for i in 0..20 {
+        b.file(format!("a/f{i:02}"), format!("filler {i}\n").as_bytes());
+    }
+    b.link(tar::EntryType::Symlink, "a/l", "f00");
+    extra(&mut b);
+    b.finish_ref()
+}
+
+fn write_based(r: &MemRegistry, layers: &[Digest], held: &HeldSet) -> Vec<u8> {
+    let f = Features::parse("something-else, layer-base");
+    assert!(f.layer_base);
+    let gz = write_image_archive_with(&r.ts.db, &r.ts.objects, None, layers, held, f, Vec::new())
+        .unwrap();
+    gunzip(&gz)
+}
+
+fn removed_paths(base: &Parsed) -> Vec<&[u8]> {
+    base.data
+        .split(|&c| c == 0)
+        .filter(|p| !p.is_empty())
+        .collect()
+}
+
+#[test]
+fn a_layer_like_a_held_one_is_sent_as_that_layer_plus_its_differences() {
+    let r = MemRegistry::new();
+    let v1 = based_layer(|b| {
+        b.file("a/y", b"old y\n")
+            .file("a/gone", b"gone\n")
+            .file("a/b/z", b"z\n")
+            .file("a/kind", b"a file in v1\n")
+            .dir("d/")
+            .file("d/f", b"in d\n")
+            .file("a/.wh.was-deleted", b"");
+    });
+    let v2 = based_layer(|b| {
+        b.file("a/y", b"new y\n")
+            .file("a/b/z", b"z\n")
+            .dir("a/kind/")
+            .file("a/new", b"brand new\n")
+            .file("a/.wh.was-deleted", b"");
+    });
+    let (_, ids1) = r.push("edge/app", "v1", &[v1]);
+    let (_, ids2) = r.push("edge/app", "v2", &[v2]);
+    let held = HeldSet {
+        layers: vec![ids1[0]],
+        objects: Vec::new(),
+    };
+    let entries = parse(&write_based(&r, &ids2, &held));
+    let base = entries
+        .iter()
+        .find(|e| e.marker() == Some(Marker::Base))
+        .expect("a base marker");
+    assert_eq!(
+        base.pax(PAX_DIFF_ID).unwrap(),
+        ids1[0].to_string().as_bytes()
+    );
+    // The directory d goes with d/f; a/kind changes kind, so goes first.
+    assert_eq!(
+        removed_paths(base),
+        vec![&b"a/gone"[..], b"a/kind", b"d"],
+        "{:?}",
+        String::from_utf8_lossy(&base.data)
+    );
+    assert_eq!(base.pax(PAX_ENTRIES), Some(&b"3"[..]));
+    let secs = sections(&entries);
+    let sent: Vec<&[u8]> = secs[0].1.iter().map(|e| e.path.as_slice()).collect();
+    assert_eq!(sent, vec![&b"a/y"[..], b"a/kind/", b"a/new"]);
+    assert_eq!(secs[0].1[0].pax(PAX_DIGEST).map(|d| d.len()), Some(64));
+
+    // Without the feature (an older agent): every entry, no base marker.
+    let plain = parse(&write(&r, None, &ids2, &held));
+    assert!(plain.iter().all(|e| e.marker() != Some(Marker::Base)));
+    assert_eq!(sections(&plain)[0].1.len(), 2 + 20 + 1 + 5);
+}
+
+#[test]
+fn no_base_for_layers_with_implicit_directories_or_repeated_paths() {
+    let r = MemRegistry::new();
+    let implicit = |extra: &'static [u8]| {
+        based_layer(move |b| {
+            b.file("q/x", extra); // no "q/" entry
+        })
+    };
+    let (_, ids1) = r.push("edge/app", "v1", &[implicit(b"one\n")]);
+    let (_, ids2) = r.push("edge/app", "v2", &[implicit(b"two\n")]);
+    let held = HeldSet {
+        layers: vec![ids1[0]],
+        objects: Vec::new(),
+    };
+    let entries = parse(&write_based(&r, &ids2, &held));
+    assert!(entries.iter().all(|e| e.marker() != Some(Marker::Base)));
+    assert_eq!(sections(&entries)[0].1.len(), 2 + 20 + 1 + 1);
+
+    let twice = |c: &'static [u8]| {
+        based_layer(move |b| {
+            b.file("a/dup", b"first\n").file("a/dup", c);
+        })
+    };
+    let (_, ids1) = r.push("edge/dup", "v1", &[twice(b"one\n")]);
+    let (_, ids2) = r.push("edge/dup", "v2", &[twice(b"two\n")]);
+    let held = HeldSet {
+        layers: vec![ids1[0]],
+        objects: Vec::new(),
+    };
+    let entries = parse(&write_based(&r, &ids2, &held));
+    assert!(entries.iter().all(|e| e.marker() != Some(Marker::Base)));
+
+    // A held layer that shares too little is not used either.
+    let small = TarBuilder::new()
+        .dir("a/")
+        .file("a/f00", b"filler 0\n")
+        .finish_ref();
+    let (_, ids3) = r.push("edge/small", "v1", &[small]);
+    let held = HeldSet {
+        layers: vec![ids3[0]],
+        objects: Vec::new(),
+    };
+    let (_, ids4) = r.push("edge/small", "v2", &[based_layer(|_| {})]);
+    let entries = parse(&write_based(&r, &ids4, &held));
+    assert!(entries.iter().all(|e| e.marker() != Some(Marker::Base)));
+}
