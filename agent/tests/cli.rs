@@ -291,3 +291,12 @@ fn https_needs_tls_and_a_ca() {
     let e = Client::new(&cfg).err().expect("must fail");
     assert_eq!(e.exit_code(), exit::USAGE, "{e}");
 }
+
+#[test]
+fn a_store_whose_parents_are_missing_is_created() {
+    let t = TempDir::new("parents");
+    let store = t.path().join("not/yet/there/store");
+    let (code, _, err) = agent(&["gc", "--store", store.to_str().unwrap()]);
+    assert_eq!(code, exit::OK, "{err}");
+    assert!(store.join("objects").is_dir(), "{err}");
+}

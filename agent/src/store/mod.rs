@@ -107,6 +107,11 @@ impl Store {
     pub fn open(root: &Path, access: Access) -> Result<Store> {
         let ctx = |what: &str| format!("{what} store {}", root.display());
         if access == Access::Exclusive {
+            if let Some(parent) = root.parent().filter(|p| !p.as_os_str().is_empty()) {
+                // Missing parents too, as `mkdir -p` (the help says "created
+                // if missing").
+                std::fs::create_dir_all(parent).map_err(|e| Error::io(ctx("creating"), e))?;
+            }
             match rfs::mkdir(root, Mode::from_raw_mode(0o700)) {
                 Ok(()) | Err(Errno::EXIST) => {}
                 Err(e) => return Err(Error::errno(ctx("creating"), e)),
