@@ -83,6 +83,9 @@ struct Outcome {
     done: Option<i32>,
     /// The last console lines before the end (for failure reports).
     tail: Vec<String>,
+    /// From the first sync's plan line (`… layers to fetch (N new files,
+    /// …`): files the registry still had to send.
+    new_files: Option<u64>,
 }
 
 impl Outcome {
@@ -234,6 +237,11 @@ impl Boot {
 /// Note a console line in `out`; return its marker, if any.
 fn record<'a>(line: &'a str, out: &mut Outcome) -> Option<&'a str> {
     out.tail.push(line.to_string());
+    if out.new_files.is_none() {
+        if let Some(rest) = line.split("layers to fetch (").nth(1) {
+            out.new_files = rest.split_whitespace().next().and_then(|n| n.parse().ok());
+        }
+    }
     if out.tail.len() > 40 {
         out.tail.remove(0);
     }
@@ -344,6 +352,8 @@ struct Prepared {
     reference: PathBuf,
     uncut_bytes: u64,
     uncut_sync: Duration,
+    /// New files of an uncut sync (its plan line).
+    uncut_files: u64,
 }
 
 fn guest_url(proxy: &CountingProxy) -> String {
@@ -421,6 +431,7 @@ fn prepare(
         out.tail.join("\n")
     );
     let uncut_bytes = proxy.bytes_total();
+    let uncut_files = out.new_files.unwrap_or(0);
     fsck(&img).unwrap_or_else(|e| panic!("{name}: uncut run: {e}"));
     rootfs_matches(&img, &dir.join("mnt"), &reference)
         .unwrap_or_else(|e| panic!("{name}: uncut run: {e}"));
@@ -432,6 +443,7 @@ fn prepare(
         reference,
         uncut_bytes,
         uncut_sync: t1 - t0,
+        uncut_files,
     }
 }
 
@@ -445,6 +457,8 @@ struct CutResult {
     verify_after_cut: Option<i32>,
     rerun: Option<i32>,
     verify_after_rerun: Option<i32>,
+    /// Files the rerun still had to fetch (of `Prepared::uncut_files`).
+    rerun_files: Option<u64>,
     fsck_ok: bool,
     rootfs_ok: bool,
     bytes_cut: u64,
@@ -510,6 +524,7 @@ fn cut_once(
     r.verify_after_cut = out.code(0);
     r.rerun = out.code(1);
     r.verify_after_rerun = out.code(2);
+    r.rerun_files = Some(out.new_files.unwrap_or(0));
     r.excess = (r.bytes_cut + r.bytes_rerun).saturating_sub(p.uncut_bytes);
     if out.done != Some(0) {
         let failed = out
@@ -595,6 +610,14 @@ fn kvm_works(kit: &VmKit, work: &Path) -> bool {
     let out = boot.finish(probe.timeout, Outcome::default());
     let _ = std::fs::remove_file(&img);
     out.done.is_some()
+}
+
+fn scenario_files(scenarios: &[Prepared], name: &str) -> u64 {
+    scenarios
+        .iter()
+        .find(|p| p.name == name)
+        .map(|p| p.uncut_files)
+        .unwrap_or(0)
 }
 
 fn code(c: Option<i32>) -> String {
@@ -692,7 +715,7 @@ fn main() {
         let r = cut_once(&vm, &reg, p, &dir, i, delay);
         println!(
             "cut {i} ({}): delay {:.2}s, mid-sync {}, journal replayed {}, verify-after-cut {}, rerun {}, \
-             verify {}, fsck {}, rootfs {}, bytes cut {} rerun {} excess {}{}",
+             verify {}, fsck {}, rootfs {}, bytes cut {} rerun {} excess {}, files refetched {}/{}{}",
             r.scenario,
             r.delay.as_secs_f64(),
             r.killed_mid_sync,
@@ -705,6 +728,8 @@ fn main() {
             r.bytes_cut,
             r.bytes_rerun,
             r.excess,
+            code(r.rerun_files.map(|n| n as i32)),
+            p.uncut_files,
             r.failure
                 .as_ref()
                 .map(|f| format!(" — FAIL {f}"))
@@ -714,11 +739,11 @@ fn main() {
     }
 
     println!();
-    println!("| # | scenario | cut after | mid-sync | journal replayed | verify after cut | rerun exit | verify | e2fsck | rootfs = umoci | re-downloaded (excess) |");
-    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("| # | scenario | cut after | mid-sync | journal replayed | verify after cut | rerun exit | verify | e2fsck | rootfs = umoci | files refetched | re-downloaded (excess) |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     for (i, r) in results.iter().enumerate() {
         println!(
-            "| {i} | {} | {:.2}s | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {i} | {} | {:.2}s | {} | {} | {} | {} | {} | {} | {} | {} of {} | {} |",
             r.scenario,
             r.delay.as_secs_f64(),
             if r.killed_mid_sync { "yes" } else { "no" },
@@ -728,6 +753,8 @@ fn main() {
             code(r.verify_after_rerun),
             if r.fsck_ok { "clean" } else { "-" },
             if r.rootfs_ok { "yes" } else { "NO" },
+            code(r.rerun_files.map(|n| n as i32)),
+            scenario_files(&scenarios, r.scenario),
             mib(r.excess)
         );
     }
