@@ -71,7 +71,7 @@ if [ ! -f "$kdir/vmlinuz" ]; then
 fi
 
 # --- initramfs --------------------------------------------------------------
-stamp=$( (sha256sum "$agent" "$here/init" "$0" /bin/busybox; cat "$kdir/version") | sha256sum | cut -c1-64)
+stamp=$(cat "$agent" "$here/init" "$here/setup.sh" /bin/busybox "$kdir/version" | sha256sum | cut -c1-64)
 if [ -f "$vm_dir/initramfs.cpio.gz" ] && [ "$(cat "$vm_dir/initramfs.stamp" 2>/dev/null)" = "$stamp" ]; then
     echo "$vm_dir"
     exit 0

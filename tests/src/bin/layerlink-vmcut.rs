@@ -642,14 +642,17 @@ fn main() {
     let agent = PathBuf::from(std::env::var_os("LAYERLINK_AGENT_BIN").expect("set above"));
     // The VM: kernel + initramfs holding this agent (rebuilt if it changed).
     let setup = workspace_root().join("tests/vm/setup.sh");
-    let (c, out) = sh(Command::new("bash").arg(&setup).arg(&agent));
-    assert_eq!(c, 0, "{} failed:\n{out}", setup.display());
-    let vm_dir = PathBuf::from(
-        out.lines()
-            .last()
-            .expect("setup.sh prints the VM dir")
-            .trim(),
-    );
+    // setup.sh prints the VM dir on the last line of its stdout.
+    let out = Command::new("bash")
+        .arg(&setup)
+        .arg(&agent)
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("run tests/vm/setup.sh");
+    assert!(out.status.success(), "{} failed", setup.display());
+    let out = String::from_utf8_lossy(&out.stdout).into_owned();
+    let vm_dir = PathBuf::from(out.lines().last().expect("setup.sh output").trim());
     let tmp_root = std::env::var_os("VMCUT_TMPDIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("/var/tmp"));
