@@ -113,9 +113,10 @@ pub fn checkout(store: &Store, image: &ImageRef, dest: &Path, read_only: bool) -
         copied: 0,
         linked: 0,
     };
-    for l in &rec.layers {
+    for (i, l) in rec.layers.iter().enumerate() {
         let layer = store.open_layer(l)?;
-        m.merge(layer.as_fd(), rootfs.as_fd(), b"", 0)?;
+        // The bottom layer lands in an empty rootfs: nothing to replace.
+        m.merge(layer.as_fd(), rootfs.as_fd(), b"", 0, i == 0)?;
         let meta = read_meta(layer.as_fd(), None)?;
         apply_dir_meta(rootfs.as_fd(), &meta).map_err(|e| Error::errno("metadata of rootfs", e))?;
     }
@@ -169,13 +170,15 @@ fn has_opaque(fd: BorrowedFd<'_>) -> bool {
 }
 
 impl Merger {
-    /// Merge layer directory `src` onto rootfs directory `dst`.
+    /// Merge layer directory `src` onto rootfs directory `dst`; `fresh`
+    /// when `dst` was just created empty (no lookups or removals needed).
     fn merge(
         &mut self,
         src: BorrowedFd<'_>,
         dst: BorrowedFd<'_>,
         path: &[u8],
         depth: usize,
+        fresh: bool,
     ) -> Result<()> {
         if depth > MAX_DEPTH {
             return Err(Error::integrity(format!(
@@ -184,7 +187,7 @@ impl Merger {
             )));
         }
         let ctx = |p: &[u8], e: Errno| Error::errno(format!("checkout of {}", show(p)), e);
-        if has_opaque(src) {
+        if !fresh && has_opaque(src) {
             fsops::clear_dir(dst).map_err(|e| ctx(path, e))?;
         }
         let mut names = Vec::new();
@@ -203,29 +206,39 @@ impl Merger {
                 continue;
             };
             if is_whiteout(&st) {
-                fsops::remove_at(dst, &name).map_err(|e| ctx(&sub, e))?;
+                if !fresh {
+                    fsops::remove_at(dst, &name).map_err(|e| ctx(&sub, e))?;
+                }
                 continue;
             }
             let ft = file_type(&st);
             if ft == FileType::Directory {
-                match fsops::lstat_at(dst, &name).map_err(|e| ctx(&sub, e))? {
-                    Some(d) if file_type(&d) == FileType::Directory => {}
+                let existing = if fresh {
+                    None
+                } else {
+                    fsops::lstat_at(dst, &name).map_err(|e| ctx(&sub, e))?
+                };
+                let created = match existing {
+                    Some(d) if file_type(&d) == FileType::Directory => false,
                     other => {
                         if other.is_some() {
                             fsops::remove_at(dst, &name).map_err(|e| ctx(&sub, e))?;
                         }
                         rfs::mkdirat(dst, name.as_slice(), Mode::from_raw_mode(0o700))
                             .map_err(|e| ctx(&sub, e))?;
+                        true
                     }
-                }
+                };
                 let s = fsops::open_dir_at(src, &name).map_err(|e| ctx(&sub, e))?;
                 let d = fsops::open_dir_at(dst, &name).map_err(|e| ctx(&sub, e))?;
-                self.merge(s.as_fd(), d.as_fd(), &sub, depth + 1)?;
+                self.merge(s.as_fd(), d.as_fd(), &sub, depth + 1, created)?;
                 let meta = read_meta(s.as_fd(), None)?;
-                apply_dir_meta(d.as_fd(), &meta).map_err(|e| ctx(&sub, e))?;
+                fsops::set_meta_fd(d.as_fd(), &meta, !created).map_err(|e| ctx(&sub, e))?;
                 continue;
             }
-            fsops::remove_at(dst, &name).map_err(|e| ctx(&sub, e))?;
+            if !fresh {
+                fsops::remove_at(dst, &name).map_err(|e| ctx(&sub, e))?;
+            }
             match ft {
                 FileType::RegularFile => {
                     if self.read_only {
