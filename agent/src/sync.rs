@@ -151,10 +151,16 @@ fn attempt(
             }
         }
     }
-    report(store, remote, summary)?;
-    match first_error {
-        Some(e) => Err(e),
-        None => Ok(()),
+    let reported = report(store, remote, summary);
+    match (first_error, reported) {
+        // The image's own error is what the operator needs; a failed report
+        // (often the same full disk) must not hide it.
+        (Some(e), Err(r)) => {
+            eprintln!("reporting holdings: {r}");
+            Err(e)
+        }
+        (Some(e), Ok(())) => Err(e),
+        (None, r) => r,
     }
 }
 

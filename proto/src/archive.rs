@@ -30,6 +30,11 @@
 //!   layer.
 //! * In an objects response (repair), each entry is an `object` marker
 //!   carrying the object's content and [`PAX_DIGEST`].
+//! * With feature [`FEATURE_LAYER_BASE`] (request header
+//!   [`FEATURES_HEADER`]), a layer section may start with a
+//!   [`Marker::Base`] marker: the layer is then a held layer's tree minus
+//!   the paths the marker lists, plus the section's entries (only those
+//!   that differ). See `proto/SPEC.md`.
 //!
 //! A reader commits a layer only after its `layer-end` marker, whose
 //! [`PAX_ENTRIES`] must equal the number of entries it read for the layer.

@@ -179,12 +179,20 @@ impl<'s> ObjectWriter<'s> {
                         .map_err(|e| Error::io("reading an object", e))?
                         .len();
                     let (tmp, file) = self.new_tmp()?;
-                    fsops::copy_data(&src, &file).map_err(|e| {
-                        Error::io(format!("copying object {d} for a new variant"), e)
-                    })?;
-                    fsops::set_meta_fd(file.as_fd(), meta, false)
-                        .map_err(|e| Error::errno(format!("setting metadata of object {d}"), e))?;
+                    let made = fsops::copy_data(&src, &file)
+                        .map_err(|e| Error::io(format!("copying object {d} for a new variant"), e))
+                        .and_then(|_| {
+                            fsops::set_meta_fd(file.as_fd(), meta, false).map_err(|e| {
+                                Error::errno(format!("setting metadata of object {d}"), e)
+                            })
+                        });
                     drop(file);
+                    if let Err(e) = made {
+                        // A partial copy must not keep holding the space
+                        // (a full disk is the usual cause).
+                        let _ = rfs::unlinkat(self.store.tmp_fd(), tmp.as_str(), AtFlags::empty());
+                        return Err(e);
+                    }
                     self.stage(tmp, name.clone(), size)?;
                     if self.link_name(&name, dst, leaf)? {
                         return Ok(true);
