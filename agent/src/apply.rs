@@ -135,6 +135,8 @@ pub struct Applier<'s> {
     pending: Vec<Pending>,
     pending_bytes: usize,
     new_bytes: u64,
+    /// Bytes of new content stored so far (complete, verified objects).
+    stored_new_bytes: u64,
     /// Staging name of the layer being written.
     current: Option<String>,
     empty: Digest,
@@ -187,6 +189,7 @@ impl<'s> Applier<'s> {
             pending: Vec::new(),
             pending_bytes: 0,
             new_bytes: 0,
+            stored_new_bytes: 0,
             current: None,
             empty: Digest::of(b""),
             manifest: None,
@@ -448,6 +451,12 @@ impl<'s> Applier<'s> {
             );
         }
         Ok(())
+    }
+
+    /// Bytes of new content this applier stored (verified objects, kept
+    /// for a retry even when the apply fails later).
+    pub fn stored_new_bytes(&self) -> u64 {
+        self.stored_new_bytes
     }
 
     /// Layers committed by this applier, with their counts.
@@ -798,6 +807,7 @@ impl<'s> Applier<'s> {
                 }
                 lw.stats.new_files += 1;
                 lw.stats.new_bytes += h.size;
+                self.stored_new_bytes += h.size;
             }
             Kind::HardLink => {
                 if let Some(d) = parse_reference_link(&h.link) {

@@ -275,15 +275,23 @@ fn sync_image(
                 .saturating_add(64 << 20);
         }
         let mut applier = Applier::new(store, aopts)?;
-        let announced = dl.new_bytes;
-        applier.apply_archive(dl.body).map_err(|e| match e {
-            // Name what the layers need when the disk filled up mid-way.
+        let announced = dl.new_bytes.unwrap_or(new_bytes);
+        let applied = applier.apply_archive(dl.body);
+        let stored = applier.stored_new_bytes();
+        applied.map_err(|e| match e {
+            // Name what is still needed when the disk filled up mid-way: the
+            // announced content not stored yet, plus the local copy that
+            // failed (objects already stored stay for the retry).
             Error::DiskFull {
-                needed: None,
+                needed,
                 available,
                 context,
             } => Error::DiskFull {
-                needed: announced.or(Some(new_bytes)),
+                needed: Some(
+                    announced
+                        .saturating_sub(stored)
+                        .saturating_add(needed.unwrap_or(0)),
+                ),
                 available: available.or_else(|| fsops::free_bytes(store.root_fd()).ok()),
                 context,
             },

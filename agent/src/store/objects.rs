@@ -191,7 +191,18 @@ impl<'s> ObjectWriter<'s> {
                         // A partial copy must not keep holding the space
                         // (a full disk is the usual cause).
                         let _ = rfs::unlinkat(self.store.tmp_fd(), tmp.as_str(), AtFlags::empty());
-                        return Err(e);
+                        return Err(match e {
+                            Error::DiskFull {
+                                needed: None,
+                                available,
+                                context,
+                            } => Error::DiskFull {
+                                needed: Some(size),
+                                available,
+                                context,
+                            },
+                            e => e,
+                        });
                     }
                     self.stage(tmp, name.clone(), size)?;
                     if self.link_name(&name, dst, leaf)? {
