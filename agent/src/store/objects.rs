@@ -24,6 +24,9 @@ use std::os::fd::{AsFd, BorrowedFd};
 const BATCH_FILES: usize = 256;
 /// …or this many bytes.
 const BATCH_BYTES: u64 = 32 * 1024 * 1024;
+/// …or when its first object is this old: on a slow link a power cut then
+/// costs at most a few seconds of download, not a whole batch.
+const BATCH_AGE: std::time::Duration = std::time::Duration::from_secs(5);
 /// Most `.<n>` suffixes tried for one variant.
 const MAX_SUFFIX: u32 = 1000;
 
@@ -45,6 +48,8 @@ pub struct ObjectWriter<'s> {
     store: &'s Store,
     batch: Vec<Staged>,
     batch_bytes: u64,
+    /// When the first object of the batch was staged.
+    batch_started: Option<std::time::Instant>,
     seq: u64,
     buf: Vec<u8>,
 }
@@ -68,6 +73,7 @@ impl<'s> ObjectWriter<'s> {
             store,
             batch: Vec::new(),
             batch_bytes: 0,
+            batch_started: None,
             seq: 0,
             buf: vec![0; fsops::COPY_BUF],
         }
@@ -230,7 +236,13 @@ impl<'s> ObjectWriter<'s> {
     fn stage(&mut self, tmp: String, name: String, size: u64) -> Result<()> {
         self.batch.push(Staged { tmp, name });
         self.batch_bytes += size;
-        if self.batch.len() >= BATCH_FILES || self.batch_bytes >= BATCH_BYTES {
+        let started = *self
+            .batch_started
+            .get_or_insert_with(std::time::Instant::now);
+        if self.batch.len() >= BATCH_FILES
+            || self.batch_bytes >= BATCH_BYTES
+            || started.elapsed() >= BATCH_AGE
+        {
             // Layer trees keep their links to the staged inodes.
             self.flush()?;
         }
@@ -325,6 +337,7 @@ impl<'s> ObjectWriter<'s> {
             .map_err(|e| Error::errno(format!("storing object {}", s.name), e))?;
         }
         self.batch_bytes = 0;
+        self.batch_started = None;
         Ok(())
     }
 }
