@@ -14,7 +14,7 @@
 //! bytes travelled twice.
 
 use crate::bins::agent_command;
-use crate::{compare_trees, skopeo_push, test_images, umoci_unpack, CountingProxy, Registry};
+use crate::{compare_trees, test_images, umoci_unpack, CountingProxy, Registry};
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -349,9 +349,9 @@ token = "tok-faults"
 repositories = ["*"]
 "#;
 
-/// `base-a:v1` → `test/base-a:v1`.
+/// `base-a:v1` → `test/base-a:v1` ([`crate::fixture::test_repo`]).
 pub fn remote(tag: &str) -> String {
-    format!("test/{tag}")
+    crate::fixture::test_repo(tag)
 }
 
 /// A sync from an optional held image to a target image.
@@ -386,23 +386,7 @@ pub const SCENARIOS: [Scenario; 3] = [
 
 /// A registry holding `tags`, every layer ingested.
 pub fn registry_with(tags: &[&str]) -> Registry {
-    let images = test_images();
-    let reg = Registry::start(Some(FAULT_DEVICE_CONFIG));
-    for tag in tags {
-        skopeo_push(&images.oci_dir, tag, &reg, &remote(tag));
-    }
-    let layout = images.layout();
-    let mut layers: Vec<String> = tags
-        .iter()
-        .flat_map(|t| layout.layers(t).into_iter().map(|l| l.digest))
-        .collect();
-    layers.sort();
-    layers.dedup();
-    let deadline = Instant::now() + Duration::from_secs(180);
-    while reg.stat("layers") < layers.len() as u64 && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(250));
-    }
-    reg
+    crate::fixture::registry_with_test_images(FAULT_DEVICE_CONFIG, tags)
 }
 
 fn sync_cmd(server: &str, store: &Path, image: &str, retry_for: u64) -> Command {

@@ -11,6 +11,7 @@
 //! | [`layers`] | an independent count of the files and distinct contents in layer blobs |
 //! | [`proxy`] | [`CountingProxy`]: TCP bytes on the wire, both directions, optional cut |
 //! | [`http`] | a raw HTTP/1.1 client for malformed and truncated requests |
+//! | [`fixture`] | a registry holding the test images; "checkout equals `umoci unpack`" |
 //!
 //! Nothing here stands in for a part under test: the oracles are skopeo,
 //! umoci, the file system and code written independently of the registry.
@@ -18,6 +19,7 @@
 pub mod agent;
 pub mod bins;
 pub mod faultproxy;
+pub mod fixture;
 pub mod http;
 pub mod images;
 pub mod layers;

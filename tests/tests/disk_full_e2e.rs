@@ -21,9 +21,8 @@
 //! what was stored before is not downloaded again), and local copies for new
 //! metadata variants that the announced new bytes do not count.
 
-use layerlink_tests::{
-    assert_trees_equal, skopeo_push, test_images, umoci_unpack, Agent, CountingProxy, Registry,
-};
+use layerlink_tests::fixture::{self, registry_with_test_images, test_repo};
+use layerlink_tests::{test_images, Agent, CountingProxy, Registry};
 use std::io::Write;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -147,9 +146,8 @@ impl Drop for Tmpfs {
     }
 }
 
-/// `base-a:v1` → `test/base-a:v1`.
 fn remote(tag: &str) -> String {
-    format!("test/{tag}")
+    test_repo(tag)
 }
 
 /// A registry holding `tags`, all ingested, reached through a counting proxy.
@@ -159,28 +157,7 @@ struct Fixture {
 }
 
 fn fixture(tags: &[&str]) -> Fixture {
-    let images = test_images();
-    let reg = Registry::start(Some(DEVICE_CONFIG));
-    for tag in tags {
-        skopeo_push(&images.oci_dir, tag, &reg, &remote(tag));
-    }
-    let layout = images.layout();
-    let mut layers: Vec<String> = tags
-        .iter()
-        .flat_map(|t| layout.layers(t).into_iter().map(|l| l.digest))
-        .collect();
-    layers.sort();
-    layers.dedup();
-    let deadline = Instant::now() + Duration::from_secs(180);
-    while reg.stat("layers") < layers.len() as u64 {
-        assert!(
-            Instant::now() < deadline,
-            "the registry did not ingest {} layers of {tags:?} in time:\n{}",
-            layers.len(),
-            reg.log()
-        );
-        std::thread::sleep(Duration::from_millis(250));
-    }
+    let reg = registry_with_test_images(DEVICE_CONFIG, tags);
     let proxy = CountingProxy::start(reg.addr());
     Fixture { _reg: reg, proxy }
 }
@@ -195,21 +172,7 @@ fn device_on(store: PathBuf) -> Agent {
 
 /// Check `tag` out of the agent's store and compare it with `umoci unpack`.
 fn assert_checkout_matches_umoci(agent: &Agent, tag: &str) {
-    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-    let name = format!("{}-{n}", tag.replace([':', '/'], "_"));
-    let reference = agent.scratch(&format!("umoci-{name}"));
-    umoci_unpack(&test_images().oci_dir, tag, &reference);
-    let checkout = agent.scratch(&format!("checkout-{name}"));
-    agent.checkout(&remote(tag), &checkout);
-    assert!(
-        checkout.join("config.json").is_file(),
-        "checkout of {tag} has no config.json"
-    );
-    assert_trees_equal(&reference.join("rootfs"), &checkout.join("rootfs"));
-    // The checkouts are big; the scratch dir is on the ordinary disk.
-    let _ = std::fs::remove_dir_all(&reference);
-    let _ = std::fs::remove_dir_all(&checkout);
+    fixture::assert_checkout_matches_umoci(agent, &remote(tag), &test_images().oci_dir, tag);
 }
 
 /// `sha256:<hex>` diff_ids of `tag` from its OCI config (the oracle for

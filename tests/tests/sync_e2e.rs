@@ -3,11 +3,9 @@
 //! oracle for every checkout is `umoci unpack` of the same image; the
 //! oracle for bytes is the wire itself.
 
+use layerlink_tests::fixture::{self, registry_with_test_images, test_repo};
 use layerlink_tests::layers::{image_files, LayerFiles};
-use layerlink_tests::{
-    assert_trees_equal, skopeo_push, test_images, umoci_unpack, Agent, CountingProxy, Registry,
-};
-use std::time::{Duration, Instant};
+use layerlink_tests::{test_images, Agent, CountingProxy, Registry};
 
 const TOKEN: &str = "tok-dev1";
 const DEVICE_CONFIG: &str = r#"
@@ -26,29 +24,12 @@ struct Fixture {
     proxy: CountingProxy,
 }
 
-/// `base-a:v1` → `test/base-a:v1`.
 fn remote(tag: &str) -> String {
-    format!("test/{tag}")
+    test_repo(tag)
 }
 
 fn fixture(tags: &[&str]) -> Fixture {
-    let images = test_images();
-    let reg = Registry::start(Some(DEVICE_CONFIG));
-    for tag in tags {
-        skopeo_push(&images.oci_dir, tag, &reg, &remote(tag));
-    }
-    // Wait for ingest of every distinct layer.
-    let layout = images.layout();
-    let mut layers: Vec<String> = tags
-        .iter()
-        .flat_map(|t| layout.layers(t).into_iter().map(|l| l.digest))
-        .collect();
-    layers.sort();
-    layers.dedup();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while reg.stat("layers") < layers.len() as u64 && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(250));
-    }
+    let reg = registry_with_test_images(DEVICE_CONFIG, tags);
     let proxy = CountingProxy::start(reg.addr());
     Fixture { reg, proxy }
 }
@@ -66,25 +47,7 @@ impl Fixture {
 
 /// Check `tag` out of the agent's store and compare it with `umoci unpack`.
 fn assert_checkout_matches_umoci(agent: &Agent, tag: &str) {
-    let images = test_images();
-    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-    let name = format!("{}-{n}", tag.replace([':', '/'], "_"));
-    let reference = agent.scratch(&format!("umoci-{name}"));
-    umoci_unpack(&images.oci_dir, tag, &reference);
-    let checkout = agent.scratch(&format!("checkout-{name}"));
-    agent.checkout(&remote(tag), &checkout);
-    assert!(
-        checkout.join("rootfs").is_dir(),
-        "checkout {} has no rootfs/",
-        checkout.display()
-    );
-    assert!(
-        checkout.join("config.json").is_file(),
-        "checkout {} has no config.json (an OCI runtime bundle)",
-        checkout.display()
-    );
-    assert_trees_equal(&reference.join("rootfs"), &checkout.join("rootfs"));
+    fixture::assert_checkout_matches_umoci(agent, &remote(tag), &test_images().oci_dir, tag);
 }
 
 /// A second sync of what the device holds must cost almost nothing.
