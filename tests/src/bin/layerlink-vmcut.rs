@@ -86,6 +86,9 @@ struct Outcome {
     /// From the first sync's plan line (`… layers to fetch (N new files,
     /// …`): files the registry still had to send.
     new_files: Option<u64>,
+    /// `LL-NOSTORE`: the store directory did not exist (a cold cut before
+    /// it reached the disk; the old state is "no store").
+    no_store: bool,
 }
 
 impl Outcome {
@@ -252,6 +255,7 @@ fn record<'a>(line: &'a str, out: &mut Outcome) -> Option<&'a str> {
             .steps
             .push((step.to_string(), code.parse().unwrap_or(-1))),
         ["LL-DONE", code] => out.done = Some(code.parse().unwrap_or(-1)),
+        ["LL-NOSTORE"] => out.no_store = true,
         _ => {}
     }
     Some(m)
@@ -459,6 +463,8 @@ struct CutResult {
     verify_after_rerun: Option<i32>,
     /// Files the rerun still had to fetch (of `Prepared::uncut_files`).
     rerun_files: Option<u64>,
+    /// The cut left no store directory (verify after the cut not applicable).
+    no_store: bool,
     fsck_ok: bool,
     rootfs_ok: bool,
     bytes_cut: u64,
@@ -513,7 +519,7 @@ fn cut_once(
     let log2 = dir.join(format!("cut{i}-b.log"));
     let boot = vm.boot(
         &img,
-        "verify,sync,verify,checkout",
+        "verify-if-store,sync,verify,checkout",
         &guest_url(&proxy),
         &image,
         &log2,
@@ -522,6 +528,7 @@ fn cut_once(
     r.bytes_rerun = proxy.bytes_total();
     drop(proxy);
     r.verify_after_cut = out.code(0);
+    r.no_store = out.no_store;
     r.rerun = out.code(1);
     r.verify_after_rerun = out.code(2);
     r.rerun_files = Some(out.new_files.unwrap_or(0));
@@ -618,6 +625,14 @@ fn scenario_files(scenarios: &[Prepared], name: &str) -> u64 {
         .find(|p| p.name == name)
         .map(|p| p.uncut_files)
         .unwrap_or(0)
+}
+
+fn verify_cell(r: &CutResult) -> String {
+    if r.no_store {
+        "no store".into()
+    } else {
+        code(r.verify_after_cut)
+    }
 }
 
 fn code(c: Option<i32>) -> String {
@@ -723,7 +738,7 @@ fn main() {
             r.delay.as_secs_f64(),
             r.killed_mid_sync,
             r.journal_replayed,
-            code(r.verify_after_cut),
+            verify_cell(&r),
             code(r.rerun),
             code(r.verify_after_rerun),
             r.fsck_ok,
@@ -751,7 +766,7 @@ fn main() {
             r.delay.as_secs_f64(),
             if r.killed_mid_sync { "yes" } else { "no" },
             if r.journal_replayed { "yes" } else { "no" },
-            code(r.verify_after_cut),
+            verify_cell(r),
             code(r.rerun),
             code(r.verify_after_rerun),
             if r.fsck_ok { "clean" } else { "-" },
