@@ -1308,6 +1308,7 @@ fn set_dir_times(tmp: BorrowedFd<'_>, staging: &str, root: BorrowedFd<'_>) -> Re
     let mut r = BufReader::with_capacity(8192, f);
     let err = |e: io::Error| Error::io(format!("reading tmp/{name}"), e);
     let mut path = Vec::new();
+    let mut cached: Option<(Vec<u8>, OwnedFd)> = None;
     loop {
         if r.fill_buf().map_err(err)?.is_empty() {
             return Ok(());
@@ -1329,7 +1330,13 @@ fn set_dir_times(tmp: BorrowedFd<'_>, staging: &str, root: BorrowedFd<'_>) -> Re
             continue;
         }
         let (parent, leaf) = split_leaf(&path);
-        let Ok(dir) = open_existing_dir(root, parent) else {
+        // Records come in tree order: siblings share the parent opened last.
+        if cached.as_ref().is_none_or(|(p, _)| p.as_slice() != parent) {
+            cached = open_existing_dir(root, parent)
+                .ok()
+                .map(|fd| (parent.to_vec(), fd));
+        }
+        let Some((_, dir)) = cached.as_ref() else {
             continue;
         };
         match fsops::lstat_at(dir.as_fd(), leaf) {
