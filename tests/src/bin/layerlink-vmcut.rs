@@ -824,6 +824,8 @@ fn main() {
         let _ = std::fs::remove_dir_all(&work);
     }
     if survived < results.len() {
+        // `exit` runs no destructors: stop the registry first.
+        drop(reg);
         std::process::exit(1);
     }
 }
