@@ -1244,8 +1244,9 @@ fn render(
         w,
         "missing-gz: the target image's distinct non-empty file contents (by sha256) that the device's earlier image lacks, \
          each gzip'd on its own (flate2, default level), summed — computed here from the layer tars, not by the registry. \
-         The last column spreads what layerlink sent beyond missing-gz over the target image's tar entries (the archive \
-         carries every entry: reference entries for held files).\n"
+         The last column spreads what layerlink sent beyond missing-gz over the target image's tar entries (a layer sent on \
+         a held layer it resembles carries only the entries that differ; other layers carry every entry, held files as \
+         reference entries).\n"
     );
     let _ = writeln!(
         w,
