@@ -336,6 +336,10 @@ impl<'s> ObjectWriter<'s> {
             )
             .map_err(|e| Error::errno(format!("storing object {}", s.name), e))?;
         }
+        // Make the renames durable too: without this a power cut can undo
+        // them (the content stays in tmp/, which start-up clears), and the
+        // batch is downloaded again (seen in the VM power-cut harness).
+        self.store.syncfs()?;
         self.batch_bytes = 0;
         self.batch_started = None;
         Ok(())
