@@ -588,10 +588,6 @@ impl<'s> Applier<'s> {
             let st = rfs::fstat(&cur).map_err(|e| Error::errno("lower layer", e))?;
             let x =
                 fsops::read_xattrs_fd(cur.as_fd()).map_err(|e| Error::errno("lower layer", e))?;
-            let x = x
-                .into_iter()
-                .filter(|(n, _)| !n.starts_with(fsops::OVERLAY_XATTR_PREFIX))
-                .collect();
             return Ok(Some(Meta::from_stat(&st, x)));
         }
         Ok(None)
@@ -965,13 +961,7 @@ impl<'s> Applier<'s> {
         let Some(st) = fsops::lstat_at(src, name).map_err(|e| io("lstat", e))? else {
             return Ok(());
         };
-        let meta_of = |x: fsops::Xattrs| {
-            let x = x
-                .into_iter()
-                .filter(|(n, _)| !n.starts_with(fsops::OVERLAY_XATTR_PREFIX))
-                .collect();
-            Meta::from_stat(&st, x)
-        };
+        let meta_of = |x: fsops::Xattrs| Meta::from_stat(&st, x);
         let ft = file_type(&st);
         match ft {
             FileType::Directory => {
@@ -992,19 +982,8 @@ impl<'s> Applier<'s> {
             FileType::RegularFile if st.st_size > 0 => {
                 match rfs::linkat(src, name, dst, name, AtFlags::empty()) {
                     Ok(()) => {}
-                    Err(Errno::MLINK) => {
-                        // The variant is full: store the content once more.
-                        let mut f = fsops::open_file_at(src, name).map_err(|e| io("open", e))?;
-                        let x = fsops::read_xattrs_fd(f.as_fd()).map_err(|e| io("xattrs of", e))?;
-                        let meta = meta_of(x);
-                        let d = self.objects.insert(
-                            None,
-                            st.st_size as u64,
-                            &mut |b| f.read(b).map_err(|e| Error::io("reading a held file", e)),
-                            &meta,
-                        )?;
-                        self.objects.link(&d, &meta, dst, name)?;
-                    }
+                    // The variant is full: store the content once more.
+                    Err(Errno::MLINK) => self.link_new_variant(src, name, &st, dst, name)?,
                     Err(e) => return Err(io("linking", e)),
                 }
             }
@@ -1051,6 +1030,34 @@ impl<'s> Applier<'s> {
             }
         }
         lw.stats.kept += 1;
+        Ok(())
+    }
+
+    /// Store regular file `name` in `src` (lstat `st`) once more as a new
+    /// variant and link it to `dst/leaf`: what a full hard-link count
+    /// (`EMLINK`) leaves.
+    fn link_new_variant(
+        &mut self,
+        src: BorrowedFd<'_>,
+        name: &[u8],
+        st: &rfs::Stat,
+        dst: BorrowedFd<'_>,
+        leaf: &[u8],
+    ) -> Result<()> {
+        let err = |what: &str, e: Errno| Error::errno(format!("{what} {}", show(name)), e);
+        let mut f = fsops::open_file_at(src, name).map_err(|e| err("opening", e))?;
+        let x = fsops::read_xattrs_fd(f.as_fd()).map_err(|e| err("xattrs of", e))?;
+        let meta = Meta::from_stat(st, x);
+        let d = self.objects.insert(
+            None,
+            st.st_size as u64,
+            &mut |b| {
+                f.read(b)
+                    .map_err(|e| Error::io("reading a file to copy", e))
+            },
+            &meta,
+        )?;
+        self.objects.link(&d, &meta, dst, leaf)?;
         Ok(())
     }
 
@@ -1163,23 +1170,8 @@ impl<'s> Applier<'s> {
         replace(lw, dir, leaf, path)?;
         match rfs::linkat(&tdir, tleaf, dir, leaf, AtFlags::empty()) {
             Ok(()) => {}
-            Err(Errno::MLINK) => {
-                // The target's variant is full: store it once more.
-                let mut f = fsops::open_file_at(tdir.as_fd(), tleaf)
-                    .map_err(|e| Error::errno("open", e))?;
-                let x = fsops::read_xattrs_fd(f.as_fd()).map_err(|e| Error::errno("xattrs", e))?;
-                let meta = Meta::from_stat(&st, x);
-                let d = self.objects.insert(
-                    None,
-                    st.st_size as u64,
-                    &mut |b| {
-                        f.read(b)
-                            .map_err(|e| Error::io("reading a hard link target", e))
-                    },
-                    &meta,
-                )?;
-                self.objects.link(&d, &meta, dir, leaf)?;
-            }
+            // The target's variant is full: store it once more.
+            Err(Errno::MLINK) => self.link_new_variant(tdir.as_fd(), tleaf, &st, dir, leaf)?,
             Err(e) => return Err(Error::errno(format!("hard link {}", show(path)), e)),
         }
         if let Some(p) = self

@@ -17,9 +17,7 @@
 
 use crate::apply::open_existing_dir;
 use crate::error::{Error, Result};
-use crate::fsops::{
-    self, file_type, is_whiteout, show, Meta, OVERLAY_OPAQUE, OVERLAY_XATTR_PREFIX,
-};
+use crate::fsops::{self, file_type, is_whiteout, show, Meta, OVERLAY_OPAQUE};
 use crate::json::{self, Value};
 use crate::store::record::{show_image_ref, ImageRecord};
 use crate::store::Store;
@@ -153,10 +151,6 @@ fn read_meta(dir: BorrowedFd<'_>, name: Option<&[u8]>) -> Result<Meta> {
             fsops::read_xattrs_at(dir, n).map_err(|e| Error::errno("xattrs", e))?,
         ),
     };
-    let x = x
-        .into_iter()
-        .filter(|(n, _)| !n.starts_with(OVERLAY_XATTR_PREFIX))
-        .collect();
     Ok(Meta::from_stat(&st, x))
 }
 

@@ -68,9 +68,11 @@ impl Meta {
         }
     }
 
-    /// Metadata of an existing inode (`xattrs` read separately).
+    /// Metadata of an existing inode (`xattrs` read separately; the host's
+    /// `trusted.overlay.*` marks are dropped, as in [`Meta::xattrs`]).
     #[allow(clippy::unnecessary_cast)] // the stat field types differ per target
-    pub fn from_stat(st: &Stat, xattrs: Vec<(Vec<u8>, Vec<u8>)>) -> Meta {
+    pub fn from_stat(st: &Stat, mut xattrs: Vec<(Vec<u8>, Vec<u8>)>) -> Meta {
+        xattrs.retain(|(n, _)| !n.starts_with(OVERLAY_XATTR_PREFIX));
         Meta {
             mode: st.st_mode & 0o7777,
             uid: st.st_uid,
