@@ -451,16 +451,7 @@ fn checkout_matches(store: &Path, tag: &str, dest: &Path, reference: &Path) -> R
     }
     let diffs = compare_trees(&reference.join("rootfs"), &dest.join("rootfs"));
     let _ = std::fs::remove_dir_all(dest);
-    if diffs.is_empty() {
-        Ok(())
-    } else {
-        let shown: Vec<String> = diffs.iter().take(5).map(|d| d.to_string()).collect();
-        Err(format!(
-            "checkout differs from umoci in {} places: {}",
-            diffs.len(),
-            shown.join("; ")
-        ))
-    }
+    crate::tree::differences_summary(&diffs)
 }
 
 fn copy_store(from: &Path, to: &Path) {

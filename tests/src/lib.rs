@@ -10,6 +10,7 @@
 //! | [`tree`] | [`compare_trees`]: the oracle for "this rootfs equals that one" |
 //! | [`layers`] | an independent count of the files and distinct contents in layer blobs |
 //! | [`proxy`] | [`CountingProxy`]: TCP bytes on the wire, both directions, optional cut |
+//! | [`args`] | flag parsing and MiB formatting for the harness binaries |
 //! | [`http`] | a raw HTTP/1.1 client for malformed and truncated requests |
 //! | [`fixture`] | a registry holding the test images; "checkout equals `umoci unpack`" |
 //!
@@ -17,6 +18,7 @@
 //! umoci, the file system and code written independently of the registry.
 
 pub mod agent;
+pub mod args;
 pub mod bins;
 pub mod faultproxy;
 pub mod fixture;

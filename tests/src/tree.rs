@@ -212,6 +212,20 @@ fn compare_entry(left: &Path, right: &Path, rel: &Path, diffs: &mut Vec<Differen
     }
 }
 
+/// `Ok` when `diffs` is empty, else a one-line summary (count and the
+/// first five) for harnesses that report instead of panicking.
+pub fn differences_summary(diffs: &[Difference]) -> Result<(), String> {
+    if diffs.is_empty() {
+        return Ok(());
+    }
+    let shown: Vec<String> = diffs.iter().take(5).map(|d| d.to_string()).collect();
+    Err(format!(
+        "checkout differs from umoci in {} places: {}",
+        diffs.len(),
+        shown.join("; ")
+    ))
+}
+
 /// Panic, listing the first differences, unless the trees are equal.
 pub fn assert_trees_equal(left: &Path, right: &Path) {
     let diffs = compare_trees(left, right);

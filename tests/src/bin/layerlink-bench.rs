@@ -28,6 +28,7 @@
 //! scripts/bench.sh        # builds the release binaries, runs this
 //! ```
 
+use layerlink_tests::args::mib;
 use layerlink_tests::layers::{image_files, layer_reader};
 use layerlink_tests::oci::OciLayout;
 use layerlink_tests::{test_images, CountingProxy, Registry};
@@ -1116,10 +1117,6 @@ fn run(opts: &Opts) -> anyhow::Result<()> {
 
 // ---------------------------------------------------------------------------
 // The report
-
-fn mib(b: u64) -> String {
-    format!("{:.2} MiB", b as f64 / (1024.0 * 1024.0))
-}
 
 fn bytes(b: u64) -> String {
     if b < 1024 * 1024 {

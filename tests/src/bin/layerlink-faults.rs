@@ -14,30 +14,12 @@
 //! line is machine-readable: `RESULT kind survived tried excess_total
 //! excess_worst seed`. Exit 1 if anything failed.
 
+use layerlink_tests::args::{mib, num};
 use layerlink_tests::bins::target_dir;
 use layerlink_tests::faultproxy::{
     always_failing, net_faults, power_cuts, prepare, FaultReport, SCENARIOS,
 };
 use std::time::{Duration, Instant};
-
-fn arg(args: &[String], name: &str) -> Option<String> {
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1).cloned())
-}
-
-fn num(args: &[String], name: &str, default: u64) -> u64 {
-    arg(args, name)
-        .map(|s| {
-            s.parse()
-                .unwrap_or_else(|_| panic!("{name} {s:?}: not a number"))
-        })
-        .unwrap_or(default)
-}
-
-fn mib(b: u64) -> String {
-    format!("{:.2} MiB", b as f64 / (1024.0 * 1024.0))
-}
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();

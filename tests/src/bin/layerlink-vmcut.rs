@@ -26,6 +26,7 @@
 //! any cut failed. Work files go under `$VMCUT_TMPDIR` (default `/var/tmp`:
 //! a real disk, `O_DIRECT` does not work on tmpfs).
 
+use layerlink_tests::args::{arg, mib, num};
 use layerlink_tests::bins::{target_dir, workspace_root};
 use layerlink_tests::faultproxy::{registry_with, remote, Rng, TOKEN};
 use layerlink_tests::{compare_trees, test_images, umoci_unpack, CountingProxy, Registry};
@@ -39,25 +40,6 @@ use std::time::{Duration, Instant};
 const DISK_SIZE: &str = "2G";
 /// The agent's `--retry-for` inside the guest.
 const RETRY_FOR: u64 = 60;
-
-fn arg(args: &[String], name: &str) -> Option<String> {
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1).cloned())
-}
-
-fn num(args: &[String], name: &str, default: u64) -> u64 {
-    arg(args, name)
-        .map(|s| {
-            s.parse()
-                .unwrap_or_else(|_| panic!("{name} {s:?}: not a number"))
-        })
-        .unwrap_or(default)
-}
-
-fn mib(b: u64) -> String {
-    format!("{:.2} MiB", b as f64 / (1024.0 * 1024.0))
-}
 
 /// The kernel, initramfs and accelerator of the guest.
 struct VmKit {
@@ -335,16 +317,7 @@ fn rootfs_matches(img: &Path, mnt: &Path, reference: &Path) -> Result<(), String
     let diffs = compare_trees(&reference.join("rootfs"), &mnt.join("co/rootfs"));
     let (ucode, uout) = sh(Command::new("umount").arg(mnt));
     assert_eq!(ucode, 0, "umount {}: {uout}", mnt.display());
-    if diffs.is_empty() {
-        Ok(())
-    } else {
-        let shown: Vec<String> = diffs.iter().take(5).map(|d| d.to_string()).collect();
-        Err(format!(
-            "checkout differs from umoci in {} places: {}",
-            diffs.len(),
-            shown.join("; ")
-        ))
-    }
+    layerlink_tests::tree::differences_summary(&diffs)
 }
 
 /// One scenario: the store image before the target sync, the umoci
