@@ -10,9 +10,9 @@
 use flate2::write::GzEncoder;
 use flate2::Compression;
 use layerlink_proto::Digest;
-use layerlink_registry::index;
 use layerlink_registry::ingest::{ingest_layer, IngestError, LayerOutcome};
-use layerlink_registry::objects::ObjectStore;
+use layerlink_registry::store::index;
+use layerlink_registry::store::objects::ObjectStore;
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};

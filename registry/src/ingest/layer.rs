@@ -3,12 +3,12 @@
 //! publish the objects together.
 
 use super::IngestError;
-use crate::archive::tarfmt;
-use crate::index::{
+use crate::store::index::{
     self, entry_key, layer_object_key, open_read, Compression, EntryKind, EntryRecord, LayerMeta,
     PaxRecord, PaxRecords, RawHeader, Trailer,
 };
-use crate::objects::{self, ObjectMeta, ObjectStore, Staging, OBJECTS_META};
+use crate::store::objects::{self, ObjectMeta, ObjectStore, Staging, OBJECTS_META};
+use crate::tar as tarfmt;
 use layerlink_proto::archive::PAX_PREFIX;
 use layerlink_proto::limits::{MAX_LAYER_ENTRIES, MAX_PAX_BYTES};
 use layerlink_proto::{Digest, Sha256};

@@ -6,7 +6,7 @@
 //! it; store every entry's content in the object store once (new objects
 //! are staged and only published with the index), record the entry index,
 //! and check the tar's sha256 against the config's `rootfs.diff_ids`.
-//! See [`crate::index`] for the tables and [`crate::objects`] for the store.
+//! See [`crate::store::index`] for the tables and [`crate::store::objects`] for the store.
 //!
 //! Ingests of the same layer are serialised (one waits, then finds the
 //! layer indexed); different layers ingest in parallel.
@@ -21,9 +21,9 @@ pub(crate) mod testutil;
 pub(crate) use layer::parse_pax;
 pub use layer::{decompressor, ingest_layer, uncompressed_digest, LayerOutcome};
 
-use crate::index;
-use crate::objects::ObjectStore;
-use crate::storage::Storage;
+use crate::store::index;
+use crate::store::objects::ObjectStore;
+use crate::store::storage::Storage;
 use image::ParsedManifest;
 use layerlink_proto::Digest;
 use std::collections::HashSet;

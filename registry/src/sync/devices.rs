@@ -12,9 +12,9 @@
 //! | `device_seen` | device id | last request time, Unix seconds |
 //! | `device_images` | device id | postcard [`ImagesRecord`] |
 
-use crate::index::open_read;
-use crate::storage::Storage;
-use crate::sync_api::SyncError;
+use crate::store::index::open_read;
+use crate::store::storage::Storage;
+use crate::sync::SyncError;
 use layerlink_proto::limits::{MAX_HELD_LAYERS, MAX_LOOSE_OBJECTS};
 use layerlink_proto::msg::{HeldImage, HeldSet, Holdings};
 use layerlink_proto::{Digest, ErrorCode};

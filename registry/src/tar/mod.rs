@@ -3,7 +3,7 @@
 //! Shared by the dedup archive writer (which must control every byte on the
 //! wire) and by the entry index (which renders a layer entry's canonical
 //! header and stores only how the original differed, see
-//! [`crate::index::RawHeader`]).
+//! [`crate::store::index::RawHeader`]).
 //!
 //! Conventions (those of Go's `archive/tar`, which writes most layers):
 //! numeric fields are zero-padded octal ending in NUL, or base-256 when the
