@@ -11,7 +11,7 @@
 
 use crate::ingest::parse_pax;
 use layerlink_proto::archive::{normalize_entry_path, PathError};
-use layerlink_proto::limits::MAX_PAX_BYTES;
+use layerlink_proto::limits::{MAX_EXTENSION_HEADERS, MAX_PAX_BYTES};
 use std::io::{self, Read, Write};
 
 /// The tar block size.
@@ -222,6 +222,7 @@ impl<R: Read> TarReader<R> {
         let mut pax: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
         let mut gnu_name: Option<Vec<u8>> = None;
         let mut gnu_link: Option<Vec<u8>> = None;
+        let mut extensions = 0usize;
         loop {
             let start = self.offset;
             let mut block = [0u8; BLOCK];
@@ -252,6 +253,12 @@ impl<R: Read> TarReader<R> {
             })?;
             match typ {
                 b'x' | b'L' | b'K' => {
+                    extensions += 1;
+                    if extensions > MAX_EXTENSION_HEADERS {
+                        return Err(invalid(format!(
+                            "more than {MAX_EXTENSION_HEADERS} tar extension headers in a row at byte {start}"
+                        )));
+                    }
                     if hsize > MAX_PAX_BYTES {
                         return Err(invalid(format!(
                             "tar extension header at byte {start} is {hsize} bytes, more than {MAX_PAX_BYTES}"
@@ -597,6 +604,44 @@ pub fn write_end(w: &mut dyn Write) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A tar stream of `n` PAX headers in a row, then one empty file.
+    fn pax_run(n: usize) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut body = Vec::new();
+        pax_record(&mut body, b"path", b"a");
+        for _ in 0..n {
+            let mut h = tar::Header::new_ustar();
+            h.set_entry_type(tar::EntryType::XHeader);
+            h.set_size(body.len() as u64);
+            h.set_cksum();
+            out.extend_from_slice(h.as_bytes());
+            out.extend_from_slice(&body);
+            write_padding(&mut out, body.len() as u64).unwrap();
+        }
+        let mut h = tar::Header::new_ustar();
+        h.set_path("f").unwrap();
+        h.set_size(0);
+        h.set_cksum();
+        out.extend_from_slice(h.as_bytes());
+        write_end(&mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn caps_extension_headers_in_a_row() {
+        let ok = pax_run(MAX_EXTENSION_HEADERS);
+        let e = TarReader::new(&ok[..]).next_entry().unwrap().unwrap();
+        assert_eq!(e.path, b"a");
+
+        let bad = pax_run(MAX_EXTENSION_HEADERS + 1);
+        let err = TarReader::new(&bad[..]).next_entry().unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("more than 8 tar extension headers in a row"),
+            "{err}"
+        );
+    }
 
     #[test]
     fn pax_record_lengths_count_themselves() {
