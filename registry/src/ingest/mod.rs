@@ -18,7 +18,6 @@ mod tests;
 #[cfg(test)]
 pub(crate) mod testutil;
 
-pub(crate) use layer::parse_pax;
 pub use layer::{decompressor, ingest_layer, uncompressed_digest, LayerOutcome};
 
 use crate::store::index;

@@ -37,10 +37,7 @@ use layerlink_proto::Digest;
 use redb::{ReadableDatabase as _, ReadableTable as _};
 use serde::{Deserialize, Serialize};
 
-/// One PAX record: key, value.
-pub type PaxRecord = (Vec<u8>, Vec<u8>);
-/// PAX records in order.
-pub type PaxRecords = Vec<PaxRecord>;
+pub use crate::tar::{PaxRecord, PaxRecords};
 
 /// diff_id → postcard [`LayerMeta`].
 pub const LAYERS: redb::TableDefinition<&[u8; 32], &[u8]> =

@@ -1,7 +1,7 @@
 use super::*;
-use crate::ingest::parse_pax;
 use crate::ingest::testutil::{gunzip, sample_tar, TarBuilder};
 use crate::sync::plan::{plan_image, MemRegistry};
+use crate::tar::parse_pax;
 use layerlink_proto::archive::parse_reference_link;
 use layerlink_proto::msg::{ImageRef, LayerState};
 use std::io::Read;
