@@ -198,9 +198,9 @@ fn edit_command_on_a_serving_registry() {
     // The dedup index learned the rebuilt layer.
     let (_, config) = image(&pulled, "v1");
     let diff_id = Digest::parse(config["rootfs"]["diff_ids"][1].as_str().unwrap()).unwrap();
-    let storage = layerlink_registry::storage::Storage::open(&reg.data).unwrap();
+    let storage = layerlink_registry::store::storage::Storage::open(&reg.data).unwrap();
     assert!(
-        layerlink_registry::index::layer_meta(storage.db(), &diff_id)
+        layerlink_registry::store::index::layer_meta(storage.db(), &diff_id)
             .unwrap()
             .is_some(),
         "edited layer {diff_id} ingested"

@@ -10,9 +10,9 @@
 use flate2::write::GzEncoder;
 use flate2::Compression;
 use layerlink_proto::Digest;
-use layerlink_registry::index;
 use layerlink_registry::ingest::{ingest_layer, IngestError, LayerOutcome};
-use layerlink_registry::objects::ObjectStore;
+use layerlink_registry::store::index;
+use layerlink_registry::store::objects::ObjectStore;
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -216,6 +216,12 @@ fn rejected_cases() -> Vec<(&'static str, Vec<u8>, &'static str)> {
     file(&mut t, b"a", b"x");
     v.push(("huge pax header", end(t), tar));
     let mut t = Vec::new();
+    for _ in 0..=layerlink_proto::limits::MAX_EXTENSION_HEADERS {
+        with_pax(&mut t, &[("comment", b"again")]);
+    }
+    file(&mut t, b"a", b"x");
+    v.push(("PAX headers in a row", end(t), tar));
+    let mut t = Vec::new();
     file(&mut t, b"a", b"x");
     t[148..156].copy_from_slice(b"0000000\0");
     v.push(("bad header checksum", end(t), tar));
@@ -301,7 +307,7 @@ fn hostile_layers_are_rejected_or_stored_as_they_are() {
         handled += 1;
     }
     println!("hostile inputs rejected: {rejected}, stored as they are: {handled}");
-    assert_eq!(rejected, 11);
+    assert_eq!(rejected, 12);
 }
 
 #[test]

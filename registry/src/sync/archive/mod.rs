@@ -7,11 +7,11 @@
 //! memory does not grow with the archive.
 
 pub mod base;
-pub mod tarfmt;
 
-use crate::index::{self, EntryKind, EntryRecord, IndexError};
-use crate::objects::ObjectStore;
-use crate::plan::{Dedup, HeldObjects};
+use crate::store::index::{self, EntryKind, EntryRecord, IndexError};
+use crate::store::objects::ObjectStore;
+use crate::sync::plan::{Dedup, HeldObjects};
+use crate::tar::{self as tarfmt, Fields};
 use base::BaseDiff;
 use layerlink_proto::archive::{
     reference_link, Marker, FEATURE_LAYER_BASE, MARKER_DIR, PAX_DIFF_ID, PAX_DIGEST, PAX_ENTRIES,
@@ -21,7 +21,6 @@ use layerlink_proto::msg::HeldSet;
 use layerlink_proto::Digest;
 use redb::ReadableDatabase as _;
 use std::io::{self, Read, Write};
-use tarfmt::Fields;
 
 /// gzip level of archives (a balance for small CPUs on both ends).
 pub const GZIP_LEVEL: u32 = 6;

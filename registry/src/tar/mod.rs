@@ -1,14 +1,28 @@
-//! Tar header bytes, written by hand: ustar blocks and PAX extended headers.
+//! Tar header bytes, by hand: ustar blocks and PAX records written
+//! ([`entry_header`], [`pax_record`]) and PAX records parsed
+//! ([`parse_pax`]).
 //!
 //! Shared by the dedup archive writer (which must control every byte on the
-//! wire) and by the entry index (which renders a layer entry's canonical
+//! wire), the editor's writer (`edit::tar`, for the entries an edit makes)
+//! and by the entry index (which renders a layer entry's canonical
 //! header and stores only how the original differed, see
-//! [`crate::index::RawHeader`]).
+//! [`crate::store::index::RawHeader`]).
 //!
 //! Conventions (those of Go's `archive/tar`, which writes most layers):
 //! numeric fields are zero-padded octal ending in NUL, or base-256 when the
 //! value does not fit; the checksum is six octal digits, NUL, space; magic
 //! `ustar\0` version `00`; device numbers are always written.
+//!
+//! One naming convention for every writer (the archive writer, the entry
+//! index and the editor): a path longer than 100 bytes is split at the
+//! first `/` that leaves at most 100 bytes for `name` (a shorter prefix
+//! than Go, which splits at the last `/` within 155 bytes; the index keeps
+//! such differences per entry, so Go's layers still rebuild byte for byte),
+//! and a path that cannot be split goes into a PAX `path` record under a
+//! PAX header entry named [`PAX_HEADER_NAME`] with mtime 0. The entry
+//! index renders canonical headers with these functions and stores only
+//! how the original differed: changing a rendering here changes how every
+//! stored layer is rebuilt, so it is a store format change.
 
 /// Size of a tar block.
 pub const BLOCK: usize = 512;
@@ -185,6 +199,40 @@ pub fn entry_header(out: &mut Vec<u8>, f: &Fields<'_>, pax: &[u8]) {
         out.resize(out.len() + padding(pax.len() as u64), 0);
     }
     out.extend_from_slice(&ustar_block(f));
+}
+
+/// One PAX record: key, value.
+pub type PaxRecord = (Vec<u8>, Vec<u8>);
+/// PAX records in order.
+pub type PaxRecords = Vec<PaxRecord>;
+
+/// Parse PAX records by their length prefixes.
+pub fn parse_pax(mut data: &[u8]) -> Result<PaxRecords, String> {
+    let mut out = Vec::new();
+    while !data.is_empty() {
+        if data.iter().all(|&b| b == 0) {
+            break;
+        }
+        let sp = data
+            .iter()
+            .position(|&b| b == b' ')
+            .ok_or("PAX record without length")?;
+        let len: usize = std::str::from_utf8(&data[..sp])
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .ok_or("PAX record with a bad length")?;
+        if len <= sp + 1 || len > data.len() || data[len - 1] != b'\n' {
+            return Err("PAX record with a bad length".into());
+        }
+        let rec = &data[sp + 1..len - 1];
+        let eq = rec
+            .iter()
+            .position(|&b| b == b'=')
+            .ok_or("PAX record without '='")?;
+        out.push((rec[..eq].to_vec(), rec[eq + 1..].to_vec()));
+        data = &data[len..];
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
