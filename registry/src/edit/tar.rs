@@ -1,6 +1,8 @@
 //! Raw tar, block by block: a reader that hands out each entry together
 //! with the exact bytes it was made of (so an untouched entry is copied
-//! byte for byte), and a writer for the few entries an edit makes.
+//! byte for byte), and a writer for the few entries an edit makes. Header
+//! fields are read with [`crate::tar::HeaderBlock`] and written with
+//! [`crate::tar::entry_header`]; the `tar` crate is only a test oracle here.
 //!
 //! An entry is its extension headers (PAX `x`, GNU `L`/`K` long names,
 //! with their data), its own header block (plus GNU sparse extension
@@ -10,7 +12,7 @@
 //! carry no data whatever their size field says.
 
 pub use crate::tar::pax_record;
-use crate::tar::{self as tarfmt, parse_pax, BLOCK};
+use crate::tar::{self as tarfmt, parse_pax, HeaderBlock, BLOCK};
 use layerlink_proto::archive::{normalize_entry_path, PathError};
 use layerlink_proto::limits::{MAX_EXTENSION_HEADERS, MAX_PAX_BYTES};
 use std::io::{self, Read, Write};
@@ -75,9 +77,9 @@ pub struct RawEntry {
 }
 
 impl RawEntry {
-    /// The entry's parsed header block.
-    pub fn header(&self) -> &tar::Header {
-        tar::Header::from_byte_slice(&self.header[..BLOCK])
+    /// The entry's header block, parsed field by field.
+    pub fn header(&self) -> HeaderBlock<'_> {
+        HeaderBlock::new(&self.header)
     }
 
     /// Whether this is a global PAX header (not an entry of the layer).
@@ -123,11 +125,11 @@ impl RawEntry {
             path,
             kind,
             mode: h.mode().unwrap_or(0o644) & 0o7777,
-            uid: pax_num(b"uid").or_else(|| h.uid().ok()).unwrap_or(0),
-            gid: pax_num(b"gid").or_else(|| h.gid().ok()).unwrap_or(0),
-            mtime: pax_num(b"mtime").or_else(|| h.mtime().ok()).unwrap_or(0),
-            uname: h.username_bytes().unwrap_or_default().to_vec(),
-            gname: h.groupname_bytes().unwrap_or_default().to_vec(),
+            uid: pax_num(b"uid").or_else(|| h.uid()).unwrap_or(0),
+            gid: pax_num(b"gid").or_else(|| h.gid()).unwrap_or(0),
+            mtime: pax_num(b"mtime").or_else(|| h.mtime()).unwrap_or(0),
+            uname: h.uname().to_vec(),
+            gname: h.gname().to_vec(),
             xattrs: self.xattrs(),
         }
     }
@@ -245,11 +247,11 @@ impl<R: Read> TarReader<R> {
                 return Ok(None);
             }
             verify_checksum(&block, start)?;
-            let h = tar::Header::from_byte_slice(&block);
-            let typ = block[156];
-            let hsize = h.entry_size().map_err(|e| {
-                invalid(format!("bad size field in tar header at byte {start}: {e}"))
-            })?;
+            let h = HeaderBlock::new(&block);
+            let typ = h.type_flag();
+            let hsize = h
+                .size()
+                .ok_or_else(|| invalid(format!("bad size field in tar header at byte {start}")))?;
             match typ {
                 b'x' | b'L' | b'K' => {
                     extensions += 1;
@@ -295,14 +297,10 @@ impl<R: Read> TarReader<R> {
                             .find(|(k, _)| k == key)
                             .map(|(_, v)| v.clone())
                     };
-                    let path = pax_get(b"path")
-                        .or(gnu_name)
-                        .unwrap_or_else(|| h.path_bytes().into_owned());
-                    let link = pax_get(b"linkpath").or(gnu_link).unwrap_or_else(|| {
-                        h.link_name_bytes()
-                            .map(|c| c.into_owned())
-                            .unwrap_or_default()
-                    });
+                    let path = pax_get(b"path").or(gnu_name).unwrap_or_else(|| h.path());
+                    let link = pax_get(b"linkpath")
+                        .or(gnu_link)
+                        .unwrap_or_else(|| h.link().to_vec());
                     let mut size = match pax_get(b"size") {
                         Some(v) => std::str::from_utf8(&v)
                             .ok()

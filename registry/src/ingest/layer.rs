@@ -128,27 +128,6 @@ struct Preamble {
     has_gnu_sparse: bool,
 }
 
-fn block_size_field(b: &[u8]) -> Option<u64> {
-    let f = &b[124..136];
-    if f[0] & 0x80 != 0 {
-        let mut v = 0u64;
-        for &x in &f[4..] {
-            v = (v << 8) | u64::from(x);
-        }
-        return Some(v);
-    }
-    let s: Vec<u8> = f
-        .iter()
-        .copied()
-        .take_while(|&c| c != 0)
-        .filter(|c| *c != b' ')
-        .collect();
-    if s.is_empty() {
-        return Some(0);
-    }
-    u64::from_str_radix(std::str::from_utf8(&s).ok()?, 8).ok()
-}
-
 fn parse_preamble(pre: &[u8]) -> Result<Preamble, String> {
     let mut p = Preamble::default();
     let mut o = 0usize;
@@ -158,7 +137,9 @@ fn parse_preamble(pre: &[u8]) -> Result<Preamble, String> {
         if o + 512 == pre.len() {
             break; // the entry's own header
         }
-        let size = block_size_field(h).ok_or("extension header with a bad size")? as usize;
+        let size = tarfmt::HeaderBlock::new(h)
+            .size()
+            .ok_or("extension header with a bad size")? as usize;
         let data = pre
             .get(o + 512..o + 512 + size)
             .ok_or("extension header larger than its data")?;
