@@ -5,8 +5,8 @@
 mod serve;
 
 use layerlink_proto::Digest;
-use serve::{bin, Served};
-use std::io::{BufRead, BufReader, Read, Write};
+use serve::{bin, first_line, Served};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
@@ -907,10 +907,7 @@ fn public_address_allowed_with_auth() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
+    let line = first_line(&mut child);
     let _ = child.kill();
     let _ = child.wait();
     assert!(line.starts_with("listening on http://0.0.0.0:"), "{line}");
@@ -938,11 +935,8 @@ fn serve_with(dir: &Path, listen: &str, config: &str) -> (Child, String) {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    (child, line.trim().to_owned())
+    let line = first_line(&mut child);
+    (child, line)
 }
 
 #[test]

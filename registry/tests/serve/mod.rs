@@ -14,6 +14,16 @@ pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_layerlink-registry")
 }
 
+/// The first line `child` printed on its piped stdout (`listening on
+/// URL`, or what went wrong), trimmed.
+pub fn first_line(child: &mut Child) -> String {
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    line.trim().to_owned()
+}
+
 /// A `serve` process on a free loopback port with its own data directory,
 /// killed on drop (printing its log when the test failed).
 pub struct Served {
@@ -51,12 +61,8 @@ impl Served {
             .stderr(std::fs::File::create(&stderr).unwrap())
             .spawn()
             .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
+        let line = first_line(&mut child);
         let base = line
-            .trim()
             .strip_prefix("listening on ")
             .unwrap_or_else(|| panic!("no listening line: {line:?}"))
             .to_owned();
