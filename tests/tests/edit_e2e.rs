@@ -200,3 +200,233 @@ fn deleting_or_inserting_a_layer_costs_only_the_new_layer() {
     assert_eq!(layout.layers("inserted").len(), 3);
     assert_checkout_matches_umoci(&agent, image, &layout, "inserted");
 }
+
+// ---- issue 18: held layers restacked by edits ------------------------------
+
+/// A tar of `files` (path, content) with no directory entries: its parent
+/// directories are only implied. `dirs` are listed (path, mtime, mode).
+fn layer_tar_file(path: &Path, dirs: &[(&str, u64, u32)], files: &[(&str, &[u8])]) {
+    let mut b = tar::Builder::new(Vec::new());
+    for (d, mtime, mode) in dirs {
+        let mut h = tar::Header::new_ustar();
+        h.set_entry_type(tar::EntryType::Directory);
+        h.set_mode(*mode);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_size(0);
+        h.set_mtime(*mtime);
+        h.set_cksum();
+        b.append_data(&mut h, d, &[][..]).unwrap();
+    }
+    for (f, data) in files {
+        let mut h = tar::Header::new_ustar();
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_mode(0o644);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_size(data.len() as u64);
+        h.set_mtime(1_650_000_000);
+        h.set_cksum();
+        b.append_data(&mut h, f, *data).unwrap();
+    }
+    std::fs::write(path, b.into_inner().unwrap()).unwrap();
+}
+
+/// The directories whose metadata `tag`'s layers define: each layer, bottom
+/// up, adds the directories it lists and removes what its whiteouts and
+/// opaque markers hide. Read from the pulled blobs with the tar crate.
+fn defined_dirs(layout: &OciLayout, tag: &str) -> std::collections::BTreeSet<String> {
+    let mut set = std::collections::BTreeSet::new();
+    for l in layout.layers(tag) {
+        let mut a = tar::Archive::new(layerlink_tests::layers::layer_reader(layout, &l));
+        for e in a.entries().unwrap() {
+            let e = e.unwrap();
+            let p = e.path().unwrap().to_string_lossy().into_owned();
+            let p = p.trim_start_matches("./").trim_end_matches('/').to_owned();
+            let (parent, leaf) = p.rsplit_once('/').unwrap_or(("", &p));
+            if leaf == ".wh..wh..opq" {
+                let hidden: Vec<String> = set
+                    .iter()
+                    .filter(|x: &&String| x.starts_with(&format!("{parent}/")))
+                    .cloned()
+                    .collect();
+                for h in hidden {
+                    set.remove(&h);
+                }
+            } else if let Some(name) = leaf.strip_prefix(".wh.") {
+                let gone = if parent.is_empty() {
+                    name.to_owned()
+                } else {
+                    format!("{parent}/{name}")
+                };
+                let hidden: Vec<String> = set
+                    .iter()
+                    .filter(|x| **x == gone || x.starts_with(&format!("{gone}/")))
+                    .cloned()
+                    .collect();
+                for h in hidden {
+                    set.remove(&h);
+                }
+            } else if e.header().entry_type() == tar::EntryType::Directory {
+                set.insert(p);
+            }
+        }
+    }
+    set
+}
+
+/// Checkout of `image` equals `umoci unpack`, exactly, except for the mtime
+/// of directories the image does not define (no layer lists them, or a
+/// later opaque marker or whiteout hid the listing) and of their parents
+/// (umoci's MkdirAll of such a directory touches the parent after its
+/// metadata was applied).
+fn assert_checkout_matches_umoci_where_defined(
+    agent: &Agent,
+    image: &str,
+    layout: &OciLayout,
+    tag: &str,
+) {
+    let reference = agent.scratch(&format!("umoci-{tag}"));
+    umoci_unpack(&layout.dir, tag, &reference);
+    let checkout = agent.scratch(&format!("checkout-{tag}"));
+    agent.checkout(image, &checkout);
+    let defined = defined_dirs(layout, tag);
+    let rootfs = reference.join("rootfs");
+    let is_dir = |p: &Path| {
+        std::fs::symlink_metadata(rootfs.join(p))
+            .map(|m| m.is_dir())
+            .unwrap_or(false)
+    };
+    let key = |p: &Path| p.to_string_lossy().trim_start_matches("./").to_owned();
+    let undefined = |p: &Path| {
+        let k = key(p);
+        is_dir(p) && !defined.contains(if k == "." { "" } else { k.as_str() })
+    };
+    let diffs: Vec<_> = layerlink_tests::tree::compare_trees(&rootfs, &checkout.join("rootfs"))
+        .into_iter()
+        .filter(|d| {
+            if d.what != "mtime" {
+                return true;
+            }
+            let has_undefined_child = std::fs::read_dir(rootfs.join(&d.path))
+                .map(|rd| rd.flatten().any(|c| undefined(&d.path.join(c.file_name()))))
+                .unwrap_or(false);
+            !(undefined(&d.path) || has_undefined_child)
+        })
+        .collect();
+    assert!(
+        diffs.is_empty(),
+        "{tag}: checkout differs from umoci where the image defines the result:\n{}",
+        diffs
+            .iter()
+            .take(20)
+            .map(|d| format!("  {d}"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
+
+impl Fixture {
+    /// `layerlink-registry edit --data DATA IMAGE ARGS…` on any image.
+    fn edit_image(&self, image: &str, args: &[&str]) {
+        let out = run(Command::new(registry_bin())
+            .arg("edit")
+            .arg("--data")
+            .arg(self.reg.data_dir())
+            .arg(image)
+            .args(args));
+        assert!(
+            out.status.success(),
+            "edit {image} {args:?} failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// Issue 18: the device holds an image whose top layer only implies its
+/// parent directories; the registry inserts a layer (listing those
+/// directories with other metadata, with an opaque directory crossing the
+/// edited position) at each position, deletes each layer, and both. The
+/// device syncs each result (only new layers travel) and every checkout
+/// equals `umoci unpack` of the same image wherever the image defines it.
+#[test]
+fn restacked_layers_check_out_like_umoci_at_every_position() {
+    let fx = fixture();
+    let agent = Agent::new(TOKEN);
+    fx.sync(&agent, IMAGE);
+    let scratch = agent.scratch("restack");
+    std::fs::create_dir_all(&scratch).unwrap();
+    // The implying layer: /usr/local/bin, /usr/share/doc and /var/lib/dpkg
+    // exist in the Debian base, none is listed here.
+    let implying = scratch.join("implying.tar");
+    layer_tar_file(
+        &implying,
+        &[],
+        &[
+            ("usr/local/bin/hello", b"#!/bin/sh\necho hello\n"),
+            ("usr/share/doc/restack/README", b"restacked\n"),
+            ("var/lib/dpkg/restack-marker", b"m"),
+        ],
+    );
+    let spec = format!("2:{}", implying.display());
+    fx.edit_image(IMAGE, &["--tag", "imp", "--insert-layer", &spec]);
+    let imp = "test/base-b:imp";
+    fx.sync(&agent, imp);
+    let layout = fx.pull(&agent, imp, "imp");
+    assert_eq!(layout.layers("imp").len(), 3);
+    assert_checkout_matches_umoci_where_defined(&agent, imp, &layout, "imp");
+
+    // The lister: usr/, usr/local/, var/, var/lib/ with other metadata, and
+    // usr/share/doc/ made opaque below the implying layer.
+    let lister = scratch.join("lister.tar");
+    layer_tar_file(
+        &lister,
+        &[
+            ("usr/", 1_600_000_010, 0o750),
+            ("usr/local/", 1_600_000_020, 0o755),
+            ("var/", 1_600_000_030, 0o711),
+            ("var/lib/", 1_600_000_040, 0o755),
+            ("usr/share/", 1_600_000_050, 0o755),
+            ("usr/share/doc/", 1_600_000_060, 0o755),
+        ],
+        &[
+            ("usr/share/doc/.wh..wh..opq", b""),
+            ("etc/restack.conf", b"x=1\n"),
+        ],
+    );
+    let mut cases: Vec<(String, Vec<String>)> = Vec::new();
+    for k in 0..=3 {
+        cases.push((
+            format!("ins{k}"),
+            vec!["--insert-layer".into(), format!("{k}:{}", lister.display())],
+        ));
+    }
+    for k in 0..3 {
+        cases.push((
+            format!("del{k}"),
+            vec!["--delete-layer".into(), k.to_string()],
+        ));
+    }
+    cases.push((
+        "both".into(),
+        vec![
+            "--delete-layer".into(),
+            "0".into(),
+            "--insert-layer".into(),
+            format!("1:{}", lister.display()),
+        ],
+    ));
+    for (tag, args) in &cases {
+        let mut a: Vec<&str> = vec!["--tag", tag];
+        a.extend(args.iter().map(String::as_str));
+        fx.edit_image(imp, &a);
+        let image = format!("test/base-b:{tag}");
+        let cost = fx.sync(&agent, &image);
+        assert!(
+            cost < 64 * 1024,
+            "{tag}: restacking cost {cost} B on the wire"
+        );
+        let layout = fx.pull(&agent, &image, tag);
+        assert_checkout_matches_umoci_where_defined(&agent, &image, &layout, tag);
+    }
+}
