@@ -28,8 +28,12 @@ pub struct Download {
 }
 
 /// The `layerlink-features` value this agent sends.
-pub fn features() -> String {
-    format!("{FEATURE_LAYER_BASE},{FEATURE_ZSTD}")
+pub fn features(zstd: bool) -> String {
+    if zstd {
+        format!("{FEATURE_LAYER_BASE},{FEATURE_ZSTD}")
+    } else {
+        FEATURE_LAYER_BASE.to_string()
+    }
 }
 
 /// The registry's sync API, as the agent uses it.
@@ -54,6 +58,8 @@ pub struct ClientConfig {
     /// PEM file with the CA certificates to trust instead of the built-in
     /// web PKI roots.
     pub ca_file: Option<PathBuf>,
+    /// Do not ask for zstd archives (`--no-zstd`).
+    pub no_zstd: bool,
 }
 
 /// [`Remote`] over HTTP(S) with `ureq`.
@@ -61,6 +67,7 @@ pub struct Client {
     agent: ureq::Agent,
     base: String,
     auth: Option<String>,
+    features: String,
 }
 
 /// Where the system CA bundle usually is (Debian/Ubuntu/Alpine/OpenWrt,
@@ -151,6 +158,7 @@ impl Client {
             agent: b.build().into(),
             base,
             auth: cfg.token.as_ref().map(|t| format!("Bearer {}", t.trim())),
+            features: features(!cfg.no_zstd),
         })
     }
 
@@ -160,7 +168,7 @@ impl Client {
             .agent
             .post(&url)
             .header("content-type", CONTENT_TYPE)
-            .header(FEATURES_HEADER, features());
+            .header(FEATURES_HEADER, &self.features);
         if let Some(a) = &self.auth {
             req = req.header("authorization", a);
         }
