@@ -539,8 +539,9 @@ fn zstd_archive_is_the_same_tar_with_content_frames_spliced() {
     .unwrap();
     // Same tar stream.
     assert_eq!(::zstd::decode_all(&z[..]).unwrap(), gz);
-    // Each new file's cached frame appears verbatim in the archive.
-    for content in [&big[..], b"edge\n"] {
+    // A big new file's cached frame appears verbatim in the archive (small
+    // ones travel inside the header frames).
+    for content in [&big[..]] {
         let d = Digest::of(content);
         let (mut f, len) = zstd::open_frame(&r.ts.objects, &d, content.len() as u64).unwrap();
         let mut frame = vec![0u8; len as usize];

@@ -1,16 +1,17 @@
 //! The zstd archive encoding (feature `zstd`, `proto/SPEC.md`): a sequence
 //! of zstd frames whose concatenation is the dedup tar stream.
 //!
-//! * Each object's content is **one frame made once** (level
+//! * Each object's content of at least [`DEFAULT_INLINE_BELOW`] bytes is
+//!   **one frame made once** (level
 //!   [`frame_level`], window at most `ZSTD_MAX_WINDOW`, content size in the
 //!   header, no checksum) and kept in a cache beside the object store,
 //!   `objects/.frames/<2 hex>/<hex>.zst`, made on first use. Archives splice
 //!   the cached frame **verbatim**: serving content costs a file copy, not a
 //!   compression, per device.
-//! * Everything between two contents (tar headers, PAX records, padding,
-//!   markers) is buffered and written as a small frame on the fly (level
-//!   [`HEADER_LEVEL`]); consecutive entries without content (references,
-//!   directories, symlinks, …) share one frame up to [`HEADER_BATCH`] bytes.
+//! * Everything between two such contents (tar headers, PAX records,
+//!   padding, markers, and the contents of small files) is buffered and
+//!   written as frames on the fly (level [`HEADER_LEVEL`]), up to
+//!   [`HEADER_BATCH`] bytes of tar each.
 //!
 //! A cache file is the frame followed by a 12-byte trailer (frame length,
 //! u64 LE, then `LLZ1`), written to a temporary name and renamed; a file
@@ -28,6 +29,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub const HEADER_LEVEL: i32 = 9;
 /// Most tar bytes one header frame carries.
 pub const HEADER_BATCH: usize = 128 * 1024;
+/// Contents smaller than this travel inside the header frames (compressed
+/// per response with their neighbours) instead of as their own cached frame:
+/// a frame of a few hundred bytes compresses far worse alone, and the CPU
+/// for such small contents is negligible. `LAYERLINK_ZSTD_INLINE` overrides
+/// it (0: every content is a spliced frame).
+pub const DEFAULT_INLINE_BELOW: u64 = 16 * 1024;
 /// Default level of the cached content frames.
 pub const DEFAULT_FRAME_LEVEL: i32 = 19;
 const TRAILER_MAGIC: &[u8; 4] = b"LLZ1";
@@ -42,6 +49,14 @@ pub fn frame_level() -> i32 {
         .and_then(|v| v.trim().parse().ok())
         .filter(|l| (1..=22).contains(l))
         .unwrap_or(DEFAULT_FRAME_LEVEL)
+}
+
+/// See [`DEFAULT_INLINE_BELOW`].
+pub fn inline_below() -> u64 {
+    std::env::var("LAYERLINK_ZSTD_INLINE")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(DEFAULT_INLINE_BELOW)
 }
 
 static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -183,6 +198,7 @@ pub struct FrameWriter<W: Write> {
     /// Compressed bytes of header frames.
     pub header_bytes: u64,
     per_entry: bool,
+    inline_below: u64,
 }
 
 impl<W: Write> FrameWriter<W> {
@@ -209,6 +225,7 @@ impl<W: Write> FrameWriter<W> {
             frames: (0, 0),
             header_bytes: 0,
             per_entry,
+            inline_below: inline_below(),
         })
     }
 
@@ -252,6 +269,9 @@ impl<W: Write> Write for FrameWriter<W> {
 
 impl<W: Write> TarOut for FrameWriter<W> {
     fn content(&mut self, objects: &ObjectStore, d: &Digest, size: u64) -> io::Result<bool> {
+        if size < self.inline_below {
+            return Ok(false);
+        }
         self.flush_pending()?;
         let (f, len) = open_frame(objects, d, size)?;
         let mut r = f.take(len);
