@@ -318,7 +318,7 @@ impl<R: Read> Read for ZstdFrames<R> {
             }
             if let Err(e) = self
                 .dec
-                .decode_blocks(&mut self.src, BlockDecodingStrategy::UptoBytes(64 * 1024))
+                .decode_blocks(&mut self.src, BlockDecodingStrategy::UptoBlocks(1))
             {
                 return Err(self.decoder_error(e));
             }
@@ -342,16 +342,19 @@ mod tests {
         let h = header(&[0x28, 0xb5, 0x2f, 0xfd, 0x20, 5]).unwrap();
         assert_eq!(h.window, 5);
         assert_eq!(h.content_size, Some(5));
-        // window descriptor exp=9 (512 KiB), 2-byte fcs (+256)
-        let h = header(&[0x28, 0xb5, 0x2f, 0xfd, 0x40, 9 << 3, 0, 1]).unwrap();
-        assert_eq!(h.window, 512 * 1024);
+        // window descriptor exp=8 (256 KiB), 2-byte fcs (+256)
+        let h = header(&[0x28, 0xb5, 0x2f, 0xfd, 0x40, 8 << 3, 0, 1]).unwrap();
+        assert_eq!(h.window, 256 * 1024);
         assert_eq!(h.content_size, Some(512));
-        // 1 MiB window: too big
-        let e = header(&[0x28, 0xb5, 0x2f, 0xfd, 0x00, 10 << 3]).unwrap_err();
+        // 288 KiB window (exp 8, mantissa 1): too big
+        let e = header(&[0x28, 0xb5, 0x2f, 0xfd, 0x00, 8 << 3 | 1]).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::InvalidData);
         assert!(e.to_string().contains("window"), "{e}");
         // single segment with a 4-byte content size of 1 MiB: too big
         let e = header(&[0x28, 0xb5, 0x2f, 0xfd, 0xa0, 0, 0, 0x10, 0]).unwrap_err();
+        assert!(e.to_string().contains("window"), "{e}");
+        // ... and of 256 KiB + 1
+        let e = header(&[0x28, 0xb5, 0x2f, 0xfd, 0xa0, 1, 0, 4, 0]).unwrap_err();
         assert!(e.to_string().contains("window"), "{e}");
         // dictionary id
         assert!(header(&[0x28, 0xb5, 0x2f, 0xfd, 0x21, 0, 1]).is_err());

@@ -88,17 +88,17 @@ fn frames_with(
     let mut out = Vec::new();
     let mut pos = 0;
     for (i, &(start, len)) in contents.iter().enumerate() {
-        out.extend(zstd_frame(&tar[pos..start], 19));
+        out.extend(zstd_frame(&tar[pos..start], 18));
         out.extend(content(i, &tar[start..start + len]));
         pos = start + len;
     }
-    out.extend(zstd_frame(&tar[pos..], 19));
+    out.extend(zstd_frame(&tar[pos..], 18));
     out
 }
 
 fn good_zstd() -> Vec<u8> {
     let (tar, contents) = layer_tar();
-    frames_with(&tar, &contents, |_, c| zstd_frame(c, 19))
+    frames_with(&tar, &contents, |_, c| zstd_frame(c, 18))
 }
 
 fn gzip(data: &[u8]) -> Vec<u8> {
@@ -131,7 +131,7 @@ fn zstd_archive_applies_like_gzip() {
 
     for (name, bytes) in [
         ("registry layout", good_zstd()),
-        ("one frame", zstd_frame(&tar, 19)),
+        ("one frame", zstd_frame(&tar, 18)),
         ("one frame per entry", {
             let mut a = Archive::zstd();
             let d = diff_id();
@@ -169,7 +169,7 @@ fn bad_cases() -> Vec<(&'static str, Vec<u8>, Option<Encoding>, i32, &'static st
     v.push((
         "corrupted frame",
         frames_with(&tar, &contents, |i, c| {
-            let mut f = zstd_frame(c, 19);
+            let mut f = zstd_frame(c, 18);
             if i == big {
                 let m = f.len() / 2;
                 for b in &mut f[m..m + 64] {
@@ -190,7 +190,7 @@ fn bad_cases() -> Vec<(&'static str, Vec<u8>, Option<Encoding>, i32, &'static st
             if i == small {
                 c.extend_from_slice(b"extra bytes");
             }
-            zstd_frame(&c, 19)
+            zstd_frame(&c, 18)
         }),
         Some(Encoding::Zstd),
         exit::INTEGRITY,
@@ -200,7 +200,7 @@ fn bad_cases() -> Vec<(&'static str, Vec<u8>, Option<Encoding>, i32, &'static st
     v.push((
         "frame shorter than its entry",
         frames_with(&tar, &contents, |i, c| {
-            zstd_frame(if i == small { &c[..c.len() - 100] } else { c }, 19)
+            zstd_frame(if i == small { &c[..c.len() - 100] } else { c }, 18)
         }),
         Some(Encoding::Zstd),
         exit::INTEGRITY,
@@ -210,7 +210,7 @@ fn bad_cases() -> Vec<(&'static str, Vec<u8>, Option<Encoding>, i32, &'static st
     v.push((
         "frame content size lies",
         frames_with(&tar, &contents, |i, c| {
-            let mut f = zstd_frame(c, 19);
+            let mut f = zstd_frame(c, 18);
             if i == small {
                 // 3000 bytes: descriptor with a 2-byte FCS (value - 256).
                 assert_eq!(f[4] >> 6, 1, "expected a 2-byte content size");
@@ -224,12 +224,12 @@ fn bad_cases() -> Vec<(&'static str, Vec<u8>, Option<Encoding>, i32, &'static st
         exit::INTEGRITY,
         "declares",
     ));
-    // A frame asking for a window above the limit (2 MiB content, window
-    // log 21).
+    // A frame asking for a window above the limit (700 KiB content, window
+    // log 19).
     v.push((
         "window above the limit",
         frames_with(&tar, &contents, |i, c| {
-            zstd_frame(c, if i == big { 21 } else { 19 })
+            zstd_frame(c, if i == big { 19 } else { 18 })
         }),
         Some(Encoding::Zstd),
         exit::INTEGRITY,
@@ -240,7 +240,7 @@ fn bad_cases() -> Vec<(&'static str, Vec<u8>, Option<Encoding>, i32, &'static st
         "switches to gzip midway",
         {
             let (start, _) = contents[small];
-            let mut b = zstd_frame(&tar[..start], 19);
+            let mut b = zstd_frame(&tar[..start], 18);
             b.extend(gzip(&tar[start..]));
             b
         },
@@ -268,9 +268,9 @@ fn bad_cases() -> Vec<(&'static str, Vec<u8>, Option<Encoding>, i32, &'static st
         "skippable frame",
         {
             let (start, _) = contents[small];
-            let mut b = zstd_frame(&tar[..start], 19);
+            let mut b = zstd_frame(&tar[..start], 18);
             b.extend([0x50, 0x2a, 0x4d, 0x18, 4, 0, 0, 0, 1, 2, 3, 4]);
-            b.extend(zstd_frame(&tar[start..], 19));
+            b.extend(zstd_frame(&tar[start..], 18));
             b
         },
         Some(Encoding::Zstd),
@@ -313,7 +313,7 @@ fn bad_zstd_archives_are_rejected_and_a_retry_completes() {
     assert_eq!(n, 10);
 }
 
-/// zstd frames of zeros made on demand behind `prefix` (window log 19).
+/// zstd frames of zeros made on demand behind `prefix` (window log 18).
 struct ZeroBomb {
     prefix: Option<Vec<u8>>,
     zeros_left: u64,
@@ -327,11 +327,11 @@ impl Read for ZeroBomb {
         static ZEROS: [u8; 1 << 20] = [0; 1 << 20];
         while self.pos == self.out.len() {
             if let Some(p) = self.prefix.take() {
-                self.out = zstd_frame(&p, 19);
+                self.out = zstd_frame(&p, 18);
             } else if self.zeros_left > 0 {
                 // 16 MiB of zeros per frame: a few hundred bytes each.
                 let mut enc = zstd::stream::Encoder::new(Vec::new(), 1)?;
-                enc.window_log(19)?;
+                enc.window_log(18)?;
                 for _ in 0..16 {
                     enc.write_all(&ZEROS)?;
                 }

@@ -70,13 +70,13 @@ pub const FEATURE_LAYER_BASE: &str = "layer-base";
 pub const FEATURE_ZSTD: &str = "zstd";
 
 /// Largest zstd window (`Window_Size`, bytes) a frame of a zstd archive may
-/// ask for: 512 KiB (window log 19). A single-segment frame's window is its
+/// ask for: 256 KiB (window log 18). A single-segment frame's window is its
 /// content size, so it is bounded the same way. Readers reject a frame that
 /// asks for more, so a device's decoder memory stays below this plus one
 /// 128 KiB block, whatever the registry sends.
 pub const ZSTD_MAX_WINDOW: u64 = 1 << ZSTD_MAX_WINDOW_LOG;
 /// log2 of [`ZSTD_MAX_WINDOW`].
-pub const ZSTD_MAX_WINDOW_LOG: u32 = 19;
+pub const ZSTD_MAX_WINDOW_LOG: u32 = 18;
 
 /// How a dedup archive (or objects response) is compressed. The response's
 /// content type says which one was used.

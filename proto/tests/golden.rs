@@ -167,7 +167,7 @@ fn archive_encodings_and_features() {
         ARCHIVE_CONTENT_TYPE_ZSTD,
         "application/vnd.layerlink.archive.v1.tar+zstd"
     );
-    assert_eq!(ZSTD_MAX_WINDOW, 512 * 1024);
+    assert_eq!(ZSTD_MAX_WINDOW, 256 * 1024);
     assert_eq!(Encoding::Gzip.content_type(), ARCHIVE_CONTENT_TYPE);
     assert_eq!(Encoding::Zstd.content_type(), ARCHIVE_CONTENT_TYPE_ZSTD);
     for (v, e) in [

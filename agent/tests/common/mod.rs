@@ -360,7 +360,7 @@ impl Archive {
         let mut start = 0;
         for c in cuts {
             if c > start {
-                out.extend(zstd_frame(&tar[start..c], 19));
+                out.extend(zstd_frame(&tar[start..c], 18));
                 start = c;
             }
         }

@@ -5,7 +5,8 @@
 //!   **one frame made once** (level
 //!   [`frame_level`], window at most `ZSTD_MAX_WINDOW`, content size in the
 //!   header, no checksum) and kept in a cache beside the object store,
-//!   `objects/.frames/<2 hex>/<hex>.zst`, made on first use. Archives splice
+//!   `objects/.frames-w<window log>/<2 hex>/<hex>.zst` (a new window limit
+//!   starts a new cache), made on first use. Archives splice
 //!   the cached frame **verbatim**: serving content costs a file copy, not a
 //!   compression, per device.
 //! * Everything between two such contents (tar headers, PAX records,
@@ -66,7 +67,7 @@ pub fn frame_path(objects: &ObjectStore, d: &Digest) -> PathBuf {
     let hex = d.hex();
     objects
         .root()
-        .join(".frames")
+        .join(format!(".frames-w{ZSTD_MAX_WINDOW_LOG}"))
         .join(&hex[..2])
         .join(format!("{hex}.zst"))
 }
