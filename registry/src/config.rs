@@ -34,6 +34,11 @@ pub struct Config {
     /// Serve HTTPS with this certificate.
     #[serde(default)]
     pub tls: Option<Tls>,
+    /// Refuse (400 `MANIFEST_INVALID`) an image manifest whose layers
+    /// cannot be split into files, instead of storing it as an OCI registry
+    /// must and marking it "not syncable" (the default, `false`).
+    #[serde(default)]
+    pub reject_unsyncable: bool,
 }
 
 /// A publisher account (HTTP basic auth on `/v2/`).
@@ -112,6 +117,48 @@ pub fn glob_match(pattern: &[u8], s: &[u8]) -> bool {
             (i..=s.len()).any(|j| glob_match(rest, &s[j..]))
         }
     }
+}
+
+/// A refusal to start that the operator must fix (exit code 2).
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// Anonymous push would be open to the network.
+    #[error(
+        "refusing to listen on non-loopback address {addr} without publisher auth: \
+         add [[publishers]] to a --config file, or listen on 127.0.0.1 / [::1]"
+    )]
+    PublicWithoutAuth {
+        /// The address asked for.
+        addr: String,
+    },
+    /// The listen address does not parse or resolve.
+    #[error("invalid --listen address {addr:?}: {why}")]
+    BadListen {
+        /// The address asked for.
+        addr: String,
+        /// Why.
+        why: String,
+    },
+    /// A `[tls]` certificate or key file is missing or unreadable.
+    #[error("[tls] {what} file {}: {why}", path.display())]
+    TlsFile {
+        /// `certificate` or `private key`.
+        what: &'static str,
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong.
+        why: String,
+    },
+    /// The certificate and key do not make a usable pair.
+    #[error("[tls] certificate {} and private key {} do not match or cannot be used: {why}", cert.display(), key.display())]
+    TlsMismatch {
+        /// The certificate file.
+        cert: std::path::PathBuf,
+        /// The key file.
+        key: std::path::PathBuf,
+        /// What rustls said.
+        why: String,
+    },
 }
 
 #[cfg(test)]

@@ -2,7 +2,10 @@
 //! process: uploads (monolithic, chunked, mounted, concurrent, broken),
 //! Range reads, manifests, tags, auth, and the loopback-only rule.
 
+mod serve;
+
 use layerlink_proto::Digest;
+use serve::{bin, Served};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -13,16 +16,11 @@ const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+j
 
 /// A registry process on a free loopback port, killed on drop.
 struct Registry {
-    child: Child,
+    _served: Served,
     base: String,
     data: PathBuf,
-    _dir: tempfile::TempDir,
     agent: ureq::Agent,
     auth: Option<String>,
-}
-
-fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_layerlink-registry")
 }
 
 impl Registry {
@@ -31,39 +29,15 @@ impl Registry {
     }
 
     fn start_with(config: Option<&str>) -> Registry {
-        let dir = tempfile::tempdir().unwrap();
-        let data = dir.path().join("data");
-        let mut cmd = Command::new(bin());
-        cmd.args(["serve", "--listen", "127.0.0.1:0", "--data"])
-            .arg(&data);
-        if let Some(text) = config {
-            let path = dir.path().join("config.toml");
-            std::fs::write(&path, text).unwrap();
-            cmd.arg("--config").arg(path);
-        }
-        let mut child = cmd
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let base = line
-            .trim()
-            .strip_prefix("listening on ")
-            .expect("listening line")
-            .to_owned();
+        let served = Served::start(config, None);
         let agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .build()
             .new_agent();
         Registry {
-            child,
-            base,
-            data,
-            _dir: dir,
+            base: served.base.clone(),
+            data: served.data.clone(),
+            _served: served,
             agent,
             auth: None,
         }
@@ -159,13 +133,6 @@ impl Registry {
         v.retain(|n| n != "uploads");
         v.extend(list(&self.data.join("tmp/uploads")));
         v
-    }
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -853,8 +820,18 @@ fn invalid_names_and_unknown_endpoints() {
         (resp.status, resp.error_code().as_str()),
         (400, "NAME_INVALID")
     );
+    // An invalid reference names no manifest: 404 on GET (issue 17, as the
+    // conformance suite expects), 400 on PUT.
     let resp = r.req("GET", "/v2/x/manifests/bad:tag:x", &[], None);
-    assert_eq!(resp.error_code(), "DIGEST_INVALID");
+    assert_eq!(
+        (resp.status, resp.error_code().as_str()),
+        (404, "MANIFEST_UNKNOWN")
+    );
+    let resp = r.req("PUT", "/v2/x/manifests/bad:tag:x", &[], Some(b"{}"));
+    assert_eq!(
+        (resp.status, resp.error_code().as_str()),
+        (400, "DIGEST_INVALID")
+    );
     let resp = r.req("PUT", "/v2/x/blobs/sha256:00", &[], Some(b""));
     assert_eq!(
         (resp.status, resp.error_code().as_str()),
@@ -1116,7 +1093,9 @@ fn stats_counts_tagged_images() {
 
 #[test]
 fn layer_not_matching_its_diff_id_is_rejected_and_nothing_committed() {
-    let r = Registry::start();
+    // Strict mode: an unsyncable image is refused at push (by default it is
+    // stored and marked not syncable: tests/oci_conformance.rs).
+    let r = Registry::start_with(Some("reject_unsyncable = true\n"));
     let good = TestImage::new(OCI_MANIFEST, &[&[("f", b"real content")]]);
     let other = TestImage::new(OCI_MANIFEST, &[&[("f", b"other content")]]);
     // other's config (other diff_id) with good's layer

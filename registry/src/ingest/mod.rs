@@ -6,7 +6,7 @@
 //! it; store every entry's content in the object store once (new objects
 //! are staged and only published with the index), record the entry index,
 //! and check the tar's sha256 against the config's `rootfs.diff_ids`.
-//! See [`crate::index`] for the tables and [`crate::objects`] for the store.
+//! See [`crate::store::index`] for the tables and [`crate::store::objects`] for the store.
 //!
 //! Ingests of the same layer are serialised (one waits, then finds the
 //! layer indexed); different layers ingest in parallel.
@@ -18,12 +18,11 @@ mod tests;
 #[cfg(test)]
 pub(crate) mod testutil;
 
-pub(crate) use layer::parse_pax;
 pub use layer::{decompressor, ingest_layer, uncompressed_digest, LayerOutcome};
 
-use crate::index;
-use crate::objects::ObjectStore;
-use crate::storage::Storage;
+use crate::store::index;
+use crate::store::objects::ObjectStore;
+use crate::store::storage::Storage;
 use image::ParsedManifest;
 use layerlink_proto::Digest;
 use std::collections::HashSet;
@@ -84,6 +83,57 @@ impl IngestError {
     pub fn is_client_error(&self) -> bool {
         !matches!(self, IngestError::Store(_))
     }
+}
+
+/// Manifest digest → why its image cannot be synced (a layer that could
+/// not be split into files). The manifest itself is stored and served over
+/// `/v2/` like any other; devices asking for it get this reason.
+pub const UNSYNCABLE: redb::TableDefinition<&[u8; 32], &str> =
+    redb::TableDefinition::new("ingest_unsyncable");
+
+/// Record that the image of manifest `digest` cannot be synced, and why.
+pub fn mark_unsyncable(
+    db: &redb::Database,
+    digest: &Digest,
+    reason: &str,
+) -> Result<(), IngestError> {
+    let txn = db.begin_write().map_err(IngestError::store)?;
+    {
+        let mut t = txn.open_table(UNSYNCABLE).map_err(IngestError::store)?;
+        t.insert(&digest.0, reason).map_err(IngestError::store)?;
+    }
+    txn.commit().map_err(IngestError::store)
+}
+
+/// Why the image of manifest `digest` cannot be synced, if it cannot.
+pub fn unsyncable_reason(
+    db: &redb::Database,
+    digest: &Digest,
+) -> Result<Option<String>, IngestError> {
+    let txn = redb::ReadableDatabase::begin_read(db).map_err(IngestError::store)?;
+    let Some(t) = crate::store::index::open_read(&txn, UNSYNCABLE).map_err(IngestError::store)?
+    else {
+        return Ok(None);
+    };
+    Ok(t.get(&digest.0)
+        .map_err(IngestError::store)?
+        .map(|v| v.value().to_owned()))
+}
+
+/// Every manifest marked not syncable, with the reason (for `stats`).
+pub fn unsyncable_all(db: &redb::Database) -> Result<Vec<(Digest, String)>, IngestError> {
+    use redb::ReadableTable as _;
+    let txn = redb::ReadableDatabase::begin_read(db).map_err(IngestError::store)?;
+    let Some(t) = crate::store::index::open_read(&txn, UNSYNCABLE).map_err(IngestError::store)?
+    else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::new();
+    for item in t.iter().map_err(IngestError::store)? {
+        let (k, v) = item.map_err(IngestError::store)?;
+        out.push((Digest(*k.value()), v.value().to_owned()));
+    }
+    Ok(out)
 }
 
 static LAYER_LOCKS: Mutex<Option<HashSet<Digest>>> = Mutex::new(None);

@@ -1,0 +1,478 @@
+//! The dedup archive writer (format: `proto/SPEC.md`, "Dedup archive").
+//!
+//! A gzip'd tar with ustar headers; a PAX header only where an entry needs
+//! one (long path or link name, size ≥ 8 GiB, large ids, xattrs, a
+//! fractional mtime, `LAYERLINK.*` keys). A reference entry costs one
+//! 512-byte header. Every entry streams from the index and the object store:
+//! memory does not grow with the archive.
+
+pub mod base;
+pub mod zstd;
+
+use crate::store::index::{self, EntryKind, EntryRecord, IndexError};
+use crate::store::objects::ObjectStore;
+use crate::sync::plan::{Dedup, HeldObjects};
+use crate::tar::{self as tarfmt, Fields};
+use base::BaseDiff;
+use layerlink_proto::archive::{
+    reference_link, Marker, FEATURE_LAYER_BASE, FEATURE_ZSTD, MARKER_DIR, PAX_DIFF_ID, PAX_DIGEST,
+    PAX_ENTRIES, PAX_MARKER,
+};
+use layerlink_proto::msg::HeldSet;
+use layerlink_proto::Digest;
+use redb::ReadableDatabase as _;
+use std::io::{self, Read, Write};
+pub use zstd::{FrameWriter, TarOut};
+
+/// gzip level of archives (a balance for small CPUs on both ends).
+pub const GZIP_LEVEL: u32 = 6;
+
+/// Writes dedup archive entries (uncompressed tar) to `out`.
+pub struct ArchiveWriter<W: TarOut> {
+    out: W,
+    objects: ObjectStore,
+    header: Vec<u8>,
+    pax: Vec<u8>,
+    buf: Vec<u8>,
+    new_bytes: u64,
+}
+
+impl<W: TarOut> ArchiveWriter<W> {
+    /// A writer into `out` (already compressing, or not) reading content
+    /// from `objects`.
+    pub fn new(out: W, objects: ObjectStore) -> ArchiveWriter<W> {
+        ArchiveWriter {
+            out,
+            objects,
+            header: Vec::with_capacity(2048),
+            pax: Vec::with_capacity(512),
+            buf: vec![0u8; 64 * 1024],
+            new_bytes: 0,
+        }
+    }
+
+    /// Bytes of new file and object content written so far.
+    pub fn new_bytes(&self) -> u64 {
+        self.new_bytes
+    }
+
+    /// Write a marker entry with `content` and PAX `LAYERLINK.marker` plus
+    /// `extra` records.
+    pub fn marker(
+        &mut self,
+        kind: Marker,
+        extra: &[(&str, &[u8])],
+        content: &[u8],
+    ) -> io::Result<()> {
+        self.pax.clear();
+        tarfmt::pax_record(
+            &mut self.pax,
+            PAX_MARKER.as_bytes(),
+            kind.as_str().as_bytes(),
+        );
+        for (k, v) in extra {
+            tarfmt::pax_record(&mut self.pax, k.as_bytes(), v);
+        }
+        let path = format!("{MARKER_DIR}/{}", kind.as_str());
+        let f = Fields {
+            path: path.as_bytes(),
+            type_flag: b'0',
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            size: content.len() as u64,
+            mtime: 0,
+            link: b"",
+            uname: b"",
+            gname: b"",
+            dev_major: 0,
+            dev_minor: 0,
+        };
+        self.header.clear();
+        tarfmt::entry_header(&mut self.header, &f, &self.pax);
+        self.out.write_all(&self.header)?;
+        self.out.write_all(content)?;
+        self.out
+            .write_all(&[0u8; tarfmt::BLOCK][..tarfmt::padding(content.len() as u64)])
+    }
+
+    /// Copy `size` bytes of object `d` from the store (or splice its
+    /// cached frame), then the padding.
+    fn content(&mut self, d: &Digest, size: u64) -> io::Result<()> {
+        if size > 0 && self.out.content(&self.objects, d, size)? {
+            return self
+                .out
+                .write_all(&[0u8; tarfmt::BLOCK][..tarfmt::padding(size)]);
+        }
+        let mut r = self.objects.open(d)?.take(size);
+        let mut left = size;
+        while left > 0 {
+            let n = r.read(&mut self.buf)?;
+            if n == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!("object {d} is shorter than {size} bytes"),
+                ));
+            }
+            self.out.write_all(&self.buf[..n])?;
+            left -= n as u64;
+        }
+        self.out
+            .write_all(&[0u8; tarfmt::BLOCK][..tarfmt::padding(size)])
+    }
+
+    /// Write one layer entry. Returns whether an entry was written (global
+    /// PAX headers are not sent).
+    pub fn entry(&mut self, rec: &EntryRecord, dedup: &mut Dedup<'_>) -> Result<bool, IndexError> {
+        if !rec.kind.is_sent() {
+            return Ok(false);
+        }
+        self.pax.clear();
+        let reference_name;
+        let mut new_object = None;
+        let (type_flag, size, link, inline): (u8, u64, &[u8], Option<Digest>) = match rec.kind {
+            EntryKind::File => match rec.object {
+                None => (b'0', 0, b"", None),
+                Some(d) if dedup.is_reference(&d)? => {
+                    reference_name = reference_link(&d);
+                    (b'1', 0, &reference_name[..], None)
+                }
+                Some(d) => {
+                    tarfmt::pax_record(&mut self.pax, PAX_DIGEST.as_bytes(), &d.hex_bytes());
+                    new_object = Some(d);
+                    (b'0', rec.size, b"", Some(d))
+                }
+            },
+            // Anything else carries its own data (if any) inline.
+            _ => (rec.type_flag, rec.size, &rec.link[..], rec.object),
+        };
+        self.needed_pax(rec, link, size);
+        let f = Fields {
+            path: &rec.path,
+            type_flag,
+            mode: rec.mode,
+            uid: rec.uid,
+            gid: rec.gid,
+            size,
+            mtime: rec.mtime.min(tarfmt::MAX_OCTAL_11),
+            link,
+            uname: &rec.uname,
+            gname: &rec.gname,
+            dev_major: rec.dev_major,
+            dev_minor: rec.dev_minor,
+        };
+        self.header.clear();
+        tarfmt::entry_header(&mut self.header, &f, &self.pax);
+        self.out.write_all(&self.header)?;
+        if let Some(d) = inline {
+            self.content(&d, size)?;
+        }
+        if new_object.is_some() {
+            self.new_bytes += size;
+        }
+        self.out.entry_end()?;
+        Ok(true)
+    }
+
+    /// PAX records an entry needs besides `LAYERLINK.digest`.
+    fn needed_pax(&mut self, rec: &EntryRecord, link: &[u8], size: u64) {
+        let p = &mut self.pax;
+        if !tarfmt::path_fits_ustar(&rec.path) {
+            tarfmt::pax_record(p, b"path", &rec.path);
+        }
+        if link.len() > 100 {
+            tarfmt::pax_record(p, b"linkpath", link);
+        }
+        if size > tarfmt::MAX_OCTAL_11 {
+            tarfmt::pax_record(p, b"size", size.to_string().as_bytes());
+        }
+        if rec.uid > tarfmt::MAX_OCTAL_7 {
+            tarfmt::pax_record(p, b"uid", rec.uid.to_string().as_bytes());
+        }
+        if rec.gid > tarfmt::MAX_OCTAL_7 {
+            tarfmt::pax_record(p, b"gid", rec.gid.to_string().as_bytes());
+        }
+        if rec.uname.len() > 32 {
+            tarfmt::pax_record(p, b"uname", &rec.uname);
+        }
+        if rec.gname.len() > 32 {
+            tarfmt::pax_record(p, b"gname", &rec.gname);
+        }
+        let mut mtime_done = false;
+        if rec.mtime > tarfmt::MAX_OCTAL_11 {
+            tarfmt::pax_record(p, b"mtime", rec.mtime.to_string().as_bytes());
+            mtime_done = true;
+        }
+        for (k, v) in &rec.pax {
+            if k.starts_with(b"SCHILY.xattr.") {
+                tarfmt::pax_record(p, k, v);
+            } else if k == b"mtime" && !mtime_done && v.contains(&b'.') {
+                tarfmt::pax_record(p, k, v);
+                mtime_done = true;
+            }
+        }
+    }
+
+    /// Write one layer section: marker, entries, layer-end marker. Returns
+    /// the entry count.
+    pub fn layer(
+        &mut self,
+        txn: &redb::ReadTransaction,
+        diff_id: &Digest,
+        dedup: &mut Dedup<'_>,
+    ) -> Result<u32, IndexError> {
+        self.layer_on(txn, diff_id, None, dedup)
+    }
+
+    /// [`ArchiveWriter::layer`], on a held base layer when `base` is given
+    /// (a base marker, then only the entries that differ). Returns the
+    /// number of entries in the section.
+    pub fn layer_on(
+        &mut self,
+        txn: &redb::ReadTransaction,
+        diff_id: &Digest,
+        base: Option<&BaseDiff>,
+        dedup: &mut Dedup<'_>,
+    ) -> Result<u32, IndexError> {
+        let meta = index::layer_meta_in(txn, diff_id)?.ok_or(IndexError::UnknownLayer(*diff_id))?;
+        let id = diff_id.to_string();
+        self.marker(Marker::Layer, &[(PAX_DIFF_ID, id.as_bytes())], b"")?;
+        if let Some(b) = base {
+            let base_id = b.base.to_string();
+            let count = b.removed.len().to_string();
+            self.marker(
+                Marker::Base,
+                &[
+                    (PAX_DIFF_ID, base_id.as_bytes()),
+                    (PAX_ENTRIES, count.as_bytes()),
+                ],
+                &b.removed_list(),
+            )?;
+        }
+        let (mut n, mut sent) = (0u32, 0u32);
+        for (i, rec) in index::layer_entries(txn, diff_id)?.enumerate() {
+            let rec = rec?;
+            if base.is_some_and(|b| b.is_same(i)) {
+                n += 1;
+                continue;
+            }
+            if self.entry(&rec, dedup)? {
+                n += 1;
+                sent += 1;
+            }
+        }
+        if n != meta.entries {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "layer {diff_id}: index has {n} entries, meta says {}",
+                    meta.entries
+                ),
+            )
+            .into());
+        }
+        let count = sent.to_string();
+        self.marker(
+            Marker::LayerEnd,
+            &[
+                (PAX_DIFF_ID, id.as_bytes()),
+                (PAX_ENTRIES, count.as_bytes()),
+            ],
+            b"",
+        )?;
+        Ok(sent)
+    }
+
+    /// Write an object marker carrying object `d` (`size` bytes).
+    pub fn object(&mut self, d: &Digest, size: u64) -> io::Result<()> {
+        self.pax.clear();
+        tarfmt::pax_record(
+            &mut self.pax,
+            PAX_MARKER.as_bytes(),
+            Marker::Object.as_str().as_bytes(),
+        );
+        tarfmt::pax_record(&mut self.pax, PAX_DIGEST.as_bytes(), &d.hex_bytes());
+        let path = format!("{MARKER_DIR}/{}", Marker::Object.as_str());
+        let f = Fields {
+            path: path.as_bytes(),
+            type_flag: b'0',
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            size,
+            mtime: 0,
+            link: b"",
+            uname: b"",
+            gname: b"",
+            dev_major: 0,
+            dev_minor: 0,
+        };
+        self.header.clear();
+        tarfmt::entry_header(&mut self.header, &f, &self.pax);
+        self.out.write_all(&self.header)?;
+        self.content(d, size)?;
+        self.new_bytes += size;
+        Ok(())
+    }
+
+    /// Write the end marker and the tar end-of-archive blocks; return `out`.
+    pub fn finish(mut self) -> io::Result<W> {
+        self.marker(Marker::End, &[], b"")?;
+        self.out.write_all(&[0u8; 2 * tarfmt::BLOCK])?;
+        Ok(self.out)
+    }
+}
+
+/// The manifest and config JSON for the optional marker entries.
+#[derive(Debug, Clone, Copy)]
+pub struct Metadata<'a> {
+    /// Platform manifest bytes.
+    pub manifest: &'a [u8],
+    /// Config bytes.
+    pub config: &'a [u8],
+}
+
+/// Optional archive features a device asked for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Features {
+    /// `layer-base`: send layers on held layers they resemble.
+    pub layer_base: bool,
+    /// `zstd`: answer with a zstd archive (spliced content frames).
+    pub zstd: bool,
+}
+
+impl Features {
+    /// The archive encoding these features ask for.
+    pub fn encoding(self) -> layerlink_proto::archive::Encoding {
+        if self.zstd {
+            layerlink_proto::archive::Encoding::Zstd
+        } else {
+            layerlink_proto::archive::Encoding::Gzip
+        }
+    }
+
+    /// Parse the `layerlink-features` request header value (unknown names
+    /// are ignored).
+    pub fn parse(v: &str) -> Features {
+        let mut f = Features::default();
+        for name in v.split(',').map(str::trim) {
+            if name == FEATURE_LAYER_BASE {
+                f.layer_base = true;
+            } else if name == FEATURE_ZSTD {
+                f.zstd = true;
+            }
+        }
+        f
+    }
+}
+
+/// Write the gzip'd dedup archive of `layers` (diff_ids, in order) for a
+/// device holding `held` into `out`; returns `out` after the gzip trailer
+/// (or the last zstd frame, with feature `zstd`).
+pub fn write_image_archive<W: Write>(
+    db: &redb::Database,
+    objects: &ObjectStore,
+    metadata: Option<Metadata<'_>>,
+    layers: &[Digest],
+    held: &HeldSet,
+    out: W,
+) -> Result<W, IndexError> {
+    write_image_archive_with(
+        db,
+        objects,
+        metadata,
+        layers,
+        held,
+        Features::default(),
+        out,
+    )
+}
+
+/// [`write_image_archive`] with the optional `features` the device asked
+/// for.
+pub fn write_image_archive_with<W: Write>(
+    db: &redb::Database,
+    objects: &ObjectStore,
+    metadata: Option<Metadata<'_>>,
+    layers: &[Digest],
+    held: &HeldSet,
+    features: Features,
+    out: W,
+) -> Result<W, IndexError> {
+    let txn = db.begin_read()?;
+    let mut lookups = 0u64;
+    for d in layers {
+        if let Some(m) = index::layer_meta_in(&txn, d)? {
+            lookups += u64::from(m.regular_files);
+        }
+    }
+    let held_objects = HeldObjects::load(&txn, held, lookups)?;
+    let mut dedup = Dedup::new(&held_objects);
+    if features.zstd {
+        let mut w = ArchiveWriter::new(FrameWriter::new(out)?, objects.clone());
+        image_body(&mut w, &txn, metadata, layers, held, features, &mut dedup)?;
+        return Ok(w.finish()?.finish()?);
+    }
+    let gz = flate2::write::GzEncoder::new(out, flate2::Compression::new(GZIP_LEVEL));
+    let mut w = ArchiveWriter::new(gz, objects.clone());
+    image_body(&mut w, &txn, metadata, layers, held, features, &mut dedup)?;
+    Ok(w.finish()?.finish()?)
+}
+
+fn image_body<T: TarOut>(
+    w: &mut ArchiveWriter<T>,
+    txn: &redb::ReadTransaction,
+    metadata: Option<Metadata<'_>>,
+    layers: &[Digest],
+    held: &HeldSet,
+    features: Features,
+    dedup: &mut Dedup<'_>,
+) -> Result<(), IndexError> {
+    if let Some(m) = metadata {
+        w.marker(Marker::Manifest, &[], m.manifest)?;
+        w.marker(Marker::Config, &[], m.config)?;
+    }
+    for d in layers {
+        let base = if features.layer_base {
+            base::choose_base(txn, d, &held.layers)?
+        } else {
+            None
+        };
+        w.layer_on(txn, d, base.as_deref(), dedup)?;
+    }
+    Ok(())
+}
+
+/// Write the gzip'd objects archive (repair): one object marker per
+/// `(digest, size)`, then the end marker.
+pub fn write_objects_archive<W: Write>(
+    objects: &ObjectStore,
+    wanted: &[(Digest, u64)],
+    out: W,
+) -> io::Result<W> {
+    write_objects_archive_with(objects, wanted, Features::default(), out)
+}
+
+/// [`write_objects_archive`] in the encoding `features` asks for.
+pub fn write_objects_archive_with<W: Write>(
+    objects: &ObjectStore,
+    wanted: &[(Digest, u64)],
+    features: Features,
+    out: W,
+) -> io::Result<W> {
+    fn body<T: TarOut>(mut w: ArchiveWriter<T>, wanted: &[(Digest, u64)]) -> io::Result<T> {
+        for (d, size) in wanted {
+            w.object(d, *size)?;
+        }
+        w.finish()
+    }
+    if features.zstd {
+        let w = ArchiveWriter::new(FrameWriter::new(out)?, objects.clone());
+        return body(w, wanted)?.finish();
+    }
+    let gz = flate2::write::GzEncoder::new(out, flate2::Compression::new(GZIP_LEVEL));
+    body(ArchiveWriter::new(gz, objects.clone()), wanted)?.finish()
+}
+
+#[cfg(test)]
+mod tests;
