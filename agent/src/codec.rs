@@ -37,10 +37,13 @@ fn read_head(r: &mut dyn Read, head: &mut [u8; 4]) -> io::Result<usize> {
     Ok(n)
 }
 
+/// The archive stream with its first 4 bytes (already read) put back.
+type Rewound<'a> = io::Chain<io::Cursor<[u8; 4]>, &'a mut dyn Read>;
+
 /// The decompressed tar stream of an archive, whichever its encoding.
 pub enum ArchiveDecoder<'a> {
     /// One gzip member.
-    Gzip(Box<flate2::read::GzDecoder<io::Chain<io::Cursor<[u8; 4]>, &'a mut dyn Read>>>),
+    Gzip(Box<flate2::read::GzDecoder<Rewound<'a>>>),
     /// zstd frames.
     Zstd(Box<ZstdFrames<&'a mut dyn Read>>),
 }

@@ -154,9 +154,12 @@ fn zstd_archive_applies_like_gzip() {
     assert!(good_zstd().len() < gzip(&tar).len());
 }
 
-/// Bad zstd archives: (name, bytes, declared encoding, expected exit code,
-/// a word the message must contain).
-fn bad_cases() -> Vec<(&'static str, Vec<u8>, Option<Encoding>, i32, &'static str)> {
+/// A bad archive: (name, bytes, declared encoding, expected exit code, a
+/// word the message must contain).
+type BadCase = (&'static str, Vec<u8>, Option<Encoding>, i32, &'static str);
+
+/// Bad zstd archives.
+fn bad_cases() -> Vec<BadCase> {
     let (tar, contents) = layer_tar();
     let big = contents
         .iter()
