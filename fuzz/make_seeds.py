@@ -51,6 +51,8 @@ with tarfile.open(fileobj=b, mode="w", format=tarfile.PAX_FORMAT) as t:
 open("seeds/archive_apply/layer", "wb").write(b"\x01" + b.getvalue())
 open("seeds/archive_apply/layer-nodev", "wb").write(b"\x03" + b.getvalue())
 # Mode bit 2: the harness zstd-compresses the tar (frames of 509 bytes).
+# raw-zstd (first byte 0, the rest a zstd stream) is made with the zstd CLI:
+#   tail -c +2 seeds/archive_apply/layer | zstd -19 --zstd=wlog=18 (window <= 256 KiB)
 open("seeds/archive_apply/layer-zstd", "wb").write(b"\x05" + b.getvalue())
 
 open("seeds/postcard_msgs/plan", "wb").write(
