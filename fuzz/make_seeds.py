@@ -50,6 +50,10 @@ with tarfile.open(fileobj=b, mode="w", format=tarfile.PAX_FORMAT) as t:
 # odd first byte: the fuzz target gzips the rest
 open("seeds/archive_apply/layer", "wb").write(b"\x01" + b.getvalue())
 open("seeds/archive_apply/layer-nodev", "wb").write(b"\x03" + b.getvalue())
+# Mode bit 2: the harness zstd-compresses the tar (frames of 509 bytes).
+# raw-zstd (first byte 0, the rest a zstd stream) is made with the zstd CLI:
+#   tail -c +2 seeds/archive_apply/layer | zstd -19 --zstd=wlog=18 (window <= 256 KiB)
+open("seeds/archive_apply/layer-zstd", "wb").write(b"\x05" + b.getvalue())
 
 open("seeds/postcard_msgs/plan", "wb").write(
     bytes([5]) + b"linux" + bytes([5]) + b"amd64" + b"\x00" + b"\x01" + bytes([3]) + b"app" + bytes([2]) + b"v1" + b"\x00\x00\x00")

@@ -24,13 +24,15 @@
 //! Memory stays flat: one 512-byte tar block, one 64 KiB copy buffer, the
 //! decompressor's window, and a bounded list of unresolved references.
 
+use crate::codec::ArchiveDecoder;
 use crate::error::{Error, Result};
 use crate::fsops::{self, file_type, is_whiteout, show, split_leaf, Meta, OVERLAY_OPAQUE};
 use crate::store::objects::ObjectWriter;
 use crate::store::Store;
 use crate::tar::{Header, Kind, TarReader, Time};
 use layerlink_proto::archive::{
-    classify_whiteout, normalize_entry_path, parse_reference_link, Marker, PathError, Whiteout,
+    classify_whiteout, normalize_entry_path, parse_reference_link, Encoding, Marker, PathError,
+    Whiteout,
 };
 use layerlink_proto::limits::{
     MAX_LAYER_ENTRIES, MAX_METADATA_BYTES, MAX_PATH_BYTES, MAX_REPAIR_OBJECTS,
@@ -146,8 +148,12 @@ pub struct Applier<'s> {
     pub config: Option<Vec<u8>>,
 }
 
-/// The one tar reader type: gzip over any stream, bounded.
-type Tar<'a> = TarReader<Bounded<flate2::read::GzDecoder<&'a mut dyn Read>>>;
+/// The one tar reader type: gzip or zstd over any stream, bounded.
+type Tar<'a> = TarReader<Bounded<ArchiveDecoder<'a>>>;
+
+fn decoder<'a>(r: &'a mut dyn Read, declared: Option<Encoding>) -> Result<ArchiveDecoder<'a>> {
+    ArchiveDecoder::new(r, declared).map_err(crate::tar::stream_error)
+}
 
 /// A reader that fails once more than `limit` bytes came through.
 struct Bounded<R> {
@@ -197,17 +203,24 @@ impl<'s> Applier<'s> {
         })
     }
 
-    /// Read a whole gzip'd dedup archive from `r` and apply it. Layers
-    /// without unresolved references are committed as their `layer-end`
-    /// marker arrives; the others wait for [`Applier::repair`].
-    pub fn apply_archive<R: Read>(&mut self, mut r: R) -> Result<()> {
-        self.apply_dyn(&mut r)
+    /// Read a whole dedup archive (gzip or zstd, by its magic number) from
+    /// `r` and apply it. Layers without unresolved references are committed
+    /// as their `layer-end` marker arrives; the others wait for
+    /// [`Applier::repair`].
+    pub fn apply_archive<R: Read>(&mut self, r: R) -> Result<()> {
+        self.apply_encoded(r, None)
     }
 
-    fn apply_dyn(&mut self, r: &mut dyn Read) -> Result<()> {
-        let gz = flate2::read::GzDecoder::new(r);
+    /// [`Applier::apply_archive`] for a stream the response declared to be
+    /// in `declared` encoding (a stream in another one is rejected).
+    pub fn apply_encoded<R: Read>(&mut self, mut r: R, declared: Option<Encoding>) -> Result<()> {
+        self.apply_dyn(&mut r, declared)
+    }
+
+    fn apply_dyn(&mut self, r: &mut dyn Read, declared: Option<Encoding>) -> Result<()> {
+        let dec = decoder(r, declared)?;
         let mut tar = TarReader::new(Bounded {
-            inner: gz,
+            inner: dec,
             left: self.opts.max_stream_bytes,
         });
         let mut next_layer = 0usize;
@@ -480,11 +493,22 @@ impl<'s> Applier<'s> {
         v
     }
 
-    /// Store the objects of one objects response (gzip'd tar of `object`
-    /// markers) that answers a request for `asked`, which must all arrive.
-    /// Then [`Applier::resolve_pending`] commits the waiting layers.
-    pub fn store_objects<R: Read>(&mut self, mut r: R, asked: &[Digest]) -> Result<()> {
-        self.objects_dyn(&mut r, asked)
+    /// Store the objects of one objects response (gzip'd or zstd tar of
+    /// `object` markers) that answers a request for `asked`, which must all
+    /// arrive. Then [`Applier::resolve_pending`] commits the waiting layers.
+    pub fn store_objects<R: Read>(&mut self, r: R, asked: &[Digest]) -> Result<()> {
+        self.store_objects_encoded(r, asked, None)
+    }
+
+    /// [`Applier::store_objects`] for a response declared to be in
+    /// `declared` encoding.
+    pub fn store_objects_encoded<R: Read>(
+        &mut self,
+        mut r: R,
+        asked: &[Digest],
+        declared: Option<Encoding>,
+    ) -> Result<()> {
+        self.objects_dyn(&mut r, asked, declared)
     }
 
     /// [`Applier::store_objects`] for all pending digests at once, then
@@ -495,11 +519,16 @@ impl<'s> Applier<'s> {
         self.resolve_pending()
     }
 
-    fn objects_dyn(&mut self, r: &mut dyn Read, wanted: &[Digest]) -> Result<()> {
-        let gz = flate2::read::GzDecoder::new(r);
+    fn objects_dyn(
+        &mut self,
+        r: &mut dyn Read,
+        wanted: &[Digest],
+        declared: Option<Encoding>,
+    ) -> Result<()> {
+        let dec = decoder(r, declared)?;
         let bound = self.opts.max_stream_bytes;
         let mut tar = TarReader::new(Bounded {
-            inner: gz,
+            inner: dec,
             left: bound,
         });
         loop {

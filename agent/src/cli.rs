@@ -46,6 +46,7 @@ sync options:
                       flags override it, IMAGE arguments replace its images
   --retry-for SECS    keep retrying transient failures this long (default 300)
   --no-devices        refuse device nodes in layers
+  --no-zstd           do not ask for zstd archives (gzip, as agents before it)
   -q, --quiet         no progress lines on stderr
 
 checkout options:
@@ -101,6 +102,7 @@ const BOOL_FLAGS: &[&str] = &[
     "--quiet",
     "-q",
     "--no-devices",
+    "--no-zstd",
     "--help",
     "-h",
 ];
@@ -405,6 +407,7 @@ fn cmd_sync(a: &Args) -> Result<i32> {
             "--quiet",
             "-q",
             "--no-devices",
+            "--no-zstd",
         ],
     )?;
     let cfg = match a.value("--config") {
@@ -467,6 +470,7 @@ fn cmd_sync(a: &Args) -> Result<i32> {
             .value("--ca-file")
             .map(PathBuf::from)
             .or(cfg.ca_file.map(PathBuf::from)),
+        no_zstd: a.has(&["--no-zstd"]),
     };
     let mut client = Client::new(&client_cfg)?;
     let store = Store::open(Path::new(&store_path), Access::Exclusive)?;

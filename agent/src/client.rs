@@ -3,7 +3,7 @@
 //! sync logic is testable without a server.
 
 use crate::error::{Error, Result};
-use layerlink_proto::archive::{FEATURES_HEADER, FEATURE_LAYER_BASE};
+use layerlink_proto::archive::{Encoding, FEATURES_HEADER, FEATURE_LAYER_BASE, FEATURE_ZSTD};
 use layerlink_proto::limits::MAX_MESSAGE_BYTES;
 use layerlink_proto::msg::{
     ArchiveRequest, ObjectsRequest, PlanRequest, PlanResponse, Report, ReportAck, API_PREFIX,
@@ -20,8 +20,20 @@ use std::time::Duration;
 pub struct Download {
     /// `x-layerlink-new-bytes`: uncompressed bytes of new file content.
     pub new_bytes: Option<u64>,
-    /// The gzip'd archive.
+    /// The encoding the response's content type names (`None`: not said;
+    /// the stream's magic number decides).
+    pub encoding: Option<Encoding>,
+    /// The compressed archive.
     pub body: Box<dyn Read>,
+}
+
+/// The `layerlink-features` value this agent sends.
+pub fn features(zstd: bool) -> String {
+    if zstd {
+        format!("{FEATURE_LAYER_BASE},{FEATURE_ZSTD}")
+    } else {
+        FEATURE_LAYER_BASE.to_string()
+    }
 }
 
 /// The registry's sync API, as the agent uses it.
@@ -46,6 +58,8 @@ pub struct ClientConfig {
     /// PEM file with the CA certificates to trust instead of the built-in
     /// web PKI roots.
     pub ca_file: Option<PathBuf>,
+    /// Do not ask for zstd archives (`--no-zstd`).
+    pub no_zstd: bool,
 }
 
 /// [`Remote`] over HTTP(S) with `ureq`.
@@ -53,6 +67,7 @@ pub struct Client {
     agent: ureq::Agent,
     base: String,
     auth: Option<String>,
+    features: String,
 }
 
 /// Where the system CA bundle usually is (Debian/Ubuntu/Alpine/OpenWrt,
@@ -143,6 +158,7 @@ impl Client {
             agent: b.build().into(),
             base,
             auth: cfg.token.as_ref().map(|t| format!("Bearer {}", t.trim())),
+            features: features(!cfg.no_zstd),
         })
     }
 
@@ -152,7 +168,7 @@ impl Client {
             .agent
             .post(&url)
             .header("content-type", CONTENT_TYPE)
-            .header(FEATURES_HEADER, FEATURE_LAYER_BASE);
+            .header(FEATURES_HEADER, &self.features);
         if let Some(a) = &self.auth {
             req = req.header("authorization", a);
         }
@@ -211,8 +227,14 @@ impl Client {
             .get(HEADER_NEW_BYTES)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse().ok());
+        let encoding = resp
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .and_then(Encoding::from_content_type);
         Ok(Download {
             new_bytes,
+            encoding,
             body: Box::new(resp.into_body().into_reader()),
         })
     }

@@ -276,7 +276,7 @@ fn sync_image(
         }
         let mut applier = Applier::new(store, aopts)?;
         let announced = dl.new_bytes.unwrap_or(new_bytes);
-        let applied = applier.apply_archive(dl.body);
+        let applied = applier.apply_encoded(dl.body, dl.encoding);
         let stored = applier.stored_new_bytes();
         applied.map_err(|e| match e {
             // Name what is still needed when the disk filled up mid-way: the
@@ -310,7 +310,7 @@ fn sync_image(
                     repository: want.repository.clone(),
                     digests: chunk.to_vec(),
                 })?;
-                applier.store_objects(dl.body, chunk)?;
+                applier.store_objects_encoded(dl.body, chunk, dl.encoding)?;
             }
         }
         // Link the repaired (or later-arrived) objects, commit what waited.

@@ -232,6 +232,7 @@ fn the_client_sends_small_requests_and_maps_statuses() {
         server: url,
         token: Some("tok\n".into()),
         ca_file: None,
+        no_zstd: false,
     })
     .unwrap();
 
@@ -247,6 +248,11 @@ fn the_client_sends_small_requests_and_maps_statuses() {
         "{head}"
     );
     assert!(head.contains("application/vnd.layerlink.v1+postcard"));
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("layerlink-features: layer-base,zstd\r\n"),
+        "{head}"
+    );
     assert!(!head.to_ascii_lowercase().contains("user-agent"), "{head}");
     assert!(
         head.len() + body.len() < 400,
@@ -276,6 +282,8 @@ fn the_client_sends_small_requests_and_maps_statuses() {
     };
     let mut dl = c.archive(&req).unwrap();
     assert_eq!(dl.new_bytes, Some(1));
+    // The test server names no archive content type.
+    assert_eq!(dl.encoding, None);
     let mut got = Vec::new();
     dl.body.read_to_end(&mut got).unwrap();
     assert_eq!(got, arch);
@@ -287,6 +295,7 @@ fn https_needs_tls_and_a_ca() {
         server: "https://127.0.0.1:1".into(),
         token: None,
         ca_file: Some("/nonexistent/ca.pem".into()),
+        no_zstd: false,
     };
     let e = Client::new(&cfg).err().expect("must fail");
     assert_eq!(e.exit_code(), exit::USAGE, "{e}");

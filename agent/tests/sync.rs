@@ -221,6 +221,7 @@ impl Remote for Fake {
             self.new_bytes_sent += new_bytes;
         }
         Ok(Download {
+            encoding: None,
             new_bytes: (!self.no_size_header).then_some(new_bytes),
             body: Box::new(std::io::Cursor::new(bytes)),
         })
@@ -240,6 +241,7 @@ impl Remote for Fake {
         }
         arch.end();
         Ok(Download {
+            encoding: None,
             new_bytes: None,
             body: Box::new(std::io::Cursor::new(arch.finish())),
         })

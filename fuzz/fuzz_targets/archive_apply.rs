@@ -1,6 +1,8 @@
 //! Arbitrary bytes as a dedup archive (first byte even: the rest is taken
-//! as the gzip stream; odd: the rest is gzip'd first, so the fuzzer mutates
-//! the tar itself) applied into a scratch store. Apply may fail, but must
+//! as the compressed stream, gzip or zstd by its magic number; odd: the rest
+//! is compressed first — gzip, or with bit 2 set zstd frames of at most 509
+//! bytes each, as the registry's header frames — so the fuzzer mutates the
+//! tar itself) applied into a scratch store. Apply may fail, but must
 //! not panic and must not create or change anything outside the store.
 #![no_main]
 
@@ -35,6 +37,12 @@ fuzz_target!(|data: &[u8]| {
     };
     let bytes = if mode & 1 == 0 {
         rest.to_vec()
+    } else if mode & 4 != 0 {
+        let mut out = Vec::new();
+        for chunk in rest.chunks(509) {
+            out.extend(zstd::bulk::compress(chunk, 1).unwrap());
+        }
+        out
     } else {
         let mut gz = GzEncoder::new(Vec::new(), Compression::fast());
         gz.write_all(rest).unwrap();

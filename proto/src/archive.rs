@@ -65,6 +65,77 @@ pub const FEATURES_HEADER: &str = "layerlink-features";
 /// Archive feature: layer sections may start with a [`Marker::Base`] marker
 /// and then carry only the entries that differ from the held base layer.
 pub const FEATURE_LAYER_BASE: &str = "layer-base";
+/// Archive feature: the device reads zstd archives (see [`Encoding::Zstd`]).
+/// `POST /archive` and `POST /objects` may then answer with one.
+pub const FEATURE_ZSTD: &str = "zstd";
+
+/// Largest zstd window (`Window_Size`, bytes) a frame of a zstd archive may
+/// ask for: 256 KiB (window log 18). A single-segment frame's window is its
+/// content size, so it is bounded the same way. Readers reject a frame that
+/// asks for more, so a device's decoder memory stays below this plus one
+/// 128 KiB block, whatever the registry sends.
+pub const ZSTD_MAX_WINDOW: u64 = 1 << ZSTD_MAX_WINDOW_LOG;
+/// log2 of [`ZSTD_MAX_WINDOW`].
+pub const ZSTD_MAX_WINDOW_LOG: u32 = 18;
+
+/// How a dedup archive (or objects response) is compressed. The response's
+/// content type says which one was used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoding {
+    /// One gzip member (what every registry sends to agents that do not ask
+    /// for [`FEATURE_ZSTD`]).
+    Gzip,
+    /// A sequence of zstd frames whose concatenation decompresses to the
+    /// tar stream; no frame's window exceeds [`ZSTD_MAX_WINDOW`], no frame
+    /// uses a dictionary, and there are no skippable frames.
+    Zstd,
+}
+
+impl Encoding {
+    /// Content type of an archive response in this encoding.
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Encoding::Gzip => crate::msg::ARCHIVE_CONTENT_TYPE,
+            Encoding::Zstd => crate::msg::ARCHIVE_CONTENT_TYPE_ZSTD,
+        }
+    }
+
+    /// The encoding a response's content type names (parameters after `;`
+    /// and surrounding spaces ignored); `None` for anything else.
+    pub fn from_content_type(v: &str) -> Option<Encoding> {
+        let base = v.split(';').next().unwrap_or("").trim();
+        if base.eq_ignore_ascii_case(crate::msg::ARCHIVE_CONTENT_TYPE) {
+            Some(Encoding::Gzip)
+        } else if base.eq_ignore_ascii_case(crate::msg::ARCHIVE_CONTENT_TYPE_ZSTD) {
+            Some(Encoding::Zstd)
+        } else {
+            None
+        }
+    }
+
+    /// The encoding whose magic number `head` (the first 4 bytes of a
+    /// stream) starts with.
+    pub fn sniff(head: &[u8; 4]) -> Option<Encoding> {
+        match head {
+            [0x1f, 0x8b, _, _] => Some(Encoding::Gzip),
+            [0x28, 0xb5, 0x2f, 0xfd] => Some(Encoding::Zstd),
+            _ => None,
+        }
+    }
+
+    /// Lower-case name (`gzip` / `zstd`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Encoding::Gzip => "gzip",
+            Encoding::Zstd => "zstd",
+        }
+    }
+}
+
+/// Whether the comma-separated `layerlink-features` value `v` lists `name`.
+pub fn has_feature(v: &str, name: &str) -> bool {
+    v.split(',').any(|n| n.trim() == name)
+}
 
 /// Kinds of marker entries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -27,6 +27,9 @@ pub const API_PREFIX: &str = "/layerlink/v1";
 pub const CONTENT_TYPE: &str = "application/vnd.layerlink.v1+postcard";
 /// Content type of dedup archive bodies (gzip'd POSIX/PAX tar).
 pub const ARCHIVE_CONTENT_TYPE: &str = "application/vnd.layerlink.archive.v1.tar+gzip";
+/// Content type of a zstd dedup archive (feature `zstd`: zstd frames whose
+/// concatenation is the same tar stream).
+pub const ARCHIVE_CONTENT_TYPE_ZSTD: &str = "application/vnd.layerlink.archive.v1.tar+zstd";
 /// Response header carrying the total uncompressed bytes of new file content
 /// in an archive, so the agent can check free space before applying.
 pub const HEADER_NEW_BYTES: &str = "x-layerlink-new-bytes";

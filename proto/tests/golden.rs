@@ -149,3 +149,48 @@ fn archive_and_objects_requests() {
     };
     assert_eq!(postcard::to_allocvec(&obj).unwrap().len(), 2 + 1 + 32);
 }
+
+#[test]
+fn archive_encodings_and_features() {
+    use layerlink_proto::archive::{
+        has_feature, Encoding, FEATURES_HEADER, FEATURE_LAYER_BASE, FEATURE_ZSTD, ZSTD_MAX_WINDOW,
+    };
+    use layerlink_proto::msg::{ARCHIVE_CONTENT_TYPE, ARCHIVE_CONTENT_TYPE_ZSTD};
+    assert_eq!(FEATURES_HEADER, "layerlink-features");
+    assert_eq!(FEATURE_LAYER_BASE, "layer-base");
+    assert_eq!(FEATURE_ZSTD, "zstd");
+    assert_eq!(
+        ARCHIVE_CONTENT_TYPE,
+        "application/vnd.layerlink.archive.v1.tar+gzip"
+    );
+    assert_eq!(
+        ARCHIVE_CONTENT_TYPE_ZSTD,
+        "application/vnd.layerlink.archive.v1.tar+zstd"
+    );
+    assert_eq!(ZSTD_MAX_WINDOW, 256 * 1024);
+    assert_eq!(Encoding::Gzip.content_type(), ARCHIVE_CONTENT_TYPE);
+    assert_eq!(Encoding::Zstd.content_type(), ARCHIVE_CONTENT_TYPE_ZSTD);
+    for (v, e) in [
+        (ARCHIVE_CONTENT_TYPE, Some(Encoding::Gzip)),
+        (ARCHIVE_CONTENT_TYPE_ZSTD, Some(Encoding::Zstd)),
+        (
+            "Application/vnd.layerlink.archive.v1.tar+zstd; x=1",
+            Some(Encoding::Zstd),
+        ),
+        ("application/octet-stream", None),
+        ("", None),
+    ] {
+        assert_eq!(Encoding::from_content_type(v), e, "{v}");
+    }
+    assert_eq!(Encoding::sniff(&[0x1f, 0x8b, 8, 0]), Some(Encoding::Gzip));
+    assert_eq!(
+        Encoding::sniff(&[0x28, 0xb5, 0x2f, 0xfd]),
+        Some(Encoding::Zstd)
+    );
+    assert_eq!(Encoding::sniff(b"tar\0"), None);
+    // The agent's header value; registries match names exactly after trimming.
+    assert!(has_feature("layer-base,zstd", "zstd"));
+    assert!(has_feature(" layer-base , zstd ", "layer-base"));
+    assert!(!has_feature("layer-base,zstd2", "zstd"));
+    assert!(!has_feature("", "zstd"));
+}

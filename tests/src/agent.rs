@@ -12,6 +12,8 @@ pub struct Agent {
     pub store: PathBuf,
     /// The device's bearer token (`--token`).
     pub token: String,
+    /// Extra `sync` arguments (e.g. `--no-zstd`).
+    pub sync_args: Vec<String>,
     _tmp: TempDir,
 }
 
@@ -25,8 +27,19 @@ impl Agent {
         Agent {
             store: tmp.path().join("store"),
             token: token.to_string(),
+            sync_args: Vec::new(),
             _tmp: tmp,
         }
+    }
+
+    /// A device whose agent asks for gzip archives only (`--no-zstd`, as
+    /// agents before the zstd encoding) when `gzip` is true.
+    pub fn with_encoding(token: &str, gzip: bool) -> Agent {
+        let mut a = Agent::new(token);
+        if gzip {
+            a.sync_args.push("--no-zstd".into());
+        }
+        a
     }
 
     /// A scratch dir that lives as long as the agent (for checkouts).
@@ -52,6 +65,7 @@ impl Agent {
             .arg(&self.store)
             .arg("--token")
             .arg(&self.token)
+            .args(&self.sync_args)
             .args(images))
     }
 

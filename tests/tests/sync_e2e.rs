@@ -103,32 +103,55 @@ fn new_content_bytes(held: &LayerFiles, new_tag: &str) -> (u64, u64, u64) {
 #[test]
 fn cold_sync_of_base_a_matches_umoci_and_resync_is_free() {
     let fx = fixture(&["base-a:v1"]);
-    let agent = Agent::new(TOKEN);
-    let cold = fx.sync(&agent, &["base-a:v1"]);
-    eprintln!(
-        "cold sync of base-a:v1: {cold} bytes on the wire; layer blobs {} bytes",
-        layer_bytes("base-a:v1")
-    );
+    // Both encodings from the same registry: an agent that asks for zstd
+    // (today's) and one that does not (older agents get gzip).
+    let mut costs = Vec::new();
+    for gzip in [true, false] {
+        let enc = if gzip { "gzip" } else { "zstd" };
+        let agent = Agent::with_encoding(TOKEN, gzip);
+        let t0 = std::time::Instant::now();
+        let cold = fx.sync(&agent, &["base-a:v1"]);
+        eprintln!(
+            "cold sync of base-a:v1 ({enc}): {cold} bytes on the wire in {:.1?}; layer blobs {} bytes",
+            t0.elapsed(),
+            layer_bytes("base-a:v1")
+        );
+        assert!(
+            cold < layer_bytes("base-a:v1") * 3 / 2,
+            "a cold sync ({cold} B, {enc}) should cost about the compressed layer ({} B)",
+            layer_bytes("base-a:v1")
+        );
+        assert_checkout_matches_umoci(&agent, "base-a:v1");
+        assert_noop_sync(&fx, &agent, &["base-a:v1"]);
+        let verify = agent.verify();
+        assert!(
+            verify.status.success(),
+            "verify after sync ({enc}): {}",
+            String::from_utf8_lossy(&verify.stderr)
+        );
+        costs.push(cold);
+    }
+    // zstd level 19 frames beat gzip -6 on the same content.
     assert!(
-        cold < layer_bytes("base-a:v1") * 3 / 2,
-        "a cold sync ({cold} B) should cost about the compressed layer ({} B)",
-        layer_bytes("base-a:v1")
-    );
-    assert_checkout_matches_umoci(&agent, "base-a:v1");
-    assert_noop_sync(&fx, &agent, &["base-a:v1"]);
-    let verify = agent.verify();
-    assert!(
-        verify.status.success(),
-        "verify after sync: {}",
-        String::from_utf8_lossy(&verify.stderr)
+        costs[1] < costs[0] * 95 / 100,
+        "zstd cold sync {} B is not clearly below gzip {} B",
+        costs[1],
+        costs[0]
     );
 }
 
 /// Incremental sync from `from` to `to`: checkout equals umoci, bytes stay
-/// near what is really new, a re-sync is free.
+/// near what is really new, a re-sync is free; with both encodings.
 fn incremental(from: &str, to: &str) {
     let fx = fixture(&[from, to]);
-    let agent = Agent::new(TOKEN);
+    for gzip in [true, false] {
+        incremental_with(&fx, from, to, gzip);
+    }
+}
+
+fn incremental_with(fx: &Fixture, from: &str, to: &str, gzip: bool) {
+    let enc = if gzip { "gzip" } else { "zstd" };
+    let agent = Agent::with_encoding(TOKEN, gzip);
     fx.sync(&agent, &[from]);
     let held = image_files(&test_images().layout(), &[from]);
     let (new_files, new_bytes, new_gz) = new_content_bytes(&held, to);
@@ -136,7 +159,7 @@ fn incremental(from: &str, to: &str) {
     let cost = fx.sync(&agent, &[to]);
     let full = layer_bytes(to);
     eprintln!(
-        "{from} → {to}: {cost} bytes on the wire; {new_files} new contents ({new_bytes} B \
+        "{from} → {to} ({enc}): {cost} bytes on the wire; {new_files} new contents ({new_bytes} B \
          uncompressed, {new_gz} B gzip'd one by one); {to}'s layers are {full} B compressed"
     );
     // The issue's target: at most 1.3x the missing files' gzip'd sizes
@@ -145,15 +168,15 @@ fn incremental(from: &str, to: &str) {
     let budget = new_gz * 13 / 10 + 16 * 1024;
     assert!(
         cost <= budget,
-        "{from} → {to} cost {cost} B, more than 1.3 x the new contents gzip'd ({new_gz} B) \
+        "{from} → {to} ({enc}) cost {cost} B, more than 1.3 x the new contents gzip'd ({new_gz} B) \
          + 16 KiB"
     );
     assert!(
         cost < full / 4,
-        "{from} → {to} cost {cost} B: not much less than the plain layers ({full} B)"
+        "{from} → {to} ({enc}) cost {cost} B: not much less than the plain layers ({full} B)"
     );
     assert_checkout_matches_umoci(&agent, to);
-    assert_noop_sync(&fx, &agent, &[to]);
+    assert_noop_sync(fx, &agent, &[to]);
 }
 
 #[test]
@@ -169,28 +192,30 @@ fn device_with_base_a_v1_syncs_the_rebuilt_v2_cheaply_and_exactly() {
 #[test]
 fn tiny_images_with_whiteouts_hard_links_and_xattrs_check_out_exactly() {
     let fx = fixture(&["tiny:v1", "tiny:v2"]);
-    let agent = Agent::new(TOKEN);
-    fx.sync(&agent, &["tiny:v1"]);
-    assert_checkout_matches_umoci(&agent, "tiny:v1");
-    // v2 adds a layer on v1: only that layer travels.
-    let cost = fx.sync(&agent, &["tiny:v1", "tiny:v2"]);
-    assert!(
-        cost < 16 * 1024,
-        "tiny:v2's small upper layer cost {cost} B"
-    );
-    assert_checkout_matches_umoci(&agent, "tiny:v2");
-    assert_checkout_matches_umoci(&agent, "tiny:v1");
-    assert_noop_sync(&fx, &agent, &["tiny:v1", "tiny:v2"]);
-    let devices = fx.reg.devices().to_string();
-    assert!(
-        devices.contains("dev1"),
-        "the registry keeps no record of dev1's holdings: {devices}"
-    );
-    let status = agent.status_json().to_string();
-    assert!(
-        status.contains("tiny"),
-        "status --json does not mention the synced images: {status}"
-    );
+    for gzip in [true, false] {
+        let agent = Agent::with_encoding(TOKEN, gzip);
+        fx.sync(&agent, &["tiny:v1"]);
+        assert_checkout_matches_umoci(&agent, "tiny:v1");
+        // v2 adds a layer on v1: only that layer travels.
+        let cost = fx.sync(&agent, &["tiny:v1", "tiny:v2"]);
+        assert!(
+            cost < 16 * 1024,
+            "tiny:v2's small upper layer cost {cost} B"
+        );
+        assert_checkout_matches_umoci(&agent, "tiny:v2");
+        assert_checkout_matches_umoci(&agent, "tiny:v1");
+        assert_noop_sync(&fx, &agent, &["tiny:v1", "tiny:v2"]);
+        let devices = fx.reg.devices().to_string();
+        assert!(
+            devices.contains("dev1"),
+            "the registry keeps no record of dev1's holdings: {devices}"
+        );
+        let status = agent.status_json().to_string();
+        assert!(
+            status.contains("tiny"),
+            "status --json does not mention the synced images: {status}"
+        );
+    }
 }
 
 #[test]

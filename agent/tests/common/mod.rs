@@ -184,6 +184,10 @@ impl<W: Write> TarWriter<W> {
     pub fn into_inner(self) -> W {
         self.b.into_inner().unwrap()
     }
+
+    pub fn get_ref(&self) -> &W {
+        self.b.get_ref()
+    }
 }
 
 fn set_name(h: &mut tar::Header, name: &[u8]) {
@@ -203,9 +207,24 @@ pub fn layer_tar(entries: &[Entry]) -> (Vec<u8>, Digest) {
     (bytes, d)
 }
 
-/// Builds a gzip'd dedup archive section by section.
+/// Builds a dedup archive section by section: gzip'd, or (`zstd()`) as
+/// one zstd frame per tar entry (header and content), like the registry.
 pub struct Archive {
-    w: TarWriter<GzEncoder<Vec<u8>>>,
+    w: TarWriter<Vec<u8>>,
+    zstd: bool,
+    /// Tar offsets where a new zstd frame starts.
+    cuts: Vec<usize>,
+}
+
+/// One zstd frame of `data` (level 3, window at most 2^`window_log`,
+/// content size in the header).
+pub fn zstd_frame(data: &[u8], window_log: u32) -> Vec<u8> {
+    let mut c = zstd::bulk::Compressor::new(3).unwrap();
+    c.set_parameter(zstd::zstd_safe::CParameter::WindowLog(window_log))
+        .unwrap();
+    c.set_parameter(zstd::zstd_safe::CParameter::ContentSizeFlag(true))
+        .unwrap();
+    c.compress(data).unwrap()
 }
 
 fn marker(kind: &str, extra: &[(&str, &[u8])], data: &[u8]) -> Entry {
@@ -229,25 +248,47 @@ impl Default for Archive {
 impl Archive {
     pub fn new() -> Self {
         Archive {
-            w: TarWriter::new(GzEncoder::new(Vec::new(), Compression::fast())),
+            w: TarWriter::new(Vec::new()),
+            zstd: false,
+            cuts: Vec::new(),
         }
     }
+    /// The same archive as zstd frames.
+    pub fn zstd() -> Self {
+        Archive {
+            zstd: true,
+            ..Self::new()
+        }
+    }
+    /// Start a new zstd frame here (the next entry starts one anyway).
+    pub fn cut(&mut self) -> &mut Self {
+        self.cuts.push(self.w.get_ref().len());
+        self
+    }
+    fn put(&mut self, e: &Entry) {
+        self.cuts.push(self.w.get_ref().len());
+        self.w.entry(e);
+    }
+    /// The uncompressed tar so far.
+    pub fn tar(&self) -> &[u8] {
+        self.w.get_ref()
+    }
     pub fn metadata(&mut self, manifest: &[u8], config: &[u8]) -> &mut Self {
-        self.w.entry(&marker("manifest", &[], manifest));
-        self.w.entry(&marker("config", &[], config));
+        self.put(&marker("manifest", &[], manifest));
+        self.put(&marker("config", &[], config));
         self
     }
     /// A whole layer section: marker, entries, layer-end with the count.
     pub fn layer(&mut self, diff_id: &Digest, entries: &[Entry]) -> &mut Self {
         self.layer_start(diff_id);
         for e in entries {
-            self.w.entry(e);
+            self.put(e);
         }
         self.layer_end(diff_id, entries.len() as u64)
     }
     pub fn layer_start(&mut self, diff_id: &Digest) -> &mut Self {
         let id = diff_id.to_string();
-        self.w.entry(&marker(
+        self.put(&marker(
             "layer",
             &[("LAYERLINK.diff_id", id.as_bytes())],
             b"",
@@ -255,7 +296,7 @@ impl Archive {
         self
     }
     pub fn entry(&mut self, e: &Entry) -> &mut Self {
-        self.w.entry(e);
+        self.put(e);
         self
     }
     /// A base marker (feature `layer-base`): build on held layer `base`,
@@ -268,7 +309,7 @@ impl Archive {
             data.extend_from_slice(p.as_bytes());
             data.push(0);
         }
-        self.w.entry(&marker(
+        self.put(&marker(
             "base",
             &[
                 ("LAYERLINK.diff_id", id.as_bytes()),
@@ -281,7 +322,7 @@ impl Archive {
     pub fn layer_end(&mut self, diff_id: &Digest, count: u64) -> &mut Self {
         let id = diff_id.to_string();
         let n = count.to_string();
-        self.w.entry(&marker(
+        self.put(&marker(
             "layer-end",
             &[
                 ("LAYERLINK.diff_id", id.as_bytes()),
@@ -293,7 +334,7 @@ impl Archive {
     }
     pub fn object(&mut self, data: &[u8]) -> &mut Self {
         let d = Digest::of(data).hex();
-        self.w.entry(&marker(
+        self.put(&marker(
             "object",
             &[("LAYERLINK.digest", d.as_bytes())],
             data,
@@ -301,12 +342,29 @@ impl Archive {
         self
     }
     pub fn end(&mut self) -> &mut Self {
-        self.w.entry(&marker("end", &[], b""));
+        self.put(&marker("end", &[], b""));
         self
     }
     pub fn finish(self) -> Vec<u8> {
-        let gz = self.w.into_inner();
-        gz.finish().unwrap()
+        let tar = self.w.into_inner();
+        if !self.zstd {
+            let mut gz = GzEncoder::new(Vec::new(), Compression::fast());
+            gz.write_all(&tar).unwrap();
+            return gz.finish().unwrap();
+        }
+        let mut cuts = self.cuts;
+        cuts.push(tar.len());
+        cuts.sort_unstable();
+        cuts.dedup();
+        let mut out = Vec::new();
+        let mut start = 0;
+        for c in cuts {
+            if c > start {
+                out.extend(zstd_frame(&tar[start..c], 18));
+                start = c;
+            }
+        }
+        out
     }
 }
 

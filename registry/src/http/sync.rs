@@ -33,7 +33,7 @@ use layerlink_proto::limits::{
 };
 use layerlink_proto::msg::{
     ArchiveRequest, HeldSet, ObjectsRequest, PlanRequest, PlanResponse, Report, ReportAck,
-    ARCHIVE_CONTENT_TYPE, CONTENT_TYPE, HEADER_NEW_BYTES,
+    CONTENT_TYPE, HEADER_NEW_BYTES,
 };
 use layerlink_proto::{Digest, ErrorCode};
 use redb::ReadableDatabase as _;
@@ -451,7 +451,7 @@ impl Write for ChannelWriter {
 }
 
 /// Stream what `write` produces as a response body with these headers.
-fn streaming_response<F>(new_bytes: u64, write: F) -> Response
+fn streaming_response<F>(new_bytes: u64, features: archive::Features, write: F) -> Response
 where
     F: FnOnce(ChannelWriter) -> Result<ChannelWriter, String> + Send + 'static,
 {
@@ -470,10 +470,19 @@ where
     let h = resp.headers_mut();
     h.insert(
         header::CONTENT_TYPE,
-        HeaderValue::from_static(ARCHIVE_CONTENT_TYPE),
+        HeaderValue::from_static(features.encoding().content_type()),
     );
     h.insert(HEADER_NEW_BYTES, HeaderValue::from(new_bytes));
     resp
+}
+
+/// The archive features a request's `layerlink-features` header lists.
+fn features_of(headers: &HeaderMap) -> archive::Features {
+    headers
+        .get(FEATURES_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(archive::Features::parse)
+        .unwrap_or_default()
 }
 
 async fn archive_handler(State(st): State<AppState>, headers: HeaderMap, body: Body) -> Response {
@@ -482,15 +491,11 @@ async fn archive_handler(State(st): State<AppState>, headers: HeaderMap, body: B
             let device = authenticate(&st, &headers)?;
             let req: ArchiveRequest = read_body(&headers, body, "ArchiveRequest").await?;
             check_read(device, &req.repository)?;
-            let features = headers
-                .get(FEATURES_HEADER)
-                .and_then(|v| v.to_str().ok())
-                .map(archive::Features::parse)
-                .unwrap_or_default();
+            let features = features_of(&headers);
             let (storage, device) = (st.storage.clone(), device.clone());
             let job = blocking(move || prepare_archive(&*storage, &device, &req)).await?;
             let storage: Arc<crate::store::storage::Storage> = st.storage.clone();
-            Ok(streaming_response(job.new_bytes, move |w| {
+            Ok(streaming_response(job.new_bytes, features, move |w| {
                 let meta = job.metadata.as_ref().map(|(m, c)| Metadata {
                     manifest: m,
                     config: c,
@@ -521,9 +526,15 @@ async fn objects_handler(State(st): State<AppState>, headers: HeaderMap, body: B
             let (wanted, total) =
                 blocking(move || prepare_objects(&*storage, &device, &req)).await?;
             let storage = st.storage.clone();
-            Ok(streaming_response(total, move |w| {
-                archive::write_objects_archive(&index::object_store(&storage), &wanted, w)
-                    .map_err(|e| e.to_string())
+            let features = features_of(&headers);
+            Ok(streaming_response(total, features, move |w| {
+                archive::write_objects_archive_with(
+                    &index::object_store(&storage),
+                    &wanted,
+                    features,
+                    w,
+                )
+                .map_err(|e| e.to_string())
             }))
         }
         .await,

@@ -3,7 +3,10 @@ use crate::ingest::image;
 use crate::ingest::testutil::{gunzip, gzip, TarBuilder};
 use crate::sync::plan::{amd64, MemRegistry};
 use layerlink_proto::archive::{parse_reference_link, Marker, PAX_DIGEST, PAX_MARKER};
-use layerlink_proto::msg::{HeldImage, Holdings, ImageRef, LayerState, Platform};
+use layerlink_proto::msg::{
+    HeldImage, Holdings, ImageRef, LayerState, Platform, ARCHIVE_CONTENT_TYPE,
+    ARCHIVE_CONTENT_TYPE_ZSTD,
+};
 use layerlink_proto::ErrorBody;
 
 /// A device that may read every repository.
@@ -304,8 +307,29 @@ struct Resp {
     body: Vec<u8>,
 }
 
+/// The gzip objects response to `oreq`, uncompressed.
+fn tar_bytes_objects(s: &Server, oreq: &ObjectsRequest) -> Vec<u8> {
+    let r = s.post(
+        "objects",
+        Some("token-gw-1"),
+        postcard::to_allocvec(oreq).unwrap(),
+    );
+    assert_eq!(r.headers.get("content-type").unwrap(), ARCHIVE_CONTENT_TYPE);
+    gunzip(&r.body)
+}
+
 impl Server {
     fn post(&self, path: &str, token: Option<&str>, body: Vec<u8>) -> Resp {
+        self.post_with(path, token, body, None)
+    }
+
+    fn post_with(
+        &self,
+        path: &str,
+        token: Option<&str>,
+        body: Vec<u8>,
+        features: Option<&str>,
+    ) -> Resp {
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .build()
@@ -316,6 +340,9 @@ impl Server {
             .header("content-type", CONTENT_TYPE);
         if let Some(t) = token {
             b = b.header("authorization", format!("Bearer {t}"));
+        }
+        if let Some(f) = features {
+            b = b.header(FEATURES_HEADER, f);
         }
         let resp = agent.run(b.body(body).unwrap()).unwrap();
         let status = resp.status().as_u16();
@@ -560,6 +587,21 @@ fn http_endpoints() {
     );
     assert_eq!(paths.last().map(String::as_str), Some(".layerlink/end"));
     assert!(paths.contains(&"etc/b".to_string()));
+    // Asked for zstd: the same tar stream as zstd frames, said so by the
+    // content type; unknown feature names are ignored.
+    let r = s.post_with(
+        "archive",
+        Some("token-gw-1"),
+        postcard::to_allocvec(&areq).unwrap(),
+        Some("future-thing, zstd"),
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.headers.get("content-type").unwrap(),
+        ARCHIVE_CONTENT_TYPE_ZSTD
+    );
+    assert_eq!(&r.body[..4], &[0x28, 0xb5, 0x2f, 0xfd]);
+    assert_eq!(zstd::decode_all(&r.body[..]).unwrap(), tar_bytes);
     // Archive of another repository's manifest digest: not part of it.
     let mut cross = areq.clone();
     cross.repository = "edge/other".into();
@@ -588,6 +630,20 @@ fn http_endpoints() {
     let mut data = Vec::new();
     std::io::Read::read_to_end(&mut first, &mut data).unwrap();
     assert_eq!(data, vec![5u8; 3000]);
+    let r = s.post_with(
+        "objects",
+        Some("token-gw-1"),
+        postcard::to_allocvec(&oreq).unwrap(),
+        Some("zstd"),
+    );
+    assert_eq!(
+        r.headers.get("content-type").unwrap(),
+        ARCHIVE_CONTENT_TYPE_ZSTD
+    );
+    assert_eq!(
+        zstd::decode_all(&r.body[..]).unwrap(),
+        tar_bytes_objects(&s, &oreq)
+    );
     let r = s.post(
         "objects",
         Some("token-other"),

@@ -7,6 +7,7 @@
 //! memory does not grow with the archive.
 
 pub mod base;
+pub mod zstd;
 
 use crate::store::index::{self, EntryKind, EntryRecord, IndexError};
 use crate::store::objects::ObjectStore;
@@ -14,19 +15,20 @@ use crate::sync::plan::{Dedup, HeldObjects};
 use crate::tar::{self as tarfmt, Fields};
 use base::BaseDiff;
 use layerlink_proto::archive::{
-    reference_link, Marker, FEATURE_LAYER_BASE, MARKER_DIR, PAX_DIFF_ID, PAX_DIGEST, PAX_ENTRIES,
-    PAX_MARKER,
+    reference_link, Marker, FEATURE_LAYER_BASE, FEATURE_ZSTD, MARKER_DIR, PAX_DIFF_ID, PAX_DIGEST,
+    PAX_ENTRIES, PAX_MARKER,
 };
 use layerlink_proto::msg::HeldSet;
 use layerlink_proto::Digest;
 use redb::ReadableDatabase as _;
 use std::io::{self, Read, Write};
+pub use zstd::{FrameWriter, TarOut};
 
 /// gzip level of archives (a balance for small CPUs on both ends).
 pub const GZIP_LEVEL: u32 = 6;
 
 /// Writes dedup archive entries (uncompressed tar) to `out`.
-pub struct ArchiveWriter<W: Write> {
+pub struct ArchiveWriter<W: TarOut> {
     out: W,
     objects: ObjectStore,
     header: Vec<u8>,
@@ -35,7 +37,7 @@ pub struct ArchiveWriter<W: Write> {
     new_bytes: u64,
 }
 
-impl<W: Write> ArchiveWriter<W> {
+impl<W: TarOut> ArchiveWriter<W> {
     /// A writer into `out` (already compressing, or not) reading content
     /// from `objects`.
     pub fn new(out: W, objects: ObjectStore) -> ArchiveWriter<W> {
@@ -94,8 +96,14 @@ impl<W: Write> ArchiveWriter<W> {
             .write_all(&[0u8; tarfmt::BLOCK][..tarfmt::padding(content.len() as u64)])
     }
 
-    /// Copy `size` bytes of object `d` from the store, then the padding.
+    /// Copy `size` bytes of object `d` from the store (or splice its
+    /// cached frame), then the padding.
     fn content(&mut self, d: &Digest, size: u64) -> io::Result<()> {
+        if size > 0 && self.out.content(&self.objects, d, size)? {
+            return self
+                .out
+                .write_all(&[0u8; tarfmt::BLOCK][..tarfmt::padding(size)]);
+        }
         let mut r = self.objects.open(d)?.take(size);
         let mut left = size;
         while left > 0 {
@@ -162,6 +170,7 @@ impl<W: Write> ArchiveWriter<W> {
         if new_object.is_some() {
             self.new_bytes += size;
         }
+        self.out.entry_end()?;
         Ok(true)
     }
 
@@ -328,9 +337,20 @@ pub struct Metadata<'a> {
 pub struct Features {
     /// `layer-base`: send layers on held layers they resemble.
     pub layer_base: bool,
+    /// `zstd`: answer with a zstd archive (spliced content frames).
+    pub zstd: bool,
 }
 
 impl Features {
+    /// The archive encoding these features ask for.
+    pub fn encoding(self) -> layerlink_proto::archive::Encoding {
+        if self.zstd {
+            layerlink_proto::archive::Encoding::Zstd
+        } else {
+            layerlink_proto::archive::Encoding::Gzip
+        }
+    }
+
     /// Parse the `layerlink-features` request header value (unknown names
     /// are ignored).
     pub fn parse(v: &str) -> Features {
@@ -338,6 +358,8 @@ impl Features {
         for name in v.split(',').map(str::trim) {
             if name == FEATURE_LAYER_BASE {
                 f.layer_base = true;
+            } else if name == FEATURE_ZSTD {
+                f.zstd = true;
             }
         }
         f
@@ -345,7 +367,8 @@ impl Features {
 }
 
 /// Write the gzip'd dedup archive of `layers` (diff_ids, in order) for a
-/// device holding `held` into `out`; returns `out` after the gzip trailer.
+/// device holding `held` into `out`; returns `out` after the gzip trailer
+/// (or the last zstd frame, with feature `zstd`).
 pub fn write_image_archive<W: Write>(
     db: &redb::Database,
     objects: &ObjectStore,
@@ -385,21 +408,39 @@ pub fn write_image_archive_with<W: Write>(
     }
     let held_objects = HeldObjects::load(&txn, held, lookups)?;
     let mut dedup = Dedup::new(&held_objects);
+    if features.zstd {
+        let mut w = ArchiveWriter::new(FrameWriter::new(out)?, objects.clone());
+        image_body(&mut w, &txn, metadata, layers, held, features, &mut dedup)?;
+        return Ok(w.finish()?.finish()?);
+    }
     let gz = flate2::write::GzEncoder::new(out, flate2::Compression::new(GZIP_LEVEL));
     let mut w = ArchiveWriter::new(gz, objects.clone());
+    image_body(&mut w, &txn, metadata, layers, held, features, &mut dedup)?;
+    Ok(w.finish()?.finish()?)
+}
+
+fn image_body<T: TarOut>(
+    w: &mut ArchiveWriter<T>,
+    txn: &redb::ReadTransaction,
+    metadata: Option<Metadata<'_>>,
+    layers: &[Digest],
+    held: &HeldSet,
+    features: Features,
+    dedup: &mut Dedup<'_>,
+) -> Result<(), IndexError> {
     if let Some(m) = metadata {
         w.marker(Marker::Manifest, &[], m.manifest)?;
         w.marker(Marker::Config, &[], m.config)?;
     }
     for d in layers {
         let base = if features.layer_base {
-            base::choose_base(&txn, d, &held.layers)?
+            base::choose_base(txn, d, &held.layers)?
         } else {
             None
         };
-        w.layer_on(&txn, d, base.as_deref(), &mut dedup)?;
+        w.layer_on(txn, d, base.as_deref(), dedup)?;
     }
-    Ok(w.finish()?.finish()?)
+    Ok(())
 }
 
 /// Write the gzip'd objects archive (repair): one object marker per
@@ -409,12 +450,28 @@ pub fn write_objects_archive<W: Write>(
     wanted: &[(Digest, u64)],
     out: W,
 ) -> io::Result<W> {
-    let gz = flate2::write::GzEncoder::new(out, flate2::Compression::new(GZIP_LEVEL));
-    let mut w = ArchiveWriter::new(gz, objects.clone());
-    for (d, size) in wanted {
-        w.object(d, *size)?;
+    write_objects_archive_with(objects, wanted, Features::default(), out)
+}
+
+/// [`write_objects_archive`] in the encoding `features` asks for.
+pub fn write_objects_archive_with<W: Write>(
+    objects: &ObjectStore,
+    wanted: &[(Digest, u64)],
+    features: Features,
+    out: W,
+) -> io::Result<W> {
+    fn body<T: TarOut>(mut w: ArchiveWriter<T>, wanted: &[(Digest, u64)]) -> io::Result<T> {
+        for (d, size) in wanted {
+            w.object(d, *size)?;
+        }
+        w.finish()
     }
-    w.finish()?.finish()
+    if features.zstd {
+        let w = ArchiveWriter::new(FrameWriter::new(out)?, objects.clone());
+        return body(w, wanted)?.finish();
+    }
+    let gz = flate2::write::GzEncoder::new(out, flate2::Compression::new(GZIP_LEVEL));
+    body(ArchiveWriter::new(gz, objects.clone()), wanted)?.finish()
 }
 
 #[cfg(test)]

@@ -491,3 +491,137 @@ fn no_base_for_layers_with_implicit_directories_or_repeated_paths() {
     let entries = parse(&write_based(&r, &ids4, &held));
     assert!(entries.iter().all(|e| e.marker() != Some(Marker::Base)));
 }
+
+/// The zstd archive of `layers` for `held`, with header frames batched or
+/// one per entry; returns (bytes, header frames, content frames, header
+/// frame bytes).
+fn write_zstd(
+    r: &MemRegistry,
+    layers: &[Digest],
+    held: &HeldSet,
+    per_entry: bool,
+) -> (Vec<u8>, u64, u64, u64) {
+    let txn = r.ts.db.begin_read().unwrap();
+    let held_objects = HeldObjects::load(&txn, held, 1000).unwrap();
+    let mut dedup = Dedup::new(&held_objects);
+    let fw = FrameWriter::with_batch(Vec::new(), zstd::HEADER_BATCH, per_entry).unwrap();
+    let mut w = ArchiveWriter::new(fw, r.ts.objects.clone());
+    for d in layers {
+        w.layer(&txn, d, &mut dedup).unwrap();
+    }
+    let fw = w.finish().unwrap();
+    let (h, c, hb) = (fw.frames.0, fw.frames.1, fw.header_bytes);
+    (fw.finish().unwrap(), h, c, hb)
+}
+
+#[test]
+fn zstd_archive_is_the_same_tar_with_content_frames_spliced() {
+    let r = MemRegistry::new();
+    let big: Vec<u8> = (0..1_500_000u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8 % 7)
+        .collect();
+    let base = TarBuilder::new()
+        .file("etc/hostname", b"edge\n")
+        .file("big", &big)
+        .finish_ref();
+    let (md, ids) = r.push("r", "1", &[sample_tar(), base]);
+    let _ = md;
+    let gz = write(&r, None, &ids, &HeldSet::default());
+    let z = write_image_archive_with(
+        &r.ts.db,
+        &r.ts.objects,
+        None,
+        &ids,
+        &HeldSet::default(),
+        Features::parse("zstd"),
+        Vec::new(),
+    )
+    .unwrap();
+    // Same tar stream.
+    assert_eq!(::zstd::decode_all(&z[..]).unwrap(), gz);
+    // A big new file's cached frame appears verbatim in the archive (small
+    // ones travel inside the header frames).
+    let content = &big[..];
+    let d = Digest::of(content);
+    let (mut f, len) = zstd::open_frame(&r.ts.objects, &d, content.len() as u64).unwrap();
+    let mut frame = vec![0u8; len as usize];
+    f.read_exact(&mut frame).unwrap();
+    assert!(
+        z.windows(frame.len()).any(|w| w == frame),
+        "frame of {d} not spliced verbatim"
+    );
+    // Window within the limit, content size declared.
+    assert_eq!(
+        ::zstd::zstd_safe::get_frame_content_size(&frame).unwrap(),
+        Some(content.len() as u64)
+    );
+    // GNU tar lists it with zstd.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a.tar.zst");
+    std::fs::write(&path, &z).unwrap();
+    let out = std::process::Command::new("tar")
+        .arg("--zstd")
+        .arg("-tvf")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains(".layerlink/end"));
+    // Objects responses too.
+    let wanted = [(Digest::of(&big), big.len() as u64)];
+    let zo =
+        write_objects_archive_with(&r.ts.objects, &wanted, Features::parse("zstd"), Vec::new())
+            .unwrap();
+    let go = write_objects_archive(&r.ts.objects, &wanted, Vec::new()).unwrap();
+    assert_eq!(::zstd::decode_all(&zo[..]).unwrap(), gunzip(&go));
+}
+
+#[test]
+fn batched_header_frames_cost_less_than_one_per_entry() {
+    // A layer of 400 references (held objects): only headers travel.
+    let r = MemRegistry::new();
+    let mut b = TarBuilder::new();
+    for i in 0..400 {
+        b.file(
+            format!("usr/share/doc/pkg{i}/copyright"),
+            format!("c{i}").as_bytes(),
+        );
+    }
+    let base = b.finish_ref();
+    let mut b = TarBuilder::new();
+    for i in 0..400 {
+        b.file(
+            format!("usr/share/doc/pkg{i}/copyright.moved"),
+            format!("c{i}").as_bytes(),
+        );
+    }
+    let app = b.finish_ref();
+    let (_, ids) = r.push("r", "1", &[base, app]);
+    let held = HeldSet {
+        layers: vec![ids[0]],
+        objects: vec![],
+    };
+    let (batched, hf, _, hb) = write_zstd(&r, &ids[1..], &held, false);
+    let (single, hf1, _, hb1) = write_zstd(&r, &ids[1..], &held, true);
+    assert_eq!(
+        ::zstd::decode_all(&batched[..]).unwrap(),
+        ::zstd::decode_all(&single[..]).unwrap()
+    );
+    let gz = write(&r, None, &ids[1..], &held);
+    let gz_len = {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(GZIP_LEVEL));
+        e.write_all(&gz).unwrap();
+        e.finish().unwrap().len()
+    };
+    eprintln!(
+        "400 reference entries: batched {} B in {hf} header frames ({hb} B), one frame per entry {} B in {hf1} frames ({hb1} B), gzip {gz_len} B",
+        batched.len(),
+        single.len()
+    );
+    assert!(hf < 10 && hf1 >= 400, "{hf} {hf1}");
+    assert!(batched.len() * 3 < single.len());
+}
