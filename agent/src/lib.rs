@@ -12,6 +12,7 @@
 //! | [`client`] | the thin HTTP client ([`client::Remote`]) |
 //! | [`store`] | the on-disk store (layout drawn there), gc, verify |
 //! | [`apply`] | applying a dedup archive into the store |
+//! | [`delta`] | rebuilding an object from a held one and a binary patch |
 //! | [`tar`] | the streaming tar reader |
 //! | [`checkout`] | OCI runtime bundles and overlayfs lower dirs |
 //! | [`json`] | minimal JSON reader/writer |
@@ -23,6 +24,7 @@ pub mod apply;
 pub mod checkout;
 pub mod cli;
 pub mod client;
+pub mod delta;
 pub mod error;
 pub mod fsops;
 pub mod json;

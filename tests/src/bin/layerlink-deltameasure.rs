@@ -89,7 +89,9 @@ fn child_encode(a: &[String]) -> io::Result<()> {
     let mut out = Vec::new();
     match fmt.as_str() {
         "bidiff" => bidiff::simple_diff(&old, &new, &mut out)?,
-        "ddelta" => ddelta::generate(&old, &new, &mut out, |_| {}).map_err(|e| err(e.to_string()))?,
+        "ddelta" => {
+            ddelta::generate(&old, &new, &mut out, |_| {}).map_err(|e| err(e.to_string()))?
+        }
         "qbsdiff" => {
             qbsdiff::Bsdiff::new(&old, &new)
                 .compression_level(9)
@@ -118,7 +120,9 @@ fn child_decode(a: &[String]) -> io::Result<()> {
             let mut r = bipatch::Reader::new(patch, &mut old).map_err(|e| err(e.to_string()))?;
             io::copy(&mut r, &mut out)?;
         }
-        "ddelta" => ddelta::apply(&mut old, &mut out, &mut patch).map_err(|e| err(e.to_string()))?,
+        "ddelta" => {
+            ddelta::apply(&mut old, &mut out, &mut patch).map_err(|e| err(e.to_string()))?
+        }
         f => return Err(err(format!("no streaming decoder for {f}"))),
     }
     out.flush()?;
@@ -173,7 +177,11 @@ fn tar_files(
         if e.header().entry_type() != tar::EntryType::Regular {
             continue;
         }
-        let p = e.path()?.to_string_lossy().trim_start_matches("./").to_string();
+        let p = e
+            .path()?
+            .to_string_lossy()
+            .trim_start_matches("./")
+            .to_string();
         let mut b = Vec::new();
         e.read_to_end(&mut b)?;
         if keep(&p, &b) {
@@ -194,9 +202,7 @@ fn layer_pairs(old: &Path, new: &Path) -> io::Result<Vec<(String, Vec<u8>, Vec<u
         old_digests.insert(p.to_string(), sha(b));
         false
     })?;
-    let news = tar_files(new, |p, b| {
-        old_digests.get(p).is_some_and(|d| *d != sha(b))
-    })?;
+    let news = tar_files(new, |p, b| old_digests.get(p).is_some_and(|d| *d != sha(b)))?;
     let olds = tar_files(old, |p, _| news.contains_key(p))?;
     Ok(news
         .into_iter()
@@ -214,7 +220,13 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) -> io::Result<()> {
         if t.is_dir() {
             walk(root, &e.path(), out)?;
         } else if t.is_file() {
-            out.push(e.path().strip_prefix(root).unwrap().to_string_lossy().into());
+            out.push(
+                e.path()
+                    .strip_prefix(root)
+                    .unwrap()
+                    .to_string_lossy()
+                    .into(),
+            );
         }
     }
     Ok(())
@@ -277,13 +289,19 @@ fn driver(args: &[String]) -> io::Result<()> {
         let pairs = match flag {
             "--layers" => layer_pairs(Path::new(a), Path::new(b))?,
             "--dirs" => dir_pairs(Path::new(a), Path::new(b))?,
-            f => return Err(err(format!("unknown flag {f}; usage: --layers OLD NEW | --dirs OLD NEW ..."))),
+            f => {
+                return Err(err(format!(
+                    "unknown flag {f}; usage: --layers OLD NEW | --dirs OLD NEW ..."
+                )))
+            }
         };
         sets.push((format!("{a} -> {b}"), pairs));
         i += 3;
     }
     if sets.is_empty() {
-        return Err(err("usage: layerlink-deltameasure (--layers OLD NEW | --dirs OLD NEW)..."));
+        return Err(err(
+            "usage: layerlink-deltameasure (--layers OLD NEW | --dirs OLD NEW)...",
+        ));
     }
     let tmp = tempfile::tempdir()?;
     let (po, pn, pp, pd) = (
@@ -341,7 +359,9 @@ fn driver(args: &[String]) -> io::Result<()> {
                 enc_ms.push(e[1].to_string());
                 enc_mib.push(format!("{:.0}", e[0] as f64 / 1024.0));
                 match fmt {
-                    "bidiff" => row += &format!(" {:>8} {:>8} {:>8} |", sizes[0], sizes[1], sizes[2]),
+                    "bidiff" => {
+                        row += &format!(" {:>8} {:>8} {:>8} |", sizes[0], sizes[1], sizes[2])
+                    }
                     "ddelta" => row += &format!(" {:>8} {:>8} |", sizes[1], sizes[2]),
                     _ => row += &format!(" {:>8} |", sizes[0]),
                 }
