@@ -881,7 +881,9 @@ impl<'s> Applier<'s> {
                 "delta entry without LAYERLINK.digest/delta-size",
             ));
         };
-        self.new_bytes = self.new_bytes.saturating_add(h.size);
+        // The plan announced the new file's size; the patch is about as big
+        // raw and is bounded by the stream bound.
+        self.new_bytes = self.new_bytes.saturating_add(size);
         if self.new_bytes > self.opts.max_new_bytes {
             return Err(Error::integrity(format!(
                 "archive carries more new content than the plan announced ({} bytes)",
@@ -908,12 +910,11 @@ impl<'s> Applier<'s> {
                 self.stored_new_bytes += size;
             }
             crate::delta::Applied::Fallback(why) => {
-                if self.opts.progress {
-                    eprintln!(
-                        "{}: delta not applied ({why}); fetching it whole",
-                        show(path)
-                    );
-                }
+                // Always said: it means a damaged store or a bad registry.
+                eprintln!(
+                    "warning: {}: delta not applied ({why}); fetching it whole",
+                    show(path)
+                );
                 lw.stats.delta_fallbacks += 1;
                 self.reference(lw, dir, leaf, path, new, meta)?;
             }

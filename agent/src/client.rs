@@ -3,7 +3,7 @@
 //! sync logic is testable without a server.
 
 use crate::error::{Error, Result};
-use layerlink_proto::archive::{FEATURES_HEADER, FEATURE_LAYER_BASE};
+use layerlink_proto::archive::{FEATURES_HEADER, FEATURE_FILE_DELTA, FEATURE_LAYER_BASE};
 use layerlink_proto::limits::MAX_MESSAGE_BYTES;
 use layerlink_proto::msg::{
     ArchiveRequest, ObjectsRequest, PlanRequest, PlanResponse, Report, ReportAck, API_PREFIX,
@@ -152,7 +152,10 @@ impl Client {
             .agent
             .post(&url)
             .header("content-type", CONTENT_TYPE)
-            .header(FEATURES_HEADER, FEATURE_LAYER_BASE);
+            .header(
+                FEATURES_HEADER,
+                format!("{FEATURE_LAYER_BASE},{FEATURE_FILE_DELTA}"),
+            );
         if let Some(a) = &self.auth {
             req = req.header("authorization", a);
         }

@@ -13,6 +13,7 @@
 //! | [`objects`] | the content-addressed object store (compressed at rest) |
 //! | [`index`] | per-layer entry index and object tables |
 //! | [`archive`] | the dedup archive writer |
+//! | [`delta`] | binary deltas: old-file choice, bidiff, the patch cache |
 //! | [`plan`] | which layers/files a device needs |
 //! | [`sync_api`] | `/layerlink/v1/` handlers |
 //! | [`devices`] | per-device holdings record (the mapping table) and the `devices` command |
@@ -22,6 +23,7 @@
 pub mod archive;
 pub mod auth;
 pub mod config;
+pub mod delta;
 pub mod devices;
 pub mod edit;
 pub mod index;

@@ -1,0 +1,173 @@
+//! Binary deltas end to end (issue 12, archive feature `file-delta`): a
+//! device holding base-a:v1 syncs the rebuilt base-a:v2 (the dpkg database
+//! and log change a little) through the real registry and agent. The oracle
+//! for the checkout is `umoci unpack`; for bytes, the same archive request
+//! asked with and without the feature.
+
+use layerlink_proto::msg::{
+    ArchiveRequest, HeldSet, Holdings, ImageRef, PlanRequest, PlanResponse, Platform,
+    CONTENT_TYPE,
+};
+use layerlink_tests::fixture::{self, registry_with_test_images, test_repo};
+use layerlink_tests::http::request;
+use layerlink_tests::{test_images, Agent, CountingProxy, Registry};
+use std::io::{Seek, SeekFrom, Write};
+
+const TOKEN: &str = "tok-dev1";
+const DEVICE_CONFIG: &str = r#"
+[[devices]]
+id = "dev1"
+token = "tok-dev1"
+repositories = ["*"]
+"#;
+const OLD: &str = "base-a:v1";
+const NEW: &str = "base-a:v2";
+
+fn platform() -> Platform {
+    let architecture = match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    };
+    Platform {
+        os: "linux".into(),
+        architecture: architecture.into(),
+        variant: None,
+    }
+}
+
+fn post(reg: &Registry, path: &str, features: &str, body: &[u8]) -> Vec<u8> {
+    let auth = format!("Bearer {TOKEN}");
+    let r = request(
+        reg.addr(),
+        "POST",
+        &format!("/layerlink/v1/{path}"),
+        &[
+            ("authorization", auth.as_str()),
+            ("content-type", CONTENT_TYPE),
+            ("layerlink-features", features),
+        ],
+        body,
+    );
+    assert_eq!(r.status, 200, "{path}: {}", String::from_utf8_lossy(&r.body));
+    r.body
+}
+
+/// Bytes of base-a:v2's archive for a device holding base-a:v1's layer,
+/// asked with `features`.
+fn archive_bytes(reg: &Registry, features: &str) -> usize {
+    let plan = PlanRequest {
+        platform: platform(),
+        images: [OLD, NEW]
+            .iter()
+            .map(|t| {
+                let (repository, reference) = test_repo(t).rsplit_once(':').map(|(r, t)| (r.to_string(), t.to_string())).unwrap();
+                ImageRef { repository, reference }
+            })
+            .collect(),
+        holdings: Holdings::Full(HeldSet::default()),
+    };
+    let body = post(reg, "plan", features, &postcard::to_allocvec(&plan).unwrap());
+    let plan: PlanResponse = postcard::from_bytes(&body).unwrap();
+    let (old, new) = (&plan.images[0], &plan.images[1]);
+    let req = ArchiveRequest {
+        repository: new.image.repository.clone(),
+        manifest_digest: new.manifest_digest,
+        layers: new.layers.iter().map(|l| l.diff_id).collect(),
+        metadata: true,
+        holdings: Holdings::Full(HeldSet {
+            layers: old.layers.iter().map(|l| l.diff_id).collect(),
+            objects: vec![],
+        }),
+    };
+    post(reg, "archive", features, &postcard::to_allocvec(&req).unwrap()).len()
+}
+
+fn sync(agent: &Agent, proxy: &CountingProxy, tag: &str) -> (u64, String) {
+    proxy.reset();
+    let out = agent.sync(&proxy.url(), &[&test_repo(tag)]);
+    (
+        proxy.bytes_total(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn assert_checkout_matches_umoci(agent: &Agent, tag: &str) {
+    fixture::assert_checkout_matches_umoci(agent, &test_repo(tag), &test_images().oci_dir, tag);
+}
+
+/// The committed layer directories of the agent's store.
+fn committed_layers(agent: &Agent) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(agent.store.join("layers"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_dir())
+        .collect()
+}
+
+#[test]
+fn a_rebuilt_image_syncs_as_deltas_exactly_and_a_damaged_base_still_ends_right() {
+    let reg = registry_with_test_images(DEVICE_CONFIG, &[OLD, NEW]);
+    let proxy = CountingProxy::start(reg.addr());
+
+    // The same request with and without the feature.
+    let without = archive_bytes(&reg, "layer-base");
+    let with = archive_bytes(&reg, "layer-base,file-delta");
+    eprintln!("{OLD} -> {NEW} archive: {with} B with file-delta, {without} B without");
+    assert!(
+        with + 20 * 1024 < without,
+        "deltas should save the modified dpkg files' ~50 kB gzip'd: {with} vs {without} B"
+    );
+
+    // A device syncs the update with deltas: exact checkout.
+    let agent = Agent::new(TOKEN);
+    sync(&agent, &proxy, OLD);
+    let (cost, log) = sync(&agent, &proxy, NEW);
+    eprintln!("{OLD} -> {NEW}: {cost} B on the wire with deltas");
+    assert!(!log.contains("delta not applied"), "{log}");
+    assert_checkout_matches_umoci(&agent, NEW);
+    let v = agent.verify();
+    assert!(
+        v.status.success(),
+        "verify: {}",
+        String::from_utf8_lossy(&v.stderr)
+    );
+    let rerun = registry_log_deltas(&reg);
+    assert!(rerun > 0, "the registry logged no delta entries:\n{}", reg.log());
+
+    // A device whose copy of the base object is damaged (same size,
+    // different bytes) still ends with the exact files: the delta's result
+    // fails its digest and the agent fetches the object whole.
+    let damaged = Agent::new(TOKEN);
+    sync(&damaged, &proxy, OLD);
+    let layers = committed_layers(&damaged);
+    assert_eq!(layers.len(), 1);
+    let status = layers[0].join("var/lib/dpkg/status");
+    {
+        let mut f = std::fs::OpenOptions::new().write(true).open(&status).unwrap();
+        f.seek(SeekFrom::Start(1000)).unwrap();
+        f.write_all(b"DAMAGED").unwrap();
+    }
+    let (cost2, log2) = sync(&damaged, &proxy, NEW);
+    eprintln!("with a damaged base: {cost2} B on the wire");
+    assert!(
+        log2.contains("delta not applied") && log2.contains("var/lib/dpkg/status"),
+        "the agent should say it fell back for var/lib/dpkg/status:\n{log2}"
+    );
+    assert!(cost2 > cost, "the fallback fetches the whole object");
+    assert_checkout_matches_umoci(&damaged, NEW);
+}
+
+/// Delta entries the registry reports having sent (its `archive deltas`
+/// log lines, `sent=N`).
+fn registry_log_deltas(reg: &Registry) -> u64 {
+    reg.log()
+        .lines()
+        .filter(|l| l.contains("archive deltas"))
+        .filter_map(|l| {
+            l.split_whitespace()
+                .find_map(|w| w.strip_prefix("sent="))
+                .and_then(|n| n.parse::<u64>().ok())
+        })
+        .sum()
+}
