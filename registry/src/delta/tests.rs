@@ -6,6 +6,7 @@ use crate::ingest::testutil::TarBuilder;
 use crate::plan::MemRegistry;
 use layerlink_proto::archive::{PAX_DELTA_BASE, PAX_DELTA_SIZE, PAX_DIGEST};
 use layerlink_proto::msg::HeldSet;
+use redb::ReadableDatabase as _;
 
 /// Pseudo-random bytes (xorshift), `n` of them.
 fn noise(seed: u64, n: usize) -> Vec<u8> {
@@ -59,14 +60,15 @@ fn entries(archive: &[u8]) -> Vec<(String, Vec<(Vec<u8>, Vec<u8>)>, Vec<u8>)> {
     let mut a = tar::Archive::new(&raw[..]);
     for e in a.entries().unwrap() {
         let mut e = e.unwrap();
-        let pax = e
-            .pax_extensions()
-            .unwrap()
-            .map(|p| {
-                p.map(|p| (p.key_bytes().to_vec(), p.value_bytes().to_vec()))
-                    .unwrap_or_default()
-            })
-            .collect::<Vec<_>>();
+        let pax: Vec<(Vec<u8>, Vec<u8>)> = match e.pax_extensions().unwrap() {
+            Some(x) => x
+                .map(|p| {
+                    let p = p.unwrap();
+                    (p.key_bytes().to_vec(), p.value_bytes().to_vec())
+                })
+                .collect(),
+            None => Vec::new(),
+        };
         let path = e.path().unwrap().to_string_lossy().into_owned();
         let mut data = Vec::new();
         e.read_to_end(&mut data).unwrap();
