@@ -171,3 +171,148 @@ fn registry_log_deltas(reg: &Registry) -> u64 {
         })
         .sum()
 }
+
+/// One tar entry with PAX records (`LAYERLINK.*` and the like).
+fn pax_entry(
+    b: &mut tar::Builder<Vec<u8>>,
+    path: &str,
+    pax: &[(&str, &[u8])],
+    data: &[u8],
+) {
+    b.append_pax_extensions(pax.iter().map(|(k, v)| (*k, *v)))
+        .unwrap();
+    let mut h = tar::Header::new_ustar();
+    h.set_path(path).unwrap();
+    h.set_size(data.len() as u64);
+    h.set_mode(0o644);
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_cksum();
+    b.append(&h, data).unwrap();
+}
+
+/// A gzip'd dedup archive of one layer section holding one file entry.
+fn one_file_archive(layer_seed: u8, path: &str, pax: &[(&str, &[u8])], data: &[u8]) -> Vec<u8> {
+    use std::io::Write as _;
+    let diff_id = format!("sha256:{}", layerlink_tests::sha256_hex(&[layer_seed]));
+    let mut b = tar::Builder::new(Vec::new());
+    let id = diff_id.as_bytes();
+    pax_entry(&mut b, ".layerlink/layer", &[("LAYERLINK.marker", b"layer"), ("LAYERLINK.diff_id", id)], b"");
+    pax_entry(&mut b, path, pax, data);
+    pax_entry(
+        &mut b,
+        ".layerlink/layer-end",
+        &[("LAYERLINK.marker", b"layer-end"), ("LAYERLINK.diff_id", id), ("LAYERLINK.entries", b"1")],
+        b"",
+    );
+    pax_entry(&mut b, ".layerlink/end", &[("LAYERLINK.marker", b"end")], b"");
+    let tar = b.into_inner().unwrap();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(6));
+    gz.write_all(&tar).unwrap();
+    gz.finish().unwrap()
+}
+
+/// `layerlink-agent apply-archive` of `archive` into `store` under
+/// `/usr/bin/time`: (success, peak RSS in KiB, stderr).
+fn apply_measured(store: &std::path::Path, archive: &[u8], name: &str) -> (bool, u64, String) {
+    let file = store.with_extension(name);
+    std::fs::write(&file, archive).unwrap();
+    let out = std::process::Command::new("/usr/bin/time")
+        .args(["-f", "peak-rss-kib=%M"])
+        .arg(layerlink_tests::bins::agent_bin())
+        .arg("apply-archive")
+        .arg("--store")
+        .arg(store)
+        .arg(&file)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    let kib = err
+        .lines()
+        .filter_map(|l| l.strip_prefix("peak-rss-kib="))
+        .filter_map(|v| v.trim().parse().ok())
+        .last()
+        .unwrap_or(u64::MAX);
+    (out.status.success(), kib, err)
+}
+
+/// The largest regular file of `tag` (path, content).
+fn largest_file(tag: &str) -> (String, Vec<u8>) {
+    use std::io::Read as _;
+    let layout = test_images().layout();
+    let mut best: (String, Vec<u8>) = (String::new(), Vec::new());
+    for layer in layout.layers(tag) {
+        let mut a = tar::Archive::new(layerlink_tests::layers::layer_reader(&layout, &layer));
+        for e in a.entries().unwrap() {
+            let mut e = e.unwrap();
+            if e.header().entry_type().is_file() && e.size() > best.1.len() as u64 {
+                let mut v = Vec::new();
+                e.read_to_end(&mut v).unwrap();
+                best = (e.path().unwrap().to_string_lossy().into_owned(), v);
+            }
+        }
+    }
+    best
+}
+
+#[test]
+fn patching_the_largest_file_of_the_test_images_stays_within_4_mib() {
+    layerlink_tests::bins::ensure_built();
+    let (path, old) = largest_file(OLD);
+    // A "rebuilt" version: a changed byte every 4 KiB, a block inserted in
+    // the middle, a tail appended.
+    let mut new = old.clone();
+    for i in (0..new.len()).step_by(4096) {
+        new[i] = new[i].wrapping_add(1);
+    }
+    new.splice(new.len() / 2..new.len() / 2, b"inserted block ".repeat(100));
+    new.extend_from_slice(b"appended tail");
+    let mut patch = Vec::new();
+    bidiff::simple_diff(&old, &new, &mut patch).unwrap();
+    let (old_hex, new_hex) = (
+        layerlink_tests::sha256_hex(&old),
+        layerlink_tests::sha256_hex(&new),
+    );
+    let size = new.len().to_string();
+    let whole = one_file_archive(1, &path, &[("LAYERLINK.digest", old_hex.as_bytes())], &old);
+    let delta = one_file_archive(
+        2,
+        &path,
+        &[
+            ("LAYERLINK.digest", new_hex.as_bytes()),
+            ("LAYERLINK.delta-base", old_hex.as_bytes()),
+            ("LAYERLINK.delta-size", size.as_bytes()),
+        ],
+        &patch,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let (ok, whole_kib, err) = apply_measured(&store, &whole, "whole");
+    assert!(ok, "{err}");
+    let (ok, delta_kib, err) = apply_measured(&store, &delta, "delta");
+    assert!(ok, "{err}");
+    assert!(!err.contains("delta not applied"), "{err}");
+    eprintln!(
+        "largest file of {OLD}: {path} ({} B), patch {} B raw; agent peak RSS: whole file {whole_kib} KiB, \
+         delta {delta_kib} KiB",
+        old.len(),
+        patch.len()
+    );
+    assert!(delta_kib <= 4096, "peak RSS {delta_kib} KiB while patching {path}");
+    // The result is the new file, stored as an object.
+    let stored = walk_find(&store.join("objects"), &new_hex).expect("the new object is stored");
+    assert_eq!(std::fs::read(stored).unwrap(), new);
+}
+
+fn walk_find(dir: &std::path::Path, hex: &str) -> Option<std::path::PathBuf> {
+    for e in std::fs::read_dir(dir).ok()? {
+        let p = e.ok()?.path();
+        if p.is_dir() {
+            if let Some(f) = walk_find(&p, hex) {
+                return Some(f);
+            }
+        } else if p.file_name()?.to_string_lossy().starts_with(hex) {
+            return Some(p);
+        }
+    }
+    None
+}
