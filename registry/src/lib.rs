@@ -5,6 +5,7 @@
 //! | module | concern |
 //! |---|---|
 //! | [`config`] | the TOML config file: publishers, devices, TLS |
+//! | [`access`] | what a device may receive: objects and held layers of repositories it may read |
 //! | [`auth`] | publisher (push) and device (sync) authentication |
 //! | [`storage`] | blobs on the filesystem, metadata in redb (manifests, tags, uploads) |
 //! | [`oci`] | the OCI distribution API handlers under `/v2/` |
@@ -20,6 +21,7 @@
 //! | [`stats`] | the `stats` command |
 //! | [`edit`] | in-place image editing |
 
+pub mod access;
 pub mod archive;
 pub mod auth;
 pub mod config;

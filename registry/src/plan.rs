@@ -35,6 +35,10 @@ pub trait ImageStore: BlobSource + Send + Sync {
     fn database(&self) -> &redb::Database;
     /// The object store.
     fn objects(&self) -> ObjectStore;
+    /// Every repository name.
+    fn repositories(&self) -> anyhow::Result<Vec<String>>;
+    /// The blobs `repository` holds (see [`crate::access`]).
+    fn repository_blobs(&self, repository: &str) -> anyhow::Result<Vec<Digest>>;
 }
 
 impl ImageStore for Storage {
@@ -50,6 +54,21 @@ impl ImageStore for Storage {
     }
     fn objects(&self) -> ObjectStore {
         index::object_store(self)
+    }
+    fn repositories(&self) -> anyhow::Result<Vec<String>> {
+        let mut out: Vec<String> = Vec::new();
+        loop {
+            let page = self
+                .meta()
+                .repositories(out.last().map(String::as_str), 1000)?;
+            if page.is_empty() {
+                return Ok(out);
+            }
+            out.extend(page);
+        }
+    }
+    fn repository_blobs(&self, repository: &str) -> anyhow::Result<Vec<Digest>> {
+        self.meta().repository_blobs(repository)
     }
 }
 
@@ -485,6 +504,31 @@ mod tests {
         }
         fn objects(&self) -> ObjectStore {
             self.ts.objects.clone()
+        }
+        fn repositories(&self) -> anyhow::Result<Vec<String>> {
+            let g = self.manifests.lock().unwrap();
+            let mut out: Vec<String> = g.keys().map(|(r, _)| r.clone()).collect();
+            out.sort();
+            out.dedup();
+            Ok(out)
+        }
+        fn repository_blobs(&self, repository: &str) -> anyhow::Result<Vec<Digest>> {
+            let g = self.manifests.lock().unwrap();
+            let mut out = Vec::new();
+            for ((r, _), m) in g.iter() {
+                if r != repository {
+                    continue;
+                }
+                if let Ok(ParsedManifest::Image(im)) =
+                    image::parse_manifest(&m.bytes, &m.media_type)
+                {
+                    out.push(im.config.digest);
+                    out.extend(im.layers.iter().map(|l| l.digest));
+                }
+            }
+            out.sort();
+            out.dedup();
+            Ok(out)
         }
     }
 

@@ -12,6 +12,7 @@
 //! chunks on a bounded channel that feeds the response body, so an archive
 //! is never held in memory and a client that goes away stops the writer.
 
+use crate::access;
 use crate::archive::{self, Metadata};
 use crate::auth;
 use crate::config::Device;
@@ -121,7 +122,7 @@ fn check_name(what: &str, s: &str) -> Result<(), SyncError> {
 /// `POST /plan`: record holdings, plan each image.
 pub fn plan_request(
     store: &dyn ImageStore,
-    device: &str,
+    device: &Device,
     req: &PlanRequest,
 ) -> Result<PlanResponse, SyncError> {
     if req.images.len() > MAX_IMAGES_PER_PLAN {
@@ -137,7 +138,12 @@ pub fn plan_request(
         check_name("repository", &i.repository)?;
         check_name("reference", &i.reference)?;
     }
-    let (held, holdings_hash) = devices::resolve_holdings(store.database(), device, &req.holdings)?;
+    for i in &req.images {
+        check_read(device, &i.repository)?;
+    }
+    let (held, holdings_hash) =
+        devices::resolve_holdings(store.database(), &device.id, &req.holdings)?;
+    let held = access::readable_holdings(store, device, &held)?;
     let images = req
         .images
         .iter()
@@ -166,11 +172,13 @@ pub struct ArchiveJob {
 /// manifest and compute the new-content size.
 pub fn prepare_archive(
     store: &dyn ImageStore,
-    device: &str,
+    device: &Device,
     req: &ArchiveRequest,
 ) -> Result<ArchiveJob, SyncError> {
     check_name("repository", &req.repository)?;
-    let (held, _) = devices::resolve_holdings(store.database(), device, &req.holdings)?;
+    check_read(device, &req.repository)?;
+    let (held, _) = devices::resolve_holdings(store.database(), &device.id, &req.holdings)?;
+    let held = access::readable_holdings(store, device, &held)?;
     let md = req.manifest_digest.to_string();
     let img = plan::resolve_image(store, &req.repository, &md, None)?;
     let wanted: HashSet<Digest> = req.layers.iter().copied().collect();
@@ -224,14 +232,18 @@ pub fn stream_new_bytes(
     Ok(total)
 }
 
-/// `POST /objects`, before streaming: every digest must be a stored
-/// object. Returns `(digest, size)` in request order (duplicates dropped)
-/// and the total size.
+/// `POST /objects`, before streaming: every digest must be an object of
+/// a layer of the named repository, which the device may read
+/// ([`access::check_objects_in`]); otherwise the answer is 401, whether or
+/// not the object exists elsewhere. Returns `(digest, size)` in request
+/// order (duplicates dropped) and the total size.
 pub fn prepare_objects(
     store: &dyn ImageStore,
+    device: &Device,
     req: &ObjectsRequest,
 ) -> Result<(Vec<(Digest, u64)>, u64), SyncError> {
     check_name("repository", &req.repository)?;
+    check_read(device, &req.repository)?;
     if req.digests.len() > MAX_REPAIR_OBJECTS {
         return Err(SyncError::new(
             ErrorCode::TooLarge,
@@ -241,6 +253,7 @@ pub fn prepare_objects(
             ),
         ));
     }
+    access::check_objects_in(store, device, &req.repository, &req.digests)?;
     let txn = store.database().begin_read().map_err(SyncError::internal)?;
     let objects = store.objects();
     let mut seen = HashSet::new();
@@ -270,7 +283,7 @@ pub fn prepare_objects(
 /// `POST /report`: record holdings and the images held.
 pub fn report_request(
     store: &dyn ImageStore,
-    device: &str,
+    device: &Device,
     req: &Report,
 ) -> Result<ReportAck, SyncError> {
     if req.images.len() > MAX_REPORTED_IMAGES {
@@ -286,8 +299,17 @@ pub fn report_request(
         check_name("repository", &i.image.repository)?;
         check_name("reference", &i.image.reference)?;
     }
-    let (_, holdings_hash) = devices::resolve_holdings(store.database(), device, &req.holdings)?;
-    devices::record_images(store.database(), device, &req.images)?;
+    let (_, holdings_hash) =
+        devices::resolve_holdings(store.database(), &device.id, &req.holdings)?;
+    // Images of repositories the device may not read (any more) are not
+    // recorded: the fleet view only shows what the grant allows.
+    let images: Vec<_> = req
+        .images
+        .iter()
+        .filter(|i| device.may_read(&i.image.repository))
+        .cloned()
+        .collect();
+    devices::record_images(store.database(), &device.id, &images)?;
     Ok(ReportAck { holdings_hash })
 }
 
@@ -310,7 +332,8 @@ fn authenticate<'a>(state: &'a AppState, headers: &HeaderMap) -> Result<&'a Devi
         .ok_or_else(|| SyncError::new(ErrorCode::Unauthorized, "missing or unknown device token"))
 }
 
-fn check_read(device: &Device, repository: &str) -> Result<(), SyncError> {
+/// The device may read `repository` (else 401, as for an unknown token).
+pub fn check_read(device: &Device, repository: &str) -> Result<(), SyncError> {
     if device.may_read(repository) {
         Ok(())
     } else {
@@ -402,8 +425,8 @@ async fn plan_handler(State(st): State<AppState>, headers: HeaderMap, body: Body
             for i in &req.images {
                 check_read(device, &i.repository)?;
             }
-            let (storage, id) = (st.storage.clone(), device.id.clone());
-            let resp = blocking(move || plan_request(&*storage, &id, &req)).await?;
+            let (storage, device) = (st.storage.clone(), device.clone());
+            let resp = blocking(move || plan_request(&*storage, &device, &req)).await?;
             Ok(postcard_response(&resp))
         }
         .await,
@@ -415,8 +438,8 @@ async fn report_handler(State(st): State<AppState>, headers: HeaderMap, body: Bo
         async {
             let device = authenticate(&st, &headers)?;
             let req: Report = read_body(&headers, body, "Report").await?;
-            let (storage, id) = (st.storage.clone(), device.id.clone());
-            let resp = blocking(move || report_request(&*storage, &id, &req)).await?;
+            let (storage, device) = (st.storage.clone(), device.clone());
+            let resp = blocking(move || report_request(&*storage, &device, &req)).await?;
             Ok(postcard_response(&resp))
         }
         .await,
@@ -503,8 +526,8 @@ async fn archive_handler(State(st): State<AppState>, headers: HeaderMap, body: B
                 .and_then(|v| v.to_str().ok())
                 .map(archive::Features::parse)
                 .unwrap_or_default();
-            let (storage, id) = (st.storage.clone(), device.id.clone());
-            let job = blocking(move || prepare_archive(&*storage, &id, &req)).await?;
+            let (storage, device) = (st.storage.clone(), device.clone());
+            let job = blocking(move || prepare_archive(&*storage, &device, &req)).await?;
             let storage: Arc<crate::storage::Storage> = st.storage.clone();
             Ok(streaming_response(job.new_bytes, move |w| {
                 let meta = job.metadata.as_ref().map(|(m, c)| Metadata {
@@ -533,8 +556,9 @@ async fn objects_handler(State(st): State<AppState>, headers: HeaderMap, body: B
             let device = authenticate(&st, &headers)?;
             let req: ObjectsRequest = read_body(&headers, body, "ObjectsRequest").await?;
             check_read(device, &req.repository)?;
-            let storage = st.storage.clone();
-            let (wanted, total) = blocking(move || prepare_objects(&*storage, &req)).await?;
+            let (storage, device) = (st.storage.clone(), device.clone());
+            let (wanted, total) =
+                blocking(move || prepare_objects(&*storage, &device, &req)).await?;
             let storage = st.storage.clone();
             Ok(streaming_response(total, move |w| {
                 archive::write_objects_archive(&index::object_store(&storage), &wanted, w)

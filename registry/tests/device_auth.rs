@@ -567,3 +567,237 @@ fn tokens_and_passwords_never_reach_the_log() {
         );
     }
 }
+
+/// A layer tar with its parent directories listed (so layer-base may use
+/// it as a base): `etc/`, `bin/`, then the files.
+fn plain_layer(files: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for dir in ["bin/", "etc/"] {
+        let mut h = tar::Header::new_ustar();
+        h.set_entry_type(tar::EntryType::Directory);
+        h.set_mode(0o755);
+        h.set_size(0);
+        h.set_mtime(1_700_000_000);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_cksum();
+        b.append_data(&mut h, dir, &[][..]).unwrap();
+    }
+    for (path, data) in files {
+        let mut h = tar::Header::new_ustar();
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_mode(0o644);
+        h.set_size(data.len() as u64);
+        h.set_mtime(1_700_000_000);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_cksum();
+        b.append_data(&mut h, path, *data).unwrap();
+    }
+    b.into_inner().unwrap()
+}
+
+impl Registry {
+    /// Push a one-layer image made of `layer`; returns (manifest, diff_id).
+    fn push_layer(&self, repo: &str, tag: &str, layer: Vec<u8>) -> (Digest, Digest) {
+        let diff_id = Digest::of(&layer);
+        let config = serde_json::to_vec(&serde_json::json!({
+            "architecture": "amd64", "os": "linux", "config": {},
+            "rootfs": {"type": "layers", "diff_ids": [diff_id.to_string()]},
+        }))
+        .unwrap();
+        for blob in [&layer, &config] {
+            let d = Digest::of(blob);
+            let (status, body) = self.publisher_put(
+                &format!("/v2/{repo}/blobs/uploads/?digest={d}"),
+                "application/octet-stream",
+                blob,
+            );
+            assert_eq!(status, 201, "blob push: {body}");
+        }
+        let manifest = serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                       "digest": Digest::of(&config).to_string(), "size": config.len()},
+            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar",
+                        "digest": diff_id.to_string(), "size": layer.len()}],
+        }))
+        .unwrap();
+        let (status, body) = self.publisher_put(
+            &format!("/v2/{repo}/manifests/{tag}"),
+            "application/vnd.oci.image.manifest.v1+json",
+            &manifest,
+        );
+        assert_eq!(status, 201, "manifest push: {body}");
+        (Digest::of(&manifest), diff_id)
+    }
+
+    /// An archive request asking for the `layer-base` feature.
+    fn archive_with_base(&self, token: &str, body: &[u8]) -> Resp {
+        let req = ureq::http::Request::builder()
+            .method("POST")
+            .uri(format!("{}/layerlink/v1/archive", self.base))
+            .header("Content-Type", CONTENT_TYPE)
+            .header("Authorization", format!("Bearer {token}"))
+            .header(layerlink_proto::archive::FEATURES_HEADER, "layer-base")
+            .body(body.to_vec())
+            .unwrap();
+        let resp = self.http.run(req).unwrap();
+        let status = resp.status().as_u16();
+        let mut body = Vec::new();
+        resp.into_body()
+            .into_reader()
+            .read_to_end(&mut body)
+            .unwrap();
+        Resp {
+            status,
+            headers: Vec::new(),
+            body,
+        }
+    }
+}
+
+/// Issue 15: the object store and layer index are shared by every
+/// repository, so a digest must belong to something the device may read.
+/// Every sync endpoint is probed by a device granted `edge/*` with
+/// identifiers taken from `secret/*`; each answers as if they did not
+/// exist. dev-b, granted both, shows each probe would have revealed
+/// something without the rule.
+#[test]
+fn identifiers_from_another_repository_are_treated_as_unknown() {
+    let r = Registry::start();
+    let shared: Vec<(String, Vec<u8>)> = (0..40)
+        .map(|i| {
+            (
+                format!("bin/tool{i}"),
+                format!("#!/bin/sh\necho {i}\n").into_bytes(),
+            )
+        })
+        .collect();
+    let mut secret_files: Vec<(&str, &[u8])> = shared
+        .iter()
+        .map(|(p, c)| (p.as_str(), c.as_slice()))
+        .collect();
+    secret_files.push(("etc/secret.key", b"key=hunter2\n"));
+    let mut edge_files: Vec<(&str, &[u8])> = shared
+        .iter()
+        .map(|(p, c)| (p.as_str(), c.as_slice()))
+        .collect();
+    edge_files.push(("etc/app.conf", b"a=1\n"));
+    let (_, secret_layer) = r.push_layer("secret/app", "v1", plain_layer(&secret_files));
+    let (edge_manifest, edge_layer) = r.push_layer("edge/app", "v1", plain_layer(&edge_files));
+    let secret_object = Digest::of(b"key=hunter2\n");
+    let shared_object = Digest::of(&shared[0].1);
+
+    // /objects: an object of the secret repository named through edge/app
+    // is refused exactly like a digest nobody has.
+    let objects = |token: &str, d: Digest| {
+        r.device_post("objects", token, &objects_body("edge/app", vec![d]))
+    };
+    let leaked = objects(TOKEN_A, secret_object);
+    leaked.assert_unauthorized("objects: a secret object through edge/app");
+    assert_eq!(leaked.error().code, ErrorCode::Forbidden);
+    let unknown = objects(TOKEN_A, Digest::of(b"stored nowhere"));
+    assert_eq!(
+        (leaked.status, &leaked.headers),
+        (unknown.status, &unknown.headers)
+    );
+    assert_eq!(
+        leaked
+            .error()
+            .message
+            .replace(&secret_object.to_string(), "D"),
+        unknown
+            .error()
+            .message
+            .replace(&Digest::of(b"stored nowhere").to_string(), "D"),
+    );
+    assert!(!String::from_utf8_lossy(&leaked.body).contains("hunter2"));
+    // Even dev-b, who may read secret/*, must name the right repository.
+    assert_eq!(objects(TOKEN_B, secret_object).status, 401);
+    let through_secret = r.device_post(
+        "objects",
+        TOKEN_B,
+        &objects_body("secret/app", vec![secret_object]),
+    );
+    assert_eq!(through_secret.status, 200, "{:?}", through_secret.error());
+    // An object edge/app does contain is served, also when secret/app has it too.
+    assert_eq!(objects(TOKEN_A, shared_object).status, 200);
+
+    // /archive with layer-base: claiming to hold the secret layer must not
+    // make it a base (its removed paths and unsent entries would describe
+    // it), nor make its objects count as held.
+    let claim = HeldSet {
+        layers: vec![secret_layer],
+        objects: vec![],
+    };
+    let archive = |token: &str, holdings: Holdings| {
+        let body = postcard::to_allocvec(&ArchiveRequest {
+            repository: "edge/app".into(),
+            manifest_digest: edge_manifest,
+            layers: vec![edge_layer],
+            metadata: false,
+            holdings,
+        })
+        .unwrap();
+        let resp = r.archive_with_base(token, &body);
+        assert_eq!(resp.status, 200);
+        resp.body
+    };
+    let plain_a = archive(TOKEN_A, empty());
+    let claimed_a = archive(TOKEN_A, Holdings::Full(claim.clone()));
+    assert!(
+        claimed_a == plain_a,
+        "dev-a's archive changed because it claimed a layer of secret/app ({} vs {} bytes)",
+        claimed_a.len(),
+        plain_a.len()
+    );
+    // dev-b may read secret/app: the same claim is used (smaller archive),
+    // so the comparison above can fail.
+    let plain_b = archive(TOKEN_B, empty());
+    let claimed_b = archive(TOKEN_B, Holdings::Full(claim.clone()));
+    assert!(plain_b == plain_a, "two devices got different archives");
+    assert!(
+        claimed_b.len() < plain_b.len(),
+        "dev-b's held layer was not used: {} vs {} bytes",
+        claimed_b.len(),
+        plain_b.len()
+    );
+
+    // /plan: the costs do not change with the claim either.
+    let plan = |token: &str, holdings: Holdings| -> PlanResponse {
+        let resp = r.device_post("plan", token, &plan_body(&[("edge/app", "v1")], holdings));
+        assert_eq!(resp.status, 200, "{:?}", resp.error());
+        postcard::from_bytes(&resp.body).unwrap()
+    };
+    let costs = |p: &PlanResponse| format!("{:?}", p.images[0].layers);
+    assert_eq!(
+        costs(&plan(TOKEN_A, Holdings::Full(claim.clone()))),
+        costs(&plan(TOKEN_A, empty()))
+    );
+    assert_ne!(
+        costs(&plan(TOKEN_B, Holdings::Full(claim.clone()))),
+        costs(&plan(TOKEN_B, empty())),
+        "dev-b's claim should change the plan, or the check above proves nothing"
+    );
+
+    // /archive naming the secret layer through the edge manifest: refused
+    // with the same words as a layer that exists nowhere.
+    let bad_layer = |l: Digest| {
+        r.device_post(
+            "archive",
+            TOKEN_A,
+            &archive_body("edge/app", edge_manifest, vec![l]),
+        )
+    };
+    let a = bad_layer(secret_layer);
+    let b = bad_layer(Digest::of(b"no layer"));
+    assert_eq!(a.status, 400);
+    assert_eq!(
+        a.error().message.replace(&secret_layer.to_string(), "L"),
+        b.error()
+            .message
+            .replace(&Digest::of(b"no layer").to_string(), "L")
+    );
+}

@@ -74,6 +74,10 @@ pub trait MetadataStore: Send + Sync {
     /// Whether `repository` holds blob `digest`.
     fn blob_linked(&self, repository: &str, digest: &Digest) -> anyhow::Result<bool>;
 
+    /// Every blob `repository` holds (what `GET /v2/<repository>/blobs/`
+    /// serves), in digest order.
+    fn repository_blobs(&self, repository: &str) -> anyhow::Result<Vec<Digest>>;
+
     /// Forget that `repository` holds blob `digest`. `false` if it did not.
     fn unlink_blob(&self, repository: &str, digest: &Digest) -> anyhow::Result<bool>;
 

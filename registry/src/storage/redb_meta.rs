@@ -201,6 +201,17 @@ impl MetadataStore for RedbMetadata {
             .is_some())
     }
 
+    fn repository_blobs(&self, repository: &str) -> anyhow::Result<Vec<Digest>> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(REPO_BLOBS)?;
+        let mut out = Vec::new();
+        for entry in t.range((repository, &[0u8; 32])..=(repository, &[0xffu8; 32]))? {
+            let (k, _) = entry?;
+            out.push(Digest(*k.value().1));
+        }
+        Ok(out)
+    }
+
     fn unlink_blob(&self, repository: &str, digest: &Digest) -> anyhow::Result<bool> {
         let tx = self.db.begin_write()?;
         let found = tx

@@ -5,6 +5,15 @@ use crate::plan::{amd64, MemRegistry};
 use layerlink_proto::archive::{parse_reference_link, Marker, PAX_DIGEST, PAX_MARKER};
 use layerlink_proto::msg::{HeldImage, Holdings, ImageRef, LayerState, Platform};
 
+/// A device that may read every repository.
+fn dev(id: &str) -> Device {
+    Device {
+        id: id.into(),
+        token: format!("tok-{id}"),
+        repositories: vec!["*".into()],
+    }
+}
+
 fn img(repo: &str, r: &str) -> ImageRef {
     ImageRef {
         repository: repo.into(),
@@ -44,7 +53,7 @@ fn holdings_hash_flow() {
     };
     let full = plan_request(
         &r,
-        "gw-1",
+        &dev("gw-1"),
         &plan_req(vec![img("edge/app", "v1")], Holdings::Full(set.clone())),
     )
     .unwrap();
@@ -53,7 +62,7 @@ fn holdings_hash_flow() {
     // The hash stands for the recorded set: same plan.
     let by_hash = plan_request(
         &r,
-        "gw-1",
+        &dev("gw-1"),
         &plan_req(vec![img("edge/app", "v1")], Holdings::Hash(set.hash())),
     )
     .unwrap();
@@ -61,7 +70,7 @@ fn holdings_hash_flow() {
     // Unknown hash, or another device's hash: 409.
     let e = plan_request(
         &r,
-        "gw-1",
+        &dev("gw-1"),
         &plan_req(vec![], Holdings::Hash(Digest([1; 32]))),
     )
     .unwrap_err();
@@ -69,7 +78,12 @@ fn holdings_hash_flow() {
         (e.code, e.code.http_status()),
         (ErrorCode::UnknownHoldingsSet, 409)
     );
-    let e = plan_request(&r, "gw-2", &plan_req(vec![], Holdings::Hash(set.hash()))).unwrap_err();
+    let e = plan_request(
+        &r,
+        &dev("gw-2"),
+        &plan_req(vec![], Holdings::Hash(set.hash())),
+    )
+    .unwrap_err();
     assert_eq!(e.code, ErrorCode::UnknownHoldingsSet);
     // Archive and report take the hash too.
     let areq = ArchiveRequest {
@@ -79,11 +93,11 @@ fn holdings_hash_flow() {
         metadata: false,
         holdings: Holdings::Hash(set.hash()),
     };
-    let job = prepare_archive(&r, "gw-1", &areq).unwrap();
+    let job = prepare_archive(&r, &dev("gw-1"), &areq).unwrap();
     assert_eq!(job.held, set);
     let ack = report_request(
         &r,
-        "gw-1",
+        &dev("gw-1"),
         &Report {
             holdings: Holdings::Hash(set.hash()),
             images: vec![],
@@ -105,17 +119,17 @@ fn archive_requests_are_checked_against_the_manifest() {
         metadata: true,
         holdings: Holdings::Full(HeldSet::default()),
     };
-    let e = prepare_archive(&r, "gw", &req(vec![Digest::of(b"other")])).unwrap_err();
+    let e = prepare_archive(&r, &dev("gw"), &req(vec![Digest::of(b"other")])).unwrap_err();
     assert_eq!(e.code, ErrorCode::BadRequest);
     assert!(e.message.contains("not part of manifest"), "{}", e.message);
     let mut wrong = req(vec![ids[0]]);
     wrong.manifest_digest = Digest::of(b"nope");
     assert_eq!(
-        prepare_archive(&r, "gw", &wrong).unwrap_err().code,
+        prepare_archive(&r, &dev("gw"), &wrong).unwrap_err().code,
         ErrorCode::NotFound
     );
     // Out of order and repeated: sent once each, in image order.
-    let job = prepare_archive(&r, "gw", &req(vec![ids[1], ids[0], ids[1]])).unwrap();
+    let job = prepare_archive(&r, &dev("gw"), &req(vec![ids[1], ids[0], ids[1]])).unwrap();
     assert_eq!(job.layers, ids);
     assert!(job.metadata.is_some());
     // new bytes: "alpha" + 3000 + 700 (the second "alpha" is a reference).
@@ -192,7 +206,7 @@ fn objects_requests() {
             Digest::of(b"alpha"),
         ],
     };
-    let (wanted, total) = prepare_objects(&r, &ok).unwrap();
+    let (wanted, total) = prepare_objects(&r, &dev("gw"), &ok).unwrap();
     assert_eq!(
         wanted,
         vec![(Digest::of(b"alpha"), 5), (Digest::of(&[5u8; 3000]), 3000)]
@@ -202,14 +216,16 @@ fn objects_requests() {
         repository: "edge/app".into(),
         digests: vec![Digest::of(b"unknown")],
     };
-    let e = prepare_objects(&r, &bad).unwrap_err();
-    assert_eq!(e.code, ErrorCode::NotFound);
+    // Not an object of edge/app: refused like one of a repository the
+    // device may not read (issue 15: no existence oracle).
+    let e = prepare_objects(&r, &dev("gw"), &bad).unwrap_err();
+    assert_eq!(e.code, ErrorCode::Forbidden);
     let many = ObjectsRequest {
         repository: "edge/app".into(),
         digests: vec![Digest([0; 32]); MAX_REPAIR_OBJECTS + 1],
     };
     assert_eq!(
-        prepare_objects(&r, &many).unwrap_err().code,
+        prepare_objects(&r, &dev("gw"), &many).unwrap_err().code,
         ErrorCode::TooLarge
     );
 }
@@ -220,7 +236,7 @@ fn plan_limits() {
     let many = vec![img("a", "b"); MAX_IMAGES_PER_PLAN + 1];
     let e = plan_request(
         &r,
-        "gw",
+        &dev("gw"),
         &plan_req(many, Holdings::Full(HeldSet::default())),
     )
     .unwrap_err();
@@ -228,7 +244,7 @@ fn plan_limits() {
     let long = "x".repeat(MAX_NAME_BYTES + 1);
     let e = plan_request(
         &r,
-        "gw",
+        &dev("gw"),
         &plan_req(vec![img(&long, "v1")], Holdings::Full(HeldSet::default())),
     )
     .unwrap_err();
