@@ -9,7 +9,11 @@
 //! `.so` names: `libssl.so.3.0.20` ~ `libssl.so.3.0.22`) and whose size is
 //! within a factor of 2. Files named like compressed data (`.gz`, `.xz`,
 //! `.zst`, …) are skipped: measured with `layerlink-deltameasure`, their
-//! patches are 0.92–0.98 of the whole file. Files under
+//! patches are 0.92–0.98 of the whole file. The held layers are the
+//! request's *readable* holdings (`access::readable_holdings`): a patch
+//! describes new content relative to old, so a base from a layer the device
+//! may not read would leak that layer's file to a device that lies about
+//! holding it. Files under
 //! [`MIN_DELTA_SIZE`] or over [`MAX_DELTA_SIZE`] are skipped too.
 //!
 //! **Computing.** bidiff 1.0 (`bidiff::simple_diff`, one thread), whose
