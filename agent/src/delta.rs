@@ -321,7 +321,8 @@ mod tests {
     #[test]
     fn apply_into_a_store_stores_only_the_exact_result() {
         use crate::store::{Access, Store};
-        let root = std::env::temp_dir().join(format!("layerlink-delta-test-{}", std::process::id()));
+        let root =
+            std::env::temp_dir().join(format!("layerlink-delta-test-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&root);
         let store = Store::open(&root, Access::Exclusive).unwrap();
         let mut w = ObjectWriter::new(&store);
@@ -329,7 +330,12 @@ mod tests {
         let old = b"hello world, this is the old file".to_vec();
         let mut src = &old[..];
         let base = w
-            .insert(None, old.len() as u64, &mut |b| Ok(src.read(b).unwrap()), &meta)
+            .insert(
+                None,
+                old.len() as u64,
+                &mut |b| Ok(src.read(b).unwrap()),
+                &meta,
+            )
             .unwrap();
         let new = b"hello world! this is the old file".to_vec();
         let nd = Digest::of(&new);
@@ -348,15 +354,25 @@ mod tests {
         fallback(run(&mut w, &base, &nd, n + 1, &good), "produces");
         fallback(run(&mut w, &base, &nd, n - 1, &good), "more than");
         fallback(run(&mut w, &base, &nd, n, &good[..good.len() - 3]), "patch");
-        fallback(run(&mut w, &base, &nd, n, &patch(&[(&[0; 40], b"", 0)])), "past the end");
-        fallback(run(&mut w, &base, &nd, n, &patch(&[(&[0; 1], b"", -5)])), "seeks outside");
+        fallback(
+            run(&mut w, &base, &nd, n, &patch(&[(&[0; 40], b"", 0)])),
+            "past the end",
+        );
+        fallback(
+            run(&mut w, &base, &nd, n, &patch(&[(&[0; 1], b"", -5)])),
+            "seeks outside",
+        );
         fallback(run(&mut w, &base, &nd, n, b"not a patch at all"), "header");
         let wrong = patch(&[(&[1; 11], b"!", 1), (&vec![0; old.len() - 12], b"", 0)]);
         fallback(run(&mut w, &base, &nd, n, &wrong), "hashes to");
         assert!(!w.has(&nd).unwrap(), "a failed delta stored something");
         assert_eq!(run(&mut w, &base, &nd, n, &good), Applied::Stored);
         let mut got = Vec::new();
-        w.open_any(&nd).unwrap().unwrap().read_to_end(&mut got).unwrap();
+        w.open_any(&nd)
+            .unwrap()
+            .unwrap()
+            .read_to_end(&mut got)
+            .unwrap();
         assert_eq!(got, new);
         drop(w);
         drop(store);

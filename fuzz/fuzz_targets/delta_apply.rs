@@ -36,10 +36,12 @@ fuzz_target!(|data: &[u8]| {
     }
     patch.extend_from_slice(body);
     // What a plain in-memory bipatch makes of it (bounded).
-    let reference = bipatch::Reader::new(&patch[..], Cursor::new(old)).ok().and_then(|r| {
-        let mut out = Vec::new();
-        r.take(MAX_OUT).read_to_end(&mut out).ok().map(|_| out)
-    });
+    let reference = bipatch::Reader::new(&patch[..], Cursor::new(old))
+        .ok()
+        .and_then(|r| {
+            let mut out = Vec::new();
+            r.take(MAX_OUT).read_to_end(&mut out).ok().map(|_| out)
+        });
     let base = Digest::of(old);
     let (new, size) = match ((mode >> 1) & 3, &reference) {
         (0, Some(r)) => (Digest::of(r), r.len() as u64),
@@ -59,25 +61,44 @@ fuzz_target!(|data: &[u8]| {
         let meta = Meta::default();
         if mode & 8 == 0 && !old.is_empty() {
             let mut src = old;
-            w.insert(None, old.len() as u64, &mut |b| Ok(src.read(b).unwrap()), &meta)
-                .unwrap();
+            w.insert(
+                None,
+                old.len() as u64,
+                &mut |b| Ok(src.read(b).unwrap()),
+                &meta,
+            )
+            .unwrap();
         }
         let mut p = &patch[..];
-        let r = apply(&mut w, &base, &new, size, &mut |b| Ok(p.read(b).unwrap()), &meta);
+        let r = apply(
+            &mut w,
+            &base,
+            &new,
+            size,
+            &mut |b| Ok(p.read(b).unwrap()),
+            &meta,
+        );
         if let Ok(Applied::Stored) = r {
             if new != base {
                 let mut f = w.open_any(&new).unwrap().expect("stored object is there");
                 let mut got = Vec::new();
                 f.read_to_end(&mut got).unwrap();
                 assert_eq!(got.len() as u64, size, "stored a result of the wrong size");
-                assert_eq!(Digest::of(&got), new, "stored a result with the wrong digest");
+                assert_eq!(
+                    Digest::of(&got),
+                    new,
+                    "stored a result with the wrong digest"
+                );
             }
         }
         if mode & 8 != 0 && new != base {
             assert!(!matches!(r, Ok(Applied::Stored)) || w.has(&new).unwrap());
         }
         if new == base {
-            assert!(matches!(r, Ok(Applied::Fallback(_))), "a patch naming itself as base");
+            assert!(
+                matches!(r, Ok(Applied::Fallback(_))),
+                "a patch naming itself as base"
+            );
         }
     }
     let _ = std::fs::remove_dir_all(&root);

@@ -5,8 +5,7 @@
 //! asked with and without the feature.
 
 use layerlink_proto::msg::{
-    ArchiveRequest, HeldSet, Holdings, ImageRef, PlanRequest, PlanResponse, Platform,
-    CONTENT_TYPE,
+    ArchiveRequest, HeldSet, Holdings, ImageRef, PlanRequest, PlanResponse, Platform, CONTENT_TYPE,
 };
 use layerlink_tests::fixture::{self, registry_with_test_images, test_repo};
 use layerlink_tests::http::request;
@@ -49,7 +48,12 @@ fn post(reg: &Registry, path: &str, features: &str, body: &[u8]) -> Vec<u8> {
         ],
         body,
     );
-    assert_eq!(r.status, 200, "{path}: {}", String::from_utf8_lossy(&r.body));
+    assert_eq!(
+        r.status,
+        200,
+        "{path}: {}",
+        String::from_utf8_lossy(&r.body)
+    );
     r.body
 }
 
@@ -61,13 +65,24 @@ fn archive_bytes(reg: &Registry, features: &str) -> usize {
         images: [OLD, NEW]
             .iter()
             .map(|t| {
-                let (repository, reference) = test_repo(t).rsplit_once(':').map(|(r, t)| (r.to_string(), t.to_string())).unwrap();
-                ImageRef { repository, reference }
+                let (repository, reference) = test_repo(t)
+                    .rsplit_once(':')
+                    .map(|(r, t)| (r.to_string(), t.to_string()))
+                    .unwrap();
+                ImageRef {
+                    repository,
+                    reference,
+                }
             })
             .collect(),
         holdings: Holdings::Full(HeldSet::default()),
     };
-    let body = post(reg, "plan", features, &postcard::to_allocvec(&plan).unwrap());
+    let body = post(
+        reg,
+        "plan",
+        features,
+        &postcard::to_allocvec(&plan).unwrap(),
+    );
     let plan: PlanResponse = postcard::from_bytes(&body).unwrap();
     let (old, new) = (&plan.images[0], &plan.images[1]);
     let req = ArchiveRequest {
@@ -80,7 +95,13 @@ fn archive_bytes(reg: &Registry, features: &str) -> usize {
             objects: vec![],
         }),
     };
-    post(reg, "archive", features, &postcard::to_allocvec(&req).unwrap()).len()
+    post(
+        reg,
+        "archive",
+        features,
+        &postcard::to_allocvec(&req).unwrap(),
+    )
+    .len()
 }
 
 fn sync(agent: &Agent, proxy: &CountingProxy, tag: &str) -> (u64, String) {
@@ -133,7 +154,11 @@ fn a_rebuilt_image_syncs_as_deltas_exactly_and_a_damaged_base_still_ends_right()
         String::from_utf8_lossy(&v.stderr)
     );
     let rerun = registry_log_deltas(&reg);
-    assert!(rerun > 0, "the registry logged no delta entries:\n{}", reg.log());
+    assert!(
+        rerun > 0,
+        "the registry logged no delta entries:\n{}",
+        reg.log()
+    );
 
     // A device whose copy of the base object is damaged (same size,
     // different bytes) still ends with the exact files: the delta's result
@@ -144,7 +169,10 @@ fn a_rebuilt_image_syncs_as_deltas_exactly_and_a_damaged_base_still_ends_right()
     assert_eq!(layers.len(), 1);
     let status = layers[0].join("var/lib/dpkg/status");
     {
-        let mut f = std::fs::OpenOptions::new().write(true).open(&status).unwrap();
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&status)
+            .unwrap();
         f.seek(SeekFrom::Start(1000)).unwrap();
         f.write_all(b"DAMAGED").unwrap();
     }
@@ -173,12 +201,7 @@ fn registry_log_deltas(reg: &Registry) -> u64 {
 }
 
 /// One tar entry with PAX records (`LAYERLINK.*` and the like).
-fn pax_entry(
-    b: &mut tar::Builder<Vec<u8>>,
-    path: &str,
-    pax: &[(&str, &[u8])],
-    data: &[u8],
-) {
+fn pax_entry(b: &mut tar::Builder<Vec<u8>>, path: &str, pax: &[(&str, &[u8])], data: &[u8]) {
     b.append_pax_extensions(pax.iter().map(|(k, v)| (*k, *v)))
         .unwrap();
     let mut h = tar::Header::new_ustar();
@@ -196,15 +219,29 @@ fn one_file_archive(layer_seed: u8, path: &str, pax: &[(&str, &[u8])], data: &[u
     let diff_id = format!("sha256:{}", layerlink_tests::sha256_hex(&[layer_seed]));
     let mut b = tar::Builder::new(Vec::new());
     let id = diff_id.as_bytes();
-    pax_entry(&mut b, ".layerlink/layer", &[("LAYERLINK.marker", b"layer"), ("LAYERLINK.diff_id", id)], b"");
+    pax_entry(
+        &mut b,
+        ".layerlink/layer",
+        &[("LAYERLINK.marker", b"layer"), ("LAYERLINK.diff_id", id)],
+        b"",
+    );
     pax_entry(&mut b, path, pax, data);
     pax_entry(
         &mut b,
         ".layerlink/layer-end",
-        &[("LAYERLINK.marker", b"layer-end"), ("LAYERLINK.diff_id", id), ("LAYERLINK.entries", b"1")],
+        &[
+            ("LAYERLINK.marker", b"layer-end"),
+            ("LAYERLINK.diff_id", id),
+            ("LAYERLINK.entries", b"1"),
+        ],
         b"",
     );
-    pax_entry(&mut b, ".layerlink/end", &[("LAYERLINK.marker", b"end")], b"");
+    pax_entry(
+        &mut b,
+        ".layerlink/end",
+        &[("LAYERLINK.marker", b"end")],
+        b"",
+    );
     let tar = b.into_inner().unwrap();
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(6));
     gz.write_all(&tar).unwrap();
@@ -297,7 +334,10 @@ fn patching_the_largest_file_of_the_test_images_stays_within_4_mib() {
         old.len(),
         patch.len()
     );
-    assert!(delta_kib <= 4096, "peak RSS {delta_kib} KiB while patching {path}");
+    assert!(
+        delta_kib <= 4096,
+        "peak RSS {delta_kib} KiB while patching {path}"
+    );
     // The result is the new file, stored as an object.
     let stored = walk_find(&store.join("objects"), &new_hex).expect("the new object is stored");
     assert_eq!(std::fs::read(stored).unwrap(), new);

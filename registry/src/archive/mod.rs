@@ -138,12 +138,17 @@ impl<W: Write> ArchiveWriter<W> {
                 Some(d) => {
                     tarfmt::pax_record(&mut self.pax, PAX_DIGEST.as_bytes(), &d.hex_bytes());
                     new_object = Some(d);
-                    patch = (self.deltas.as_mut()).and_then(|p| p.patch_for(&rec.path, &d, rec.size));
+                    patch =
+                        (self.deltas.as_mut()).and_then(|p| p.patch_for(&rec.path, &d, rec.size));
                     match &patch {
                         Some(p) => {
                             let (b, n) = (p.base.hex_bytes(), rec.size.to_string());
                             tarfmt::pax_record(&mut self.pax, PAX_DELTA_BASE.as_bytes(), &b);
-                            tarfmt::pax_record(&mut self.pax, PAX_DELTA_SIZE.as_bytes(), n.as_bytes());
+                            tarfmt::pax_record(
+                                &mut self.pax,
+                                PAX_DELTA_SIZE.as_bytes(),
+                                n.as_bytes(),
+                            );
                             (b'0', p.len, b"", None)
                         }
                         None => (b'0', rec.size, b"", Some(d)),

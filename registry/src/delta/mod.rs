@@ -104,7 +104,11 @@ pub fn write_patch(out: &mut impl Write, p: &Patch, buf: &mut [u8]) -> io::Resul
         if n == 0 {
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
-                format!("cached delta {} is shorter than {} bytes", p.file.display(), p.len),
+                format!(
+                    "cached delta {} is shorter than {} bytes",
+                    p.file.display(),
+                    p.len
+                ),
             ));
         }
         out.write_all(&buf[..n])?;
@@ -271,9 +275,8 @@ impl DeltaPlanner {
     /// `raw_path`, if any.
     fn old_for(&self, raw_path: &[u8], new: &Digest, size: u64) -> Option<Held> {
         let path = normalize_entry_path(raw_path).ok()?;
-        let usable = |h: &Held| {
-            h.object != *new && h.size >= MIN_DELTA_SIZE / 4 && h.size <= MAX_DELTA_SIZE
-        };
+        let usable =
+            |h: &Held| h.object != *new && h.size >= MIN_DELTA_SIZE / 4 && h.size <= MAX_DELTA_SIZE;
         if let Some(h) = self.base.get(&path).filter(|h| usable(h)) {
             return Some(*h);
         }
@@ -438,7 +441,10 @@ mod unit {
             stem_key(b"usr/lib/libssl.so.3.0.20"),
             stem_key(b"usr/lib/libssl.so.3.0.22")
         );
-        assert_ne!(stem_key(b"usr/lib/libssl.so.3"), stem_key(b"usr/lib/libcrypto.so.3"));
+        assert_ne!(
+            stem_key(b"usr/lib/libssl.so.3"),
+            stem_key(b"usr/lib/libcrypto.so.3")
+        );
     }
 
     #[test]
@@ -457,7 +463,9 @@ mod unit {
 
     #[test]
     fn diff_round_trips_through_bipatch() {
-        let old: Vec<u8> = (0..50_000u32).flat_map(|i| (i % 977).to_le_bytes()).collect();
+        let old: Vec<u8> = (0..50_000u32)
+            .flat_map(|i| (i % 977).to_le_bytes())
+            .collect();
         let mut new = old.clone();
         new[1000..1010].copy_from_slice(b"0123456789");
         new.truncate(150_000);
@@ -468,6 +476,11 @@ mod unit {
         assert_eq!(out, new);
         let z = zstd::bulk::compress(&p, 3).unwrap();
         let w = zstd::bulk::compress(&new, 3).unwrap();
-        assert!(worth_it(z.len() as u64, w.len() as u64), "{} vs {}", z.len(), w.len());
+        assert!(
+            worth_it(z.len() as u64, w.len() as u64),
+            "{} vs {}",
+            z.len(),
+            w.len()
+        );
     }
 }

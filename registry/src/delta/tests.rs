@@ -23,7 +23,12 @@ fn noise(seed: u64, n: usize) -> Vec<u8> {
 
 fn text(version: u32) -> Vec<u8> {
     (0..400)
-        .map(|i| format!("line {i}: package foo version {}\n", if i == 200 { version } else { 1 }))
+        .map(|i| {
+            format!(
+                "line {i}: package foo version {}\n",
+                if i == 200 { version } else { 1 }
+            )
+        })
         .collect::<String>()
         .into_bytes()
 }
@@ -51,7 +56,9 @@ fn layer(version: u8) -> Vec<u8> {
 fn entries(archive: &[u8]) -> Vec<(String, Vec<(Vec<u8>, Vec<u8>)>, Vec<u8>)> {
     let raw = if archive.starts_with(&[0x1f, 0x8b]) {
         let mut v = Vec::new();
-        flate2::read::GzDecoder::new(archive).read_to_end(&mut v).unwrap();
+        flate2::read::GzDecoder::new(archive)
+            .read_to_end(&mut v)
+            .unwrap();
         v
     } else {
         zstd::stream::decode_all(archive).unwrap()
@@ -90,7 +97,11 @@ fn write(r: &MemRegistry, layers: &[Digest], held: &HeldSet, features: &str) -> 
 
 fn cached_files(objects: &ObjectStore) -> usize {
     let mut n = 0;
-    for d in fs::read_dir(cache_dir(objects)).into_iter().flatten().flatten() {
+    for d in fs::read_dir(cache_dir(objects))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
         n += fs::read_dir(d.path()).unwrap().count();
     }
     n
@@ -138,8 +149,14 @@ fn modified_files_go_as_patches_that_rebuild_them() {
         let old = old_of(&path);
         let new = new_of(&path);
         assert_eq!(base, Digest::of(&old).hex().as_bytes(), "{path}");
-        assert_eq!(get(&pax, PAX_DIGEST).unwrap(), Digest::of(&new).hex().as_bytes());
-        assert_eq!(get(&pax, PAX_DELTA_SIZE).unwrap(), new.len().to_string().as_bytes());
+        assert_eq!(
+            get(&pax, PAX_DIGEST).unwrap(),
+            Digest::of(&new).hex().as_bytes()
+        );
+        assert_eq!(
+            get(&pax, PAX_DELTA_SIZE).unwrap(),
+            new.len().to_string().as_bytes()
+        );
         assert!(data.starts_with(&layerlink_proto::archive::DELTA_PATCH_HEADER));
         let mut rebuilt = Vec::new();
         bipatch::Reader::new(&data[..], io::Cursor::new(&old))
