@@ -34,6 +34,11 @@ pub struct Config {
     /// Serve HTTPS with this certificate.
     #[serde(default)]
     pub tls: Option<Tls>,
+    /// Refuse (400 `MANIFEST_INVALID`) an image manifest whose layers
+    /// cannot be split into files, instead of storing it as an OCI registry
+    /// must and marking it "not syncable" (the default, `false`).
+    #[serde(default)]
+    pub reject_unsyncable: bool,
 }
 
 /// A publisher account (HTTP basic auth on `/v2/`).

@@ -374,6 +374,17 @@ pub fn resolve_image(
 /// ingest existed, or whose ingest was interrupted, is ingested now).
 pub fn ensure_ingested(store: &dyn ImageStore, img: &ResolvedImage) -> Result<(), SyncError> {
     let db = store.database();
+    if let Some(reason) =
+        ingest::unsyncable_reason(db, &img.manifest.digest).map_err(SyncError::internal)?
+    {
+        return Err(SyncError::new(
+            ErrorCode::BadRequest,
+            format!(
+                "image manifest {} is stored but cannot be synced: {reason}",
+                img.manifest.digest
+            ),
+        ));
+    }
     let missing = {
         let txn = db.begin_read().map_err(SyncError::internal)?;
         let mut missing = false;

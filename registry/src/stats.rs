@@ -34,6 +34,8 @@ pub struct Stats {
     pub stored_bytes: u64,
     /// `logical_bytes / stored_bytes`; `None` while nothing is stored.
     pub dedup_ratio: Option<f64>,
+    /// Manifests stored but not syncable to devices: (digest, reason).
+    pub unsyncable: Vec<(String, String)>,
 }
 
 /// Gather the figures. Blocking.
@@ -64,6 +66,10 @@ pub fn collect(storage: &Storage) -> anyhow::Result<Stats> {
         stored_bytes: dedup.stored_bytes,
         dedup_ratio: (dedup.stored_bytes > 0)
             .then(|| dedup.logical_bytes as f64 / dedup.stored_bytes as f64),
+        unsyncable: crate::ingest::unsyncable_all(storage.db())?
+            .into_iter()
+            .map(|(d, r)| (d.to_string(), r))
+            .collect(),
     })
 }
 
@@ -72,6 +78,10 @@ pub fn render_text(s: &Stats) -> String {
     let ratio = s
         .dedup_ratio
         .map_or_else(|| "n/a".to_owned(), |r| format!("{r:.2}"));
+    let mut unsyncable = String::new();
+    for (d, r) in &s.unsyncable {
+        unsyncable.push_str(&format!("not syncable:              {d}: {r}\n"));
+    }
     format!(
         "images (tagged manifests): {}\n\
          repositories:              {}\n\
@@ -84,7 +94,8 @@ pub fn render_text(s: &Stats) -> String {
          distinct objects:          {}\n\
          logical bytes:             {}\n\
          stored bytes:              {}\n\
-         dedup ratio:               {ratio}\n",
+         dedup ratio:               {ratio}\n\
+         {unsyncable}",
         s.images,
         s.repositories,
         s.manifests,

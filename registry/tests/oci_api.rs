@@ -853,8 +853,18 @@ fn invalid_names_and_unknown_endpoints() {
         (resp.status, resp.error_code().as_str()),
         (400, "NAME_INVALID")
     );
+    // An invalid reference names no manifest: 404 on GET (issue 17, as the
+    // conformance suite expects), 400 on PUT.
     let resp = r.req("GET", "/v2/x/manifests/bad:tag:x", &[], None);
-    assert_eq!(resp.error_code(), "DIGEST_INVALID");
+    assert_eq!(
+        (resp.status, resp.error_code().as_str()),
+        (404, "MANIFEST_UNKNOWN")
+    );
+    let resp = r.req("PUT", "/v2/x/manifests/bad:tag:x", &[], Some(b"{}"));
+    assert_eq!(
+        (resp.status, resp.error_code().as_str()),
+        (400, "DIGEST_INVALID")
+    );
     let resp = r.req("PUT", "/v2/x/blobs/sha256:00", &[], Some(b""));
     assert_eq!(
         (resp.status, resp.error_code().as_str()),
@@ -1116,7 +1126,9 @@ fn stats_counts_tagged_images() {
 
 #[test]
 fn layer_not_matching_its_diff_id_is_rejected_and_nothing_committed() {
-    let r = Registry::start();
+    // Strict mode: an unsyncable image is refused at push (by default it is
+    // stored and marked not syncable: tests/oci_conformance.rs).
+    let r = Registry::start_with(Some("reject_unsyncable = true\n"));
     let good = TestImage::new(OCI_MANIFEST, &[&[("f", b"real content")]]);
     let other = TestImage::new(OCI_MANIFEST, &[&[("f", b"other content")]]);
     // other's config (other diff_id) with good's layer

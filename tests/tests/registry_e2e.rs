@@ -578,15 +578,15 @@ fn manifest_naming_a_missing_blob_is_refused() {
     );
 }
 
+/// A layer that cannot be split into files (not gzip, damaged, truncated,
+/// bad checksum). By default the manifest is stored and served as the OCI
+/// spec requires, nothing of the layer enters the file store, and the image
+/// is listed as not syncable (issue 17); with `reject_unsyncable = true`
+/// the push is refused and the store is unchanged.
 #[test]
-fn corrupt_layers_are_refused_and_the_store_is_unchanged() {
+fn corrupt_layers_store_the_manifest_but_no_files_or_are_refused_in_strict_mode() {
     let images = test_images();
     let src = images.layout();
-    let reg = Registry::start(None);
-    // Something in the store first, so "unchanged" means something.
-    skopeo_push(&images.oci_dir, "tiny:v1", &reg, "good/tiny:v1");
-    let before = stats_after_ingest(&reg, 1);
-
     let real = src.blob(&src.layers("tiny:v1")[0].digest);
     let tar = gunzip(&real);
     let mut corrupt: Vec<(&str, Vec<u8>)> = Vec::new();
@@ -609,64 +609,84 @@ fn corrupt_layers_are_refused_and_the_store_is_unchanged() {
     bad_sum[0] ^= 0x20;
     corrupt.push(("bad header checksum", gzip(&bad_sum)));
 
-    for (i, (what, blob)) in corrupt.iter().enumerate() {
-        assert_eq!(
-            put_blob(&reg, "evil", blob, &digest_of(blob)).status,
-            201,
-            "{what}: blob upload"
-        );
-        let diff_id = format!("sha256:{}", sha256_hex(what.as_bytes()));
-        let config = config_blob(&[diff_id]);
-        assert_eq!(
-            put_blob(&reg, "evil", &config, &digest_of(&config)).status,
-            201
-        );
-        let m = manifest(&config, &[(GZIP_LAYER, blob)]);
-        let tag = format!("v{i}");
-        let r = put_manifest(&reg, "evil", &tag, &m);
-        assert_eq!(
-            r.status,
-            400,
-            "{what}: manifest with a corrupt layer: {} {}",
-            r.status,
-            r.text()
-        );
-        assert_eq!(
-            request(
+    for strict in [false, true] {
+        let reg = Registry::start(strict.then_some("reject_unsyncable = true\n"));
+        // Something in the store first, so "unchanged" means something.
+        skopeo_push(&images.oci_dir, "tiny:v1", &reg, "good/tiny:v1");
+        let before = stats_after_ingest(&reg, 1);
+        let mut manifests = Vec::new();
+        for (i, (what, blob)) in corrupt.iter().enumerate() {
+            assert_eq!(
+                put_blob(&reg, "evil", blob, &digest_of(blob)).status,
+                201,
+                "{what}: blob upload"
+            );
+            let diff_id = format!("sha256:{}", sha256_hex(what.as_bytes()));
+            let config = config_blob(&[diff_id]);
+            assert_eq!(
+                put_blob(&reg, "evil", &config, &digest_of(&config)).status,
+                201
+            );
+            let m = manifest(&config, &[(GZIP_LAYER, blob)]);
+            let tag = format!("v{i}");
+            let r = put_manifest(&reg, "evil", &tag, &m);
+            let served = request(
                 reg.addr(),
                 "GET",
                 &format!("/v2/evil/manifests/{tag}"),
                 &[],
-                b""
-            )
-            .status,
-            404,
-            "{what}: refused manifest is served"
-        );
-    }
-    let after = reg.stats();
-    for k in [
-        "layers",
-        "file_entries",
-        "regular_files",
-        "distinct_objects",
-        "logical_bytes",
-        "stored_bytes",
-        "tags",
-        "manifests",
-    ] {
+                b"",
+            );
+            if strict {
+                assert_eq!(r.status, 400, "{what}: strict push: {}", r.text());
+                assert!(r.text().contains("MANIFEST_INVALID"), "{}", r.text());
+                assert_eq!(served.status, 404, "{what}: refused manifest is served");
+            } else {
+                assert_eq!(r.status, 201, "{what}: push: {}", r.text());
+                assert_eq!(served.status, 200, "{what}: stored manifest not served");
+                assert_eq!(served.body, m, "{what}: manifest bytes changed");
+                manifests.push(digest_of(&m));
+            }
+        }
+        let after = reg.stats();
+        // No file of a corrupt layer entered the file store, either way.
+        for k in [
+            "layers",
+            "file_entries",
+            "regular_files",
+            "distinct_objects",
+            "logical_bytes",
+            "stored_bytes",
+        ] {
+            assert_eq!(
+                after[k], before[k],
+                "{k} changed by corrupt layers (strict: {strict}): before {before} after {after}"
+            );
+        }
+        let unsyncable: Vec<String> = after["unsyncable"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p[0].as_str().unwrap().to_owned())
+            .collect();
+        if strict {
+            assert_eq!(after["manifests"], before["manifests"]);
+            assert!(unsyncable.is_empty(), "{after}");
+        } else {
+            let mut want = manifests.clone();
+            want.sort();
+            let mut got = unsyncable.clone();
+            got.sort();
+            assert_eq!(got, want, "stats lists the unsyncable images");
+        }
+        // And the good image is still intact.
+        let tmp = tempfile::tempdir().unwrap();
+        skopeo_pull(&reg, "good/tiny:v1", &tmp.path().join("p"), "t");
         assert_eq!(
-            after[k], before[k],
-            "{k} changed by refused layers: before {before} after {after}"
+            OciLayout::open(tmp.path().join("p")).manifest_bytes("t"),
+            src.manifest_bytes("tiny:v1")
         );
     }
-    // And the good image is still intact.
-    let tmp = tempfile::tempdir().unwrap();
-    skopeo_pull(&reg, "good/tiny:v1", &tmp.path().join("p"), "t");
-    assert_eq!(
-        OciLayout::open(tmp.path().join("p")).manifest_bytes("t"),
-        src.manifest_bytes("tiny:v1")
-    );
 }
 
 #[test]

@@ -86,6 +86,55 @@ impl IngestError {
     }
 }
 
+/// Manifest digest → why its image cannot be synced (a layer that could
+/// not be split into files). The manifest itself is stored and served over
+/// `/v2/` like any other; devices asking for it get this reason.
+pub const UNSYNCABLE: redb::TableDefinition<&[u8; 32], &str> =
+    redb::TableDefinition::new("ingest_unsyncable");
+
+/// Record that the image of manifest `digest` cannot be synced, and why.
+pub fn mark_unsyncable(
+    db: &redb::Database,
+    digest: &Digest,
+    reason: &str,
+) -> Result<(), IngestError> {
+    let txn = db.begin_write().map_err(IngestError::store)?;
+    {
+        let mut t = txn.open_table(UNSYNCABLE).map_err(IngestError::store)?;
+        t.insert(&digest.0, reason).map_err(IngestError::store)?;
+    }
+    txn.commit().map_err(IngestError::store)
+}
+
+/// Why the image of manifest `digest` cannot be synced, if it cannot.
+pub fn unsyncable_reason(
+    db: &redb::Database,
+    digest: &Digest,
+) -> Result<Option<String>, IngestError> {
+    let txn = redb::ReadableDatabase::begin_read(db).map_err(IngestError::store)?;
+    let Some(t) = crate::index::open_read(&txn, UNSYNCABLE).map_err(IngestError::store)? else {
+        return Ok(None);
+    };
+    Ok(t.get(&digest.0)
+        .map_err(IngestError::store)?
+        .map(|v| v.value().to_owned()))
+}
+
+/// Every manifest marked not syncable, with the reason (for `stats`).
+pub fn unsyncable_all(db: &redb::Database) -> Result<Vec<(Digest, String)>, IngestError> {
+    use redb::ReadableTable as _;
+    let txn = redb::ReadableDatabase::begin_read(db).map_err(IngestError::store)?;
+    let Some(t) = crate::index::open_read(&txn, UNSYNCABLE).map_err(IngestError::store)? else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::new();
+    for item in t.iter().map_err(IngestError::store)? {
+        let (k, v) = item.map_err(IngestError::store)?;
+        out.push((Digest(*k.value()), v.value().to_owned()));
+    }
+    Ok(out)
+}
+
 static LAYER_LOCKS: Mutex<Option<HashSet<Digest>>> = Mutex::new(None);
 static LAYER_FREED: Condvar = Condvar::new();
 

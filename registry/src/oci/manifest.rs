@@ -33,6 +33,14 @@ pub struct ParsedManifest {
     pub blobs: Vec<Descriptor>,
     /// Manifests that must be in the repository (an index's entries).
     pub children: Vec<Descriptor>,
+    /// OCI 1.1 `subject`: the manifest this one refers to (a signature,
+    /// an SBOM, …); need not exist in the repository.
+    pub subject: Option<Descriptor>,
+    /// The artifact type the referrers API lists it under: `artifactType`,
+    /// else the config's media type (OCI 1.1).
+    pub artifact_type: Option<String>,
+    /// The manifest's `annotations`, as pushed.
+    pub annotations: Option<Value>,
 }
 
 /// Check `bytes` pushed with `content_type` (the request's Content-Type,
@@ -82,10 +90,26 @@ pub fn parse(bytes: &[u8], content_type: Option<&str>) -> Result<ParsedManifest,
         // Another type (an artifact): go by shape.
         _ => obj.contains_key("manifests") && !obj.contains_key("config"),
     };
+    let subject = match obj.get("subject") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(descriptor(v, "subject")?),
+    };
+    let artifact_type = match obj.get("artifactType") {
+        None | Some(Value::Null) => obj
+            .get("config")
+            .and_then(|c| c.get("mediaType"))
+            .and_then(Value::as_str)
+            .map(str::to_owned),
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(_) => return Err(OciError::manifest_invalid("artifactType must be a string")),
+    };
     let mut parsed = ParsedManifest {
         media_type,
         blobs: Vec::new(),
         children: Vec::new(),
+        subject,
+        artifact_type,
+        annotations: obj.get("annotations").filter(|a| a.is_object()).cloned(),
     };
     if is_index {
         let list = obj

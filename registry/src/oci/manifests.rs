@@ -34,7 +34,11 @@ fn reference(r: &str) -> Result<Reference, OciError> {
 /// `GET`/`HEAD /v2/<name>/manifests/<reference>`: the stored bytes and
 /// media type, exactly as pushed.
 pub async fn get(ctx: Ctx, name: &str, reference: &str) -> Reply {
-    let _ = self::reference(reference)?;
+    // An invalid tag or digest names no manifest: 404, as the spec's
+    // conformance suite and docker/distribution answer (PUT says 400).
+    if self::reference(reference).is_err() {
+        return Err(OciError::manifest_unknown(reference));
+    }
     let storage = ctx.storage();
     let (repo, r) = (name.to_owned(), reference.to_owned());
     let (found, known) = blocking(move || {
@@ -95,18 +99,53 @@ pub async fn put(ctx: Ctx, name: &str, reference: &str) -> Reply {
     let storage = ctx.state.storage.clone();
     let repo = name.to_owned();
     let tag_for_log = tag.clone();
+    let strict = ctx.state.config.reject_unsyncable;
+    let subject = parsed.subject.clone();
     blocking(move || {
         let links = check_references(&storage, &repo, &parsed)?;
         let stored = StoredManifest {
             digest,
-            media_type: parsed.media_type,
+            media_type: parsed.media_type.clone(),
             bytes: bytes.to_vec(),
         };
-        crate::ingest::ingest_manifest(&storage, &stored.bytes, &stored.media_type)
-            .map_err(ingest_error)?;
+        // File-level ingest runs for image layers; a layer that cannot be
+        // split into files (not a tar, corrupt, hostile) does not stop the
+        // manifest from being stored, as the spec requires — the image is
+        // marked not syncable instead (unless the config says strict).
+        match crate::ingest::ingest_manifest(&storage, &stored.bytes, &stored.media_type) {
+            Ok(()) => {}
+            Err(e @ IngestError::MissingBlob(_)) => return Err(ingest_error(e)),
+            Err(e) if e.is_client_error() && !strict => {
+                tracing::warn!(
+                    repository = repo,
+                    %digest,
+                    "manifest stored, but its image cannot be synced to devices: {e}"
+                );
+                crate::ingest::mark_unsyncable(storage.db(), &digest, &e.to_string())
+                    .map_err(OciError::internal)?;
+            }
+            Err(e) => return Err(ingest_error(e)),
+        }
         storage
             .meta()
             .commit_manifest(&repo, &stored, tag.as_deref(), &links)?;
+        if let Some(s) = &parsed.subject {
+            let mut d = serde_json::json!({
+                "mediaType": stored.media_type,
+                "digest": digest.to_string(),
+                "size": stored.bytes.len(),
+            });
+            if let Some(t) = &parsed.artifact_type {
+                d["artifactType"] = serde_json::Value::String(t.clone());
+            }
+            if let Some(a) = &parsed.annotations {
+                d["annotations"] = a.clone();
+            }
+            let json = serde_json::to_vec(&d).map_err(OciError::internal)?;
+            storage
+                .meta()
+                .add_referrer(&repo, &s.digest, &digest, &json)?;
+        }
         Ok(())
     })
     .await?;
@@ -125,7 +164,64 @@ pub async fn put(ctx: Ctx, name: &str, reference: &str) -> Reply {
             (header::CONTENT_LENGTH, HeaderValue::from_static("0")),
         ],
     )
-        .into_response())
+        .into_response()
+        .tap_subject(subject.as_ref()))
+}
+
+trait TapSubject {
+    fn tap_subject(self, subject: Option<&manifest::Descriptor>) -> Self;
+}
+
+impl TapSubject for axum::response::Response {
+    /// OCI 1.1: a registry that processed `subject` says so.
+    fn tap_subject(mut self, subject: Option<&manifest::Descriptor>) -> Self {
+        if let Some(s) = subject {
+            self.headers_mut()
+                .insert("OCI-Subject", hv(&s.digest.to_string()));
+        }
+        self
+    }
+}
+
+/// `GET /v2/<name>/referrers/<digest>[?artifactType=…]` (OCI 1.1): an image
+/// index listing the manifests of `name` whose `subject` is `digest`
+/// (the subject itself need not exist), filtered by artifact type when
+/// asked (then `OCI-Filters-Applied: artifactType`).
+pub async fn referrers(ctx: Ctx, name: &str, digest: &str) -> Reply {
+    let subject = Digest::parse(digest)
+        .map_err(|e| OciError::digest_invalid(format!("invalid digest {digest:?}: {e}")))?;
+    let filter = ctx.param("artifactType").map(str::to_owned);
+    let storage = ctx.storage();
+    let repo = name.to_owned();
+    let list = blocking(move || Ok(storage.meta().referrers(&repo, &subject)?)).await?;
+    let mut manifests = Vec::new();
+    for d in list {
+        let v: serde_json::Value = serde_json::from_slice(&d).map_err(OciError::internal)?;
+        if let Some(f) = &filter {
+            if v.get("artifactType").and_then(serde_json::Value::as_str) != Some(f) {
+                continue;
+            }
+        }
+        manifests.push(v);
+    }
+    let body = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": manifest::OCI_INDEX,
+        "manifests": manifests,
+    }))
+    .map_err(OciError::internal)?;
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(manifest::OCI_INDEX),
+    );
+    if filter.is_some() {
+        headers.insert(
+            "OCI-Filters-Applied",
+            HeaderValue::from_static("artifactType"),
+        );
+    }
+    Ok((StatusCode::OK, headers, body).into_response())
 }
 
 fn ingest_error(e: IngestError) -> OciError {

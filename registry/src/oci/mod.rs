@@ -167,6 +167,7 @@ async fn handle(state: AppState, req: Request) -> Reply {
         (Method::DELETE, Manifest { name, reference }) => {
             manifests::delete(ctx, name, reference).await
         }
+        (Method::GET, Referrers { name, digest }) => manifests::referrers(ctx, name, digest).await,
         (Method::GET | Method::HEAD, Blob { name, digest }) => blobs::get(ctx, name, digest).await,
         (Method::DELETE, Blob { name, digest }) => blobs::delete(ctx, name, digest).await,
         (Method::POST, UploadStart { name }) => blobs::start_upload(ctx, name).await,

@@ -26,6 +26,13 @@ pub enum Route<'a> {
         /// Digest text (checked by the handler).
         digest: &'a str,
     },
+    /// `/v2/<name>/referrers/<digest>` (OCI 1.1)
+    Referrers {
+        /// Repository.
+        name: &'a str,
+        /// Subject digest text (checked by the handler).
+        digest: &'a str,
+    },
     /// `/v2/<name>/blobs/uploads/`
     UploadStart {
         /// Repository.
@@ -48,6 +55,7 @@ impl<'a> Route<'a> {
             Route::Tags { name }
             | Route::Manifest { name, .. }
             | Route::Blob { name, .. }
+            | Route::Referrers { name, .. }
             | Route::UploadStart { name }
             | Route::Upload { name, .. } => Some(name),
         }
@@ -77,6 +85,9 @@ pub fn parse(rest: &str) -> Option<Route<'_>> {
     }
     if let Some(name) = head.strip_suffix("/blobs") {
         return nonempty(name).map(|name| Route::Blob { name, digest: last });
+    }
+    if let Some(name) = head.strip_suffix("/referrers") {
+        return nonempty(name).map(|name| Route::Referrers { name, digest: last });
     }
     if let Some(name) = head.strip_suffix("/manifests") {
         return nonempty(name).map(|name| Route::Manifest {

@@ -81,6 +81,21 @@ pub trait MetadataStore: Send + Sync {
     /// Forget that `repository` holds blob `digest`. `false` if it did not.
     fn unlink_blob(&self, repository: &str, digest: &Digest) -> anyhow::Result<bool>;
 
+    /// Record that manifest `referrer` of `repository` names `subject` as
+    /// its subject; `descriptor` is the referrer's OCI descriptor (JSON).
+    fn add_referrer(
+        &self,
+        repository: &str,
+        subject: &Digest,
+        referrer: &Digest,
+        descriptor: &[u8],
+    ) -> anyhow::Result<()>;
+
+    /// The descriptors (JSON) of the manifests of `repository` whose
+    /// subject is `subject`, in referrer digest order. Deleting a manifest
+    /// forgets it as a referrer.
+    fn referrers(&self, repository: &str, subject: &Digest) -> anyhow::Result<Vec<Vec<u8>>>;
+
     /// Record a new upload session.
     fn create_upload(&self, session: &UploadSession) -> anyhow::Result<()>;
 

@@ -23,6 +23,11 @@ const TAGS: TableDefinition<(&str, &str), &[u8; 32]> = TableDefinition::new("oci
 const REPO_BLOBS: TableDefinition<RepoDigest, u64> = TableDefinition::new("oci_repo_blobs");
 const REPOSITORIES: TableDefinition<&str, ()> = TableDefinition::new("oci_repositories");
 const UPLOADS: TableDefinition<&str, (&str, u64)> = TableDefinition::new("oci_uploads");
+/// (repository, subject, referrer).
+type RepoSubjectReferrer<'a> = (&'a str, &'a [u8; 32], &'a [u8; 32]);
+/// (repository, subject, referrer) → the referrer's descriptor (JSON).
+const REFERRERS: TableDefinition<RepoSubjectReferrer, &[u8]> =
+    TableDefinition::new("oci_referrers");
 
 /// Metadata in redb tables prefixed `oci_`.
 pub struct RedbMetadata {
@@ -38,6 +43,7 @@ impl RedbMetadata {
         tx.open_table(REPO_BLOBS)?;
         tx.open_table(REPOSITORIES)?;
         tx.open_table(UPLOADS)?;
+        tx.open_table(REFERRERS)?;
         tx.commit().context("creating the oci_* tables")?;
         Ok(RedbMetadata { db })
     }
@@ -115,6 +121,20 @@ impl MetadataStore for RedbMetadata {
             }
             for tag in doomed {
                 t.remove((repository, tag.as_str()))?;
+            }
+            let mut r = tx.open_table(REFERRERS)?;
+            let mut doomed = Vec::new();
+            for entry in r.range(
+                (repository, &[0u8; 32], &[0u8; 32])..=(repository, &[0xffu8; 32], &[0xffu8; 32]),
+            )? {
+                let (k, _) = entry?;
+                let (_, subject, referrer) = k.value();
+                if referrer == &digest.0 {
+                    doomed.push(*subject);
+                }
+            }
+            for subject in doomed {
+                r.remove((repository, &subject, &digest.0))?;
             }
         }
         tx.commit()?;
@@ -208,6 +228,33 @@ impl MetadataStore for RedbMetadata {
         for entry in t.range((repository, &[0u8; 32])..=(repository, &[0xffu8; 32]))? {
             let (k, _) = entry?;
             out.push(Digest(*k.value().1));
+        }
+        Ok(out)
+    }
+
+    fn add_referrer(
+        &self,
+        repository: &str,
+        subject: &Digest,
+        referrer: &Digest,
+        descriptor: &[u8],
+    ) -> anyhow::Result<()> {
+        let tx = self.db.begin_write()?;
+        tx.open_table(REFERRERS)?
+            .insert((repository, &subject.0, &referrer.0), descriptor)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn referrers(&self, repository: &str, subject: &Digest) -> anyhow::Result<Vec<Vec<u8>>> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(REFERRERS)?;
+        let mut out = Vec::new();
+        for entry in
+            t.range((repository, &subject.0, &[0u8; 32])..=(repository, &subject.0, &[0xffu8; 32]))?
+        {
+            let (_, v) = entry?;
+            out.push(v.value().to_vec());
         }
         Ok(out)
     }
