@@ -24,9 +24,31 @@
 //!
 //! ```text
 //! cargo build --release -p layerlink-tests --bin layerlink-deltameasure
-//! layerlink-deltameasure --layers <base-a:v1 layer> <base-a:v2 layer> \
-//!     --layers <base-a:v1 layer> <base-b:v1 layer 0> --dirs OLD NEW ...
+//! B=/var/cache/layerlink/images/oci/blobs/sha256
+//! apt-get download perl-base=5.36.0-7+deb12u3 perl-base=5.36.0-7+deb12u4 \
+//!     libssl3=3.0.20-1~deb12u2 libssl3=3.0.22-1~deb12u2   # then dpkg-deb -x each
+//! layerlink-deltameasure \
+//!   --layers $B/<base-a:v1 layer> $B/<base-a:v2 layer> \
+//!   --layers $B/<base-a:v1 layer> $B/<base-b:v1 layer 0> \
+//!   --dirs perl-base_5.36.0-7+deb12u3_amd64 perl-base_5.36.0-7+deb12u4_amd64 \
+//!   --dirs libssl3_3.0.20-1~deb12u2_amd64 libssl3_3.0.22-1~deb12u2_amd64
 //! ```
+//!
+//! Result (2026-11-30; the test images' modified pairs are only dpkg/log
+//! text and ldconfig's aux-cache, so the ELF pairs come from the two
+//! security updates): patch / whole file, same compressor —
+//!
+//! | type | files | whole zst-19 | bidiff+gz | bidiff+zst | ddelta+zst | qbsdiff (bz2) | zstd --patch-from |
+//! |---|---|---|---|---|---|---|---|
+//! | ELF  | 10 | 4,287,444 | 0.100 | 0.096 | 0.098 | 0.101 | 0.177 |
+//! | text | 10 |   126,438 | 0.042 | 0.037 | 0.042 | 0.042 | 0.029 |
+//! | data (4 of 5 are .gz) | 5 | 274,337 | 0.982 | 0.981 | 0.983 | 0.995 | 0.921 |
+//!
+//! Encoder (bidiff, one thread): 1.69 s CPU for the 14 MB of ELF, peak RSS
+//! 35 MiB for libcrypto.so.3 (4.7 MB); ddelta and qbsdiff are alike. The
+//! streaming decoders (bipatch, ddelta) peak at ~2.6 MiB RSS in this
+//! (std, glibc) measuring process whatever the file size; qbsdiff's and
+//! zstd's appliers need the old file (and the patch) in memory.
 //!
 //! Prints one line per pair and a per-type (ELF, text, data) summary.
 
