@@ -270,7 +270,7 @@ fn apply_measured(store: &std::path::Path, archive: &[u8], name: &str) -> (bool,
         .lines()
         .filter_map(|l| l.strip_prefix("peak-rss-kib="))
         .filter_map(|v| v.trim().parse().ok())
-        .last()
+        .next_back()
         .unwrap_or(u64::MAX);
     (out.status.success(), kib, err)
 }

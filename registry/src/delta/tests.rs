@@ -52,8 +52,11 @@ fn layer(version: u8) -> Vec<u8> {
     b.finish_ref()
 }
 
+/// PAX records of an entry.
+type Pax = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// Decode an archive (gzip or zstd), return (path, pax, data) per entry.
-fn entries(archive: &[u8]) -> Vec<(String, Vec<(Vec<u8>, Vec<u8>)>, Vec<u8>)> {
+fn entries(archive: &[u8]) -> Vec<(String, Pax, Vec<u8>)> {
     let raw = if archive.starts_with(&[0x1f, 0x8b]) {
         let mut v = Vec::new();
         flate2::read::GzDecoder::new(archive)
@@ -67,7 +70,7 @@ fn entries(archive: &[u8]) -> Vec<(String, Vec<(Vec<u8>, Vec<u8>)>, Vec<u8>)> {
     let mut a = tar::Archive::new(&raw[..]);
     for e in a.entries().unwrap() {
         let mut e = e.unwrap();
-        let pax: Vec<(Vec<u8>, Vec<u8>)> = match e.pax_extensions().unwrap() {
+        let pax: Pax = match e.pax_extensions().unwrap() {
             Some(x) => x
                 .map(|p| {
                     let p = p.unwrap();

@@ -60,6 +60,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 use std::time::Instant;
 
+/// A modified file: (path, old content, new content).
+type Pair = (String, Vec<u8>, Vec<u8>);
+
 const FORMATS: [&str; 3] = ["bidiff", "ddelta", "qbsdiff"];
 
 fn main() -> ExitCode {
@@ -218,7 +221,7 @@ fn sha(b: &[u8]) -> [u8; 32] {
 }
 
 /// Modified pairs (path, old, new) between two layer tars.
-fn layer_pairs(old: &Path, new: &Path) -> io::Result<Vec<(String, Vec<u8>, Vec<u8>)>> {
+fn layer_pairs(old: &Path, new: &Path) -> io::Result<Vec<Pair>> {
     let mut old_digests: HashMap<String, [u8; 32]> = HashMap::new();
     tar_files(old, |p, b| {
         old_digests.insert(p.to_string(), sha(b));
@@ -254,7 +257,7 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) -> io::Result<()> {
     Ok(())
 }
 
-fn dir_pairs(old: &Path, new: &Path) -> io::Result<Vec<(String, Vec<u8>, Vec<u8>)>> {
+fn dir_pairs(old: &Path, new: &Path) -> io::Result<Vec<Pair>> {
     let mut paths = Vec::new();
     walk(new, new, &mut paths)?;
     paths.sort();
@@ -300,7 +303,7 @@ fn run_child(args: &[&str]) -> io::Result<Vec<u64>> {
 }
 
 fn driver(args: &[String]) -> io::Result<()> {
-    let mut sets: Vec<(String, Vec<(String, Vec<u8>, Vec<u8>)>)> = Vec::new();
+    let mut sets: Vec<(String, Vec<Pair>)> = Vec::new();
     let mut i = 0;
     while i < args.len() {
         let (flag, a, b) = (
