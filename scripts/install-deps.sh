@@ -37,6 +37,13 @@ for cmd in "${!OPTIONAL_PKG_FOR[@]}"; do
   command -v "$cmd" >/dev/null 2>&1 || optional+=("${OPTIONAL_PKG_FOR[$cmd]}")
 done
 
+# cargo-fuzz (scripts/fuzz.sh, run by scripts/test.sh): from crates.io,
+# built once into ~/.cargo/bin.
+if ! command -v cargo-fuzz >/dev/null 2>&1 && ! [[ -x "$HOME/.cargo/bin/cargo-fuzz" ]]; then
+  echo "install-deps: cargo install cargo-fuzz"
+  cargo install --locked cargo-fuzz
+fi
+
 if ((${#missing[@]} == 0 && ${#optional[@]} == 0)); then
   echo "install-deps: all tools present"
   exit 0

@@ -5,8 +5,10 @@
 #      (scripts/build-test-images.sh; first run ~2 min, then instant)
 #   2. build every binary (the e2e tests run the real registry and agent)
 #   3. cargo fmt --check, cargo clippy -D warnings
-#   4. the ARM cross build + QEMU tests (cross/test.sh), when present
-#   5. cargo test --workspace — last, so the output ends with its summary
+#   4. the ARM cross build + QEMU tests (cross/test.sh), when present, and
+#      the agent size budgets (cross/build.sh --enforce)
+#   5. the fuzz targets (scripts/fuzz.sh, short fixed time each)
+#   6. cargo test --workspace — last, so the output ends with its summary
 #
 # Environment: LAYERLINK_CACHE (image cache dir), LAYERLINK_SKIP_CROSS=1
 # (skip step 4), CARGO_TARGET_DIR as usual.
@@ -39,8 +41,17 @@ if [[ -f cross/test.sh && "${LAYERLINK_SKIP_CROSS:-0}" != 1 ]]; then
   bash cross/install.sh
   # one 64-bit and one 32-bit target, both the static form flashed on gateways
   bash cross/test.sh aarch64-unknown-linux-musl armv7-unknown-linux-musleabihf
+  step "agent size budgets (static, TLS: aarch64 <= 1.5 MiB, armv7 <= 1.25 MiB)"
+  # The binaries cross/test.sh just built: an incremental no-op build, then
+  # the size check, which fails CI when a budget is broken.
+  bash cross/build.sh aarch64-unknown-linux-musl --enforce
+  bash cross/build.sh armv7-unknown-linux-musleabihf --enforce
 fi
 # ---------------------------------------------------------------------------
+
+step "fuzz targets: fmt, build, ${LAYERLINK_FUZZ_SECS:-20} s each (fails on a crash; crash inputs land in fuzz/regressions/)"
+cargo fmt --manifest-path fuzz/Cargo.toml --all --check
+bash scripts/fuzz.sh "${LAYERLINK_FUZZ_SECS:-20}"
 
 step "doc tests"
 cargo test --workspace --doc

@@ -325,12 +325,13 @@ impl<'s> Applier<'s> {
             based: false,
         };
         // The layer root's metadata comes from its "./" entry, or else from
-        // the layer below.
+        // the layer below; until a "./" entry comes it is implied.
         if let Some(m) = self.lower_dir_meta(b"")? {
             fsops::set_meta_fd(lw.root.as_fd(), &m, false)
                 .map_err(|e| Error::errno("layer root", e))?;
             lw.record_dir(b"", m.mtime)?;
         }
+        fsops::mark_implied(lw.root.as_fd()).map_err(|e| Error::errno("layer root", e))?;
         loop {
             let Some(h) = tar.next_header()? else {
                 return Err(Error::integrity(format!(
@@ -676,6 +677,9 @@ impl<'s> Applier<'s> {
             .map_err(|e| Error::errno(format!("mkdir {}", show(here)), e))?;
         let fd = fsops::open_dir_at(dir, comp)
             .map_err(|e| Error::errno(format!("opening {}", show(here)), e))?;
+        // Only ever called for directories the tar does not list (yet).
+        fsops::mark_implied(fd.as_fd())
+            .map_err(|e| Error::errno(format!("marking {} implied", show(here)), e))?;
         if let Some(m) = meta {
             fsops::set_meta_fd(fd.as_fd(), m, false)
                 .map_err(|e| Error::errno(format!("metadata of {}", show(here)), e))?;
@@ -696,6 +700,7 @@ impl<'s> Applier<'s> {
                 let meta = Meta::from_header(h);
                 fsops::set_meta_fd(lw.root.as_fd(), &meta, true)
                     .map_err(|e| Error::errno("layer root", e))?;
+                fsops::clear_implied(lw.root.as_fd()).map_err(|e| Error::errno("layer root", e))?;
                 return lw.record_dir(b"", meta.mtime);
             }
             Err(e) => return Err(hostile(&h.path, e)),
@@ -768,6 +773,10 @@ impl<'s> Applier<'s> {
                 }
                 let fd = fsops::open_dir_at(dir, leaf).map_err(|e| io("opening", e))?;
                 fsops::set_meta_fd(fd.as_fd(), &meta, existed).map_err(|e| io("metadata of", e))?;
+                if existed {
+                    // Created for a deeper path earlier in this layer, listed now.
+                    fsops::clear_implied(fd.as_fd()).map_err(|e| io("metadata of", e))?;
+                }
                 if opaque {
                     set_opaque(fd.as_fd()).map_err(|e| io("marking opaque", e))?;
                 }
@@ -1045,6 +1054,9 @@ impl<'s> Applier<'s> {
                 fsops::set_meta_fd(d.as_fd(), &meta, false).map_err(|e| io("metadata of", e))?;
                 if has_opaque(s.as_fd()) {
                     set_opaque(d.as_fd()).map_err(|e| io("marking opaque", e))?;
+                }
+                if fsops::is_implied(s.as_fd()) {
+                    fsops::mark_implied(d.as_fd()).map_err(|e| io("marking implied", e))?;
                 }
                 lw.record_dir(path, meta.mtime)?;
                 lw.stats.kept += 1;

@@ -114,9 +114,23 @@ pub fn checkout(store: &Store, image: &ImageRef, dest: &Path, read_only: bool) -
     for (i, l) in rec.layers.iter().enumerate() {
         let layer = store.open_layer(l)?;
         // The bottom layer lands in an empty rootfs: nothing to replace.
+        // A layer without a "./" entry leaves the root as the layers below
+        // it made it (restored after its entries went in, as umoci does).
+        let implied = fsops::is_implied(layer.as_fd());
+        let below = if implied && i > 0 {
+            Some(read_meta(rootfs.as_fd(), None)?)
+        } else {
+            None
+        };
         m.merge(layer.as_fd(), rootfs.as_fd(), b"", 0, i == 0)?;
-        let meta = read_meta(layer.as_fd(), None)?;
-        apply_dir_meta(rootfs.as_fd(), &meta).map_err(|e| Error::errno("metadata of rootfs", e))?;
+        let meta = match (implied, below) {
+            (false, _) => Some(read_meta(layer.as_fd(), None)?),
+            (true, below) => below,
+        };
+        if let Some(meta) = meta {
+            apply_dir_meta(rootfs.as_fd(), &meta)
+                .map_err(|e| Error::errno("metadata of rootfs", e))?;
+        }
     }
     let spec = runtime_spec(&rec.config, rootfs.as_fd(), read_only)?;
     let text = spec.to_pretty();
@@ -225,9 +239,27 @@ impl Merger {
                 };
                 let s = fsops::open_dir_at(src, &name).map_err(|e| ctx(&sub, e))?;
                 let d = fsops::open_dir_at(dst, &name).map_err(|e| ctx(&sub, e))?;
+                let implied = fsops::is_implied(s.as_fd());
+                // Implied by this layer, made by a layer below: kept as it
+                // was (restored after this layer's entries went in).
+                let below = if implied && !created {
+                    Some(read_meta(d.as_fd(), None)?)
+                } else {
+                    None
+                };
                 self.merge(s.as_fd(), d.as_fd(), &sub, depth + 1, created)?;
-                let meta = read_meta(s.as_fd(), None)?;
-                fsops::set_meta_fd(d.as_fd(), &meta, !created).map_err(|e| ctx(&sub, e))?;
+                if !implied {
+                    // Listed by this layer: its metadata wins.
+                    let meta = read_meta(s.as_fd(), None)?;
+                    fsops::set_meta_fd(d.as_fd(), &meta, !created).map_err(|e| ctx(&sub, e))?;
+                } else if let Some(meta) = below {
+                    fsops::set_meta_fd(d.as_fd(), &meta, false).map_err(|e| ctx(&sub, e))?;
+                } else {
+                    // No layer below lists it: the metadata is not defined
+                    // by the image. Like `umoci unpack` (MkdirAll): 0755,
+                    // owned by the checkout's user, the time of the checkout.
+                    rfs::fchmod(&d, Mode::from_raw_mode(0o755)).map_err(|e| ctx(&sub, e))?;
+                }
                 continue;
             }
             if !fresh {

@@ -30,6 +30,39 @@ pub const COPY_BUF: usize = 64 * 1024;
 pub const OVERLAY_XATTR_PREFIX: &[u8] = b"trusted.overlay.";
 /// The overlayfs opaque-directory xattr.
 pub const OVERLAY_OPAQUE: &[u8] = b"trusted.overlay.opaque";
+/// xattrs under this prefix are the store's own marks: like
+/// `trusted.overlay.*`, never taken from an archive, never copied into a
+/// rootfs.
+pub const LAYERLINK_XATTR_PREFIX: &[u8] = b"trusted.layerlink.";
+/// Marks a directory of a stored layer that the layer's tar does not list
+/// (it only holds paths below it). Its metadata is not the layer's own, so
+/// checkout keeps what the layers below it *in the image being checked out*
+/// gave that directory (issue 18: a layer restacked by an edit).
+pub const IMPLIED_DIR: &[u8] = b"trusted.layerlink.implied";
+
+/// Whether xattr `name` belongs to overlayfs or to the store.
+pub fn is_private_xattr(name: &[u8]) -> bool {
+    name.starts_with(OVERLAY_XATTR_PREFIX) || name.starts_with(LAYERLINK_XATTR_PREFIX)
+}
+
+/// Mark directory `fd` as implied ([`IMPLIED_DIR`]).
+pub fn mark_implied(fd: BorrowedFd<'_>) -> Result<(), Errno> {
+    fs::fsetxattr(fd, IMPLIED_DIR, b"y", XattrFlags::empty())
+}
+
+/// Remove the [`IMPLIED_DIR`] mark (absent is fine).
+pub fn clear_implied(fd: BorrowedFd<'_>) -> Result<(), Errno> {
+    match fs::fremovexattr(fd, IMPLIED_DIR) {
+        Ok(()) | Err(Errno::NODATA) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Whether directory `fd` carries the [`IMPLIED_DIR`] mark.
+pub fn is_implied(fd: BorrowedFd<'_>) -> bool {
+    let mut b = [0u8; 1];
+    matches!(fs::fgetxattr(fd, IMPLIED_DIR, &mut b[..]), Ok(1) if b[0] == b'y')
+}
 
 /// Extended attributes: (name, value) pairs, sorted by name.
 pub type Xattrs = Vec<(Vec<u8>, Vec<u8>)>;
@@ -55,7 +88,7 @@ impl Meta {
         let mut xattrs: Vec<_> = h
             .xattrs
             .iter()
-            .filter(|(n, _)| !n.starts_with(OVERLAY_XATTR_PREFIX))
+            .filter(|(n, _)| !is_private_xattr(n))
             .cloned()
             .collect();
         xattrs.sort();
@@ -72,7 +105,7 @@ impl Meta {
     /// `trusted.overlay.*` marks are dropped, as in [`Meta::xattrs`]).
     #[allow(clippy::unnecessary_cast)] // the stat field types differ per target
     pub fn from_stat(st: &Stat, mut xattrs: Vec<(Vec<u8>, Vec<u8>)>) -> Meta {
-        xattrs.retain(|(n, _)| !n.starts_with(OVERLAY_XATTR_PREFIX));
+        xattrs.retain(|(n, _)| !is_private_xattr(n));
         Meta {
             mode: st.st_mode & 0o7777,
             uid: st.st_uid,
@@ -298,7 +331,7 @@ pub fn set_xattrs_fd(
 ) -> Result<(), Errno> {
     if clear {
         for (n, _) in read_xattrs_fd(fd)? {
-            if n.starts_with(OVERLAY_XATTR_PREFIX) || n == b"security.selinux" {
+            if is_private_xattr(&n) || n == b"security.selinux" {
                 continue;
             }
             if !want.iter().any(|(w, _)| *w == n) {

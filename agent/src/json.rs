@@ -112,7 +112,11 @@ fn write_value(out: &mut String, v: &Value, indent: Option<&str>, depth: usize) 
     match v {
         Value::Null => out.push_str("null"),
         Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
-        Value::Num(n) => out.push_str(n),
+        // Only a number of the JSON grammar reaches the output: the parser
+        // admits no other, and this keeps a hand-built one from writing
+        // invalid JSON.
+        Value::Num(n) if is_number(n.as_bytes()) => out.push_str(n),
+        Value::Num(_) => out.push_str("null"),
         Value::Str(s) => write_str(out, s),
         Value::Arr(a) => {
             if a.is_empty() {
@@ -152,6 +156,45 @@ fn write_value(out: &mut String, v: &Value, indent: Option<&str>, depth: usize) 
             out.push('}');
         }
     }
+}
+
+/// Whether `s` is a JSON number: `-? (0 | [1-9][0-9]*) (. [0-9]+)?
+/// ([eE] [+-]? [0-9]+)?`.
+fn is_number(s: &[u8]) -> bool {
+    fn digits(s: &[u8], i: &mut usize) -> usize {
+        let start = *i;
+        while s.get(*i).is_some_and(u8::is_ascii_digit) {
+            *i += 1;
+        }
+        *i - start
+    }
+    let mut i = 0;
+    if s.first() == Some(&b'-') {
+        i += 1;
+    }
+    match s.get(i) {
+        Some(b'0') => i += 1,
+        Some(b'1'..=b'9') => {
+            digits(s, &mut i);
+        }
+        _ => return false,
+    }
+    if s.get(i) == Some(&b'.') {
+        i += 1;
+        if digits(s, &mut i) == 0 {
+            return false;
+        }
+    }
+    if matches!(s.get(i), Some(b'e' | b'E')) {
+        i += 1;
+        if matches!(s.get(i), Some(b'+' | b'-')) {
+            i += 1;
+        }
+        if digits(s, &mut i) == 0 {
+            return false;
+        }
+    }
+    i == s.len()
 }
 
 /// Parse JSON text. Depth is bounded (128) so hostile input cannot exhaust
@@ -259,9 +302,12 @@ impl Parser<'_> {
                 {
                     self.i += 1;
                 }
-                Ok(Value::Num(
-                    String::from_utf8_lossy(&self.s[start..self.i]).into_owned(),
-                ))
+                let n = &self.s[start..self.i];
+                if !is_number(n) {
+                    self.i = start;
+                    return self.err("bad number");
+                }
+                Ok(Value::Num(String::from_utf8_lossy(n).into_owned()))
             }
             _ => self.err("unexpected character"),
         }
@@ -302,11 +348,21 @@ impl Parser<'_> {
                         b't' => '\t',
                         b'u' => {
                             let mut cp = self.hex4()?;
-                            if (0xd800..0xdc00).contains(&cp) && self.eat(b"\\u") {
+                            // A high surrogate joins only a low one right
+                            // after it; a lone surrogate (high or low)
+                            // becomes U+FFFD and what follows is read on
+                            // its own.
+                            if (0xd800..0xdc00).contains(&cp)
+                                && self.s[self.i..].starts_with(b"\\u")
+                            {
+                                let at = self.i;
+                                self.i += 2;
                                 let lo = self.hex4()?;
-                                cp = 0x10000
-                                    + ((cp - 0xd800) << 10)
-                                    + (lo.wrapping_sub(0xdc00) & 0x3ff);
+                                if (0xdc00..0xe000).contains(&lo) {
+                                    cp = 0x10000 + ((cp - 0xd800) << 10) + (lo - 0xdc00);
+                                } else {
+                                    self.i = at;
+                                }
                             }
                             char::from_u32(cp).unwrap_or('\u{fffd}')
                         }
@@ -340,6 +396,39 @@ mod tests {
         let again = parse(v.to_compact().as_bytes()).unwrap();
         assert_eq!(again, v);
         assert_eq!(parse(v.to_pretty().as_bytes()).unwrap(), v);
+    }
+
+    #[test]
+    fn numbers_follow_the_json_grammar() {
+        for ok in ["0", "-0", "12", "-2.5e3", "1E+2", "3.25", "1e-7"] {
+            assert_eq!(parse(ok.as_bytes()).unwrap(), Value::Num(ok.into()), "{ok}");
+        }
+        for bad in [
+            "1-2", "01", "-", "1.", "1e", "1e+", "--1", "1.2.3", "2-", "1+1",
+        ] {
+            let err = parse(bad.as_bytes()).unwrap_err();
+            assert!(err.contains("bad number"), "{bad}: {err}");
+            let err = parse(format!("{{\"uid\": {bad}}}").as_bytes()).unwrap_err();
+            assert!(err.contains("bad number"), "{bad}: {err}");
+        }
+        assert!(parse(b".5").is_err());
+        // A hand-built invalid number is not written as it is.
+        let v = Value::obj([("uid", Value::Num("1-2".into())), ("n", Value::num(7))]);
+        assert_eq!(v.to_compact(), r#"{"uid":null,"n":7}"#);
+    }
+
+    #[test]
+    fn lone_surrogates_become_replacement_characters() {
+        let s = |t: &str| parse(t.as_bytes()).unwrap().as_str().unwrap().to_string();
+        // High surrogate followed by a non-surrogate escape: not merged.
+        assert_eq!(s(r#""\ud800\u0041""#), "\u{fffd}A");
+        // High surrogate followed by another high one, then a low one.
+        assert_eq!(s(r#""\ud83d\ud83d\ude00""#), "\u{fffd}😀");
+        // Lone high at the end, lone low.
+        assert_eq!(s(r#""a\ud800""#), "a\u{fffd}");
+        assert_eq!(s(r#""\udc00b""#), "\u{fffd}b");
+        // A proper pair still joins.
+        assert_eq!(s(r#""\ud83d\ude00""#), "😀");
     }
 
     #[test]

@@ -10,7 +10,7 @@ use crate::error::{Error, Result};
 use layerlink_proto::archive::{
     Marker, PAX_DELTA_BASE, PAX_DELTA_SIZE, PAX_DIFF_ID, PAX_DIGEST, PAX_ENTRIES, PAX_MARKER,
 };
-use layerlink_proto::limits::{MAX_PATH_BYTES, MAX_PAX_BYTES};
+use layerlink_proto::limits::{MAX_EXTENSION_HEADERS, MAX_PATH_BYTES, MAX_PAX_BYTES};
 use layerlink_proto::Digest;
 use std::io::{self, Read};
 
@@ -373,6 +373,7 @@ impl<R: Read> TarReader<R> {
         }
         self.skip_rest()?;
         let mut ext = Pending::default();
+        let mut extensions = 0usize;
         loop {
             read_full(&mut self.r, &mut self.block)?;
             let b = &self.block;
@@ -386,6 +387,14 @@ impl<R: Read> TarReader<R> {
             verify_checksum(b)?;
             let typeflag = b[156];
             let size = number(&b[124..136])?;
+            if matches!(typeflag, b'x' | b'g' | b'L' | b'K') {
+                extensions += 1;
+                if extensions > MAX_EXTENSION_HEADERS {
+                    return Err(bad(format!(
+                        "more than {MAX_EXTENSION_HEADERS} extension headers in a row"
+                    )));
+                }
+            }
             match typeflag {
                 b'x' => {
                     let data = self.read_ext(size, MAX_PAX_BYTES, "PAX header")?;
@@ -597,5 +606,43 @@ mod tests {
         );
         assert_eq!(p.xattrs, vec![(b"user.a".to_vec(), b"1".to_vec())]);
         assert!(parse_pax(&mut p, b"99 path=x\n").is_err());
+    }
+
+    /// A tar stream of `n` PAX headers in a row, then one empty file.
+    fn pax_run(n: usize) -> Vec<u8> {
+        let mut out = Vec::new();
+        let body = b"9 path=a\n";
+        for _ in 0..n {
+            let mut h = tar::Header::new_ustar();
+            h.set_entry_type(tar::EntryType::XHeader);
+            h.set_size(body.len() as u64);
+            h.set_cksum();
+            out.extend_from_slice(h.as_bytes());
+            out.extend_from_slice(body);
+            out.resize(out.len() + pad(body.len() as u64) as usize, 0);
+        }
+        let mut h = tar::Header::new_ustar();
+        h.set_path("f").unwrap();
+        h.set_size(0);
+        h.set_cksum();
+        out.extend_from_slice(h.as_bytes());
+        out.extend_from_slice(&[0u8; 1024]);
+        out
+    }
+
+    #[test]
+    fn caps_extension_headers_in_a_row() {
+        let ok = pax_run(MAX_EXTENSION_HEADERS);
+        let h = TarReader::new(&ok[..]).next_header().unwrap().unwrap();
+        assert_eq!(h.path, b"a");
+
+        let bad = pax_run(MAX_EXTENSION_HEADERS + 1);
+        let err = TarReader::new(&bad[..]).next_header().unwrap_err();
+        assert!(matches!(err, Error::Integrity(_)), "{err}");
+        assert!(
+            err.to_string()
+                .contains("more than 8 extension headers in a row"),
+            "{err}"
+        );
     }
 }

@@ -52,7 +52,11 @@ fuzz_target!(|data: &[u8]| {
         let _ = a.apply_archive(bytes.as_slice());
         drop(a);
         // Whatever was committed must pass the store's own checks.
-        let _ = store.verify(|_| {});
+        let mut problems = Vec::new();
+        let stats = store
+            .verify(|p| problems.push(p.to_owned()))
+            .expect("verify runs");
+        assert_eq!(stats.problems, 0, "store damaged: {problems:?}");
     }
     assert_eq!(
         names(&root),

@@ -4,7 +4,7 @@
 
 use layerlink_proto::Digest;
 use layerlink_registry::ingest::ingest_layer;
-use layerlink_registry::objects::ObjectStore;
+use layerlink_registry::store::objects::ObjectStore;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

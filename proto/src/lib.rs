@@ -26,6 +26,7 @@ pub mod digest;
 pub mod error;
 pub mod limits;
 pub mod msg;
+pub mod time;
 
 pub use digest::{Digest, DigestParseError, Sha256};
 pub use error::{ErrorBody, ErrorCode};

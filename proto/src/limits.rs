@@ -20,6 +20,10 @@ pub const MAX_PATH_BYTES: usize = 4096;
 pub const MAX_COMPONENT_BYTES: usize = 255;
 /// Largest PAX extended header an archive reader accepts, in bytes.
 pub const MAX_PAX_BYTES: u64 = 1024 * 1024;
+/// Most extension headers (PAX `x`/`g`, GNU `L`/`K`) a tar reader accepts
+/// in a row before an entry. A real entry has at most one of each kind;
+/// the cap keeps a stream of extension headers from running unbounded.
+pub const MAX_EXTENSION_HEADERS: usize = 8;
 /// Largest manifest or config carried by a marker entry, in bytes.
 pub const MAX_METADATA_BYTES: u64 = 4 * 1024 * 1024;
 /// Most entries one layer may have.

@@ -119,6 +119,48 @@ pub fn glob_match(pattern: &[u8], s: &[u8]) -> bool {
     }
 }
 
+/// A refusal to start that the operator must fix (exit code 2).
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// Anonymous push would be open to the network.
+    #[error(
+        "refusing to listen on non-loopback address {addr} without publisher auth: \
+         add [[publishers]] to a --config file, or listen on 127.0.0.1 / [::1]"
+    )]
+    PublicWithoutAuth {
+        /// The address asked for.
+        addr: String,
+    },
+    /// The listen address does not parse or resolve.
+    #[error("invalid --listen address {addr:?}: {why}")]
+    BadListen {
+        /// The address asked for.
+        addr: String,
+        /// Why.
+        why: String,
+    },
+    /// A `[tls]` certificate or key file is missing or unreadable.
+    #[error("[tls] {what} file {}: {why}", path.display())]
+    TlsFile {
+        /// `certificate` or `private key`.
+        what: &'static str,
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong.
+        why: String,
+    },
+    /// The certificate and key do not make a usable pair.
+    #[error("[tls] certificate {} and private key {} do not match or cannot be used: {why}", cert.display(), key.display())]
+    TlsMismatch {
+        /// The certificate file.
+        cert: std::path::PathBuf,
+        /// The key file.
+        key: std::path::PathBuf,
+        /// What rustls said.
+        why: String,
+    },
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -2,38 +2,38 @@
 //! pushed layer into files, stores each distinct file once, and serves
 //! devices dedup archives of only the files they lack.
 //!
+//! Layers, lowest first; a module uses only modules in rows above it (the
+//! test `tests/module_cycles.rs` fails on an import cycle):
+//!
 //! | module | concern |
 //! |---|---|
 //! | [`config`] | the TOML config file: publishers, devices, TLS |
-//! | [`access`] | what a device may receive: objects and held layers of repositories it may read |
 //! | [`auth`] | publisher (push) and device (sync) authentication |
-//! | [`storage`] | blobs on the filesystem, metadata in redb (manifests, tags, uploads) |
-//! | [`oci`] | the OCI distribution API handlers under `/v2/` |
-//! | [`server`] | router assembly, listening, shared state |
+//! | [`tar`] | tar header bytes: ustar blocks and PAX records |
+//! | [`store`] | [`storage`](store::storage) (blobs, manifests, tags, uploads), [`objects`](store::objects) (the content-addressed object store), [`index`](store::index) (per-layer entry index) |
 //! | [`ingest`] | layer → files: decompress, walk the tar, store objects, record the entry index |
-//! | [`objects`] | the content-addressed object store (compressed at rest) |
-//! | [`index`] | per-layer entry index and object tables |
-//! | [`archive`] | the dedup archive writer |
-//! | [`delta`] | binary deltas: old-file choice, bidiff, the patch cache |
-//! | [`plan`] | which layers/files a device needs |
-//! | [`sync_api`] | `/layerlink/v1/` handlers |
-//! | [`devices`] | per-device holdings record (the mapping table) and the `devices` command |
+//! | [`sync`] | [`plan`](sync::plan) (what a device needs), [`access`](sync::access) (what a device may receive), [`archive`](sync::archive) (the dedup archive writer), [`devices`](sync::devices) (holdings records), [`SyncError`](sync::SyncError) |
+//! | [`edit`] | in-place image editing (layout and registry backends, the `edit` command) |
 //! | [`stats`] | the `stats` command |
-//! | [`edit`] | in-place image editing |
+//! | [`http`] | routes and handlers: [`oci`](http::oci) `/v2/`, [`sync`](http::sync) and [`edit`](http::edit) under `/layerlink/v1/`, [`server`](http::server), [`state`](http::state) |
 
-pub mod access;
-pub mod archive;
 pub mod auth;
 pub mod config;
-pub mod delta;
-pub mod devices;
 pub mod edit;
-pub mod index;
+pub mod http;
 pub mod ingest;
-pub mod objects;
-pub mod oci;
-pub mod plan;
-pub mod server;
 pub mod stats;
-pub mod storage;
-pub mod sync_api;
+pub mod store;
+pub mod sync;
+pub mod tar;
+
+// The flat paths used before the modules moved into layer folders, kept so
+// code written against them still builds. New code names the real path.
+#[doc(hidden)]
+pub use http::sync as sync_api;
+#[doc(hidden)]
+pub use http::{oci, server};
+#[doc(hidden)]
+pub use store::{index, objects, storage};
+#[doc(hidden)]
+pub use sync::{archive, devices, plan};

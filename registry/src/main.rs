@@ -5,8 +5,10 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use layerlink_registry::config::Config;
-use layerlink_registry::server::{self, AppState, ConfigError, Transport};
-use layerlink_registry::storage::Storage;
+use layerlink_registry::config::ConfigError;
+use layerlink_registry::http::server::{self, Transport};
+use layerlink_registry::http::state::AppState;
+use layerlink_registry::store::storage::Storage;
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -126,7 +128,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Devices { data, json } => {
             let storage = open_existing(&data)?;
-            layerlink_registry::devices::print_devices(&storage, json)
+            layerlink_registry::sync::devices::print_devices(&storage, json)
         }
         Command::Edit(args) => {
             layerlink_registry::edit::cli::cli_main(args).map_err(|e| EditFailed::from(e).into())
@@ -153,7 +155,7 @@ async fn serve(listen: String, data: PathBuf, config: Config) -> anyhow::Result<
         // Leftovers of a crash: temp blobs, orphan upload files, and the
         // staging dirs of layer ingests that died with their process.
         s.clean_tmp()?;
-        let objects = layerlink_registry::index::object_store(&s);
+        let objects = layerlink_registry::store::index::object_store(&s);
         objects
             .clean_stale_staging()
             .with_context(|| format!("cleaning {}/.staging", objects.root().display()))?;

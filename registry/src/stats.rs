@@ -1,8 +1,8 @@
 //! The `stats` command: what the registry holds and how well file-level
 //! dedup works. Numbers on files and objects come from
-//! [`crate::index::dedup_stats`].
+//! [`crate::store::index::dedup_stats`].
 
-use crate::storage::Storage;
+use crate::store::storage::Storage;
 use serde::Serialize;
 
 /// Everything `layerlink-registry stats` reports.
@@ -41,7 +41,7 @@ pub struct Stats {
 /// Gather the figures. Blocking.
 pub fn collect(storage: &Storage) -> anyhow::Result<Stats> {
     let counts = storage.meta().counts()?;
-    let dedup = crate::index::dedup_stats(storage)?;
+    let dedup = crate::store::index::dedup_stats(storage)?;
     let (mut blobs, mut blob_bytes) = (0, 0);
     let dir = storage.data_dir().join("blobs").join("sha256");
     for entry in std::fs::read_dir(&dir)? {

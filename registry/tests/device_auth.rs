@@ -9,14 +9,17 @@
 //!   device cannot read or overwrite it;
 //! * neither tokens nor publisher passwords ever reach the log.
 
+mod serve;
+
 use layerlink_proto::msg::{
     ArchiveRequest, HeldSet, Holdings, ImageRef, LayerState, ObjectsRequest, PlanRequest,
     PlanResponse, Platform, Report, ReportAck, CONTENT_TYPE,
 };
 use layerlink_proto::{Digest, ErrorBody, ErrorCode};
-use std::io::{BufRead, BufReader, Read};
+use serve::Served;
+use std::io::Read;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 
 const TOKEN_A: &str = "tokA-9f2c41d7e0b34a5c8d6e7f8091a2b3c4";
 const TOKEN_B: &str = "tokB-1a2b3c4d5e6f708192a3b4c5d6e7f801";
@@ -43,56 +46,29 @@ repositories = ["edge/*", "secret/*"]
 }
 
 struct Registry {
-    child: Child,
+    served: Served,
     base: String,
     data: PathBuf,
-    stderr: PathBuf,
-    _dir: tempfile::TempDir,
     http: ureq::Agent,
 }
 
 impl Registry {
     fn start() -> Registry {
-        let dir = tempfile::tempdir().unwrap();
-        let data = dir.path().join("data");
-        let config_path = dir.path().join("c.toml");
-        std::fs::write(&config_path, config()).unwrap();
-        let stderr = dir.path().join("stderr.log");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_layerlink-registry"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--data"])
-            .arg(&data)
-            .arg("--config")
-            .arg(&config_path)
-            .env("RUST_LOG", "debug")
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&stderr).unwrap())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let base = line
-            .trim()
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("no listening line: {line:?}"))
-            .to_owned();
+        let served = Served::start(Some(&config()), Some("debug"));
         let http = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .build()
             .new_agent();
         Registry {
-            child,
-            base,
-            data,
-            stderr,
-            _dir: dir,
+            base: served.base.clone(),
+            data: served.data.clone(),
+            served,
             http,
         }
     }
 
     fn log(&self) -> String {
-        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+        self.served.log()
     }
 
     /// POST `body` to `/layerlink/v1/<endpoint>` with this Authorization.
@@ -203,16 +179,6 @@ impl Registry {
             .unwrap();
         assert!(out.status.success());
         serde_json::from_slice(&out.stdout).unwrap()
-    }
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!("--- registry log\n{}", self.log());
-        }
     }
 }
 

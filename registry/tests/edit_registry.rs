@@ -5,76 +5,41 @@
 //! with umoci.
 
 mod edit_util;
+mod serve;
 
 use base64::Engine as _;
 use edit_util::*;
 use layerlink_proto::Digest;
+use serve::{bin, Served};
 use std::fs;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-
-fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_layerlink-registry")
-}
+use std::process::Command;
 
 /// A registry process on a free loopback port, killed on drop.
 struct Registry {
-    child: Child,
+    _served: Served,
     host: String,
     data: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 const CREDS: &str = "ci:s3cret";
 
 impl Registry {
     fn start(auth: bool) -> Registry {
-        let dir = tempfile::tempdir().unwrap();
-        let data = dir.path().join("data");
-        let mut cmd = Command::new(bin());
-        cmd.args(["serve", "--listen", "127.0.0.1:0", "--data"])
-            .arg(&data);
-        if auth {
-            let path = dir.path().join("config.toml");
-            fs::write(
-                &path,
-                "[[publishers]]\nuser = \"ci\"\npassword = \"s3cret\"\n",
-            )
-            .unwrap();
-            cmd.arg("--config").arg(path);
-        }
-        let mut child = cmd
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let base = line
-            .trim()
-            .strip_prefix("listening on ")
-            .expect("listening line")
-            .to_owned();
+        let served = Served::start(
+            auth.then_some("[[publishers]]\nuser = \"ci\"\npassword = \"s3cret\"\n"),
+            None,
+        );
+        let base = &served.base;
         let host = base
             .strip_prefix("http://")
             .unwrap()
             .trim_end_matches('/')
             .to_owned();
         Registry {
-            child,
             host,
-            data,
-            _dir: dir,
+            data: served.data.clone(),
+            _served: served,
         }
     }
 
@@ -198,9 +163,9 @@ fn edit_command_on_a_serving_registry() {
     // The dedup index learned the rebuilt layer.
     let (_, config) = image(&pulled, "v1");
     let diff_id = Digest::parse(config["rootfs"]["diff_ids"][1].as_str().unwrap()).unwrap();
-    let storage = layerlink_registry::storage::Storage::open(&reg.data).unwrap();
+    let storage = layerlink_registry::store::storage::Storage::open(&reg.data).unwrap();
     assert!(
-        layerlink_registry::index::layer_meta(storage.db(), &diff_id)
+        layerlink_registry::store::index::layer_meta(storage.db(), &diff_id)
             .unwrap()
             .is_some(),
         "edited layer {diff_id} ingested"

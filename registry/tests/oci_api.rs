@@ -2,8 +2,11 @@
 //! process: uploads (monolithic, chunked, mounted, concurrent, broken),
 //! Range reads, manifests, tags, auth, and the loopback-only rule.
 
+mod serve;
+
 use layerlink_proto::Digest;
-use std::io::{BufRead, BufReader, Read, Write};
+use serve::{bin, first_line, Served};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
@@ -13,16 +16,11 @@ const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+j
 
 /// A registry process on a free loopback port, killed on drop.
 struct Registry {
-    child: Child,
+    _served: Served,
     base: String,
     data: PathBuf,
-    _dir: tempfile::TempDir,
     agent: ureq::Agent,
     auth: Option<String>,
-}
-
-fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_layerlink-registry")
 }
 
 impl Registry {
@@ -31,39 +29,15 @@ impl Registry {
     }
 
     fn start_with(config: Option<&str>) -> Registry {
-        let dir = tempfile::tempdir().unwrap();
-        let data = dir.path().join("data");
-        let mut cmd = Command::new(bin());
-        cmd.args(["serve", "--listen", "127.0.0.1:0", "--data"])
-            .arg(&data);
-        if let Some(text) = config {
-            let path = dir.path().join("config.toml");
-            std::fs::write(&path, text).unwrap();
-            cmd.arg("--config").arg(path);
-        }
-        let mut child = cmd
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let base = line
-            .trim()
-            .strip_prefix("listening on ")
-            .expect("listening line")
-            .to_owned();
+        let served = Served::start(config, None);
         let agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .build()
             .new_agent();
         Registry {
-            child,
-            base,
-            data,
-            _dir: dir,
+            base: served.base.clone(),
+            data: served.data.clone(),
+            _served: served,
             agent,
             auth: None,
         }
@@ -159,13 +133,6 @@ impl Registry {
         v.retain(|n| n != "uploads");
         v.extend(list(&self.data.join("tmp/uploads")));
         v
-    }
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -940,10 +907,7 @@ fn public_address_allowed_with_auth() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
+    let line = first_line(&mut child);
     let _ = child.kill();
     let _ = child.wait();
     assert!(line.starts_with("listening on http://0.0.0.0:"), "{line}");
@@ -971,11 +935,8 @@ fn serve_with(dir: &Path, listen: &str, config: &str) -> (Child, String) {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    (child, line.trim().to_owned())
+    let line = first_line(&mut child);
+    (child, line)
 }
 
 #[test]

@@ -14,7 +14,7 @@ use super::{
     edit_image, edit_layout, EditError, EditOutcome, EditRequest, InsertOp, InsertSource, PutOp,
     PutSource,
 };
-use crate::storage::Storage;
+use crate::store::storage::Storage;
 use std::path::PathBuf;
 
 /// Arguments of `layerlink-registry edit`.

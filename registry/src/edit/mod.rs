@@ -11,7 +11,7 @@
 //! | [`image`] | manifest / index / config JSON |
 //! | [`layout`] | backend: an OCI image-layout directory (offline) |
 //! | [`registry`] | backend: the registry's store |
-//! | [`http`] | `POST /layerlink/v1/edit` |
+//! | [`crate::http::edit`] | `POST /layerlink/v1/edit` (in the HTTP layer) |
 //! | [`cli`] | `layerlink-registry edit …` |
 //!
 //! **What an edit does.** Layer indexes are 0-based from the base and
@@ -55,7 +55,6 @@
 //! collection is the store's business: `umoci gc` for a layout).
 
 pub mod cli;
-pub mod http;
 pub mod image;
 pub mod layout;
 pub mod registry;
@@ -66,7 +65,6 @@ pub mod tar_rewrite;
 mod walk;
 
 pub use cli::{cli_main, EditArgs};
-pub use http::router;
 pub use image::Platform;
 pub use layout::Layout;
 pub use registry::RegistryImage;

@@ -4,14 +4,14 @@
 //!
 //! Uses [`Storage::resolve_manifest`], [`Storage::blob_size`],
 //! [`Storage::blobs`] (`path`), [`Storage::put_blob`],
-//! [`Storage::put_manifest`] and the [`crate::storage::MetadataStore`]
+//! [`Storage::put_manifest`] and the [`crate::store::storage::MetadataStore`]
 //! methods `manifest`, `repositories`, `tagged`; new image manifests go
 //! through [`crate::ingest::ingest_manifest`] first so the dedup index
 //! learns the rebuilt layers.
 
 use super::image::{self, DocKind};
 use super::{Backend, Commit, EditError, Resolved, Scratch};
-use crate::storage::Storage;
+use crate::store::storage::Storage;
 use anyhow::Context;
 use layerlink_proto::limits::MAX_NAME_BYTES;
 use layerlink_proto::Digest;

@@ -1,6 +1,8 @@
 //! Raw tar, block by block: a reader that hands out each entry together
 //! with the exact bytes it was made of (so an untouched entry is copied
-//! byte for byte), and a writer for the few entries an edit makes.
+//! byte for byte), and a writer for the few entries an edit makes. Header
+//! fields are read with [`crate::tar::HeaderBlock`] and written with
+//! [`crate::tar::entry_header`]; the `tar` crate is only a test oracle here.
 //!
 //! An entry is its extension headers (PAX `x`, GNU `L`/`K` long names,
 //! with their data), its own header block (plus GNU sparse extension
@@ -9,18 +11,17 @@
 //! layers in the wild), link, symlink, device, directory and FIFO entries
 //! carry no data whatever their size field says.
 
-use crate::ingest::parse_pax;
+pub use crate::tar::pax_record;
+use crate::tar::{self as tarfmt, parse_pax, HeaderBlock, BLOCK};
 use layerlink_proto::archive::{normalize_entry_path, PathError};
-use layerlink_proto::limits::MAX_PAX_BYTES;
+use layerlink_proto::limits::{MAX_EXTENSION_HEADERS, MAX_PAX_BYTES};
 use std::io::{self, Read, Write};
 
-/// The tar block size.
-pub const BLOCK: usize = 512;
 const ZERO_BLOCK: [u8; BLOCK] = [0; BLOCK];
 
 /// Bytes of padding after `len` bytes of data.
-pub fn padding(len: u64) -> u64 {
-    (BLOCK as u64 - len % BLOCK as u64) % BLOCK as u64
+fn padding(len: u64) -> u64 {
+    tarfmt::padding(len) as u64
 }
 
 fn invalid(msg: String) -> io::Error {
@@ -76,9 +77,9 @@ pub struct RawEntry {
 }
 
 impl RawEntry {
-    /// The entry's parsed header block.
-    pub fn header(&self) -> &tar::Header {
-        tar::Header::from_byte_slice(&self.header[..BLOCK])
+    /// The entry's header block, parsed field by field.
+    pub fn header(&self) -> HeaderBlock<'_> {
+        HeaderBlock::new(&self.header)
     }
 
     /// Whether this is a global PAX header (not an entry of the layer).
@@ -124,11 +125,11 @@ impl RawEntry {
             path,
             kind,
             mode: h.mode().unwrap_or(0o644) & 0o7777,
-            uid: pax_num(b"uid").or_else(|| h.uid().ok()).unwrap_or(0),
-            gid: pax_num(b"gid").or_else(|| h.gid().ok()).unwrap_or(0),
-            mtime: pax_num(b"mtime").or_else(|| h.mtime().ok()).unwrap_or(0),
-            uname: h.username_bytes().unwrap_or_default().to_vec(),
-            gname: h.groupname_bytes().unwrap_or_default().to_vec(),
+            uid: pax_num(b"uid").or_else(|| h.uid()).unwrap_or(0),
+            gid: pax_num(b"gid").or_else(|| h.gid()).unwrap_or(0),
+            mtime: pax_num(b"mtime").or_else(|| h.mtime()).unwrap_or(0),
+            uname: h.uname().to_vec(),
+            gname: h.gname().to_vec(),
             xattrs: self.xattrs(),
         }
     }
@@ -222,6 +223,7 @@ impl<R: Read> TarReader<R> {
         let mut pax: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
         let mut gnu_name: Option<Vec<u8>> = None;
         let mut gnu_link: Option<Vec<u8>> = None;
+        let mut extensions = 0usize;
         loop {
             let start = self.offset;
             let mut block = [0u8; BLOCK];
@@ -245,13 +247,19 @@ impl<R: Read> TarReader<R> {
                 return Ok(None);
             }
             verify_checksum(&block, start)?;
-            let h = tar::Header::from_byte_slice(&block);
-            let typ = block[156];
-            let hsize = h.entry_size().map_err(|e| {
-                invalid(format!("bad size field in tar header at byte {start}: {e}"))
-            })?;
+            let h = HeaderBlock::new(&block);
+            let typ = h.type_flag();
+            let hsize = h
+                .size()
+                .ok_or_else(|| invalid(format!("bad size field in tar header at byte {start}")))?;
             match typ {
                 b'x' | b'L' | b'K' => {
+                    extensions += 1;
+                    if extensions > MAX_EXTENSION_HEADERS {
+                        return Err(invalid(format!(
+                            "more than {MAX_EXTENSION_HEADERS} tar extension headers in a row at byte {start}"
+                        )));
+                    }
                     if hsize > MAX_PAX_BYTES {
                         return Err(invalid(format!(
                             "tar extension header at byte {start} is {hsize} bytes, more than {MAX_PAX_BYTES}"
@@ -289,14 +297,10 @@ impl<R: Read> TarReader<R> {
                             .find(|(k, _)| k == key)
                             .map(|(_, v)| v.clone())
                     };
-                    let path = pax_get(b"path")
-                        .or(gnu_name)
-                        .unwrap_or_else(|| h.path_bytes().into_owned());
-                    let link = pax_get(b"linkpath").or(gnu_link).unwrap_or_else(|| {
-                        h.link_name_bytes()
-                            .map(|c| c.into_owned())
-                            .unwrap_or_default()
-                    });
+                    let path = pax_get(b"path").or(gnu_name).unwrap_or_else(|| h.path());
+                    let link = pax_get(b"linkpath")
+                        .or(gnu_link)
+                        .unwrap_or_else(|| h.link().to_vec());
                     let mut size = match pax_get(b"size") {
                         Some(v) => std::str::from_utf8(&v)
                             .ok()
@@ -396,21 +400,6 @@ fn verify_checksum(block: &[u8; BLOCK], at: u64) -> io::Result<()> {
     }
 }
 
-/// Append one PAX record to `out`.
-pub fn pax_record(out: &mut Vec<u8>, key: &[u8], value: &[u8]) {
-    let base = key.len() + value.len() + 3;
-    let mut len = base + 1;
-    while base + len.to_string().len() != len {
-        len = base + len.to_string().len();
-    }
-    out.extend_from_slice(len.to_string().as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(key);
-    out.push(b'=');
-    out.extend_from_slice(value);
-    out.push(b'\n');
-}
-
 /// What a new entry is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NewKind {
@@ -473,44 +462,24 @@ impl NewEntry {
     }
 }
 
-/// Split `path` into ustar `(prefix, name)` fields, if it fits.
-fn split_ustar(path: &[u8]) -> Option<(&[u8], &[u8])> {
-    if path.len() <= 100 {
-        return Some((&[], path));
-    }
-    path.iter()
-        .enumerate()
-        .rev()
-        .filter(|(_, &c)| c == b'/')
-        .find_map(|(i, _)| {
-            let (prefix, name) = (&path[..i], &path[i + 1..]);
-            (prefix.len() <= 155 && !name.is_empty() && name.len() <= 100).then_some((prefix, name))
-        })
-}
-
-fn set_field(field: &mut [u8], value: &[u8]) {
-    field.fill(0);
-    let n = value.len().min(field.len());
-    field[..n].copy_from_slice(&value[..n]);
-}
-
-/// Write the header(s) of `e` (a PAX header first when a name does not fit
-/// ustar, or there are xattrs). For a file, the caller writes exactly
-/// `size` bytes of data then [`write_padding`].
+/// Write the header(s) of `e` with the registry's one tar writer
+/// ([`crate::tar::entry_header`]): a PAX header first when a name does not
+/// fit ustar, a user or group name is longer than 32 bytes, or there are
+/// xattrs. For a file, the caller writes exactly `size` bytes of data then
+/// [`write_padding`].
 pub fn write_header(w: &mut dyn Write, e: &NewEntry) -> io::Result<()> {
     let mut name = e.path.clone();
     if e.kind == NewKind::Dir {
         name.push(b'/');
     }
-    let mut records = Vec::new();
-    let split = split_ustar(&name);
-    if split.is_none() {
-        pax_record(&mut records, b"path", &name);
-    }
     let link: &[u8] = match &e.kind {
         NewKind::Symlink(t) | NewKind::HardLink(t) => t,
         _ => &[],
     };
+    let mut records = Vec::new();
+    if !tarfmt::path_fits_ustar(&name) {
+        pax_record(&mut records, b"path", &name);
+    }
     if link.len() > 100 {
         pax_record(&mut records, b"linkpath", link);
     }
@@ -525,62 +494,32 @@ pub fn write_header(w: &mut dyn Write, e: &NewEntry) -> io::Result<()> {
         key.extend_from_slice(k);
         pax_record(&mut records, &key, v);
     }
-    if !records.is_empty() {
-        let base = e.path.rsplit(|&c| c == b'/').next().unwrap_or(&[]);
-        let mut pax_name = b"PaxHeaders.0/".to_vec();
-        pax_name.extend_from_slice(&base[..base.len().min(100 - pax_name.len())]);
-        let mut h = tar::Header::new_ustar();
-        set_field(&mut h.as_ustar_mut().expect("ustar").name, &pax_name);
-        h.set_entry_type(tar::EntryType::XHeader);
-        h.set_mode(0o644);
-        h.set_uid(0);
-        h.set_gid(0);
-        h.set_mtime(e.mtime);
-        h.set_size(records.len() as u64);
-        h.set_cksum();
-        w.write_all(h.as_bytes())?;
-        w.write_all(&records)?;
-        write_padding(w, records.len() as u64)?;
-    }
-
-    let mut h = tar::Header::new_ustar();
-    {
-        let u = h.as_ustar_mut().expect("ustar");
-        match split {
-            Some((prefix, base)) => {
-                set_field(&mut u.prefix, prefix);
-                set_field(&mut u.name, base);
-            }
-            None => set_field(&mut u.name, &name[..100]),
-        }
-        set_field(&mut u.linkname, &link[..link.len().min(100)]);
-        set_field(&mut u.uname, &e.uname[..e.uname.len().min(32)]);
-        set_field(&mut u.gname, &e.gname[..e.gname.len().min(32)]);
-    }
-    let (typ, size) = match &e.kind {
-        NewKind::File { size } => (tar::EntryType::Regular, *size),
-        NewKind::Dir => (tar::EntryType::Directory, 0),
-        NewKind::Symlink(_) => (tar::EntryType::Symlink, 0),
-        NewKind::HardLink(_) => (tar::EntryType::Link, 0),
-        NewKind::Char(..) => (tar::EntryType::Char, 0),
-        NewKind::Block(..) => (tar::EntryType::Block, 0),
-        NewKind::Fifo => (tar::EntryType::Fifo, 0),
+    let (type_flag, size, (dev_major, dev_minor)) = match &e.kind {
+        NewKind::File { size } => (b'0', *size, (0, 0)),
+        NewKind::Dir => (b'5', 0, (0, 0)),
+        NewKind::Symlink(_) => (b'2', 0, (0, 0)),
+        NewKind::HardLink(_) => (b'1', 0, (0, 0)),
+        NewKind::Char(ma, mi) => (b'3', 0, (*ma, *mi)),
+        NewKind::Block(ma, mi) => (b'4', 0, (*ma, *mi)),
+        NewKind::Fifo => (b'6', 0, (0, 0)),
     };
-    h.set_entry_type(typ);
-    h.set_mode(e.mode & 0o7777);
-    h.set_uid(e.uid);
-    h.set_gid(e.gid);
-    h.set_mtime(e.mtime);
-    h.set_size(size);
-    if let NewKind::Char(ma, mi) | NewKind::Block(ma, mi) = e.kind {
-        h.set_device_major(ma)?;
-        h.set_device_minor(mi)?;
-    } else {
-        h.set_device_major(0)?;
-        h.set_device_minor(0)?;
-    }
-    h.set_cksum();
-    w.write_all(h.as_bytes())
+    let f = tarfmt::Fields {
+        path: &name,
+        type_flag,
+        mode: e.mode & 0o7777,
+        uid: e.uid,
+        gid: e.gid,
+        size,
+        mtime: e.mtime,
+        link,
+        uname: &e.uname,
+        gname: &e.gname,
+        dev_major,
+        dev_minor,
+    };
+    let mut out = Vec::with_capacity(3 * BLOCK + records.len());
+    tarfmt::entry_header(&mut out, &f, &records);
+    w.write_all(&out)
 }
 
 /// Write the zero padding after `len` bytes of data.
@@ -597,6 +536,36 @@ pub fn write_end(w: &mut dyn Write) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A tar stream of `n` PAX headers in a row (each naming a 300-byte
+    /// directory), then one directory entry.
+    fn pax_run(n: usize) -> Vec<u8> {
+        let long = NewEntry::dir(b"p".repeat(300), 0);
+        let mut out = Vec::new();
+        for _ in 0..n {
+            // A PAX header and the entry's block: keep only the PAX header.
+            write_header(&mut out, &long).unwrap();
+            out.truncate(out.len() - BLOCK);
+        }
+        write_header(&mut out, &NewEntry::dir(b"f".to_vec(), 0)).unwrap();
+        write_end(&mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn caps_extension_headers_in_a_row() {
+        let ok = pax_run(MAX_EXTENSION_HEADERS);
+        let e = TarReader::new(&ok[..]).next_entry().unwrap().unwrap();
+        assert_eq!(e.path, [&b"p".repeat(300)[..], b"/"].concat());
+
+        let bad = pax_run(MAX_EXTENSION_HEADERS + 1);
+        let err = TarReader::new(&bad[..]).next_entry().unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("more than 8 tar extension headers in a row"),
+            "{err}"
+        );
+    }
 
     #[test]
     fn pax_record_lengths_count_themselves() {
@@ -659,12 +628,33 @@ mod tests {
     }
 
     #[test]
-    fn ustar_prefix_split() {
+    fn long_paths_split_like_the_archive_writer() {
+        // The editor and the archive writer share one ustar/PAX convention.
         let p = [b"a".repeat(80), b"b".repeat(80)].join(&b'/');
-        let (prefix, name) = split_ustar(&p).unwrap();
-        assert_eq!(prefix, &b"a".repeat(80)[..]);
-        assert_eq!(name, &b"b".repeat(80)[..]);
-        assert!(split_ustar(&b"c".repeat(300)).is_none());
+        let mut buf = Vec::new();
+        write_header(&mut buf, &NewEntry::dir(p.clone(), 0)).unwrap();
+        assert_eq!(buf.len(), BLOCK, "fits ustar: no PAX header");
+        let h = tar::Header::from_byte_slice(&buf[..BLOCK]);
+        assert_eq!(h.as_ustar().unwrap().prefix, {
+            let mut f = [0u8; 155];
+            f[..80].copy_from_slice(&b"a".repeat(80));
+            f
+        });
+        let mut dir = p.clone();
+        dir.push(b'/');
+        assert_eq!(&*h.path_bytes(), &dir[..]);
+
+        let long = b"c".repeat(300);
+        let mut buf = Vec::new();
+        write_header(&mut buf, &NewEntry::dir(long.clone(), 0)).unwrap();
+        assert_eq!(
+            &buf[..tarfmt::PAX_HEADER_NAME.len()],
+            tarfmt::PAX_HEADER_NAME
+        );
+        let e = TarReader::new(&buf[..]).next_entry().unwrap().unwrap();
+        let mut want = long;
+        want.push(b'/');
+        assert_eq!(e.path, want);
     }
 
     #[test]

@@ -3,12 +3,12 @@
 //! publish the objects together.
 
 use super::IngestError;
-use crate::archive::tarfmt;
-use crate::index::{
+use crate::store::index::{
     self, entry_key, layer_object_key, open_read, Compression, EntryKind, EntryRecord, LayerMeta,
     PaxRecord, PaxRecords, RawHeader, Trailer,
 };
-use crate::objects::{self, ObjectMeta, ObjectStore, Staging, OBJECTS_META};
+use crate::store::objects::{self, ObjectMeta, ObjectStore, Staging, OBJECTS_META};
+use crate::tar::{self as tarfmt, parse_pax};
 use layerlink_proto::archive::PAX_PREFIX;
 use layerlink_proto::limits::{MAX_LAYER_ENTRIES, MAX_PAX_BYTES};
 use layerlink_proto::{Digest, Sha256};
@@ -128,56 +128,6 @@ struct Preamble {
     has_gnu_sparse: bool,
 }
 
-fn block_size_field(b: &[u8]) -> Option<u64> {
-    let f = &b[124..136];
-    if f[0] & 0x80 != 0 {
-        let mut v = 0u64;
-        for &x in &f[4..] {
-            v = (v << 8) | u64::from(x);
-        }
-        return Some(v);
-    }
-    let s: Vec<u8> = f
-        .iter()
-        .copied()
-        .take_while(|&c| c != 0)
-        .filter(|c| *c != b' ')
-        .collect();
-    if s.is_empty() {
-        return Some(0);
-    }
-    u64::from_str_radix(std::str::from_utf8(&s).ok()?, 8).ok()
-}
-
-/// Parse PAX records by their length prefixes.
-pub(crate) fn parse_pax(mut data: &[u8]) -> Result<PaxRecords, String> {
-    let mut out = Vec::new();
-    while !data.is_empty() {
-        if data.iter().all(|&b| b == 0) {
-            break;
-        }
-        let sp = data
-            .iter()
-            .position(|&b| b == b' ')
-            .ok_or("PAX record without length")?;
-        let len: usize = std::str::from_utf8(&data[..sp])
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .ok_or("PAX record with a bad length")?;
-        if len <= sp + 1 || len > data.len() || data[len - 1] != b'\n' {
-            return Err("PAX record with a bad length".into());
-        }
-        let rec = &data[sp + 1..len - 1];
-        let eq = rec
-            .iter()
-            .position(|&b| b == b'=')
-            .ok_or("PAX record without '='")?;
-        out.push((rec[..eq].to_vec(), rec[eq + 1..].to_vec()));
-        data = &data[len..];
-    }
-    Ok(out)
-}
-
 fn parse_preamble(pre: &[u8]) -> Result<Preamble, String> {
     let mut p = Preamble::default();
     let mut o = 0usize;
@@ -187,7 +137,9 @@ fn parse_preamble(pre: &[u8]) -> Result<Preamble, String> {
         if o + 512 == pre.len() {
             break; // the entry's own header
         }
-        let size = block_size_field(h).ok_or("extension header with a bad size")? as usize;
+        let size = tarfmt::HeaderBlock::new(h)
+            .size()
+            .ok_or("extension header with a bad size")? as usize;
         let data = pre
             .get(o + 512..o + 512 + size)
             .ok_or("extension header larger than its data")?;

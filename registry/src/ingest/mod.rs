@@ -6,7 +6,7 @@
 //! it; store every entry's content in the object store once (new objects
 //! are staged and only published with the index), record the entry index,
 //! and check the tar's sha256 against the config's `rootfs.diff_ids`.
-//! See [`crate::index`] for the tables and [`crate::objects`] for the store.
+//! See [`crate::store::index`] for the tables and [`crate::store::objects`] for the store.
 //!
 //! Ingests of the same layer are serialised (one waits, then finds the
 //! layer indexed); different layers ingest in parallel.
@@ -18,12 +18,11 @@ mod tests;
 #[cfg(test)]
 pub(crate) mod testutil;
 
-pub(crate) use layer::parse_pax;
 pub use layer::{decompressor, ingest_layer, uncompressed_digest, LayerOutcome};
 
-use crate::index;
-use crate::objects::ObjectStore;
-use crate::storage::Storage;
+use crate::store::index;
+use crate::store::objects::ObjectStore;
+use crate::store::storage::Storage;
 use image::ParsedManifest;
 use layerlink_proto::Digest;
 use std::collections::HashSet;
@@ -112,7 +111,8 @@ pub fn unsyncable_reason(
     digest: &Digest,
 ) -> Result<Option<String>, IngestError> {
     let txn = redb::ReadableDatabase::begin_read(db).map_err(IngestError::store)?;
-    let Some(t) = crate::index::open_read(&txn, UNSYNCABLE).map_err(IngestError::store)? else {
+    let Some(t) = crate::store::index::open_read(&txn, UNSYNCABLE).map_err(IngestError::store)?
+    else {
         return Ok(None);
     };
     Ok(t.get(&digest.0)
@@ -124,7 +124,8 @@ pub fn unsyncable_reason(
 pub fn unsyncable_all(db: &redb::Database) -> Result<Vec<(Digest, String)>, IngestError> {
     use redb::ReadableTable as _;
     let txn = redb::ReadableDatabase::begin_read(db).map_err(IngestError::store)?;
-    let Some(t) = crate::index::open_read(&txn, UNSYNCABLE).map_err(IngestError::store)? else {
+    let Some(t) = crate::store::index::open_read(&txn, UNSYNCABLE).map_err(IngestError::store)?
+    else {
         return Ok(Vec::new());
     };
     let mut out = Vec::new();

@@ -1,7 +1,7 @@
 use super::testutil::{gzip, sample_tar, MemBlobs, TarBuilder, TestStore};
 use super::*;
-use crate::index::{self, EntryKind, EntryRecord, RawHeader};
-use crate::objects::read_object;
+use crate::store::index::{self, EntryKind, EntryRecord, RawHeader};
+use crate::store::objects::read_object;
 use layerlink_proto::Sha256;
 use redb::ReadableDatabase as _;
 use sha2::Digest as _;

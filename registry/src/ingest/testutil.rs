@@ -2,7 +2,7 @@
 //! and in-memory blobs.
 
 use super::BlobSource;
-use crate::objects::ObjectStore;
+use crate::store::objects::ObjectStore;
 use layerlink_proto::Digest;
 use std::collections::HashMap;
 use std::ffi::OsStr;

@@ -6,7 +6,7 @@
 //! [`HANDSHAKE_TIMEOUT`]), so one slow or hostile client cannot hold up
 //! the others; finished connections go to the server through a channel.
 
-use super::ConfigError;
+use crate::config::ConfigError;
 use crate::config::Tls;
 use rustls_pki_types::pem::PemObject as _;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};

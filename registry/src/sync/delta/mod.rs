@@ -37,8 +37,8 @@
 //! an empty file records "not worth it". Written to a temp file and renamed.
 //! Objects are immutable, so entries never go stale.
 
-use crate::index::{self, EntryKind, IndexError};
-use crate::objects::ObjectStore;
+use crate::store::index::{self, EntryKind, IndexError};
+use crate::store::objects::ObjectStore;
 use layerlink_proto::archive::normalize_entry_path;
 use layerlink_proto::Digest;
 use std::collections::HashMap;

@@ -14,7 +14,7 @@
 //! entry that is identical in both layers is identical in both trees.
 //! Comparisons are memoised per (layer, base) pair: layers are immutable.
 
-use crate::index::{self, EntryKind, EntryRecord, IndexError};
+use crate::store::index::{self, EntryKind, EntryRecord, IndexError};
 use layerlink_proto::archive::{classify_whiteout, normalize_entry_path, PathError, Whiteout};
 use layerlink_proto::limits::MAX_METADATA_BYTES;
 use layerlink_proto::Digest;

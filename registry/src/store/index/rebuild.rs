@@ -1,9 +1,9 @@
 //! Write a layer's tar back from its entry index and the object store.
 
 use super::{layer_entries, layer_meta_in, IndexError};
-use crate::archive::tarfmt;
-use crate::objects::ObjectStore;
-use crate::storage::Storage;
+use crate::store::objects::ObjectStore;
+use crate::store::storage::Storage;
+use crate::tar as tarfmt;
 use layerlink_proto::Digest;
 use redb::ReadableDatabase as _;
 use std::io::{self, Read, Write};

@@ -1,14 +1,28 @@
-//! Tar header bytes, written by hand: ustar blocks and PAX extended headers.
+//! Tar header bytes, by hand: ustar blocks and PAX records written
+//! ([`entry_header`], [`pax_record`]) and PAX records parsed
+//! ([`parse_pax`]).
 //!
 //! Shared by the dedup archive writer (which must control every byte on the
-//! wire) and by the entry index (which renders a layer entry's canonical
+//! wire), the editor's writer (`edit::tar`, for the entries an edit makes)
+//! and by the entry index (which renders a layer entry's canonical
 //! header and stores only how the original differed, see
-//! [`crate::index::RawHeader`]).
+//! [`crate::store::index::RawHeader`]).
 //!
 //! Conventions (those of Go's `archive/tar`, which writes most layers):
 //! numeric fields are zero-padded octal ending in NUL, or base-256 when the
 //! value does not fit; the checksum is six octal digits, NUL, space; magic
 //! `ustar\0` version `00`; device numbers are always written.
+//!
+//! One naming convention for every writer (the archive writer, the entry
+//! index and the editor): a path longer than 100 bytes is split at the
+//! first `/` that leaves at most 100 bytes for `name` (a shorter prefix
+//! than Go, which splits at the last `/` within 155 bytes; the index keeps
+//! such differences per entry, so Go's layers still rebuild byte for byte),
+//! and a path that cannot be split goes into a PAX `path` record under a
+//! PAX header entry named [`PAX_HEADER_NAME`] with mtime 0. The entry
+//! index renders canonical headers with these functions and stores only
+//! how the original differed: changing a rendering here changes how every
+//! stored layer is rebuilt, so it is a store format change.
 
 /// Size of a tar block.
 pub const BLOCK: usize = 512;
@@ -187,6 +201,162 @@ pub fn entry_header(out: &mut Vec<u8>, f: &Fields<'_>, pax: &[u8]) {
     out.extend_from_slice(&ustar_block(f));
 }
 
+/// A numeric header field: octal (spaces and a NUL end allowed, empty is
+/// 0) or, with the high bit of the first byte set, base-256 (the last 8
+/// bytes, big-endian).
+pub fn parse_numeric(field: &[u8]) -> Option<u64> {
+    if field.first().is_some_and(|&b| b & 0x80 != 0) {
+        let tail = &field[field.len().saturating_sub(8)..];
+        let mut v = 0u64;
+        for &b in tail {
+            v = (v << 8) | u64::from(b);
+        }
+        if tail.len() == 8 && field.len() <= 8 {
+            v &= u64::MAX >> 1; // the flag bit itself is not part of the value
+        }
+        return Some(v);
+    }
+    let text = text_field(field);
+    let text = std::str::from_utf8(text).ok()?.trim_matches(' ');
+    if text.is_empty() {
+        return Some(0);
+    }
+    u64::from_str_radix(text, 8).ok()
+}
+
+/// A text header field up to its first NUL.
+pub fn text_field(field: &[u8]) -> &[u8] {
+    let end = field.iter().position(|&b| b == 0).unwrap_or(field.len());
+    &field[..end]
+}
+
+/// The fields of one header block as read (ustar, GNU or v7): the reader's
+/// side of [`ustar_block`].
+#[derive(Debug, Clone, Copy)]
+pub struct HeaderBlock<'a>(&'a [u8]);
+
+impl<'a> HeaderBlock<'a> {
+    /// The first [`BLOCK`] bytes of `block`.
+    ///
+    /// # Panics
+    /// When `block` is shorter than a block.
+    pub fn new(block: &'a [u8]) -> HeaderBlock<'a> {
+        HeaderBlock(&block[..BLOCK])
+    }
+
+    /// POSIX ustar (magic `ustar\0`, version `00`): has a `prefix` field.
+    pub fn is_ustar(&self) -> bool {
+        &self.0[257..263] == b"ustar\0" && &self.0[263..265] == b"00"
+    }
+
+    /// GNU (magic `ustar `, version ` \0`).
+    pub fn is_gnu(&self) -> bool {
+        &self.0[257..263] == b"ustar " && &self.0[263..265] == b" \0"
+    }
+
+    /// The type flag byte.
+    pub fn type_flag(&self) -> u8 {
+        self.0[156]
+    }
+
+    /// The path from `name` (and `prefix` for ustar), before any PAX or
+    /// GNU long name replaces it.
+    pub fn path(&self) -> Vec<u8> {
+        let name = text_field(&self.0[0..100]);
+        let prefix = if self.is_ustar() {
+            text_field(&self.0[345..500])
+        } else {
+            &[]
+        };
+        if prefix.is_empty() {
+            return name.to_vec();
+        }
+        [prefix, b"/", name].concat()
+    }
+
+    /// The link name field.
+    pub fn link(&self) -> &'a [u8] {
+        text_field(&self.0[157..257])
+    }
+
+    /// The mode field.
+    pub fn mode(&self) -> Option<u32> {
+        parse_numeric(&self.0[100..108]).and_then(|m| u32::try_from(m).ok())
+    }
+
+    /// The uid field.
+    pub fn uid(&self) -> Option<u64> {
+        parse_numeric(&self.0[108..116])
+    }
+
+    /// The gid field.
+    pub fn gid(&self) -> Option<u64> {
+        parse_numeric(&self.0[116..124])
+    }
+
+    /// The size field.
+    pub fn size(&self) -> Option<u64> {
+        parse_numeric(&self.0[124..136])
+    }
+
+    /// The mtime field.
+    pub fn mtime(&self) -> Option<u64> {
+        parse_numeric(&self.0[136..148])
+    }
+
+    /// The owner name (empty for a v7 header).
+    pub fn uname(&self) -> &'a [u8] {
+        if self.is_ustar() || self.is_gnu() {
+            text_field(&self.0[265..297])
+        } else {
+            &[]
+        }
+    }
+
+    /// The group name (empty for a v7 header).
+    pub fn gname(&self) -> &'a [u8] {
+        if self.is_ustar() || self.is_gnu() {
+            text_field(&self.0[297..329])
+        } else {
+            &[]
+        }
+    }
+}
+
+/// One PAX record: key, value.
+pub type PaxRecord = (Vec<u8>, Vec<u8>);
+/// PAX records in order.
+pub type PaxRecords = Vec<PaxRecord>;
+
+/// Parse PAX records by their length prefixes.
+pub fn parse_pax(mut data: &[u8]) -> Result<PaxRecords, String> {
+    let mut out = Vec::new();
+    while !data.is_empty() {
+        if data.iter().all(|&b| b == 0) {
+            break;
+        }
+        let sp = data
+            .iter()
+            .position(|&b| b == b' ')
+            .ok_or("PAX record without length")?;
+        let len: usize = std::str::from_utf8(&data[..sp])
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .ok_or("PAX record with a bad length")?;
+        if len <= sp + 1 || len > data.len() || data[len - 1] != b'\n' {
+            return Err("PAX record with a bad length".into());
+        }
+        let rec = &data[sp + 1..len - 1];
+        let eq = rec
+            .iter()
+            .position(|&b| b == b'=')
+            .ok_or("PAX record without '='")?;
+        out.push((rec[..eq].to_vec(), rec[eq + 1..].to_vec()));
+        data = &data[len..];
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -254,5 +424,59 @@ mod tests {
         let h = tar::Header::from_byte_slice(&b);
         assert_eq!(h.size().unwrap(), MAX_OCTAL_11 + 1);
         assert_eq!(h.uid().unwrap(), MAX_OCTAL_7 + 1);
+    }
+
+    #[test]
+    fn header_block_reads_what_the_tar_crate_reads() {
+        let long: Vec<u8> = [&b"d".repeat(120)[..], b"/", &b"f".repeat(90)[..]].concat();
+        let mut f = fields(&long);
+        f.link = b"target";
+        let b = ustar_block(&f);
+        let mut big = fields(b"big");
+        big.size = MAX_OCTAL_11 + 1;
+        big.uid = MAX_OCTAL_7 + 1;
+        let mut gnu = tar::Header::new_gnu();
+        gnu.set_path("gnu/file").unwrap();
+        gnu.set_size(3);
+        gnu.set_mode(0o600);
+        gnu.set_username("root").unwrap();
+        gnu.set_uid(0);
+        gnu.set_gid(0);
+        gnu.set_mtime(5);
+        gnu.set_cksum();
+        let mut old = tar::Header::new_old();
+        old.set_path("v7/file").unwrap();
+        old.set_mtime(99);
+        old.set_mode(0o644);
+        old.set_uid(1);
+        old.set_gid(2);
+        old.set_size(0);
+        old.set_cksum();
+        for block in [
+            &b[..],
+            &ustar_block(&big)[..],
+            gnu.as_bytes(),
+            old.as_bytes(),
+        ] {
+            let ours = HeaderBlock::new(block);
+            let oracle = tar::Header::from_byte_slice(block);
+            assert_eq!(ours.path(), &*oracle.path_bytes());
+            assert_eq!(
+                ours.link(),
+                oracle.link_name_bytes().as_deref().unwrap_or_default()
+            );
+            assert_eq!(ours.mode(), oracle.mode().ok());
+            assert_eq!(ours.uid(), oracle.uid().ok());
+            assert_eq!(ours.gid(), oracle.gid().ok());
+            assert_eq!(ours.size(), oracle.entry_size().ok());
+            assert_eq!(ours.mtime(), oracle.mtime().ok());
+            assert_eq!(ours.uname(), oracle.username_bytes().unwrap_or_default());
+            assert_eq!(ours.gname(), oracle.groupname_bytes().unwrap_or_default());
+        }
+        assert_eq!(parse_numeric(b" 12 \0"), Some(0o12));
+        // An all-NUL field is 0, as Go and the agent read it (the tar crate
+        // refuses it).
+        assert_eq!(parse_numeric(b"\0\0\0"), Some(0));
+        assert_eq!(parse_numeric(b"12x\0"), None);
     }
 }

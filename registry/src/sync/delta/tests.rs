@@ -1,9 +1,9 @@
 //! Delta entries in real archives written from an in-memory registry.
 
 use super::*;
-use crate::archive::{write_image_archive_with, Features};
 use crate::ingest::testutil::TarBuilder;
-use crate::plan::MemRegistry;
+use crate::sync::archive::{write_image_archive_with, Features};
+use crate::sync::plan::MemRegistry;
 use layerlink_proto::archive::{PAX_DELTA_BASE, PAX_DELTA_SIZE, PAX_DIGEST};
 use layerlink_proto::msg::HeldSet;
 use redb::ReadableDatabase as _;

@@ -7,12 +7,12 @@
 //! memory does not grow with the archive.
 
 pub mod base;
-pub mod tarfmt;
 
-use crate::delta::{DeltaPlanner, Patch};
-use crate::index::{self, EntryKind, EntryRecord, IndexError};
-use crate::objects::ObjectStore;
-use crate::plan::{Dedup, HeldObjects};
+use crate::store::index::{self, EntryKind, EntryRecord, IndexError};
+use crate::store::objects::ObjectStore;
+use crate::sync::delta::{DeltaPlanner, Patch};
+use crate::sync::plan::{Dedup, HeldObjects};
+use crate::tar::{self as tarfmt, Fields};
 use base::BaseDiff;
 use layerlink_proto::archive::{
     reference_link, Marker, FEATURE_FILE_DELTA, FEATURE_LAYER_BASE, MARKER_DIR, PAX_DELTA_BASE,
@@ -22,7 +22,6 @@ use layerlink_proto::msg::HeldSet;
 use layerlink_proto::Digest;
 use redb::ReadableDatabase as _;
 use std::io::{self, Read, Write};
-use tarfmt::Fields;
 
 /// gzip level of archives (a balance for small CPUs on both ends).
 pub const GZIP_LEVEL: u32 = 6;
@@ -180,7 +179,7 @@ impl<W: Write> ArchiveWriter<W> {
             self.content(&d, size)?;
         }
         if let Some(p) = &patch {
-            crate::delta::write_patch(&mut self.out, p, &mut self.buf)?;
+            crate::sync::delta::write_patch(&mut self.out, p, &mut self.buf)?;
         }
         if new_object.is_some() {
             self.new_bytes += size;

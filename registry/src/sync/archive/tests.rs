@@ -1,7 +1,7 @@
 use super::*;
-use crate::ingest::parse_pax;
 use crate::ingest::testutil::{gunzip, sample_tar, TarBuilder};
-use crate::plan::{plan_image, MemRegistry};
+use crate::sync::plan::{plan_image, MemRegistry};
+use crate::tar::parse_pax;
 use layerlink_proto::archive::parse_reference_link;
 use layerlink_proto::msg::{ImageRef, LayerState};
 use std::io::Read;
@@ -37,7 +37,7 @@ impl Parsed {
 fn parse(tar_bytes: &[u8]) -> Vec<Parsed> {
     let mut a = tar::Archive::new(tar_bytes);
     let mut out = Vec::new();
-    let mut pending: Option<(crate::index::PaxRecords, u64)> = None;
+    let mut pending: Option<(crate::store::index::PaxRecords, u64)> = None;
     for e in a.entries().unwrap().raw(true) {
         let mut e = e.unwrap();
         let start = e.raw_header_position();
@@ -219,7 +219,7 @@ fn full_archive_carries_every_entry_and_dedups_within_the_stream() {
     let p = plan_image(
         &r,
         &img("edge/app", "v1"),
-        &crate::plan::amd64(),
+        &crate::sync::plan::amd64(),
         &HeldSet::default(),
     )
     .unwrap();

@@ -5,7 +5,7 @@ use super::error::OciError;
 use super::manifest::{self, ParsedManifest};
 use super::{blocking, hv, route, Ctx, Reply};
 use crate::ingest::IngestError;
-use crate::storage::StoredManifest;
+use crate::store::storage::StoredManifest;
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::IntoResponse;
 use layerlink_proto::Digest;
@@ -237,7 +237,7 @@ fn ingest_error(e: IngestError) -> OciError {
 /// Every blob must be in the repository with its declared size; every
 /// child manifest of an index too. Returns the blob links to commit.
 fn check_references(
-    storage: &crate::storage::Storage,
+    storage: &crate::store::storage::Storage,
     repo: &str,
     parsed: &ParsedManifest,
 ) -> Result<Vec<(Digest, u64)>, OciError> {

@@ -11,7 +11,7 @@
 //! | `index_entries` | diff_id ‖ entry number (u32 BE) | postcard [`EntryRecord`] |
 //! | `index_layer_objects` | diff_id ‖ object digest | `()` — distinct objects of a layer |
 //! | `index_blobs` | compressed blob digest | diff_id |
-//! | `objects_meta` (see [`crate::objects`]) | object digest | postcard [`ObjectMeta`](crate::objects::ObjectMeta) |
+//! | `objects_meta` (see [`crate::store::objects`]) | object digest | postcard [`ObjectMeta`](crate::store::objects::ObjectMeta) |
 //!
 //! A layer's rows are written in one transaction when its ingest succeeds,
 //! so a layer is either fully indexed or absent.
@@ -30,17 +30,14 @@ mod rebuild;
 
 pub use rebuild::{rebuild_layer_tar, rebuild_layer_tar_with};
 
-use crate::archive::tarfmt::{self, Fields};
-use crate::objects::{self, ObjectStore, OBJECTS_META};
-use crate::storage::Storage;
+use crate::store::objects::{self, ObjectStore, OBJECTS_META};
+use crate::store::storage::Storage;
+use crate::tar::{self as tarfmt, Fields};
 use layerlink_proto::Digest;
 use redb::{ReadableDatabase as _, ReadableTable as _};
 use serde::{Deserialize, Serialize};
 
-/// One PAX record: key, value.
-pub type PaxRecord = (Vec<u8>, Vec<u8>);
-/// PAX records in order.
-pub type PaxRecords = Vec<PaxRecord>;
+pub use crate::tar::{PaxRecord, PaxRecords};
 
 /// diff_id → postcard [`LayerMeta`].
 pub const LAYERS: redb::TableDefinition<&[u8; 32], &[u8]> =

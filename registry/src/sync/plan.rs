@@ -12,12 +12,12 @@
 //! loaded into a set (when that is cheaper), or each object is looked up
 //! per held layer ([`HeldObjects::load`] picks by counting).
 
-use crate::index::{self, open_read, IndexError, LayerMeta, LAYER_OBJECTS};
 use crate::ingest::image::{self, ImageManifest, ParsedManifest};
 use crate::ingest::{self, BlobSource};
-use crate::objects::ObjectStore;
-use crate::storage::{Storage, StoredManifest};
-use crate::sync_api::SyncError;
+use crate::store::index::{self, open_read, IndexError, LayerMeta, LAYER_OBJECTS};
+use crate::store::objects::ObjectStore;
+use crate::store::storage::{Storage, StoredManifest};
+use crate::sync::SyncError;
 use layerlink_proto::msg::{
     HeldSet, ImagePlan, ImageRef, LayerCost, LayerPlan, LayerState, Platform,
 };

@@ -1,9 +1,10 @@
 use super::*;
 use crate::ingest::image;
 use crate::ingest::testutil::{gunzip, gzip, TarBuilder};
-use crate::plan::{amd64, MemRegistry};
+use crate::sync::plan::{amd64, MemRegistry};
 use layerlink_proto::archive::{parse_reference_link, Marker, PAX_DIGEST, PAX_MARKER};
 use layerlink_proto::msg::{HeldImage, Holdings, ImageRef, LayerState, Platform};
+use layerlink_proto::ErrorBody;
 
 /// A device that may read every repository.
 fn dev(id: &str) -> Device {
@@ -257,7 +258,7 @@ struct Server {
     base: String,
     _dir: tempfile::TempDir,
     rt: tokio::runtime::Runtime,
-    storage: Arc<crate::storage::Storage>,
+    storage: Arc<crate::store::storage::Storage>,
 }
 
 const CONFIG: &str = r#"
@@ -274,7 +275,7 @@ repositories = ["other/*"]
 
 fn start() -> Server {
     let dir = tempfile::tempdir().unwrap();
-    let storage = crate::storage::Storage::open(&dir.path().join("data")).unwrap();
+    let storage = crate::store::storage::Storage::open(&dir.path().join("data")).unwrap();
     let config: crate::config::Config = toml::from_str(CONFIG).unwrap();
     let state = AppState::new(storage, config);
     let storage = state.storage.clone();
@@ -287,7 +288,7 @@ fn start() -> Server {
         .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
         .unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
-    let app = crate::server::app(state);
+    let app = crate::http::server::app(state);
     rt.spawn(async move { axum::serve(listener, app).await });
     Server {
         base,

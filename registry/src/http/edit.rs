@@ -19,17 +19,17 @@
 //!
 //! Large content is pushed first as a blob of the repository (the usual
 //! upload) and named by digest. A put's mode, uid, gid and mtime default
-//! to 0644, 0, 0 and now. The answer is the [`super::EditOutcome`] as
+//! to 0644, 0, 0 and now. The answer is the [`crate::edit::EditOutcome`] as
 //! JSON; errors are `{"error": "…"}` with 400 (bad request), 401, 404
 //! (image or blob unknown), 409 (the tag moved during the edit) or 500.
 
-use super::registry::RegistryImage;
-use super::{
+use crate::edit::registry::RegistryImage;
+use crate::edit::{
     edit_image, EditError, EditOutcome, EditRequest, InsertOp, InsertSource, PutOp, PutSource,
     Scratch,
 };
-use crate::server::AppState;
-use crate::storage::Storage;
+use crate::http::state::AppState;
+use crate::store::storage::Storage;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{header, HeaderMap, StatusCode};

@@ -27,9 +27,9 @@
 //! object or layer exists elsewhere in the registry.
 
 use crate::config::Device;
-use crate::index::{self, open_read};
-use crate::plan::ImageStore;
-use crate::sync_api::SyncError;
+use crate::store::index::{self, open_read};
+use crate::sync::plan::ImageStore;
+use crate::sync::SyncError;
 use layerlink_proto::msg::HeldSet;
 use layerlink_proto::{Digest, ErrorCode};
 use redb::ReadableDatabase as _;
@@ -135,7 +135,7 @@ pub fn check_objects_in(
 mod tests {
     use super::*;
     use crate::ingest::testutil::TarBuilder;
-    use crate::plan::MemRegistry;
+    use crate::sync::plan::MemRegistry;
 
     fn device(patterns: &[&str]) -> Device {
         Device {

@@ -21,8 +21,8 @@ pub mod manifest;
 pub mod manifests;
 pub mod route;
 
-use crate::server::AppState;
-use crate::storage::BlobWriter;
+use crate::http::state::AppState;
+use crate::store::storage::BlobWriter;
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
@@ -119,7 +119,7 @@ impl Ctx {
     }
 
     /// The storage, for moving into `spawn_blocking`.
-    pub fn storage(&self) -> Arc<crate::storage::Storage> {
+    pub fn storage(&self) -> Arc<crate::store::storage::Storage> {
         self.state.storage.clone()
     }
 }

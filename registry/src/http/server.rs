@@ -1,4 +1,4 @@
-//! Router assembly, listening, shared state.
+//! Router assembly and listening (the state handlers share: [`super::state`]).
 //!
 //! `serve` = [`Transport::from_config`] (plain HTTP, or HTTPS when the
 //! config has `[tls]`) → [`check_listen`] (refuse a public address without
@@ -6,79 +6,18 @@
 //! [`app`] router; HTTPS wraps each accepted stream in a `tokio-rustls`
 //! acceptor first ([`tls`]).
 
-pub mod tls;
+pub use super::state::AppState;
+pub use crate::config::ConfigError;
 
+use super::tls;
 use crate::config::Config;
-use crate::storage::Storage;
 use axum::extract::Request;
 use axum::middleware::Next;
 use axum::response::Response;
 use axum::Router;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use tokio::net::TcpListener;
-
-/// State every handler gets.
-#[derive(Clone)]
-pub struct AppState {
-    /// The store.
-    pub storage: Arc<Storage>,
-    /// The config file's contents.
-    pub config: Arc<Config>,
-}
-
-impl AppState {
-    /// State over `storage` and `config`.
-    pub fn new(storage: Storage, config: Config) -> AppState {
-        AppState {
-            storage: Arc::new(storage),
-            config: Arc::new(config),
-        }
-    }
-}
-
-/// A refusal to start that the operator must fix (exit code 2).
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// Anonymous push would be open to the network.
-    #[error(
-        "refusing to listen on non-loopback address {addr} without publisher auth: \
-         add [[publishers]] to a --config file, or listen on 127.0.0.1 / [::1]"
-    )]
-    PublicWithoutAuth {
-        /// The address asked for.
-        addr: String,
-    },
-    /// The listen address does not parse or resolve.
-    #[error("invalid --listen address {addr:?}: {why}")]
-    BadListen {
-        /// The address asked for.
-        addr: String,
-        /// Why.
-        why: String,
-    },
-    /// A `[tls]` certificate or key file is missing or unreadable.
-    #[error("[tls] {what} file {}: {why}", path.display())]
-    TlsFile {
-        /// `certificate` or `private key`.
-        what: &'static str,
-        /// The file.
-        path: std::path::PathBuf,
-        /// What is wrong.
-        why: String,
-    },
-    /// The certificate and key do not make a usable pair.
-    #[error("[tls] certificate {} and private key {} do not match or cannot be used: {why}", cert.display(), key.display())]
-    TlsMismatch {
-        /// The certificate file.
-        cert: std::path::PathBuf,
-        /// The key file.
-        key: std::path::PathBuf,
-        /// What rustls said.
-        why: String,
-    },
-}
 
 /// How connections are carried.
 #[derive(Clone)]
@@ -121,9 +60,9 @@ impl Transport {
 
 /// The whole router: OCI `/v2/` and the sync API, with request logging.
 pub fn app(state: AppState) -> Router {
-    crate::oci::router()
-        .merge(crate::sync_api::router())
-        .merge(crate::edit::http::router())
+    super::oci::router()
+        .merge(super::sync::router())
+        .merge(super::edit::router())
         .layer(axum::middleware::from_fn(close_after_error_with_body))
         .layer(axum::middleware::from_fn(log_request))
         .with_state(state)

@@ -3,7 +3,7 @@
 
 use super::error::OciError;
 use super::{blocking, hv, receive, Ctx, Reply};
-use crate::storage::{BlobError, UploadSession};
+use crate::store::storage::{BlobError, UploadSession};
 use axum::body::Body;
 use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -256,7 +256,7 @@ fn parse_content_range(v: &str) -> Option<(u64, u64)> {
 
 /// Look up session `id` and check it belongs to `name`.
 async fn session(
-    storage: std::sync::Arc<crate::storage::Storage>,
+    storage: std::sync::Arc<crate::store::storage::Storage>,
     name: &str,
     id: &str,
 ) -> Result<(), OciError> {
@@ -276,8 +276,8 @@ async fn append(
     id: &str,
 ) -> Result<
     (
-        tokio::sync::OwnedMutexGuard<crate::storage::UploadCursor>,
-        crate::storage::BlobWriter,
+        tokio::sync::OwnedMutexGuard<crate::store::storage::UploadCursor>,
+        crate::store::storage::BlobWriter,
     ),
     OciError,
 > {

@@ -12,11 +12,12 @@
 //! | `device_seen` | device id | last request time, Unix seconds |
 //! | `device_images` | device id | postcard [`ImagesRecord`] |
 
-use crate::index::open_read;
-use crate::storage::Storage;
-use crate::sync_api::SyncError;
+use crate::store::index::open_read;
+use crate::store::storage::Storage;
+use crate::sync::SyncError;
 use layerlink_proto::limits::{MAX_HELD_LAYERS, MAX_LOOSE_OBJECTS};
 use layerlink_proto::msg::{HeldImage, HeldSet, Holdings};
+use layerlink_proto::time::rfc3339;
 use layerlink_proto::{Digest, ErrorCode};
 use redb::{ReadableDatabase as _, ReadableTable as _};
 use serde::{Deserialize, Serialize};
@@ -231,29 +232,6 @@ pub fn device_summaries(db: &redb::Database) -> Result<Vec<DeviceSummary>, SyncE
     Ok(map.into_values().collect())
 }
 
-/// Format Unix seconds as RFC 3339 UTC (`2024-05-01T12:00:00Z`).
-pub fn rfc3339(secs: u64) -> String {
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    // Civil from days (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = if m <= 2 { y + 1 } else { y };
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
 /// The `devices` table as text: one row per device, columns aligned.
 pub fn format_table(devices: &[DeviceSummary]) -> String {
     let header = ["DEVICE", "LAST SYNC", "LAYERS", "LOOSE", "IMAGES"];
@@ -397,12 +375,5 @@ mod tests {
         assert_eq!(lines[1].find("20").unwrap(), col, "aligned: {table}");
         let json = serde_json::to_value(&s).unwrap();
         assert_eq!(json[1]["layers"], 2);
-    }
-
-    #[test]
-    fn rfc3339_formats() {
-        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
-        assert_eq!(rfc3339(1_700_000_000), "2023-11-14T22:13:20Z");
-        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
     }
 }

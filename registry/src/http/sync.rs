@@ -12,14 +12,15 @@
 //! chunks on a bounded channel that feeds the response body, so an archive
 //! is never held in memory and a client that goes away stops the writer.
 
-use crate::access;
-use crate::archive::{self, Metadata};
+use super::state::AppState;
 use crate::auth;
 use crate::config::Device;
-use crate::devices;
-use crate::index;
-use crate::plan::{self, Dedup, HeldObjects, ImageStore};
-use crate::server::AppState;
+use crate::store::index;
+use crate::sync::access;
+use crate::sync::archive::{self, Metadata};
+use crate::sync::devices;
+use crate::sync::plan::{self, Dedup, HeldObjects, ImageStore};
+pub use crate::sync::SyncError;
 use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -34,7 +35,7 @@ use layerlink_proto::msg::{
     ArchiveRequest, HeldSet, ObjectsRequest, PlanRequest, PlanResponse, Report, ReportAck,
     ARCHIVE_CONTENT_TYPE, CONTENT_TYPE, HEADER_NEW_BYTES,
 };
-use layerlink_proto::{Digest, ErrorBody, ErrorCode};
+use layerlink_proto::{Digest, ErrorCode};
 use redb::ReadableDatabase as _;
 use std::collections::HashSet;
 use std::io::{self, Write};
@@ -45,49 +46,9 @@ pub const MAX_REPORTED_IMAGES: usize = 4096;
 /// Size of the chunks an archive response is streamed in.
 pub const CHUNK_BYTES: usize = 64 * 1024;
 
-/// A failed sync request: the code (and its HTTP status) and a message for
-/// a human. Sent as a postcard [`ErrorBody`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SyncError {
-    /// Machine-readable code.
-    pub code: ErrorCode,
-    /// What went wrong, naming the thing.
-    pub message: String,
-}
-
-impl SyncError {
-    /// An error with `code`.
-    pub fn new(code: ErrorCode, message: impl Into<String>) -> SyncError {
-        SyncError {
-            code,
-            message: message.into(),
-        }
-    }
-
-    /// A registry-side failure (500), logged.
-    pub fn internal(e: impl std::fmt::Display) -> SyncError {
-        let message = e.to_string();
-        tracing::error!("sync request failed: {message}");
-        SyncError::new(ErrorCode::Internal, message)
-    }
-
-    /// The wire body.
-    pub fn body(&self) -> ErrorBody {
-        ErrorBody {
-            code: self.code,
-            message: self.message.clone(),
-        }
-    }
-}
-
-impl std::fmt::Display for SyncError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{:?}: {}", self.code, self.message)
-    }
-}
-
-impl std::error::Error for SyncError {}
-
+/// The HTTP form of a [`SyncError`]: the status its code names, the
+/// postcard [`ErrorBody`](layerlink_proto::ErrorBody), and a bearer
+/// challenge on 401.
 impl IntoResponse for SyncError {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.code.http_status())
@@ -528,7 +489,7 @@ async fn archive_handler(State(st): State<AppState>, headers: HeaderMap, body: B
                 .unwrap_or_default();
             let (storage, device) = (st.storage.clone(), device.clone());
             let job = blocking(move || prepare_archive(&*storage, &device, &req)).await?;
-            let storage: Arc<crate::storage::Storage> = st.storage.clone();
+            let storage: Arc<crate::store::storage::Storage> = st.storage.clone();
             Ok(streaming_response(job.new_bytes, move |w| {
                 let meta = job.metadata.as_ref().map(|(m, c)| Metadata {
                     manifest: m,
