@@ -108,6 +108,12 @@ pub struct LayerStats {
     /// Entries kept from the held base layer the section was built on
     /// (archive feature `layer-base`).
     pub kept: u64,
+    /// Files rebuilt from a held object and a patch (feature `file-delta`).
+    pub delta_files: u64,
+    /// Patch bytes those files cost.
+    pub delta_patch_bytes: u64,
+    /// Delta entries that could not be applied and are fetched whole.
+    pub delta_fallbacks: u64,
 }
 
 struct Pending {
@@ -805,6 +811,10 @@ impl<'s> Applier<'s> {
                 }
                 lw.record_dir(&path, meta.mtime)?;
             }
+            Kind::Regular if h.ll.delta_base.is_some() => {
+                replace(lw, dir, leaf, &path)?;
+                self.apply_delta(lw, dir, leaf, &path, h, tar, &meta)?;
+            }
             Kind::Regular => {
                 replace(lw, dir, leaf, &path)?;
                 if h.size == 0 {
@@ -883,6 +893,68 @@ impl<'s> Applier<'s> {
                     &path,
                     format!("unsupported tar entry type {:?}", t as char),
                 ))
+            }
+        }
+        Ok(())
+    }
+
+    /// A delta entry (feature `file-delta`): rebuild the new object from the
+    /// held base and the patch ([`crate::delta`]); when that fails, the
+    /// entry becomes a reference the repair fetches whole.
+    #[allow(clippy::too_many_arguments)]
+    fn apply_delta(
+        &mut self,
+        lw: &mut LayerWriter,
+        dir: BorrowedFd<'_>,
+        leaf: &[u8],
+        path: &[u8],
+        h: &Header,
+        tar: &mut Tar<'_>,
+        meta: &Meta,
+    ) -> Result<()> {
+        let (Some(new), Some(base), Some(size)) = (h.ll.digest, h.ll.delta_base, h.ll.delta_size)
+        else {
+            return Err(hostile(
+                path,
+                "delta entry without LAYERLINK.digest/delta-size",
+            ));
+        };
+        // The plan announced the new file's size; the patch is about as big
+        // raw and is bounded by the stream bound.
+        self.new_bytes = self.new_bytes.saturating_add(size);
+        if self.new_bytes > self.opts.max_new_bytes {
+            return Err(Error::integrity(format!(
+                "archive carries more new content than the plan announced ({} bytes)",
+                self.opts.max_new_bytes
+            )));
+        }
+        let r = crate::delta::apply(
+            &mut self.objects,
+            &base,
+            &new,
+            size,
+            &mut |b| tar.read_data(b),
+            meta,
+        )?;
+        match r {
+            crate::delta::Applied::Stored => {
+                if !self.objects.link(&new, meta, dir, leaf)? {
+                    return Err(Error::Other(format!(
+                        "object {new} vanished while applying"
+                    )));
+                }
+                lw.stats.delta_files += 1;
+                lw.stats.delta_patch_bytes += h.size;
+                self.stored_new_bytes += size;
+            }
+            crate::delta::Applied::Fallback(why) => {
+                // Always said: it means a damaged store or a bad registry.
+                eprintln!(
+                    "warning: {}: delta not applied ({why}); fetching it whole",
+                    show(path)
+                );
+                lw.stats.delta_fallbacks += 1;
+                self.reference(lw, dir, leaf, path, new, meta)?;
             }
         }
         Ok(())

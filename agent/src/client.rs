@@ -3,7 +3,9 @@
 //! sync logic is testable without a server.
 
 use crate::error::{Error, Result};
-use layerlink_proto::archive::{Encoding, FEATURES_HEADER, FEATURE_LAYER_BASE, FEATURE_ZSTD};
+use layerlink_proto::archive::{
+    Encoding, FEATURES_HEADER, FEATURE_FILE_DELTA, FEATURE_LAYER_BASE, FEATURE_ZSTD,
+};
 use layerlink_proto::limits::MAX_MESSAGE_BYTES;
 use layerlink_proto::msg::{
     ArchiveRequest, ObjectsRequest, PlanRequest, PlanResponse, Report, ReportAck, API_PREFIX,
@@ -30,9 +32,9 @@ pub struct Download {
 /// The `layerlink-features` value this agent sends.
 pub fn features(zstd: bool) -> String {
     if zstd {
-        format!("{FEATURE_LAYER_BASE},{FEATURE_ZSTD}")
+        format!("{FEATURE_LAYER_BASE},{FEATURE_FILE_DELTA},{FEATURE_ZSTD}")
     } else {
-        FEATURE_LAYER_BASE.to_string()
+        format!("{FEATURE_LAYER_BASE},{FEATURE_FILE_DELTA}")
     }
 }
 

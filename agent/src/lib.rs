@@ -13,6 +13,7 @@
 //! | [`store`] | the on-disk store (layout drawn there), gc, verify |
 //! | [`apply`] | applying a dedup archive into the store |
 //! | [`codec`] | archive decompression: gzip or zstd frames (bounded window) |
+//! | [`delta`] | rebuilding an object from a held one and a binary patch |
 //! | [`tar`] | the streaming tar reader |
 //! | [`checkout`] | OCI runtime bundles and overlayfs lower dirs |
 //! | [`json`] | minimal JSON reader/writer |
@@ -25,6 +26,7 @@ pub mod checkout;
 pub mod cli;
 pub mod client;
 pub mod codec;
+pub mod delta;
 pub mod error;
 pub mod fsops;
 pub mod json;

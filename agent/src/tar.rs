@@ -7,7 +7,9 @@
 //! what an entry means is the caller's business ([`crate::apply`]).
 
 use crate::error::{Error, Result};
-use layerlink_proto::archive::{Marker, PAX_DIFF_ID, PAX_DIGEST, PAX_ENTRIES, PAX_MARKER};
+use layerlink_proto::archive::{
+    Marker, PAX_DELTA_BASE, PAX_DELTA_SIZE, PAX_DIFF_ID, PAX_DIGEST, PAX_ENTRIES, PAX_MARKER,
+};
 use layerlink_proto::limits::{MAX_EXTENSION_HEADERS, MAX_PATH_BYTES, MAX_PAX_BYTES};
 use layerlink_proto::Digest;
 use std::io::{self, Read};
@@ -55,6 +57,10 @@ pub struct LayerlinkKeys {
     pub diff_id: Option<Digest>,
     /// `LAYERLINK.entries`.
     pub entries: Option<u64>,
+    /// `LAYERLINK.delta-base` (a delta entry's held object).
+    pub delta_base: Option<Digest>,
+    /// `LAYERLINK.delta-size` (a delta entry's new size).
+    pub delta_size: Option<u64>,
 }
 
 /// One entry's header, with PAX and GNU extensions folded in.
@@ -278,6 +284,12 @@ fn pax_record(p: &mut Pending, key: &[u8], value: &[u8]) -> Result<()> {
             p.ll.diff_id = Some(Digest::parse(s).map_err(|_| bad("bad LAYERLINK.diff_id"))?);
         }
         k if k == PAX_ENTRIES.as_bytes() => p.ll.entries = Some(num(value)?),
+        k if k == PAX_DELTA_BASE.as_bytes() => {
+            let hex = core::str::from_utf8(value).map_err(|_| bad("bad LAYERLINK.delta-base"))?;
+            p.ll.delta_base =
+                Some(Digest::from_hex(hex).map_err(|_| bad("bad LAYERLINK.delta-base"))?);
+        }
+        k if k == PAX_DELTA_SIZE.as_bytes() => p.ll.delta_size = Some(num(value)?),
         // atime, ctime, uname, gname, comment, charset, hdrcharset and
         // unknown vendor keys do not change what we create.
         _ => {}

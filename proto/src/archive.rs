@@ -35,6 +35,10 @@
 //!   [`Marker::Base`] marker: the layer is then a held layer's tree minus
 //!   the paths the marker lists, plus the section's entries (only those
 //!   that differ). See `proto/SPEC.md`.
+//! * With feature [`FEATURE_FILE_DELTA`], a new file may be a **delta
+//!   entry**: a regular file whose content is a patch, with PAX
+//!   [`PAX_DIGEST`] (new object), [`PAX_DELTA_BASE`] (held object) and
+//!   [`PAX_DELTA_SIZE`] (new size). See `proto/SPEC.md`.
 //!
 //! A reader commits a layer only after its `layer-end` marker, whose
 //! [`PAX_ENTRIES`] must equal the number of entries it read for the layer.
@@ -136,6 +140,20 @@ impl Encoding {
 pub fn has_feature(v: &str, name: &str) -> bool {
     v.split(',').any(|n| n.trim() == name)
 }
+
+/// Archive feature: a modified file may travel as a **delta entry**, a
+/// binary patch against an object the device holds (`proto/SPEC.md`,
+/// "Binary deltas").
+pub const FEATURE_FILE_DELTA: &str = "file-delta";
+/// PAX key of a delta entry: 64 hex chars, sha256 of the held object the
+/// patch applies to. The entry's [`PAX_DIGEST`] is the new object's digest.
+pub const PAX_DELTA_BASE: &str = "LAYERLINK.delta-base";
+/// PAX key of a delta entry: decimal size of the new object (the entry's
+/// own size is the patch's).
+pub const PAX_DELTA_SIZE: &str = "LAYERLINK.delta-size";
+/// First 8 bytes of a delta entry's patch: bidiff's magic `0xB1DF` and
+/// format version `0x1000`, each a little-endian u32.
+pub const DELTA_PATCH_HEADER: [u8; 8] = [0xDF, 0xB1, 0, 0, 0, 0x10, 0, 0];
 
 /// Kinds of marker entries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -386,5 +404,9 @@ mod tests {
         assert_eq!(Marker::Base.as_str(), "base");
         assert_eq!(FEATURES_HEADER, "layerlink-features");
         assert_eq!(FEATURE_LAYER_BASE, "layer-base");
+        assert_eq!(FEATURE_FILE_DELTA, "file-delta");
+        assert_eq!(PAX_DELTA_BASE, "LAYERLINK.delta-base");
+        assert_eq!(PAX_DELTA_SIZE, "LAYERLINK.delta-size");
+        assert_eq!(DELTA_PATCH_HEADER, *b"\xdf\xb1\x00\x00\x00\x10\x00\x00");
     }
 }

@@ -194,3 +194,23 @@ fn archive_encodings_and_features() {
     assert!(!has_feature("layer-base,zstd2", "zstd"));
     assert!(!has_feature("", "zstd"));
 }
+
+/// Binary deltas (`proto/SPEC.md`, "Binary deltas"): the feature name, the
+/// PAX keys of a delta entry and the patch header are wire format.
+#[test]
+fn file_delta_names_and_patch_header() {
+    use layerlink_proto::archive::*;
+    assert_eq!(FEATURE_FILE_DELTA, "file-delta");
+    assert_eq!(PAX_DELTA_BASE, "LAYERLINK.delta-base");
+    assert_eq!(PAX_DELTA_SIZE, "LAYERLINK.delta-size");
+    assert_eq!(PAX_DIGEST, "LAYERLINK.digest");
+    assert_eq!(hex(&DELTA_PATCH_HEADER), "dfb1000000100000");
+    assert_eq!(
+        u32::from_le_bytes(DELTA_PATCH_HEADER[..4].try_into().unwrap()),
+        0xB1DF
+    );
+    assert_eq!(
+        u32::from_le_bytes(DELTA_PATCH_HEADER[4..].try_into().unwrap()),
+        0x1000
+    );
+}

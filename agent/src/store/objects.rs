@@ -151,6 +151,12 @@ impl<'s> ObjectWriter<'s> {
         }
     }
 
+    /// Any variant of `d` (a staged one first), opened for reading: the base
+    /// of a binary delta.
+    pub fn open_any(&self, d: &Digest) -> Result<Option<File>> {
+        self.any_variant(d)
+    }
+
     /// Whether any variant of `d` is present.
     pub fn has(&self, d: &Digest) -> Result<bool> {
         Ok(self.any_variant(d)?.is_some())

@@ -6,6 +6,7 @@
 //! | [`access`] | what a device may receive (objects and held layers of repositories it may read) |
 //! | [`plan`] | which layers/files a device needs ([`plan::Dedup`], [`plan::HeldObjects`]) |
 //! | [`archive`] | the dedup archive writer |
+//! | [`delta`] | binary deltas (feature `file-delta`): old-file choice, bidiff, the patch cache |
 //! | [`devices`] | per-device holdings record (the mapping table) and the `devices` command |
 //! | [`error`] | [`SyncError`], the domain error of a sync request |
 //!
@@ -14,6 +15,7 @@
 
 pub mod access;
 pub mod archive;
+pub mod delta;
 pub mod devices;
 pub mod error;
 pub mod plan;

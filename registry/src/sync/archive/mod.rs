@@ -11,12 +11,13 @@ pub mod zstd;
 
 use crate::store::index::{self, EntryKind, EntryRecord, IndexError};
 use crate::store::objects::ObjectStore;
+use crate::sync::delta::{DeltaPlanner, Patch};
 use crate::sync::plan::{Dedup, HeldObjects};
 use crate::tar::{self as tarfmt, Fields};
 use base::BaseDiff;
 use layerlink_proto::archive::{
-    reference_link, Marker, FEATURE_LAYER_BASE, FEATURE_ZSTD, MARKER_DIR, PAX_DIFF_ID, PAX_DIGEST,
-    PAX_ENTRIES, PAX_MARKER,
+    reference_link, Marker, FEATURE_FILE_DELTA, FEATURE_LAYER_BASE, FEATURE_ZSTD, MARKER_DIR,
+    PAX_DELTA_BASE, PAX_DELTA_SIZE, PAX_DIFF_ID, PAX_DIGEST, PAX_ENTRIES, PAX_MARKER,
 };
 use layerlink_proto::msg::HeldSet;
 use layerlink_proto::Digest;
@@ -35,6 +36,8 @@ pub struct ArchiveWriter<W: TarOut> {
     pax: Vec<u8>,
     buf: Vec<u8>,
     new_bytes: u64,
+    /// Binary deltas for modified files (feature `file-delta`).
+    pub deltas: Option<DeltaPlanner>,
 }
 
 impl<W: TarOut> ArchiveWriter<W> {
@@ -48,6 +51,7 @@ impl<W: TarOut> ArchiveWriter<W> {
             pax: Vec::with_capacity(512),
             buf: vec![0u8; 64 * 1024],
             new_bytes: 0,
+            deltas: None,
         }
     }
 
@@ -130,6 +134,7 @@ impl<W: TarOut> ArchiveWriter<W> {
         self.pax.clear();
         let reference_name;
         let mut new_object = None;
+        let mut patch: Option<Patch> = None;
         let (type_flag, size, link, inline): (u8, u64, &[u8], Option<Digest>) = match rec.kind {
             EntryKind::File => match rec.object {
                 None => (b'0', 0, b"", None),
@@ -140,7 +145,21 @@ impl<W: TarOut> ArchiveWriter<W> {
                 Some(d) => {
                     tarfmt::pax_record(&mut self.pax, PAX_DIGEST.as_bytes(), &d.hex_bytes());
                     new_object = Some(d);
-                    (b'0', rec.size, b"", Some(d))
+                    patch =
+                        (self.deltas.as_mut()).and_then(|p| p.patch_for(&rec.path, &d, rec.size));
+                    match &patch {
+                        Some(p) => {
+                            let (b, n) = (p.base.hex_bytes(), rec.size.to_string());
+                            tarfmt::pax_record(&mut self.pax, PAX_DELTA_BASE.as_bytes(), &b);
+                            tarfmt::pax_record(
+                                &mut self.pax,
+                                PAX_DELTA_SIZE.as_bytes(),
+                                n.as_bytes(),
+                            );
+                            (b'0', p.len, b"", None)
+                        }
+                        None => (b'0', rec.size, b"", Some(d)),
+                    }
                 }
             },
             // Anything else carries its own data (if any) inline.
@@ -166,6 +185,9 @@ impl<W: TarOut> ArchiveWriter<W> {
         self.out.write_all(&self.header)?;
         if let Some(d) = inline {
             self.content(&d, size)?;
+        }
+        if let Some(p) = &patch {
+            crate::sync::delta::write_patch(&mut self.out, p, &mut self.buf)?;
         }
         if new_object.is_some() {
             self.new_bytes += size;
@@ -339,6 +361,8 @@ pub struct Features {
     pub layer_base: bool,
     /// `zstd`: answer with a zstd archive (spliced content frames).
     pub zstd: bool,
+    /// `file-delta`: send modified files as patches against held ones.
+    pub file_delta: bool,
 }
 
 impl Features {
@@ -360,6 +384,8 @@ impl Features {
                 f.layer_base = true;
             } else if name == FEATURE_ZSTD {
                 f.zstd = true;
+            } else if name == FEATURE_FILE_DELTA {
+                f.file_delta = true;
             }
         }
         f
@@ -428,6 +454,10 @@ fn image_body<T: TarOut>(
     features: Features,
     dedup: &mut Dedup<'_>,
 ) -> Result<(), IndexError> {
+    if features.file_delta {
+        let objects = w.objects.clone();
+        w.deltas = Some(DeltaPlanner::new(txn, &objects, &held.layers)?);
+    }
     if let Some(m) = metadata {
         w.marker(Marker::Manifest, &[], m.manifest)?;
         w.marker(Marker::Config, &[], m.config)?;
@@ -438,7 +468,21 @@ fn image_body<T: TarOut>(
         } else {
             None
         };
+        if let Some(p) = w.deltas.as_mut() {
+            p.begin_layer(txn, base.as_ref().map(|b| &b.base))?;
+        }
         w.layer_on(txn, d, base.as_deref(), dedup)?;
+    }
+    if let Some(s) = w.deltas.as_ref().map(|p| p.stats) {
+        tracing::info!(
+            sent = s.sent,
+            patch_bytes = s.patch_bytes,
+            new_bytes = s.new_bytes,
+            computed = s.computed,
+            whole = s.whole,
+            compute_ms = s.compute_time.as_millis() as u64,
+            "archive deltas"
+        );
     }
     Ok(())
 }

@@ -1,0 +1,361 @@
+//! Binary deltas end to end (issue 12, archive feature `file-delta`): a
+//! device holding base-a:v1 syncs the rebuilt base-a:v2 (the dpkg database
+//! and log change a little) through the real registry and agent. The oracle
+//! for the checkout is `umoci unpack`; for bytes, the same archive request
+//! asked with and without the feature.
+
+use layerlink_proto::msg::{
+    ArchiveRequest, HeldSet, Holdings, ImageRef, PlanRequest, PlanResponse, Platform, CONTENT_TYPE,
+};
+use layerlink_tests::fixture::{self, registry_with_test_images, test_repo};
+use layerlink_tests::http::request;
+use layerlink_tests::{test_images, Agent, CountingProxy, Registry};
+use std::io::{Seek, SeekFrom, Write};
+
+const TOKEN: &str = "tok-dev1";
+const DEVICE_CONFIG: &str = r#"
+[[devices]]
+id = "dev1"
+token = "tok-dev1"
+repositories = ["*"]
+"#;
+const OLD: &str = "base-a:v1";
+const NEW: &str = "base-a:v2";
+
+fn platform() -> Platform {
+    let architecture = match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    };
+    Platform {
+        os: "linux".into(),
+        architecture: architecture.into(),
+        variant: None,
+    }
+}
+
+fn post(reg: &Registry, path: &str, features: &str, body: &[u8]) -> Vec<u8> {
+    let auth = format!("Bearer {TOKEN}");
+    let r = request(
+        reg.addr(),
+        "POST",
+        &format!("/layerlink/v1/{path}"),
+        &[
+            ("authorization", auth.as_str()),
+            ("content-type", CONTENT_TYPE),
+            ("layerlink-features", features),
+        ],
+        body,
+    );
+    assert_eq!(
+        r.status,
+        200,
+        "{path}: {}",
+        String::from_utf8_lossy(&r.body)
+    );
+    r.body
+}
+
+/// Bytes of base-a:v2's archive for a device holding base-a:v1's layer,
+/// asked with `features`.
+fn archive_bytes(reg: &Registry, features: &str) -> usize {
+    let plan = PlanRequest {
+        platform: platform(),
+        images: [OLD, NEW]
+            .iter()
+            .map(|t| {
+                let (repository, reference) = test_repo(t)
+                    .rsplit_once(':')
+                    .map(|(r, t)| (r.to_string(), t.to_string()))
+                    .unwrap();
+                ImageRef {
+                    repository,
+                    reference,
+                }
+            })
+            .collect(),
+        holdings: Holdings::Full(HeldSet::default()),
+    };
+    let body = post(
+        reg,
+        "plan",
+        features,
+        &postcard::to_allocvec(&plan).unwrap(),
+    );
+    let plan: PlanResponse = postcard::from_bytes(&body).unwrap();
+    let (old, new) = (&plan.images[0], &plan.images[1]);
+    let req = ArchiveRequest {
+        repository: new.image.repository.clone(),
+        manifest_digest: new.manifest_digest,
+        layers: new.layers.iter().map(|l| l.diff_id).collect(),
+        metadata: true,
+        holdings: Holdings::Full(HeldSet {
+            layers: old.layers.iter().map(|l| l.diff_id).collect(),
+            objects: vec![],
+        }),
+    };
+    post(
+        reg,
+        "archive",
+        features,
+        &postcard::to_allocvec(&req).unwrap(),
+    )
+    .len()
+}
+
+fn sync(agent: &Agent, proxy: &CountingProxy, tag: &str) -> (u64, String) {
+    proxy.reset();
+    let out = agent.sync(&proxy.url(), &[&test_repo(tag)]);
+    (
+        proxy.bytes_total(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn assert_checkout_matches_umoci(agent: &Agent, tag: &str) {
+    fixture::assert_checkout_matches_umoci(agent, &test_repo(tag), &test_images().oci_dir, tag);
+}
+
+/// The committed layer directories of the agent's store.
+fn committed_layers(agent: &Agent) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(agent.store.join("layers"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_dir())
+        .collect()
+}
+
+#[test]
+fn a_rebuilt_image_syncs_as_deltas_exactly_and_a_damaged_base_still_ends_right() {
+    let reg = registry_with_test_images(DEVICE_CONFIG, &[OLD, NEW]);
+    let proxy = CountingProxy::start(reg.addr());
+
+    // The same request with and without the feature.
+    let without = archive_bytes(&reg, "layer-base");
+    let with = archive_bytes(&reg, "layer-base,file-delta");
+    eprintln!("{OLD} -> {NEW} archive: {with} B with file-delta, {without} B without");
+    assert!(
+        with + 20 * 1024 < without,
+        "deltas should save the modified dpkg files' ~50 kB gzip'd: {with} vs {without} B"
+    );
+
+    // A device syncs the update with deltas: exact checkout.
+    let agent = Agent::new(TOKEN);
+    sync(&agent, &proxy, OLD);
+    let (cost, log) = sync(&agent, &proxy, NEW);
+    eprintln!("{OLD} -> {NEW}: {cost} B on the wire with deltas");
+    assert!(!log.contains("delta not applied"), "{log}");
+    assert_checkout_matches_umoci(&agent, NEW);
+    let v = agent.verify();
+    assert!(
+        v.status.success(),
+        "verify: {}",
+        String::from_utf8_lossy(&v.stderr)
+    );
+    let rerun = registry_log_deltas(&reg);
+    assert!(
+        rerun > 0,
+        "the registry logged no delta entries:\n{}",
+        reg.log()
+    );
+
+    // A device whose copy of the base object is damaged (same size,
+    // different bytes) still ends with the exact files: the delta's result
+    // fails its digest and the agent fetches the object whole. (dpkg.log:
+    // v1's dpkg/status is not a good victim, v2's status-old *is* that
+    // object, linked as a reference, and a damaged held object stays
+    // damaged wherever it is linked: `verify` finds those.)
+    let damaged = Agent::new(TOKEN);
+    sync(&damaged, &proxy, OLD);
+    let layers = committed_layers(&damaged);
+    assert_eq!(layers.len(), 1);
+    let status = layers[0].join("var/log/dpkg.log");
+    {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&status)
+            .unwrap();
+        f.seek(SeekFrom::Start(1000)).unwrap();
+        f.write_all(b"DAMAGED").unwrap();
+    }
+    let (cost2, log2) = sync(&damaged, &proxy, NEW);
+    eprintln!("with a damaged base: {cost2} B on the wire");
+    assert!(
+        log2.contains("delta not applied") && log2.contains("var/log/dpkg.log"),
+        "the agent should say it fell back for var/log/dpkg.log:\n{log2}"
+    );
+    assert!(cost2 > cost, "the fallback fetches the whole object");
+    assert_checkout_matches_umoci(&damaged, NEW);
+}
+
+/// Delta entries the registry reports having sent (its `archive deltas`
+/// log lines, `sent=N`).
+fn registry_log_deltas(reg: &Registry) -> u64 {
+    reg.log()
+        .lines()
+        .filter(|l| l.contains("archive deltas"))
+        .filter_map(|l| {
+            l.split_whitespace()
+                .find_map(|w| w.strip_prefix("sent="))
+                .and_then(|n| n.parse::<u64>().ok())
+        })
+        .sum()
+}
+
+/// One tar entry with PAX records (`LAYERLINK.*` and the like).
+fn pax_entry(b: &mut tar::Builder<Vec<u8>>, path: &str, pax: &[(&str, &[u8])], data: &[u8]) {
+    b.append_pax_extensions(pax.iter().map(|(k, v)| (*k, *v)))
+        .unwrap();
+    let mut h = tar::Header::new_ustar();
+    h.set_path(path).unwrap();
+    h.set_size(data.len() as u64);
+    h.set_mode(0o644);
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_cksum();
+    b.append(&h, data).unwrap();
+}
+
+/// A gzip'd dedup archive of one layer section holding one file entry.
+fn one_file_archive(layer_seed: u8, path: &str, pax: &[(&str, &[u8])], data: &[u8]) -> Vec<u8> {
+    use std::io::Write as _;
+    let diff_id = format!("sha256:{}", layerlink_tests::sha256_hex(&[layer_seed]));
+    let mut b = tar::Builder::new(Vec::new());
+    let id = diff_id.as_bytes();
+    pax_entry(
+        &mut b,
+        ".layerlink/layer",
+        &[("LAYERLINK.marker", b"layer"), ("LAYERLINK.diff_id", id)],
+        b"",
+    );
+    pax_entry(&mut b, path, pax, data);
+    pax_entry(
+        &mut b,
+        ".layerlink/layer-end",
+        &[
+            ("LAYERLINK.marker", b"layer-end"),
+            ("LAYERLINK.diff_id", id),
+            ("LAYERLINK.entries", b"1"),
+        ],
+        b"",
+    );
+    pax_entry(
+        &mut b,
+        ".layerlink/end",
+        &[("LAYERLINK.marker", b"end")],
+        b"",
+    );
+    let tar = b.into_inner().unwrap();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(6));
+    gz.write_all(&tar).unwrap();
+    gz.finish().unwrap()
+}
+
+/// `layerlink-agent apply-archive` of `archive` into `store` under
+/// `/usr/bin/time`: (success, peak RSS in KiB, stderr).
+fn apply_measured(store: &std::path::Path, archive: &[u8], name: &str) -> (bool, u64, String) {
+    let file = store.with_extension(name);
+    std::fs::write(&file, archive).unwrap();
+    let out = std::process::Command::new("/usr/bin/time")
+        .args(["-f", "peak-rss-kib=%M"])
+        .arg(layerlink_tests::bins::agent_bin())
+        .arg("apply-archive")
+        .arg("--store")
+        .arg(store)
+        .arg(&file)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    let kib = err
+        .lines()
+        .filter_map(|l| l.strip_prefix("peak-rss-kib="))
+        .filter_map(|v| v.trim().parse().ok())
+        .next_back()
+        .unwrap_or(u64::MAX);
+    (out.status.success(), kib, err)
+}
+
+/// The largest regular file of `tag` (path, content).
+fn largest_file(tag: &str) -> (String, Vec<u8>) {
+    use std::io::Read as _;
+    let layout = test_images().layout();
+    let mut best: (String, Vec<u8>) = (String::new(), Vec::new());
+    for layer in layout.layers(tag) {
+        let mut a = tar::Archive::new(layerlink_tests::layers::layer_reader(&layout, &layer));
+        for e in a.entries().unwrap() {
+            let mut e = e.unwrap();
+            if e.header().entry_type().is_file() && e.size() > best.1.len() as u64 {
+                let mut v = Vec::new();
+                e.read_to_end(&mut v).unwrap();
+                best = (e.path().unwrap().to_string_lossy().into_owned(), v);
+            }
+        }
+    }
+    best
+}
+
+#[test]
+fn patching_the_largest_file_of_the_test_images_stays_within_4_mib() {
+    layerlink_tests::bins::ensure_built();
+    let (path, old) = largest_file(OLD);
+    // A "rebuilt" version: a changed byte every 4 KiB, a block inserted in
+    // the middle, a tail appended.
+    let mut new = old.clone();
+    for i in (0..new.len()).step_by(4096) {
+        new[i] = new[i].wrapping_add(1);
+    }
+    new.splice(new.len() / 2..new.len() / 2, b"inserted block ".repeat(100));
+    new.extend_from_slice(b"appended tail");
+    let mut patch = Vec::new();
+    bidiff::simple_diff(&old, &new, &mut patch).unwrap();
+    let (old_hex, new_hex) = (
+        layerlink_tests::sha256_hex(&old),
+        layerlink_tests::sha256_hex(&new),
+    );
+    let size = new.len().to_string();
+    let whole = one_file_archive(1, &path, &[("LAYERLINK.digest", old_hex.as_bytes())], &old);
+    let delta = one_file_archive(
+        2,
+        &path,
+        &[
+            ("LAYERLINK.digest", new_hex.as_bytes()),
+            ("LAYERLINK.delta-base", old_hex.as_bytes()),
+            ("LAYERLINK.delta-size", size.as_bytes()),
+        ],
+        &patch,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let (ok, whole_kib, err) = apply_measured(&store, &whole, "whole");
+    assert!(ok, "{err}");
+    let (ok, delta_kib, err) = apply_measured(&store, &delta, "delta");
+    assert!(ok, "{err}");
+    assert!(!err.contains("delta not applied"), "{err}");
+    eprintln!(
+        "largest file of {OLD}: {path} ({} B), patch {} B raw; agent peak RSS: whole file {whole_kib} KiB, \
+         delta {delta_kib} KiB",
+        old.len(),
+        patch.len()
+    );
+    assert!(
+        delta_kib <= 4096,
+        "peak RSS {delta_kib} KiB while patching {path}"
+    );
+    // The result is the new file, stored as an object.
+    let stored = walk_find(&store.join("objects"), &new_hex).expect("the new object is stored");
+    assert_eq!(std::fs::read(stored).unwrap(), new);
+}
+
+fn walk_find(dir: &std::path::Path, hex: &str) -> Option<std::path::PathBuf> {
+    for e in std::fs::read_dir(dir).ok()? {
+        let p = e.ok()?.path();
+        if p.is_dir() {
+            if let Some(f) = walk_find(&p, hex) {
+                return Some(f);
+            }
+        } else if p.file_name()?.to_string_lossy().starts_with(hex) {
+            return Some(p);
+        }
+    }
+    None
+}
