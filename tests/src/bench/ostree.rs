@@ -1,0 +1,287 @@
+//! OSTree as a peer: the same images committed into an `archive` repo
+//! (each image's `umoci unpack` rootfs one commit, ref `tiny-v1` for
+//! `tiny:v1`), static deltas generated for the scenarios' pairs, the repo
+//! served by a plain HTTP server on loopback (`python3 -m http.server`:
+//! OSTree needs nothing but static files). Devices are `bare` repos that
+//! `ostree pull` through the benchmark's counting proxy and `ostree checkout
+//! -H` (hard links into the repo, like the agent's `--read-only` checkout).
+
+use crate::measure::run_step;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The remote's name in device repos.
+pub const REMOTE: &str = "srv";
+
+/// `upd:v1` → `upd-v1` (a colon is not allowed in a ref).
+pub fn ref_name(tag: &str) -> String {
+    tag.replace(':', "-")
+}
+
+/// One `ostree static-delta generate` run.
+#[derive(Debug, Clone)]
+pub struct DeltaBuild {
+    /// `None`: a from-scratch delta (`--empty`).
+    pub from: Option<&'static str>,
+    pub to: &'static str,
+    /// Wall and CPU seconds of the generate command.
+    pub wall: f64,
+    pub cpu: f64,
+    /// Bytes under `deltas/` it added.
+    pub bytes: u64,
+}
+
+/// The server side: an archive repo and the HTTP server in front of it.
+pub struct OstreeServer {
+    _dir: tempfile::TempDir,
+    repo: PathBuf,
+    http: Child,
+    pub addr: SocketAddr,
+    /// Per image: (tag, commit checksum, seconds for unpack + commit).
+    pub commits: Vec<(&'static str, String, f64)>,
+    pub deltas: Vec<DeltaBuild>,
+    /// Device nodes, FIFOs and sockets left out of the commits (OSTree
+    /// cannot store them).
+    pub skipped_special: u64,
+}
+
+impl OstreeServer {
+    /// Commit `tags` from the OCI layout at `oci_dir`, generate the deltas
+    /// `pairs` (from, to), write the summary and start serving.
+    pub fn build(
+        oci_dir: &Path,
+        tags: &[&'static str],
+        pairs: &[(Option<&'static str>, &'static str)],
+        progress: &dyn Fn(&str),
+    ) -> anyhow::Result<OstreeServer> {
+        let dir = tempfile::Builder::new()
+            .prefix("bench-ostree-srv-")
+            .tempdir()?;
+        let repo = dir.path().join("repo");
+        run_step(
+            "ostree init",
+            Command::new("ostree")
+                .arg("init")
+                .arg("--mode=archive")
+                .arg(format!("--repo={}", repo.display())),
+        )?;
+        let mut commits = Vec::new();
+        let mut skipped_special = 0;
+        for tag in tags {
+            let t = Instant::now();
+            let bundle = dir.path().join("bundle");
+            run_step(
+                "umoci unpack",
+                Command::new("umoci")
+                    .arg("unpack")
+                    .arg("--image")
+                    .arg(format!("{}:{tag}", oci_dir.display()))
+                    .arg(&bundle),
+            )?;
+            let rootfs = bundle.join("rootfs");
+            skipped_special += remove_special_files(&rootfs)?;
+            let out = run_step(
+                "ostree commit",
+                Command::new("ostree")
+                    .arg("commit")
+                    .arg(format!("--repo={}", repo.display()))
+                    .arg(format!("--branch={}", ref_name(tag)))
+                    .arg(format!("--subject={tag}"))
+                    .arg(format!("--tree=dir={}", rootfs.display())),
+            )?;
+            std::fs::remove_dir_all(&bundle)?;
+            let rev = out.trim().to_string();
+            anyhow::ensure!(rev.len() == 64, "ostree commit printed {out:?}");
+            let secs = t.elapsed().as_secs_f64();
+            progress(&format!("  ostree commit {tag} ({secs:.1}s)"));
+            commits.push((*tag, rev, secs));
+        }
+        let rev = |tag: &str| {
+            commits
+                .iter()
+                .find(|(t, _, _)| *t == tag)
+                .map(|(_, r, _)| r.clone())
+                .ok_or_else(|| anyhow::anyhow!("{tag} was not committed"))
+        };
+        let mut deltas = Vec::new();
+        for (from, to) in pairs {
+            let before = crate::measure::disk_use(&repo.join("deltas"));
+            let mut cmd = Command::new("ostree");
+            cmd.arg("static-delta")
+                .arg("generate")
+                .arg(format!("--repo={}", repo.display()))
+                .arg(format!("--to={}", rev(to)?));
+            match from {
+                Some(f) => cmd.arg(format!("--from={}", rev(f)?)),
+                None => cmd.arg("--empty"),
+            };
+            let cost = crate::measure::measured("ostree static-delta generate", &mut cmd)?;
+            let bytes = crate::measure::disk_use(&repo.join("deltas")).saturating_sub(before);
+            progress(&format!(
+                "  ostree static-delta {} → {to} ({:.1}s)",
+                from.unwrap_or("empty"),
+                cost.wall
+            ));
+            deltas.push(DeltaBuild {
+                from: *from,
+                to,
+                wall: cost.wall,
+                cpu: cost.cpu(),
+                bytes,
+            });
+        }
+        // The summary (and the delta indexes) tell clients which deltas exist.
+        run_step(
+            "ostree summary -u",
+            Command::new("ostree")
+                .arg("summary")
+                .arg("-u")
+                .arg(format!("--repo={}", repo.display())),
+        )?;
+        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let http = Command::new("python3")
+            .args(["-m", "http.server", "--bind", "127.0.0.1"])
+            .arg("--directory")
+            .arg(&repo)
+            .arg(port.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
+        let mut server = OstreeServer {
+            _dir: dir,
+            repo,
+            http,
+            addr,
+            commits,
+            deltas,
+            skipped_special,
+        };
+        let t = Instant::now();
+        while TcpStream::connect(addr).is_err() {
+            anyhow::ensure!(
+                server.http.try_wait()?.is_none(),
+                "python3 -m http.server exited"
+            );
+            anyhow::ensure!(
+                t.elapsed() < Duration::from_secs(20),
+                "http.server did not listen"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(server)
+    }
+
+    /// The HTTP server's process id (its CPU is the server side's).
+    pub fn pid(&self) -> u32 {
+        self.http.id()
+    }
+
+    /// The server repo's size on disk (objects, deltas, summary).
+    pub fn repo_disk(&self) -> u64 {
+        crate::measure::disk_use(&self.repo)
+    }
+}
+
+impl Drop for OstreeServer {
+    fn drop(&mut self) {
+        let _ = self.http.kill();
+        let _ = self.http.wait();
+    }
+}
+
+/// Remove what OSTree cannot commit (device nodes, FIFOs, sockets) from
+/// `root`; how many.
+fn remove_special_files(root: &Path) -> anyhow::Result<u64> {
+    use std::os::unix::fs::FileTypeExt;
+    let mut n = 0;
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir)? {
+            let e = e?;
+            let t = e.file_type()?;
+            if t.is_dir() {
+                stack.push(e.path());
+            } else if t.is_block_device() || t.is_char_device() || t.is_fifo() || t.is_socket() {
+                std::fs::remove_file(e.path())?;
+                n += 1;
+            }
+        }
+    }
+    Ok(n)
+}
+
+/// Make `repo` an empty `bare` repo with the server as remote `srv`
+/// (reached at `url`, the counting proxy).
+pub fn init_device_repo(repo: &Path, url: &str) -> anyhow::Result<()> {
+    run_step(
+        "ostree init (device)",
+        Command::new("ostree")
+            .arg("init")
+            .arg("--mode=bare")
+            .arg(format!("--repo={}", repo.display())),
+    )?;
+    run_step(
+        "ostree remote add",
+        Command::new("ostree")
+            .arg("remote")
+            .arg("add")
+            .arg(format!("--repo={}", repo.display()))
+            .arg("--no-gpg-verify")
+            .arg(REMOTE)
+            .arg(url),
+    )?;
+    Ok(())
+}
+
+/// `ostree pull` of `tag`: object by object, or by static delta only.
+pub fn pull(repo: &Path, tag: &str, deltas: bool) -> Command {
+    let mut cmd = Command::new("ostree");
+    cmd.arg("pull")
+        .arg(format!("--repo={}", repo.display()))
+        .arg(if deltas {
+            "--require-static-deltas"
+        } else {
+            "--disable-static-deltas"
+        })
+        .arg(REMOTE)
+        .arg(ref_name(tag));
+    cmd
+}
+
+/// `ostree checkout -H` of the pulled `tag` into `dest` (hard links).
+pub fn checkout(repo: &Path, tag: &str, dest: &Path) -> Command {
+    let mut cmd = Command::new("ostree");
+    cmd.arg("checkout")
+        .arg(format!("--repo={}", repo.display()))
+        .arg("-H")
+        .arg(format!("{REMOTE}:{}", ref_name(tag)))
+        .arg(dest);
+    cmd
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refs_have_no_colon() {
+        assert_eq!(ref_name("upd:v1"), "upd-v1");
+    }
+
+    #[test]
+    fn special_files_are_removed_and_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("d")).unwrap();
+        std::fs::write(dir.path().join("d/file"), b"x").unwrap();
+        let fifo = dir.path().join("d/fifo");
+        let ok = Command::new("mkfifo").arg(&fifo).status().unwrap();
+        assert!(ok.success());
+        assert_eq!(remove_special_files(dir.path()).unwrap(), 1);
+        assert!(!fifo.exists());
+        assert!(dir.path().join("d/file").exists());
+    }
+}
