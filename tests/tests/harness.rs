@@ -109,6 +109,31 @@ fn test_images_have_the_promised_shape() {
         a1[0].digest, a2[0].digest,
         "v2 is a rebuild: new layer digest"
     );
+    // The benchmark's pairs: base + app layers, every layer rebuilt.
+    for tag in layerlink_tests::images::BENCH_TAGS {
+        assert_eq!(images.info(tag).layers, 2, "{tag}");
+    }
+    let (u1, u2, s1) = (
+        layout.layers("upd:v1"),
+        layout.layers("upd:v2"),
+        layout.layers("sib:v1"),
+    );
+    for (a, b) in [(&u1, &u2), (&u1, &s1), (&u2, &s1)] {
+        assert!(
+            a.iter().all(|l| b.iter().all(|m| m.digest != l.digest)),
+            "independent builds share no layer"
+        );
+    }
+    // upd:v2 upgraded packages in both layers (the build script checks
+    // perl-base in the base, python and libssl in the app, and lists them).
+    let upgraded = std::fs::read_to_string(images.oci_dir.join("../packages-upd.txt"))
+        .expect("packages-upd.txt next to the layout");
+    for p in ["perl-base ", "libpython3.11-stdlib ", "libssl3 "] {
+        assert!(
+            upgraded.lines().any(|l| l.starts_with(p)),
+            "{p} not upgraded: {upgraded}"
+        );
+    }
     assert!(
         b1.iter().all(|l| l.digest != a1[0].digest),
         "base-b shares no layer"
