@@ -63,8 +63,8 @@ pub fn cache_dir() -> PathBuf {
 /// `$CACHE/images-<RECIPE>`, so work trees with different recipes can share
 /// one cache (the `$CACHE/images` symlink names only the newest build).
 fn recipe(script: &std::path::Path) -> String {
-    let text = std::fs::read_to_string(script)
-        .unwrap_or_else(|e| panic!("{}: {e}", script.display()));
+    let text =
+        std::fs::read_to_string(script).unwrap_or_else(|e| panic!("{}: {e}", script.display()));
     text.lines()
         .find_map(|l| l.strip_prefix("RECIPE=\""))
         .and_then(|rest| rest.split('"').next())

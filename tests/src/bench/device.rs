@@ -302,8 +302,15 @@ impl Bench {
         }
     }
 
-    /// A device that fetched and unpacked `held` (made once, then reused).
+    /// A device that fetched and unpacked `held` (made once, then reused;
+    /// both OSTree modes start from the same device, prepared by object
+    /// pulls).
     fn prepared(&mut self, tool: Tool, held: &[&'static str]) -> anyhow::Result<&Device> {
+        let tool = if tool.is_ostree() {
+            Tool::OstreeObjects
+        } else {
+            tool
+        };
         let key = (tool, held.to_vec());
         if !self.prepared.contains_key(&key) {
             let mut dev = Device::new(tool)?;
