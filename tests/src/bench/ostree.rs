@@ -1,7 +1,8 @@
 //! OSTree as a peer: the same images committed into an `archive` repo
 //! (each image's `umoci unpack` rootfs one commit, ref `tiny-v1` for
 //! `tiny:v1`), static deltas generated for the scenarios' pairs, the repo
-//! served by a plain HTTP server on loopback (`python3 -m http.server`:
+//! served by a plain HTTP server on loopback (`python3 -m http.server
+//! --protocol HTTP/1.1`:
 //! OSTree needs nothing but static files). Devices are `bare` repos that
 //! `ostree pull` through the benchmark's counting proxy and `ostree checkout
 //! -H` (hard links into the repo, like the agent's `--read-only` checkout).
@@ -66,6 +67,14 @@ impl OstreeServer {
                 .arg("init")
                 .arg("--mode=archive")
                 .arg(format!("--repo={}", repo.display())),
+        )?;
+        // Server-side setup is not measured: skip the fsync of every object.
+        run_step(
+            "ostree config",
+            Command::new("ostree")
+                .arg("config")
+                .arg(format!("--repo={}", repo.display()))
+                .args(["set", "core.fsync", "false"]),
         )?;
         let mut commits = Vec::new();
         let mut skipped_special = 0;
@@ -142,7 +151,9 @@ impl OstreeServer {
         )?;
         let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let http = Command::new("python3")
-            .args(["-m", "http.server", "--bind", "127.0.0.1"])
+            // HTTP/1.1: keep-alive, as any real server would do.
+            .args(["-m", "http.server", "--protocol", "HTTP/1.1"])
+            .args(["--bind", "127.0.0.1"])
             .arg("--directory")
             .arg(&repo)
             .arg(port.to_string())

@@ -143,7 +143,7 @@ impl Report<'_> {
                 w,
                 "- OSTree ({}): each image's `umoci unpack` rootfs committed into an `archive` repo (ref `upd-v1` for `upd:v1`; \
                  {} device nodes/FIFOs/sockets left out, OSTree cannot store them; OSTree stores no mtimes), `ostree summary -u`, \
-                 served by `python3 -m http.server` on loopback through the same kind of counting proxy; the device is a `bare` \
+                 served by `python3 -m http.server --protocol HTTP/1.1` on loopback through the same kind of counting proxy; the device is a `bare` \
                  repo: `ostree pull --disable-static-deltas` (objects) or `--require-static-deltas` (the delta generated for \
                  exactly this pair, `--empty` for a cold sync), then `ostree checkout -H` (hard links). The held image was pulled \
                  as objects (the resulting repo is the same)",
