@@ -184,3 +184,37 @@ fn counting_proxy_counts_both_directions_and_cuts() {
     assert_eq!(got.len(), 1_000, "cut after exactly 1000 bytes");
     assert!(!proxy.cut_pending());
 }
+
+#[test]
+fn counting_proxy_releases_closed_connections() {
+    // A client that opens thousands of short connections (OSTree pulling
+    // objects) must not exhaust the process' descriptors through the proxy.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let upstream = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let mut conn = conn.unwrap();
+            let _ = conn.write_all(b"hi");
+        }
+    });
+    let fds = || std::fs::read_dir("/proc/self/fd").unwrap().count();
+    let proxy = CountingProxy::start(upstream);
+    let before = fds();
+    for _ in 0..300 {
+        let mut c = std::net::TcpStream::connect(proxy.addr()).unwrap();
+        let mut got = Vec::new();
+        c.read_to_end(&mut got).unwrap();
+        assert_eq!(got, b"hi");
+    }
+    // The pumps finish just after the client sees EOF.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while fds() > before + 50 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(
+        fds() <= before + 50,
+        "300 closed connections left {} descriptors open",
+        fds() - before
+    );
+    assert_eq!(proxy.connections(), 300);
+}
