@@ -168,6 +168,8 @@ pub struct Side {
     pub server_cpu: f64,
     pub disk_before: u64,
     pub disk_after: u64,
+    /// OSTree: the HTTP requests of the fetch.
+    pub requests: Option<ostree::Requests>,
     /// Lowest and highest total CPU over the repetitions.
     pub cpu_range: (f64, f64),
     /// Whether every repetition moved the same number of bytes.
@@ -368,8 +370,13 @@ impl Bench {
             let (proxy, server_pid) = self.wire(tool)?;
             proxy.reset();
             let server_before = process_cpu(server_pid)?;
+            let mark = self.ostree.as_ref().map(|o| o.server.log_mark());
             let fetch = self.fetch(tool, &dev, tag, tool == Tool::OstreeDelta)?;
             let server_cpu = process_cpu(server_pid)? - server_before;
+            let requests = match (tool.is_ostree(), &self.ostree, mark) {
+                (true, Some(o), Some(mark)) => Some(o.server.requests_since(mark)),
+                _ => None,
+            };
             let bytes = proxy.bytes_total();
             self.recorder.record(false);
             let streams = self.recorder.take();
@@ -385,6 +392,7 @@ impl Bench {
                 fetch,
                 unpack,
                 server_cpu,
+                requests,
                 disk_before: disk_prepared,
                 disk_after: disk_prepared + added,
                 ..Side::default()

@@ -159,7 +159,9 @@ impl OstreeServer {
             .arg(port.to_string())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            // Its request log (one line per request, on stderr).
+            .stderr(std::fs::File::create(dir.path().join("http.log"))?)
+            .env("PYTHONUNBUFFERED", "1")
             .spawn()?;
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
         let mut server = OstreeServer {
@@ -186,6 +188,30 @@ impl OstreeServer {
         Ok(server)
     }
 
+    /// The request log's length now (pass it to [`requests_since`]).
+    pub fn log_mark(&self) -> u64 {
+        std::fs::metadata(self._dir.path().join("http.log")).map_or(0, |m| m.len())
+    }
+
+    /// The GET requests logged since `mark`: how many, and the bytes of
+    /// the files asked for more than once (a repeated fetch, counted from
+    /// the second time on).
+    pub fn requests_since(&self, mark: u64) -> Requests {
+        let log = std::fs::read(self._dir.path().join("http.log")).unwrap_or_default();
+        let text = String::from_utf8_lossy(&log[(mark as usize).min(log.len())..]).into_owned();
+        let mut r = Requests::default();
+        let mut seen = std::collections::HashSet::new();
+        for path in get_paths(&text) {
+            r.gets += 1;
+            if !seen.insert(path.clone()) {
+                r.repeated += 1;
+                r.repeated_bytes += std::fs::metadata(self.repo.join(path.trim_start_matches('/')))
+                    .map_or(0, |m| m.len());
+            }
+        }
+        r
+    }
+
     /// The HTTP server's process id (its CPU is the server side's).
     pub fn pid(&self) -> u32 {
         self.http.id()
@@ -202,6 +228,28 @@ impl Drop for OstreeServer {
         let _ = self.http.kill();
         let _ = self.http.wait();
     }
+}
+
+/// HTTP requests one pull made.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Requests {
+    pub gets: u64,
+    /// Requests for a path already fetched in the same pull.
+    pub repeated: u64,
+    pub repeated_bytes: u64,
+}
+
+/// The paths of the successful GETs in `python3 -m http.server`'s log
+/// (`127.0.0.1 - - [date] "GET /path HTTP/1.1" 200 -`).
+fn get_paths(log: &str) -> Vec<String> {
+    log.lines()
+        .filter_map(|l| {
+            let (_, rest) = l.split_once("\"GET ")?;
+            let (path, rest) = rest.split_once(' ')?;
+            let status = rest.split_once("\" ")?.1.split_whitespace().next()?;
+            (status == "200" || status == "206").then(|| path.to_string())
+        })
+        .collect()
 }
 
 /// Remove what OSTree cannot commit (device nodes, FIFOs, sockets) from
@@ -277,6 +325,15 @@ pub fn checkout(repo: &Path, tag: &str, dest: &Path) -> Command {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn request_log_lines_are_parsed() {
+        let log = "127.0.0.1 - - [30/Nov/2026 21:13:32] code 404, message File not found\n\
+127.0.0.1 - - [30/Nov/2026 21:13:32] \"GET /summary.sig HTTP/1.1\" 404 -\n\
+127.0.0.1 - - [30/Nov/2026 21:13:32] \"GET /deltas/07/x/0 HTTP/1.1\" 200 -\n\
+127.0.0.1 - - [30/Nov/2026 21:13:33] \"GET /deltas/07/x/0 HTTP/1.1\" 200 -\n";
+        assert_eq!(get_paths(log), ["/deltas/07/x/0", "/deltas/07/x/0"]);
+    }
 
     #[test]
     fn refs_have_no_colon() {

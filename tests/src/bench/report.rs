@@ -215,8 +215,11 @@ impl Report<'_> {
         }
 
         let _ = writeln!(w, "\nPer command (user + sys CPU, peak RSS, wall):\n");
-        let _ = writeln!(w, "| scenario | tool | fetch | unpack |");
-        let _ = writeln!(w, "|---|---|--:|--:|");
+        let _ = writeln!(
+            w,
+            "| scenario | tool | fetch | unpack | HTTP GETs (repeated: bytes) |"
+        );
+        let _ = writeln!(w, "|---|---|--:|--:|--:|");
         let cell = |name: &str, c: &Cost| {
             format!(
                 "{name}: {:.2} + {:.2} s, {}, {:.2} s",
@@ -229,9 +232,12 @@ impl Report<'_> {
         for res in self.results {
             for (tool, side) in &res.sides {
                 let (f, u) = tool.commands();
+                let gets = side.requests.map_or(String::new(), |r| {
+                    format!("{} ({}: {})", r.gets, r.repeated, bytes(r.repeated_bytes))
+                });
                 let _ = writeln!(
                     w,
-                    "| {} | {} | {} | {} |",
+                    "| {} | {} | {} | {} | {gets} |",
                     res.scenario.name,
                     tool.label(),
                     cell(f, &side.fetch),
