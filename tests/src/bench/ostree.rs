@@ -203,6 +203,13 @@ impl OstreeServer {
         let mut seen = std::collections::HashSet::new();
         for path in get_paths(&text) {
             r.gets += 1;
+            let size = std::fs::metadata(self.repo.join(path.trim_start_matches('/')))
+                .map_or(0, |m| m.len());
+            if path.starts_with("/deltas/") {
+                r.delta_bytes += size;
+            } else if path.starts_with("/objects/") {
+                r.object_bytes += size;
+            }
             if !seen.insert(path.clone()) {
                 r.repeated += 1;
                 r.repeated_bytes += std::fs::metadata(self.repo.join(path.trim_start_matches('/')))
@@ -237,6 +244,10 @@ pub struct Requests {
     /// Requests for a path already fetched in the same pull.
     pub repeated: u64,
     pub repeated_bytes: u64,
+    /// Bytes of the static delta files (superblocks, parts) fetched.
+    pub delta_bytes: u64,
+    /// Bytes of the objects fetched one by one.
+    pub object_bytes: u64,
 }
 
 /// The paths of the successful GETs in `python3 -m http.server`'s log
