@@ -1,32 +1,46 @@
 #!/usr/bin/env bash
-# The sync benchmark (issues 2 and 3): layerlink vs skopeo copy + umoci unpack.
+# The sync benchmark (issues 2, 3, 11, 12): layerlink vs skopeo copy + umoci
+# unpack vs OSTree (object pulls and static deltas), in one run.
 #
-#   scripts/bench.sh            # writes bench/RESULTS.md and prints it
+#   scripts/bench.sh                                   # writes bench/RESULTS.md and prints it
+#   LAYERLINK_BENCH_SCENARIOS=update scripts/bench.sh  # one scenario (keys or numbers, comma-separated)
 #
 # 1. builds the release registry, the size-optimised device agent
 #    (--profile release-agent, what ships to devices) and the bench driver;
 # 2. makes sure the cached test images exist (scripts/build-test-images.sh);
-# 3. runs tests/src/bin/layerlink-bench.rs: one registry, every image pushed
-#    with skopeo, then each scenario on fresh device dirs for both sides.
+# 3. runs the bench driver (tests/src/bench/): one registry, the scenarios'
+#    images pushed with skopeo; the same images committed into an OSTree
+#    archive repo with static deltas for the scenarios' pairs, served by
+#    `python3 -m http.server`; then each scenario for each tool on fresh
+#    device dirs.
 #
-# Takes ~3-4 min on 2 cores once built (longer when the machine is busy).
-# The benchmark reports: a missed target is printed as MISS and does not
-# fail the script.
+# Scenarios (LAYERLINK_BENCH_SCENARIOS): 0=tiny 1=cold 2=base-b 3=hello
+# 4=cold-upd 5=sibling 6=update. Takes ~10 min on 2 cores once built
+# (longer when the machine is busy); one scenario takes 1-3 min. The
+# benchmark reports: a missed target is printed as MISS and does not fail
+# the script.
 #
-# Environment: LAYERLINK_BENCH_AGENT_PROFILE=release to measure the plain
-# release agent instead; LAYERLINK_BENCH_REPS (runs of the update scenario,
-# default 5); LAYERLINK_BENCH_OUT (default bench/RESULTS.md);
-# LAYERLINK_CACHE (image cache), CARGO_TARGET_DIR as usual.
+# Environment: LAYERLINK_BENCH_SCENARIOS (default: all); LAYERLINK_BENCH_TOOLS
+# (comma-separated: layerlink, skopeo, ostree, ostree-objects, ostree-delta;
+# default: all); LAYERLINK_BENCH_AGENT_PROFILE=release to measure the plain
+# release agent instead; LAYERLINK_BENCH_REPS (runs of the base-a update
+# scenario, default 5); LAYERLINK_BENCH_OUT (default bench/RESULTS.md, or
+# bench/RESULTS-partial.md when only some scenarios run); LAYERLINK_CACHE
+# (image cache), CARGO_TARGET_DIR as usual.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 profile=${LAYERLINK_BENCH_AGENT_PROFILE:-release-agent}
-out=${LAYERLINK_BENCH_OUT:-bench/RESULTS.md}
+if [[ -n ${LAYERLINK_BENCH_SCENARIOS:-} ]]; then
+  out=${LAYERLINK_BENCH_OUT:-bench/RESULTS-partial.md}
+else
+  out=${LAYERLINK_BENCH_OUT:-bench/RESULTS.md}
+fi
 target=${CARGO_TARGET_DIR:-target}
 
-for tool in skopeo umoci /usr/bin/time; do
+for tool in skopeo umoci ostree python3 /usr/bin/time; do
   command -v "$tool" >/dev/null || {
-    echo "bench.sh: $tool is missing (scripts/install-deps.sh; /usr/bin/time is Debian's 'time')" >&2
+    echo "bench.sh: $tool is missing (scripts/install-deps.sh installs it; /usr/bin/time is Debian's 'time')" >&2
     exit 2
   }
 done
@@ -44,6 +58,8 @@ echo "==> bench" >&2
   --registry-bin "$target/release/layerlink-registry" \
   --agent-bin "$target/$profile/layerlink-agent" \
   --agent-label "--profile $profile" \
-  --command "${LAYERLINK_BENCH_AGENT_PROFILE:+LAYERLINK_BENCH_AGENT_PROFILE=$profile }${LAYERLINK_BENCH_REPS:+LAYERLINK_BENCH_REPS=$LAYERLINK_BENCH_REPS }scripts/bench.sh" \
+  --command "$(for v in LAYERLINK_BENCH_SCENARIOS LAYERLINK_BENCH_TOOLS LAYERLINK_BENCH_AGENT_PROFILE LAYERLINK_BENCH_REPS; do
+    [[ -n ${!v:-} ]] && printf '%s=%s ' "$v" "${!v}"
+  done)scripts/bench.sh" \
   --reps "${LAYERLINK_BENCH_REPS:-5}" \
   --out "$out"

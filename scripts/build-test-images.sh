@@ -18,15 +18,35 @@
 #              plus a small /app layer: symlink, hard link, xattr user.test,
 #              empty file, a whiteout of a base file, a >100-char path
 #
+# For the benchmark (scripts/bench.sh), two layers each (base + app, the app
+# installed with apt-get in the image's chroot from deb.debian.org):
+#   upd:v1     debootstrap run #3 (bookworm as released: perl-base etc.) +
+#              an app layer: python3.11-minimal, libpython3.11-stdlib,
+#              openssl (libssl3) at their `bookworm` versions
+#   upd:v2     an independent rebuild with security updates: debootstrap run
+#              #4 + `apt-get upgrade` from bookworm-security/-updates (perl-base
+#              and whatever else has updates) as the base layer, the same app
+#              packages at their bookworm-security versions as the app layer
+#              (the build fails unless perl-base, libpython3.11-stdlib and
+#              libssl3 differ between v1 and v2; versions in packages-upd.txt)
+#   sib:v1     a sibling of upd:v1: debootstrap run #5 (another base built
+#              independently from the same suite) + a different app layer:
+#              curl, sqlite3 at their `bookworm` versions
+#
 # $CACHE is ${LAYERLINK_CACHE:-/var/cache/layerlink}. The result lives in
-# $CACHE/images-$RECIPE and `$CACHE/images` is a symlink swapped atomically
-# when a build finishes; bump RECIPE whenever the recipe changes. A flock
-# keeps parallel runs from colliding; a finished cache makes this a no-op.
-# Downloaded .debs are kept in $CACHE/debs so a rebuild does not download
-# again. Needs root (debootstrap, chroot, device nodes).
+# $CACHE/images-$RECIPE (the harness, tests/src/images.rs, reads the RECIPE
+# line of this script and opens that directory, so work trees with different
+# recipes share one cache without rebuilding each other's images);
+# `$CACHE/images` is a symlink to the newest build, swapped atomically when a
+# build finishes. Bump RECIPE whenever the recipe changes. Other recipes'
+# outputs are left alone unless untouched for 3 days. A flock keeps parallel
+# runs from colliding; a finished cache makes this a no-op. Downloaded .debs
+# are kept in $CACHE/debs and apt's package lists in $CACHE/apt-lists so a
+# rebuild does not download again. Needs root (debootstrap, chroot, device
+# nodes).
 set -euo pipefail
 
-RECIPE="r1-bookworm-minbase"
+RECIPE="r2-bookworm-minbase-upd-sib"
 SUITE=bookworm
 MIRROR=${LAYERLINK_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 CACHE=${LAYERLINK_CACHE:-/var/cache/layerlink}
@@ -41,8 +61,9 @@ if ! flock -n 9; then
   flock 9
 fi
 
-if [[ -f "$FINAL/manifest.txt" && "$(readlink "$CACHE/images" 2>/dev/null)" == "images-$RECIPE" ]]; then
-  log "cached: $CACHE/images ($RECIPE)"
+if [[ -f "$FINAL/manifest.txt" ]]; then
+  log "cached: $FINAL"
+  touch "$FINAL" # in use: keeps other work trees' builds from pruning it
   cat "$FINAL/manifest.txt"
   exit 0
 fi
@@ -65,7 +86,7 @@ cleanup() {
 }
 trap cleanup EXIT
 OCI="$WORK/out/oci"
-mkdir -p "$WORK/out" "$CACHE/debs"
+mkdir -p "$WORK/out" "$CACHE/debs/partial" "$CACHE/apt-lists/partial"
 umoci init --layout "$OCI"
 
 # debootstrap in the background, polling so long runs show progress.
@@ -89,6 +110,60 @@ bootstrap() { # bootstrap NAME TARGET [extra args...]
   # Leave nothing host-specific or volatile a real image would not ship.
   rm -rf "$target/var/cache/apt/archives/"*.deb "$target/var/log/bootstrap.log" "$target/debootstrap"
   log "debootstrap $name done ($(du -sh "$target" | cut -f1))"
+}
+
+# apt-get in an image's chroot against the Debian mirror, with the given
+# suites (e.g. "bookworm bookworm-security"); the .debs and package lists are
+# bind-mounted from the cache and leave nothing in the image.
+SECURITY_MIRROR=${LAYERLINK_DEBIAN_SECURITY_MIRROR:-http://deb.debian.org/debian-security}
+chroot_apt() { # chroot_apt ROOTFS "SUITES" APT-GET-ARGS...
+  local root=$1 suites=$2
+  shift 2
+  local list="$root/etc/apt/sources.list" s
+  : >"$list"
+  for s in $suites; do
+    case $s in
+      *-security) echo "deb $SECURITY_MIRROR $s main" >>"$list" ;;
+      *) echo "deb $MIRROR $s main" >>"$list" ;;
+    esac
+  done
+  cp -L /etc/resolv.conf "$root/etc/resolv.conf"
+  mount --bind "$CACHE/debs" "$root/var/cache/apt/archives"
+  mount --bind "$CACHE/apt-lists" "$root/var/lib/apt/lists"
+  local rc=0
+  chroot "$root" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin DEBIAN_FRONTEND=noninteractive \
+    apt-get -q -o APT::Sandbox::User=root -o Acquire::Retries=3 -o Dpkg::Use-Pty=0 "$@" \
+    >>"$WORK/apt.log" 2>&1 || rc=$?
+  umount "$root/var/lib/apt/lists" "$root/var/cache/apt/archives"
+  if ((rc != 0)); then
+    log "apt-get $* in $root failed; last lines:"
+    tail -n 30 "$WORK/apt.log" >&2
+    exit 1
+  fi
+  # As a Dockerfile's `rm -rf /var/lib/apt/lists/*` would.
+  rm -rf "$root/var/lib/apt/lists/"* "$root/var/cache/apt/"*.bin
+}
+
+# A base layer (debootstrap run NAME, then apt-get upgrade from SUITES if
+# more than one) and an app layer (PACKAGES installed from SUITES).
+two_layer_image() { # two_layer_image TAG NAME "SUITES" PACKAGES...
+  local tag=$1 name=$2 suites=$3
+  shift 3
+  new_image "$tag" "$WORK/$name"
+  bootstrap "$name" "$WORK/$name/rootfs"
+  local R="$WORK/$name/rootfs"
+  log "$tag: apt-get update ($suites)"
+  chroot_apt "$R" "$suites" update
+  if [[ $suites == *" "* ]]; then
+    log "$tag: apt-get upgrade (base layer)"
+    chroot_apt "$R" "$suites" -y upgrade
+  fi
+  log "repack $tag (base layer)"
+  umoci repack --refresh-bundle --image "$OCI:$tag" "$WORK/$name"
+  log "$tag: apt-get install $* (app layer)"
+  chroot_apt "$R" "$suites" -y install --no-install-recommends "$@"
+  umoci repack --image "$OCI:$tag" "$WORK/$name"
+  configure "$tag"
 }
 
 # A new empty image, unpacked so its rootfs can be filled.
@@ -189,10 +264,32 @@ chmod 0750 "$R/app/data"
 umoci repack --image "$OCI:base-b:v1" "$WORK/base-b"
 configure base-b:v1
 
+# ------------------------------------------------------ upd:v1, upd:v2, sib:v1
+UPD_PKGS=(python3.11-minimal libpython3.11-stdlib openssl)
+two_layer_image upd:v1 upd1 "bookworm" "${UPD_PKGS[@]}"
+two_layer_image upd:v2 upd2 "bookworm bookworm-updates bookworm-security" "${UPD_PKGS[@]}"
+two_layer_image sib:v1 sib1 "bookworm" curl sqlite3
+# The update must upgrade packages with large binaries in both layers.
+versions() { chroot "$1" dpkg-query -W -f '${Package} ${Version}\n' | LC_ALL=C sort; }
+versions "$WORK/upd1/rootfs" >"$WORK/upd1.versions"
+versions "$WORK/upd2/rootfs" >"$WORK/upd2.versions"
+{
+  echo "# package  upd:v1  upd:v2 (only the packages whose version differs)"
+  LC_ALL=C join "$WORK/upd1.versions" "$WORK/upd2.versions" | awk '$2 != $3'
+} >"$WORK/out/packages-upd.txt"
+for p in perl-base libpython3.11-stdlib libssl3; do
+  grep -q "^$p " "$WORK/out/packages-upd.txt" || {
+    log "upd:v1 and upd:v2 hold the same $p; the mirror's bookworm-security lacks an update of it?"
+    cat "$WORK/out/packages-upd.txt" >&2
+    exit 1
+  }
+done
+log "upgraded between upd:v1 and upd:v2: $(($(wc -l <"$WORK/out/packages-upd.txt") - 1)) packages"
+
 # --------------------------------------------------------------------- finish
 umoci gc --layout "$OCI"
 log "summary"
-for tag in tiny:v1 tiny:v2 base-a:v1 base-a:v2 base-b:v1; do
+for tag in tiny:v1 tiny:v2 base-a:v1 base-a:v2 base-b:v1 upd:v1 upd:v2 sib:v1; do
   mdigest=$(jq -r --arg t "$tag" \
     '.manifests[] | select(.annotations["org.opencontainers.image.ref.name"] == $t) | .digest' \
     "$OCI/index.json")
@@ -209,9 +306,8 @@ rm -rf "$FINAL"
 mv "$WORK/out" "$FINAL"
 ln -sfn "images-$RECIPE" "$CACHE/images.new"
 mv -T "$CACHE/images.new" "$CACHE/images"
-# Old recipes' outputs are no longer referenced.
-for old in "$CACHE"/images-*; do
-  [[ "$old" == "$FINAL" ]] || rm -rf "$old"
-done
+# Other recipes' outputs may still serve other work trees: remove only those
+# nobody built or used for 3 days.
+find "$CACHE" -maxdepth 1 -name 'images-*' -type d ! -path "$FINAL" -mtime +3 -exec rm -rf {} + || true
 log "done: $CACHE/images"
 cat "$FINAL/manifest.txt"

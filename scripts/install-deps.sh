@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Install the tools the build, the test images and the end-to-end tests need.
+# Install the tools the build, the test images, the end-to-end tests and the
+# benchmark (skopeo, umoci, ostree as peers) need.
 #
 # Idempotent and fast when everything is present: each tool is checked with
 # `command -v`, and apt-get runs (update + install) only when something is
@@ -24,6 +25,8 @@ declare -A PKG_FOR=(
   [tar]=tar
   [zstd]=zstd
   [cc]=gcc
+  # scripts/bench.sh: OSTree as a peer (archive repo, pulls, static deltas).
+  [ostree]=ostree
 )
 # Optional: used for the podman push test when it works here.
 declare -A OPTIONAL_PKG_FOR=([podman]=podman)

@@ -6,8 +6,14 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::sync::OnceLock;
 
-/// The tags the build script makes.
+/// The tags the end-to-end tests use (the build script makes these and
+/// [`BENCH_TAGS`]).
 pub const TAGS: &[&str] = &["tiny:v1", "tiny:v2", "base-a:v1", "base-a:v2", "base-b:v1"];
+
+/// Two-layer images (base + app) for the benchmark's peer comparison:
+/// `upd:v2` is an independent rebuild of `upd:v1` with upgraded packages,
+/// `sib:v1` another app on an independently built base.
+pub const BENCH_TAGS: &[&str] = &["upd:v1", "upd:v2", "sib:v1"];
 
 /// One line of `manifest.txt`.
 #[derive(Debug, Clone)]
@@ -53,6 +59,20 @@ pub fn cache_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/var/cache/layerlink"))
 }
 
+/// The `RECIPE="…"` of the build script: its output is
+/// `$CACHE/images-<RECIPE>`, so work trees with different recipes can share
+/// one cache (the `$CACHE/images` symlink names only the newest build).
+fn recipe(script: &std::path::Path) -> String {
+    let text =
+        std::fs::read_to_string(script).unwrap_or_else(|e| panic!("{}: {e}", script.display()));
+    text.lines()
+        .find_map(|l| l.strip_prefix("RECIPE=\""))
+        .and_then(|rest| rest.split('"').next())
+        .filter(|r| !r.is_empty())
+        .unwrap_or_else(|| panic!("{} has no RECIPE=\"…\" line", script.display()))
+        .to_string()
+}
+
 /// The test images, built first if the cache lacks them or holds another
 /// recipe. Runs `scripts/build-test-images.sh` once per process (it is a
 /// no-op when the cache is current; a lock serialises parallel runs).
@@ -71,7 +91,7 @@ pub fn test_images() -> &'static TestImages {
                 String::from_utf8_lossy(&out.stderr)
             );
         }
-        let dir = cache_dir().join("images");
+        let dir = cache_dir().join(format!("images-{}", recipe(&script)));
         let manifest = std::fs::read_to_string(dir.join("manifest.txt"))
             .unwrap_or_else(|e| panic!("{}/manifest.txt: {e}", dir.display()));
         let images = manifest

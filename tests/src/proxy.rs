@@ -1,8 +1,10 @@
 //! A TCP proxy on loopback that counts the bytes on the wire in both
 //! directions and can cut the connection after a number of bytes.
 
+use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::AtomicU8;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -11,11 +13,16 @@ struct Shared {
     up: AtomicU64,
     down: AtomicU64,
     connections: AtomicU64,
+    /// Numbers connections in `open` (never reset, unlike `connections`).
+    next_id: AtomicU64,
     stop: AtomicBool,
     /// Server→client bytes still allowed before every open connection is
     /// cut (one shot: cleared when it fires).
     cut_down_after: Mutex<Option<u64>>,
-    open: Mutex<Vec<TcpStream>>,
+    /// Both sockets of every open connection, by connection number (a
+    /// connection leaves when both directions are done, so a client that
+    /// opens thousands of connections does not run out of descriptors).
+    open: Mutex<HashMap<u64, [TcpStream; 2]>>,
 }
 
 /// Forwards `127.0.0.1:<port>` to an upstream address, counting bytes.
@@ -42,21 +49,32 @@ impl CountingProxy {
                     continue;
                 };
                 s.connections.fetch_add(1, Ordering::SeqCst);
+                let id = s.next_id.fetch_add(1, Ordering::SeqCst);
                 let _ = client.set_nodelay(true);
                 let _ = server.set_nodelay(true);
-                {
-                    let mut open = s.open.lock().unwrap();
-                    open.push(client.try_clone().expect("clone"));
-                    open.push(server.try_clone().expect("clone"));
+                let clones = (|| {
+                    Ok::<_, std::io::Error>((
+                        [client.try_clone()?, server.try_clone()?],
+                        client.try_clone()?,
+                        server.try_clone()?,
+                    ))
+                })();
+                let Ok((kept, c2, s2)) = clones else {
+                    let _ = client.shutdown(Shutdown::Both);
+                    continue;
+                };
+                s.open.lock().unwrap().insert(id, kept);
+                // The second direction to finish forgets the connection.
+                let pumps_left = Arc::new(AtomicU8::new(2));
+                for (from, to, down) in [(client, server, false), (s2, c2, true)] {
+                    let (sh, left) = (s.clone(), pumps_left.clone());
+                    std::thread::spawn(move || {
+                        pump(from, to, &sh, down);
+                        if left.fetch_sub(1, Ordering::SeqCst) == 1 {
+                            sh.open.lock().unwrap().remove(&id);
+                        }
+                    });
                 }
-                let (c2, s2) = (
-                    client.try_clone().expect("clone"),
-                    server.try_clone().expect("clone"),
-                );
-                let sh = s.clone();
-                std::thread::spawn(move || pump(client, server, &sh, false));
-                let sh = s.clone();
-                std::thread::spawn(move || pump(s2, c2, &sh, true));
             }
         });
         CountingProxy { addr, shared }
@@ -122,8 +140,10 @@ impl Drop for CountingProxy {
 }
 
 fn cut_all(shared: &Shared) {
-    for s in shared.open.lock().unwrap().drain(..) {
-        let _ = s.shutdown(Shutdown::Both);
+    for (_, pair) in shared.open.lock().unwrap().drain() {
+        for s in pair {
+            let _ = s.shutdown(Shutdown::Both);
+        }
     }
 }
 

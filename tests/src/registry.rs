@@ -131,6 +131,11 @@ impl Registry {
         }
     }
 
+    /// The registry process' id (the benchmark reads its CPU time).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The data dir.
     pub fn data_dir(&self) -> &Path {
         &self.data

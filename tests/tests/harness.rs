@@ -109,6 +109,31 @@ fn test_images_have_the_promised_shape() {
         a1[0].digest, a2[0].digest,
         "v2 is a rebuild: new layer digest"
     );
+    // The benchmark's pairs: base + app layers, every layer rebuilt.
+    for tag in layerlink_tests::images::BENCH_TAGS {
+        assert_eq!(images.info(tag).layers, 2, "{tag}");
+    }
+    let (u1, u2, s1) = (
+        layout.layers("upd:v1"),
+        layout.layers("upd:v2"),
+        layout.layers("sib:v1"),
+    );
+    for (a, b) in [(&u1, &u2), (&u1, &s1), (&u2, &s1)] {
+        assert!(
+            a.iter().all(|l| b.iter().all(|m| m.digest != l.digest)),
+            "independent builds share no layer"
+        );
+    }
+    // upd:v2 upgraded packages in both layers (the build script checks
+    // perl-base in the base, python and libssl in the app, and lists them).
+    let upgraded = std::fs::read_to_string(images.oci_dir.join("../packages-upd.txt"))
+        .expect("packages-upd.txt next to the layout");
+    for p in ["perl-base ", "libpython3.11-stdlib ", "libssl3 "] {
+        assert!(
+            upgraded.lines().any(|l| l.starts_with(p)),
+            "{p} not upgraded: {upgraded}"
+        );
+    }
     assert!(
         b1.iter().all(|l| l.digest != a1[0].digest),
         "base-b shares no layer"
@@ -158,4 +183,38 @@ fn counting_proxy_counts_both_directions_and_cuts() {
     let _ = c.read_to_end(&mut got);
     assert_eq!(got.len(), 1_000, "cut after exactly 1000 bytes");
     assert!(!proxy.cut_pending());
+}
+
+#[test]
+fn counting_proxy_releases_closed_connections() {
+    // A client that opens thousands of short connections (OSTree pulling
+    // objects) must not exhaust the process' descriptors through the proxy.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let upstream = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let mut conn = conn.unwrap();
+            let _ = conn.write_all(b"hi");
+        }
+    });
+    let fds = || std::fs::read_dir("/proc/self/fd").unwrap().count();
+    let proxy = CountingProxy::start(upstream);
+    let before = fds();
+    for _ in 0..300 {
+        let mut c = std::net::TcpStream::connect(proxy.addr()).unwrap();
+        let mut got = Vec::new();
+        c.read_to_end(&mut got).unwrap();
+        assert_eq!(got, b"hi");
+    }
+    // The pumps finish just after the client sees EOF.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while fds() > before + 50 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(
+        fds() <= before + 50,
+        "300 closed connections left {} descriptors open",
+        fds() - before
+    );
+    assert_eq!(proxy.connections(), 300);
 }
