@@ -47,8 +47,9 @@ fuzz_target!(|data: &[u8]| {
         (0, Some(r)) => (Digest::of(r), r.len() as u64),
         (1, Some(r)) => (Digest::of(r), r.len() as u64 + 1),
         (2, Some(r)) => (Digest::of(r), (r.len() as u64).saturating_sub(1)),
-        (3, _) => (base, old.len() as u64),
         (_, None) => (Digest::of(b"x"), 1),
+        // 3 (the mask leaves nothing else): the patch names its own base.
+        (_, _) => (base, old.len() as u64),
     };
     if size == 0 {
         return;
