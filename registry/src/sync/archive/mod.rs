@@ -28,6 +28,25 @@ pub use zstd::{FrameWriter, TarOut};
 /// gzip level of archives (a balance for small CPUs on both ends).
 pub const GZIP_LEVEL: u32 = 6;
 
+/// The header fields of a marker entry (`MARKER_DIR/<kind>`): a regular
+/// file of `size` bytes, 0644, owned by root, mtime 0.
+fn marker_fields(path: &[u8], size: u64) -> Fields<'_> {
+    Fields {
+        path,
+        type_flag: b'0',
+        mode: 0o644,
+        uid: 0,
+        gid: 0,
+        size,
+        mtime: 0,
+        link: b"",
+        uname: b"",
+        gname: b"",
+        dev_major: 0,
+        dev_minor: 0,
+    }
+}
+
 /// Writes dedup archive entries (uncompressed tar) to `out`.
 pub struct ArchiveWriter<W: TarOut> {
     out: W,
@@ -78,20 +97,7 @@ impl<W: TarOut> ArchiveWriter<W> {
             tarfmt::pax_record(&mut self.pax, k.as_bytes(), v);
         }
         let path = format!("{MARKER_DIR}/{}", kind.as_str());
-        let f = Fields {
-            path: path.as_bytes(),
-            type_flag: b'0',
-            mode: 0o644,
-            uid: 0,
-            gid: 0,
-            size: content.len() as u64,
-            mtime: 0,
-            link: b"",
-            uname: b"",
-            gname: b"",
-            dev_major: 0,
-            dev_minor: 0,
-        };
+        let f = marker_fields(path.as_bytes(), content.len() as u64);
         self.header.clear();
         tarfmt::entry_header(&mut self.header, &f, &self.pax);
         self.out.write_all(&self.header)?;
@@ -315,20 +321,7 @@ impl<W: TarOut> ArchiveWriter<W> {
         );
         tarfmt::pax_record(&mut self.pax, PAX_DIGEST.as_bytes(), &d.hex_bytes());
         let path = format!("{MARKER_DIR}/{}", Marker::Object.as_str());
-        let f = Fields {
-            path: path.as_bytes(),
-            type_flag: b'0',
-            mode: 0o644,
-            uid: 0,
-            gid: 0,
-            size,
-            mtime: 0,
-            link: b"",
-            uname: b"",
-            gname: b"",
-            dev_major: 0,
-            dev_minor: 0,
-        };
+        let f = marker_fields(path.as_bytes(), size);
         self.header.clear();
         tarfmt::entry_header(&mut self.header, &f, &self.pax);
         self.out.write_all(&self.header)?;
