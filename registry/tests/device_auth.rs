@@ -136,39 +136,7 @@ impl Registry {
     /// Push a one-layer image as `repo:tag`; returns (manifest digest, diff_id).
     fn push_image(&self, repo: &str, tag: &str, content: &[u8]) -> (Digest, Digest) {
         let layer = layer_tar(&[("etc/app.conf", content), ("bin/tool", b"#!/bin/sh\n")]);
-        let diff_id = Digest::of(&layer);
-        let config = serde_json::to_vec(&serde_json::json!({
-            "architecture": "amd64",
-            "os": "linux",
-            "config": {},
-            "rootfs": {"type": "layers", "diff_ids": [diff_id.to_string()]},
-        }))
-        .unwrap();
-        for blob in [&layer, &config] {
-            let d = Digest::of(blob);
-            let status = self.publisher_put(
-                &format!("/v2/{repo}/blobs/uploads/?digest={d}"),
-                "application/octet-stream",
-                blob,
-            );
-            assert_eq!(status.0, 201, "blob push: {}", status.1);
-        }
-        let manifest = serde_json::to_vec(&serde_json::json!({
-            "schemaVersion": 2,
-            "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
-                       "digest": Digest::of(&config).to_string(), "size": config.len()},
-            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar",
-                        "digest": diff_id.to_string(), "size": layer.len()}],
-        }))
-        .unwrap();
-        let status = self.publisher_put(
-            &format!("/v2/{repo}/manifests/{tag}"),
-            "application/vnd.oci.image.manifest.v1+json",
-            &manifest,
-        );
-        assert_eq!(status.0, 201, "manifest push: {}", status.1);
-        (Digest::of(&manifest), diff_id)
+        self.push_layer(repo, tag, layer)
     }
 
     fn devices_json(&self) -> serde_json::Value {
