@@ -170,10 +170,15 @@ fn pump(mut from: TcpStream, mut to: TcpStream, shared: &Shared, down: bool) {
         }
         let counter = if down { &shared.down } else { &shared.up };
         if allowed > 0 {
+            // Count before forwarding: once the bytes are written the peer
+            // can answer, and a test reading the counters after that answer
+            // must see them (counting afterwards raced, and CI caught it).
+            counter.fetch_add(allowed as u64, Ordering::SeqCst);
+            // A failed write stays counted: some of it may have arrived, and
+            // overcounting only makes our figures look worse, never better.
             if to.write_all(&buf[..allowed]).is_err() {
                 break;
             }
-            counter.fetch_add(allowed as u64, Ordering::SeqCst);
         }
         if cut {
             cut_all(shared);
