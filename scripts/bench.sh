@@ -20,6 +20,14 @@
 # benchmark reports: a missed target is printed as MISS and does not fail
 # the script.
 #
+# The agent is linked the way the device build is (cross/: static, not
+# position-independent): `-C target-feature=+crt-static -C
+# relocation-model=static` for the host's gnu target. A dynamically linked,
+# PIE glibc build carries ~800 KiB more resident memory that the device
+# binary does not have (ld.so, libc.so, relocated pages: `--version` peaks at
+# 2,180 KiB dynamic vs 1,388 KiB static on this host);
+# LAYERLINK_BENCH_AGENT_LINK=dynamic measures that build instead.
+#
 # Environment: LAYERLINK_BENCH_SCENARIOS (default: all); LAYERLINK_BENCH_TOOLS
 # (comma-separated: layerlink, skopeo, ostree, ostree-objects, ostree-delta;
 # default: all); LAYERLINK_BENCH_AGENT_PROFILE=release to measure the plain
@@ -47,7 +55,18 @@ done
 
 echo "==> build (release registry, $profile agent, bench driver)" >&2
 cargo build --release -p layerlink-registry --bin layerlink-registry
-cargo build --profile "$profile" -p layerlink-agent --bin layerlink-agent
+host=$(rustc -vV | sed -n 's/^host: //p')
+if [[ ${LAYERLINK_BENCH_AGENT_LINK:-static} == dynamic ]]; then
+  cargo build --profile "$profile" -p layerlink-agent --bin layerlink-agent
+  agent_bin="$target/$profile/layerlink-agent"
+  agent_label="--profile $profile"
+else
+  # --target keeps these flags away from build scripts and proc macros.
+  RUSTFLAGS="-C target-feature=+crt-static -C relocation-model=static" \
+    cargo build --profile "$profile" -p layerlink-agent --bin layerlink-agent --target "$host"
+  agent_bin="$target/$host/$profile/layerlink-agent"
+  agent_label="--profile $profile, static non-PIE like the device build"
+fi
 cargo build --release -p layerlink-tests --bin layerlink-bench
 
 echo "==> test images" >&2
@@ -56,9 +75,9 @@ bash scripts/build-test-images.sh >&2
 echo "==> bench" >&2
 "$target/release/layerlink-bench" \
   --registry-bin "$target/release/layerlink-registry" \
-  --agent-bin "$target/$profile/layerlink-agent" \
-  --agent-label "--profile $profile" \
-  --command "$(for v in LAYERLINK_BENCH_SCENARIOS LAYERLINK_BENCH_TOOLS LAYERLINK_BENCH_AGENT_PROFILE LAYERLINK_BENCH_REPS; do
+  --agent-bin "$agent_bin" \
+  --agent-label "$agent_label" \
+  --command "$(for v in LAYERLINK_BENCH_SCENARIOS LAYERLINK_BENCH_TOOLS LAYERLINK_BENCH_AGENT_PROFILE LAYERLINK_BENCH_AGENT_LINK LAYERLINK_BENCH_REPS; do
     [[ -n ${!v:-} ]] && printf '%s=%s ' "$v" "${!v}"
   done)scripts/bench.sh" \
   --reps "${LAYERLINK_BENCH_REPS:-5}" \

@@ -39,6 +39,11 @@ pub struct Config {
     /// must and marking it "not syncable" (the default, `false`).
     #[serde(default)]
     pub reject_unsyncable: bool,
+    /// Make the zstd frames and likely binary deltas of every pushed image
+    /// in the background right after the push (`sync::precompute`), so the
+    /// first device does not wait for them. Default `true`.
+    #[serde(default)]
+    pub precompute: Option<bool>,
 }
 
 /// A publisher account (HTTP basic auth on `/v2/`).
@@ -88,6 +93,11 @@ impl Config {
             tls.key = dir.join(&tls.key);
         }
         Ok(config)
+    }
+
+    /// Whether pushed images are prepared in the background (default yes).
+    pub fn precompute(&self) -> bool {
+        self.precompute.unwrap_or(true)
     }
 
     /// Whether any publisher is configured (push needs auth then).

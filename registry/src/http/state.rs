@@ -2,6 +2,7 @@
 
 use crate::config::Config;
 use crate::store::storage::Storage;
+use crate::sync::precompute::Precompute;
 use std::sync::Arc;
 
 /// State every handler gets.
@@ -11,14 +12,22 @@ pub struct AppState {
     pub storage: Arc<Storage>,
     /// The config file's contents.
     pub config: Arc<Config>,
+    /// The background thread preparing pushed images (`None` when the
+    /// config turns it off).
+    pub precompute: Option<Arc<Precompute>>,
 }
 
 impl AppState {
     /// State over `storage` and `config`.
     pub fn new(storage: Storage, config: Config) -> AppState {
+        let storage = Arc::new(storage);
+        let precompute = config
+            .precompute()
+            .then(|| Arc::new(Precompute::start(storage.clone())));
         AppState {
-            storage: Arc::new(storage),
+            storage,
             config: Arc::new(config),
+            precompute,
         }
     }
 }

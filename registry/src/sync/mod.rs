@@ -19,5 +19,6 @@ pub mod delta;
 pub mod devices;
 pub mod error;
 pub mod plan;
+pub mod precompute;
 
 pub use error::SyncError;

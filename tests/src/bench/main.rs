@@ -76,6 +76,7 @@ usage: layerlink-bench --registry-bin PATH --agent-bin PATH [--agent-label TEXT]
 ";
 
 const REGISTRY_CONFIG: &str = r#"
+precompute = true
 [[devices]]
 id = "bench"
 token = "tok-bench"
@@ -289,9 +290,46 @@ fn run(opts: &Opts) -> anyhow::Result<()> {
             uncompressed: figures::uncompressed_bytes(&layout, tag)?,
             wall,
             put: (!puts.is_empty()).then(|| puts.iter().map(Duration::as_secs_f64).sum()),
+            precompute: None,
         });
         say(&format!("pushed {tag} in {wall:.1}s"));
     }
+    // The registry prepares each pushed image in the background (zstd
+    // frames, deltas against the repository's other tags): wait for it, so
+    // the scenarios measure serving, and report its cost beside the push.
+    say("waiting for the registry's background preparation of the pushes");
+    let cpu_before = measure::process_cpu(reg.pid())?;
+    let t = Instant::now();
+    let finished = |log: &str| {
+        log.lines()
+            .filter(|l| l.contains("precomputed ") || l.contains("precompute failed"))
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    loop {
+        let lines = finished(&reg.log());
+        if lines.len() >= tags.len() {
+            for (p, l) in pushes.iter_mut().zip(&lines) {
+                p.precompute = l
+                    .rsplit(" in ")
+                    .next()
+                    .and_then(|s| s.split_whitespace().next())
+                    .and_then(|s| s.trim_end_matches('s').parse().ok());
+            }
+            break;
+        }
+        anyhow::ensure!(
+            t.elapsed() < Duration::from_secs(3600),
+            "the registry did not finish preparing the pushes:\n{}",
+            reg.log()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let precompute_cpu = measure::process_cpu(reg.pid())? - cpu_before;
+    say(&format!(
+        "background preparation: {:.1} s wall after the last push, {precompute_cpu:.1} s registry CPU",
+        t.elapsed().as_secs_f64()
+    ));
     let stats = reg.stats();
 
     let ostree_peer = if opts.tools.iter().any(|t| t.is_ostree()) {

@@ -47,6 +47,9 @@ pub struct Push {
     pub uncompressed: u64,
     pub wall: f64,
     pub put: Option<f64>,
+    /// Wall time of the registry's background preparation of this push
+    /// (zstd frames, deltas), from its log.
+    pub precompute: Option<f64>,
 }
 
 /// What the OSTree server side did before the scenarios ran.
@@ -553,13 +556,15 @@ impl Report<'_> {
             "Pushed once each, in this order, with `skopeo copy oci:… docker://…` through a timing proxy. The registry ingests an \
              image's layers inside the manifest PUT: \"ingest\" is the time from that request's first byte to its answer's first \
              byte, and ingest throughput is the image's uncompressed layer tar bytes over it (MB = 10^6 bytes). Push throughput \
-             is the same bytes over the whole skopeo run.\n"
+             is the same bytes over the whole skopeo run. Background preparation: what the registry does once per push after \
+             it answered it (zstd frames of the new objects, deltas against the repository's other tags; one thread, `sync::precompute`), \
+             wall time from its log — devices syncing before it ends make what they need themselves.\n"
         );
         let _ = writeln!(
             w,
-            "| image | layers | compressed | uncompressed tar | push wall | push MB/s | manifest PUT (ingest) | ingest MB/s |"
+            "| image | layers | compressed | uncompressed tar | push wall | push MB/s | manifest PUT (ingest) | ingest MB/s | background preparation |"
         );
-        let _ = writeln!(w, "|---|--:|--:|--:|--:|--:|--:|--:|");
+        let _ = writeln!(w, "|---|--:|--:|--:|--:|--:|--:|--:|--:|");
         for p in self.pushes {
             let (put, rate) = match p.put {
                 Some(s) => (
@@ -570,13 +575,14 @@ impl Report<'_> {
             };
             let _ = writeln!(
                 w,
-                "| {} | {} | {} | {} | {:.2} s | {:.0} | {put} | {rate} |",
+                "| {} | {} | {} | {} | {:.2} s | {:.0} | {put} | {rate} | {} |",
                 p.tag,
                 p.layers,
                 mib(p.compressed),
                 mib(p.uncompressed),
                 p.wall,
-                p.uncompressed as f64 / 1e6 / p.wall.max(1e-9)
+                p.uncompressed as f64 / 1e6 / p.wall.max(1e-9),
+                p.precompute.map_or_else(|| "n/a".into(), |s| format!("{s:.1} s"))
             );
         }
         let stats = self.stats;

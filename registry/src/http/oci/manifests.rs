@@ -150,6 +150,12 @@ pub async fn put(ctx: Ctx, name: &str, reference: &str) -> Reply {
     })
     .await?;
     tracing::info!(repository = name, tag = tag_for_log.as_deref().unwrap_or(""), %digest, "manifest pushed");
+    if let Some(p) = &ctx.state.precompute {
+        p.queue(crate::sync::precompute::Job {
+            repository: name.to_owned(),
+            manifest: digest,
+        });
+    }
     Ok((
         StatusCode::CREATED,
         [

@@ -1,0 +1,223 @@
+//! Work done once per push instead of once per device: after a manifest
+//! is committed, one background thread makes what the first device to sync
+//! the image would otherwise wait for.
+//!
+//! * **zstd content frames** (`sync::archive::zstd`): every object of the
+//!   image's layers at least `inline_below()` bytes gets its cached level-19
+//!   frame. Measured on `upd:v1` (63.5 MB of layers): ~50 s of one core,
+//!   which the first cold sync paid inside its request before.
+//! * **Binary deltas** (`sync::delta`) for the likely pairs: each file of
+//!   the new image against the file at the same path (or the versioned
+//!   name) in the other tagged images of the same repository (at most
+//!   [`MAX_PREVIOUS`] of them), within [`DELTA_BUDGET`] of compute per push.
+//!   Pairs outside the budget are computed on first request, as before
+//!   (`delta::REQUEST_BUDGET` per request).
+//!
+//! The jobs run one at a time in push order on a single thread, so a burst
+//! of pushes costs at most one core; nothing waits for them (a sync that
+//! arrives first makes what it needs itself — cache files are written to a
+//! temporary name and renamed, so both writers are safe). A failure is
+//! logged and forgotten: the caches are an optimisation, never a source of
+//! truth. The config setting `precompute = false` turns this off.
+
+use crate::ingest::image::{self, ParsedManifest};
+use crate::ingest::read_config;
+use crate::store::index::{self, EntryKind};
+use crate::store::storage::Storage;
+use crate::sync::archive::zstd::{inline_below, open_frame};
+use crate::sync::delta::DeltaPlanner;
+use layerlink_proto::Digest;
+use redb::ReadableDatabase as _;
+use std::collections::HashSet;
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Compute time the deltas of one push may take.
+pub const DELTA_BUDGET: Duration = Duration::from_secs(120);
+/// Other tagged images of the repository whose files are delta bases.
+pub const MAX_PREVIOUS: usize = 4;
+
+/// One pushed image to prepare.
+#[derive(Debug, Clone)]
+pub struct Job {
+    /// Repository it was pushed to.
+    pub repository: String,
+    /// Its manifest.
+    pub manifest: Digest,
+}
+
+/// What one job made.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Outcome {
+    /// Frames made (objects whose frame was already cached not counted).
+    pub frames: u64,
+    /// Deltas computed and found worth sending.
+    pub deltas: u64,
+    /// Deltas computed and found not worth it.
+    pub whole: u64,
+}
+
+/// The background thread's queue. Dropping it lets the thread finish the
+/// jobs queued and exit.
+pub struct Precompute {
+    tx: Mutex<mpsc::Sender<Job>>,
+    /// Jobs queued and not finished.
+    pending: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Precompute {
+    /// Start the thread over `storage`.
+    pub fn start(storage: Arc<Storage>) -> Precompute {
+        let (tx, rx) = mpsc::channel::<Job>();
+        let pending = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let left = pending.clone();
+        let spawned = std::thread::Builder::new()
+            .name("precompute".into())
+            .spawn(move || {
+                for job in rx {
+                    let started = Instant::now();
+                    match run(&storage, &job) {
+                        Ok(o) => tracing::info!(
+                            repository = job.repository,
+                            digest = %job.manifest,
+                            "precomputed {} zstd frames, {} deltas ({} not worth sending) in {:.1}s",
+                            o.frames,
+                            o.deltas,
+                            o.whole,
+                            started.elapsed().as_secs_f64()
+                        ),
+                        Err(e) => tracing::warn!(
+                            repository = job.repository,
+                            digest = %job.manifest,
+                            "precompute failed (syncs will compute on demand): {e:#}"
+                        ),
+                    }
+                    left.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::warn!("precompute thread not started: {e}");
+        }
+        Precompute {
+            tx: Mutex::new(tx),
+            pending,
+        }
+    }
+
+    /// Queue `job` (never blocks).
+    pub fn queue(&self, job: Job) {
+        self.pending
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let tx = self.tx.lock().unwrap_or_else(|e| e.into_inner());
+        if tx.send(job).is_err() {
+            self.pending
+                .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    /// Jobs queued and not finished yet.
+    pub fn pending(&self) -> u64 {
+        self.pending.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// The diff_ids of image `manifest` in `repository`; `None` for anything
+/// that is not an ingested container image (indexes, artifacts).
+fn image_layers(
+    storage: &Storage,
+    repository: &str,
+    manifest: &Digest,
+) -> anyhow::Result<Option<Vec<Digest>>> {
+    let Some(stored) = storage.meta().manifest(repository, manifest)? else {
+        return Ok(None);
+    };
+    let m = match image::parse_manifest(&stored.bytes, &stored.media_type)
+        .map_err(anyhow::Error::msg)?
+    {
+        ParsedManifest::Image(m) if m.is_container_image() => m,
+        _ => return Ok(None),
+    };
+    let config = read_config(storage, &m.config.digest)?;
+    Ok(Some(
+        image::config_diff_ids(&config).map_err(anyhow::Error::msg)?,
+    ))
+}
+
+/// Make the frames and deltas of `job` (blocking; what the thread runs).
+pub fn run(storage: &Storage, job: &Job) -> anyhow::Result<Outcome> {
+    let mut out = Outcome::default();
+    let Some(layers) = image_layers(storage, &job.repository, &job.manifest)? else {
+        return Ok(out);
+    };
+    if crate::ingest::unsyncable_reason(storage.db(), &job.manifest)?.is_some() {
+        return Ok(out);
+    }
+    let objects = index::object_store(storage);
+    let txn = storage.db().begin_read()?;
+
+    // Frames of every large object of the image.
+    let threshold = inline_below();
+    let mut seen = HashSet::new();
+    for l in &layers {
+        for d in index::layer_objects(&txn, l)? {
+            if !seen.insert(d) {
+                continue;
+            }
+            let Some(meta) = index::object_meta(&txn, &d)? else {
+                continue;
+            };
+            if meta.size < threshold {
+                continue;
+            }
+            let path = crate::sync::archive::zstd::frame_path(&objects, &d);
+            if path.exists() {
+                continue;
+            }
+            open_frame(&objects, &d, meta.size)?;
+            out.frames += 1;
+        }
+    }
+
+    // Deltas against the repository's other tagged images.
+    let mut previous: Vec<Digest> = Vec::new();
+    let mut tagged = storage.meta().tagged(&job.repository)?;
+    tagged.sort();
+    let mut images: Vec<Digest> = tagged.into_iter().map(|(_, d)| d).collect();
+    images.dedup();
+    images.retain(|d| *d != job.manifest);
+    for d in images.iter().take(MAX_PREVIOUS) {
+        for l in image_layers(storage, &job.repository, d)?.unwrap_or_default() {
+            if !layers.contains(&l) && !previous.contains(&l) {
+                previous.push(l);
+            }
+        }
+    }
+    if previous.is_empty() {
+        return Ok(out);
+    }
+    let held_objects: HashSet<Digest> = previous
+        .iter()
+        .map(|l| index::layer_objects(&txn, l))
+        .collect::<Result<Vec<_>, _>>()?
+        .into_iter()
+        .flatten()
+        .collect();
+    let mut planner = DeltaPlanner::new(&txn, &objects, &previous)?.with_budget(DELTA_BUDGET);
+    for l in &layers {
+        for rec in index::layer_entries(&txn, l)? {
+            let rec = rec?;
+            if rec.kind != EntryKind::File {
+                continue;
+            }
+            let Some(obj) = rec.object else { continue };
+            if held_objects.contains(&obj) {
+                continue;
+            }
+            planner.patch_for(&rec.path, &obj, rec.size);
+        }
+    }
+    out.deltas = planner.stats.sent;
+    out.whole = planner.stats.whole;
+    Ok(out)
+}
