@@ -423,7 +423,14 @@ fn pushed_images_are_prepared_in_the_background_so_syncs_compute_nothing() {
     // registry makes no frame and computes no delta for either request.
     let proxy = CountingProxy::start(reg.addr());
     let agent = Agent::new(TOKEN);
-    sync(&agent, &proxy, OLD);
+    let (cold, _) = sync(&agent, &proxy, OLD);
+    assert!(
+        reg.log().contains("archive served from the cold archive cache"),
+        "the cold sync did not get the cached cold archive:\n{}",
+        reg.log()
+    );
+    eprintln!("cold sync of {OLD} from the cold archive cache: {cold} B on the wire");
+    assert_checkout_matches_umoci(&agent, OLD);
     let (cost, _) = sync(&agent, &proxy, NEW);
     assert_eq!(
         count_files(&frames_dir),

@@ -625,3 +625,103 @@ fn batched_header_frames_cost_less_than_one_per_entry() {
     assert!(hf < 10 && hf1 >= 400, "{hf} {hf1}");
     assert!(batched.len() * 3 < single.len());
 }
+
+#[test]
+fn a_cached_cold_archive_is_the_same_tar_and_serves_only_devices_holding_nothing() {
+    let r = MemRegistry::new();
+    let big: Vec<u8> = (0..600_000u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8 % 7)
+        .collect();
+    let base = TarBuilder::new()
+        .file("etc/hostname", b"edge\n")
+        .file("big", &big)
+        .file("big-copy-with-a-twist", &[&big[..300_000], b"twist"].concat())
+        .finish_ref();
+    let (_, ids) = r.push("r", "1", &[sample_tar(), base]);
+    let meta = Metadata {
+        manifest: b"{\"manifest\":1}",
+        config: b"{\"config\":1}",
+    };
+    let every = Features::parse("zstd,layer-base,file-delta");
+    let archive = |held: &HeldSet, features: Features| {
+        write_image_archive_with(
+            &r.ts.db,
+            &r.ts.objects,
+            Some(meta),
+            &ids,
+            held,
+            features,
+            Vec::new(),
+        )
+        .unwrap()
+    };
+    let spliced = archive(&HeldSet::default(), every);
+    let tar = ::zstd::decode_all(&spliced[..]).unwrap();
+
+    let (len, made) = cold::make(&r.ts.db, &r.ts.objects, Some(meta), &ids).unwrap();
+    assert!(made);
+    assert_eq!(
+        cold::make(&r.ts.db, &r.ts.objects, Some(meta), &ids).unwrap(),
+        (len, false),
+        "made once"
+    );
+    // Served for a device that holds nothing, with any features: the same
+    // tar stream, smaller than the spliced one (the copy shares a window
+    // with the original).
+    let cached = archive(&HeldSet::default(), every);
+    assert_eq!(cached.len() as u64, len);
+    assert_ne!(cached, spliced);
+    assert_eq!(::zstd::decode_all(&cached[..]).unwrap(), tar);
+    assert!(
+        cached.len() < spliced.len(),
+        "{} vs {}",
+        cached.len(),
+        spliced.len()
+    );
+    // Its frames stay within the window limit.
+    let mut rest = &cached[..];
+    while !rest.is_empty() {
+        let n = ::zstd::zstd_safe::find_frame_compressed_size(rest).unwrap();
+        let mut window = [0u8; 1];
+        // Frame header: magic, descriptor, then the window descriptor
+        // unless single-segment.
+        let desc = rest[4];
+        if desc & 0x20 == 0 {
+            window[0] = rest[5];
+            let exp = u64::from(window[0] >> 3);
+            assert!(1u64 << (10 + exp) <= 256 * 1024, "window {:#x}", window[0]);
+        }
+        rest = &rest[n..];
+    }
+    // Not for a device that holds something, nor without metadata, nor for
+    // gzip.
+    let held = HeldSet {
+        layers: vec![ids[0]],
+        objects: Vec::new(),
+    };
+    assert_ne!(archive(&held, every), cached);
+    let without_meta = write_image_archive_with(
+        &r.ts.db,
+        &r.ts.objects,
+        None,
+        &ids,
+        &HeldSet::default(),
+        every,
+        Vec::new(),
+    )
+    .unwrap();
+    assert_ne!(without_meta, cached);
+    assert_eq!(
+        flate2::read::GzDecoder::new(&archive(&HeldSet::default(), Features::default())[..])
+            .bytes()
+            .count(),
+        tar.len()
+    );
+    // A torn cache file is ignored (and remade).
+    let p = cold::path(&r.ts.objects, &cold::key(Some(&meta), &ids));
+    let f = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
+    f.set_len(len / 2).unwrap();
+    drop(f);
+    assert_eq!(::zstd::decode_all(&archive(&HeldSet::default(), every)[..]).unwrap(), tar);
+    assert!(cold::make(&r.ts.db, &r.ts.objects, Some(meta), &ids).unwrap().1);
+}

@@ -38,7 +38,7 @@ pub const HEADER_BATCH: usize = 128 * 1024;
 pub const DEFAULT_INLINE_BELOW: u64 = 16 * 1024;
 /// Default level of the cached content frames.
 pub const DEFAULT_FRAME_LEVEL: i32 = 19;
-const TRAILER_MAGIC: &[u8; 4] = b"LLZ1";
+pub(crate) const TRAILER_MAGIC: &[u8; 4] = b"LLZ1";
 const TRAILER: u64 = 12;
 
 /// Level of cached content frames: `LAYERLINK_ZSTD_LEVEL` (1..=22) when
@@ -103,7 +103,7 @@ pub fn open_frame(objects: &ObjectStore, d: &Digest, size: u64) -> io::Result<(F
 }
 
 /// The frame length if `f`'s trailer is intact; leaves `f` at offset 0.
-fn check_trailer(f: &mut File) -> io::Result<Option<u64>> {
+pub(crate) fn check_trailer(f: &mut File) -> io::Result<Option<u64>> {
     let total = f.metadata()?.len();
     if total < TRAILER + 4 {
         return Ok(None);
@@ -151,9 +151,9 @@ fn make_frame(objects: &ObjectStore, d: &Digest, size: u64, path: &PathBuf) -> i
     result
 }
 
-struct Counted<W> {
-    inner: W,
-    n: u64,
+pub(crate) struct Counted<W> {
+    pub(crate) inner: W,
+    pub(crate) n: u64,
 }
 
 impl<W: Write> Write for Counted<W> {
@@ -228,6 +228,24 @@ impl<W: Write> FrameWriter<W> {
             per_entry,
             inline_below: inline_below(),
         })
+    }
+
+    /// A writer that compresses *everything* (content included, nothing
+    /// spliced) at `level`, in frames of at most `batch` bytes of tar: the
+    /// cached cold archives (`cold.rs`), made once in the background, where
+    /// neighbouring files may share a window.
+    pub fn whole(out: W, level: i32, batch: usize) -> io::Result<Self> {
+        let mut w = Self::with_batch(out, HEADER_BATCH, false)?;
+        w.compressor = zstd::bulk::Compressor::new(level)?;
+        w.compressor
+            .set_parameter(zstd::zstd_safe::CParameter::WindowLog(ZSTD_MAX_WINDOW_LOG))?;
+        w.compressor
+            .set_parameter(zstd::zstd_safe::CParameter::ChecksumFlag(false))?;
+        w.compressor
+            .set_parameter(zstd::zstd_safe::CParameter::ContentSizeFlag(true))?;
+        w.batch = batch.max(1);
+        w.inline_below = u64::MAX;
+        Ok(w)
     }
 
     fn flush_pending(&mut self) -> io::Result<()> {
