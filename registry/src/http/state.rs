@@ -20,6 +20,9 @@ pub struct AppState {
 impl AppState {
     /// State over `storage` and `config`.
     pub fn new(storage: Storage, config: Config) -> AppState {
+        if let Some(l) = config.zstd_level {
+            crate::sync::archive::zstd::set_frame_level(l);
+        }
         let storage = Arc::new(storage);
         let precompute = config
             .precompute()

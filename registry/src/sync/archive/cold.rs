@@ -13,7 +13,7 @@
 //! What is cached is exactly what [`super::write_image_archive_with`]
 //! writes for an empty holdings set — the same code writes it, into
 //! [`FrameWriter::whole`] frames of at most [`BATCH`] bytes of tar at
-//! [`LEVEL`] and the archive window limit — so the decompressed stream is
+//! the frame level (19 unless configured) and the archive window limit — so the decompressed stream is
 //! byte for byte the one a device would get without the cache (a test
 //! checks it). With no holdings, no feature changes the tar stream
 //! (`layer-base` and `file-delta` need held layers), so one file serves every
@@ -24,7 +24,7 @@
 //! frame cache (`zstd.rs`); written to a temporary name and renamed; a file
 //! whose trailer does not match is ignored.
 
-use super::zstd::{check_trailer, Counted, FrameWriter, TRAILER_MAGIC};
+use super::zstd::{check_trailer, frame_level, Counted, FrameWriter, TRAILER_MAGIC};
 use super::{image_body, ArchiveWriter, Features, Metadata};
 use crate::store::objects::ObjectStore;
 use crate::sync::plan::{Dedup, HeldObjects};
@@ -39,8 +39,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Version of the cached layout (in the key and the directory name).
 pub const FORMAT: u32 = 1;
-/// zstd level of cold archives.
-pub const LEVEL: i32 = 19;
 /// Most tar bytes per frame (a frame restarts the window: 4 MiB frames cost
 /// ~0.1 % over one frame, and keep the writer's buffer bounded).
 pub const BATCH: usize = 4 << 20;
@@ -119,7 +117,7 @@ pub fn make(
             let held_objects = HeldObjects::load(&txn, &held, 0).map_err(io::Error::other)?;
             let mut dedup = Dedup::new(&held_objects);
             let mut w = ArchiveWriter::new(
-                FrameWriter::whole(&mut counted, LEVEL, BATCH)?,
+                FrameWriter::whole(&mut counted, frame_level(), BATCH)?,
                 objects.clone(),
             );
             let features = Features {

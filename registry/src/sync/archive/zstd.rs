@@ -41,15 +41,30 @@ pub const DEFAULT_FRAME_LEVEL: i32 = 19;
 pub(crate) const TRAILER_MAGIC: &[u8; 4] = b"LLZ1";
 const TRAILER: u64 = 12;
 
-/// Level of cached content frames: `LAYERLINK_ZSTD_LEVEL` (1..=22) when
-/// set, else [`DEFAULT_FRAME_LEVEL`]. Frames already cached keep the level
-/// they were made with.
+/// The config's `zstd_level`, 0 when not set.
+static CONFIGURED_LEVEL: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+/// Set the level of the frames and cold archives this process makes (the
+/// config's `zstd_level`; 1..=22, anything else is ignored).
+pub fn set_frame_level(level: i32) {
+    if (1..=22).contains(&level) {
+        CONFIGURED_LEVEL.store(level, Ordering::Relaxed);
+    }
+}
+
+/// Level of cached content frames and cold archives: `LAYERLINK_ZSTD_LEVEL`
+/// (1..=22) when set, else the config's `zstd_level`, else
+/// [`DEFAULT_FRAME_LEVEL`]. Frames already cached keep the level they were
+/// made with.
 pub fn frame_level() -> i32 {
     std::env::var("LAYERLINK_ZSTD_LEVEL")
         .ok()
         .and_then(|v| v.trim().parse().ok())
         .filter(|l| (1..=22).contains(l))
-        .unwrap_or(DEFAULT_FRAME_LEVEL)
+        .unwrap_or_else(|| match CONFIGURED_LEVEL.load(Ordering::Relaxed) {
+            0 => DEFAULT_FRAME_LEVEL,
+            l => l,
+        })
 }
 
 /// See [`DEFAULT_INLINE_BELOW`].
