@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Install the tools the build, the test images, the end-to-end tests and the
-# benchmark (skopeo, umoci, ostree as peers) need.
+# benchmark (skopeo, umoci, ostree as peers) need, and the ORAS Python SDK
+# (the OCI artifact client of tests/tests/oras_e2e.rs) in a venv outside the
+# clone: ${LAYERLINK_CACHE:-/var/cache/layerlink}/oras-venv.
 #
 # Idempotent and fast when everything is present: each tool is checked with
 # `command -v`, and apt-get runs (update + install) only when something is
@@ -35,6 +37,10 @@ missing=()
 for cmd in "${!PKG_FOR[@]}"; do
   command -v "$cmd" >/dev/null 2>&1 || missing+=("${PKG_FOR[$cmd]}")
 done
+# `python3 -m venv` needs ensurepip, which Debian ships in python3-venv.
+if command -v python3 >/dev/null 2>&1 && ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
+  missing+=(python3-venv)
+fi
 optional=()
 for cmd in "${!OPTIONAL_PKG_FOR[@]}"; do
   command -v "$cmd" >/dev/null 2>&1 || optional+=("${OPTIONAL_PKG_FOR[$cmd]}")
@@ -47,7 +53,34 @@ if ! command -v cargo-fuzz >/dev/null 2>&1 && ! [[ -x "$HOME/.cargo/bin/cargo-fu
   cargo install --locked cargo-fuzz
 fi
 
+# The ORAS Python SDK, pinned with its dependencies by
+# tests/oras/requirements.txt, in a venv the e2e test runs
+# (LAYERLINK_ORAS_PYTHON overrides where). Rebuilt only when the
+# requirements change or the venv does not import `oras`.
+install_oras_venv() {
+  local venv="${LAYERLINK_CACHE:-/var/cache/layerlink}/oras-venv"
+  local req
+  req="$(dirname "$0")/../tests/oras/requirements.txt"
+  mkdir -p "$(dirname "$venv")"
+  # Work trees sharing the cache may run this at once.
+  exec 9>"$venv.lock"
+  flock 9
+  if [[ -x "$venv/bin/python" ]] && cmp -s "$req" "$venv/layerlink-requirements.txt" &&
+    "$venv/bin/python" -c 'import oras.client' >/dev/null 2>&1; then
+    flock -u 9
+    return
+  fi
+  echo "install-deps: ORAS Python SDK venv at $venv"
+  rm -rf "$venv"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check -r "$req"
+  "$venv/bin/python" -c 'import oras.client'
+  cp "$req" "$venv/layerlink-requirements.txt"
+  flock -u 9
+}
+
 if ((${#missing[@]} == 0 && ${#optional[@]} == 0)); then
+  install_oras_venv
   echo "install-deps: all tools present"
   exit 0
 fi
@@ -75,4 +108,5 @@ fi
 for cmd in "${!PKG_FOR[@]}"; do
   command -v "$cmd" >/dev/null 2>&1 || { echo "install-deps: $cmd still missing" >&2; exit 1; }
 done
+install_oras_venv
 echo "install-deps: done"

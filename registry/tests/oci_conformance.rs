@@ -9,9 +9,11 @@
 //! repository (CI has `../shared` too), or `LAYERLINK_OCI_CONFORMANCE`.
 //! It is never skipped: a missing binary is a failure.
 
-use std::io::{BufRead, BufReader};
+mod serve;
+
+use serve::Served;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 
 fn suite() -> PathBuf {
     if let Some(p) = std::env::var_os("LAYERLINK_OCI_CONFORMANCE") {
@@ -27,53 +29,9 @@ fn suite() -> PathBuf {
     p
 }
 
-struct Registry {
-    child: Child,
-    base: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Registry {
-    fn start(config: &str) -> Registry {
-        let dir = tempfile::tempdir().unwrap();
-        let cfg = dir.path().join("registry.toml");
-        std::fs::write(&cfg, config).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_layerlink-registry"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--data"])
-            .arg(dir.path().join("data"))
-            .arg("--config")
-            .arg(&cfg)
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(dir.path().join("stderr.log")).unwrap())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let base = line
-            .trim()
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("no listening line: {line:?}"))
-            .to_owned();
-        Registry {
-            child,
-            base,
-            _dir: dir,
-        }
-    }
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// Run the whole suite; returns (passed, failed) and panics with the
 /// suite's output when any spec failed.
-fn run_suite(reg: &Registry, auth: Option<(&str, &str)>) -> (u32, u32) {
+fn run_suite(reg: &Served, auth: Option<(&str, &str)>) -> (u32, u32) {
     let report = tempfile::tempdir().unwrap();
     let mut cmd = Command::new(suite());
     cmd.current_dir(report.path())
@@ -121,7 +79,7 @@ fn run_suite(reg: &Registry, auth: Option<(&str, &str)>) -> (u32, u32) {
 
 #[test]
 fn conformance_anonymous_push() {
-    let reg = Registry::start("");
+    let reg = Served::start(Some(""), None);
     let (passed, _) = run_suite(&reg, None);
     // All four workflows ran (59 specs in v1.0.1 with a mount namespace).
     assert!(passed >= 59, "only {passed} specs passed");
@@ -129,12 +87,15 @@ fn conformance_anonymous_push() {
 
 #[test]
 fn conformance_with_publisher_auth() {
-    let reg = Registry::start(
-        r#"
+    let reg = Served::start(
+        Some(
+            r#"
 [[publishers]]
 user = "ci"
 password = "conformance-pw"
 "#,
+        ),
+        None,
     );
     let (passed, _) = run_suite(&reg, Some(("ci", "conformance-pw")));
     assert!(passed >= 59, "only {passed} specs passed");
@@ -186,7 +147,7 @@ fn header<'a>(hs: &'a [(String, String)], name: &str) -> Option<&'a str> {
         .map(|(_, v)| v.as_str())
 }
 
-fn push_blob(reg: &Registry, repo: &str, blob: &[u8]) -> Digest {
+fn push_blob(reg: &Served, repo: &str, blob: &[u8]) -> Digest {
     let d = Digest::of(blob);
     let (s, _, b) = call(
         "POST",
@@ -199,7 +160,7 @@ fn push_blob(reg: &Registry, repo: &str, blob: &[u8]) -> Digest {
 }
 
 fn push_manifest(
-    reg: &Registry,
+    reg: &Served,
     repo: &str,
     reference: &str,
     m: &serde_json::Value,
@@ -216,11 +177,7 @@ fn push_manifest(
 
 /// An image whose only "tar" layer is random bytes (what the conformance
 /// suite pushes), as `repo:tag`.
-fn push_unsplittable_image(
-    reg: &Registry,
-    repo: &str,
-    tag: &str,
-) -> (u16, Vec<u8>, Digest, Digest) {
+fn push_unsplittable_image(reg: &Served, repo: &str, tag: &str) -> (u16, Vec<u8>, Digest, Digest) {
     let layer: Vec<u8> = (0..4096u32)
         .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
         .collect();
@@ -249,7 +206,7 @@ fn push_unsplittable_image(
 
 #[test]
 fn referrers_list_artifacts_by_subject_and_type() {
-    let reg = Registry::start("");
+    let reg = Served::start(Some(""), None);
     let repo = "apps/signed";
     let (s, b, image, _) = push_unsplittable_image(&reg, repo, "v1");
     assert_eq!(s, 201, "{}", String::from_utf8_lossy(&b));
@@ -379,9 +336,12 @@ fn referrers_list_artifacts_by_subject_and_type() {
 #[test]
 fn an_unsplittable_image_is_stored_but_a_device_gets_a_clear_error() {
     let token = "tok-unsync-0123456789";
-    let reg = Registry::start(&format!(
-        "[[devices]]\nid = \"gw\"\ntoken = \"{token}\"\nrepositories = [\"*\"]\n"
-    ));
+    let reg = Served::start(
+        Some(&format!(
+            "[[devices]]\nid = \"gw\"\ntoken = \"{token}\"\nrepositories = [\"*\"]\n"
+        )),
+        None,
+    );
     let (s, b, image, layer) = push_unsplittable_image(&reg, "apps/blob", "v1");
     assert_eq!(s, 201, "{}", String::from_utf8_lossy(&b));
     let (s, _, b) = call(
@@ -435,9 +395,9 @@ fn an_unsplittable_image_is_stored_but_a_device_gets_a_clear_error() {
         e.message
     );
     // `stats` shows it.
-    let out = Command::new(env!("CARGO_BIN_EXE_layerlink-registry"))
+    let out = Command::new(serve::bin())
         .args(["stats", "--data"])
-        .arg(reg._dir.path().join("data"))
+        .arg(&reg.data)
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
@@ -447,7 +407,7 @@ fn an_unsplittable_image_is_stored_but_a_device_gets_a_clear_error() {
     );
 
     // Strict mode refuses it at push time instead.
-    let strict = Registry::start("reject_unsyncable = true\n");
+    let strict = Served::start(Some("reject_unsyncable = true\n"), None);
     let (s, b, _, _) = push_unsplittable_image(&strict, "apps/blob", "v1");
     assert_eq!(s, 400, "{}", String::from_utf8_lossy(&b));
     assert!(String::from_utf8_lossy(&b).contains("MANIFEST_INVALID"));

@@ -86,3 +86,55 @@ pub fn image_files(layout: &OciLayout, tags: &[&str]) -> LayerFiles {
     }
     all
 }
+
+/// The same figures counted by another tar implementation: Python's
+/// `tarfile` (`tests/oracle/tar_count.py`, run with `python3`), over every
+/// distinct layer of `tags`. Independent of both the registry's ingest and
+/// [`image_files`] (which use the `tar` crate).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TarfileCount {
+    /// Tar members.
+    pub entries: u64,
+    /// Regular files.
+    pub regular_files: u64,
+    /// Sum of regular-file sizes.
+    pub logical_bytes: u64,
+    /// Distinct non-empty contents.
+    pub distinct_nonempty: u64,
+}
+
+/// Run the Python `tarfile` oracle over the distinct layers of `tags`.
+pub fn tarfile_count(layout: &OciLayout, tags: &[&str]) -> TarfileCount {
+    let mut seen = BTreeSet::new();
+    let mut paths = Vec::new();
+    for tag in tags {
+        for layer in layout.layers(tag) {
+            if seen.insert(layer.digest.clone()) {
+                paths.push(layout.blob_path(&layer.digest));
+            }
+        }
+    }
+    let script = crate::bins::workspace_root().join("tests/oracle/tar_count.py");
+    let out = crate::run_ok(
+        std::process::Command::new("python3")
+            .arg(&script)
+            .args(&paths),
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{} printed no JSON ({e}): {}",
+            script.display(),
+            String::from_utf8_lossy(&out.stdout)
+        )
+    });
+    let get = |k: &str| {
+        v[k].as_u64()
+            .unwrap_or_else(|| panic!("tar_count.py: no `{k}` in {v}"))
+    };
+    TarfileCount {
+        entries: get("entries"),
+        regular_files: get("regular_files"),
+        logical_bytes: get("logical_bytes"),
+        distinct_nonempty: get("distinct_nonempty"),
+    }
+}

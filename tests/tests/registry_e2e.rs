@@ -6,7 +6,7 @@
 
 use layerlink_tests::http::{request, request_declaring, Response};
 use layerlink_tests::images::TAGS;
-use layerlink_tests::layers::{image_files, LayerFiles};
+use layerlink_tests::layers::{image_files, tarfile_count, LayerFiles};
 use layerlink_tests::oci::skopeo_push_output;
 use layerlink_tests::{
     sha256_file, sha256_hex, skopeo_pull, skopeo_push, test_images, OciLayout, Registry,
@@ -57,6 +57,56 @@ fn assert_stats_match(stats: &serde_json::Value, expected_layers: u64, files: &L
         get("distinct_objects") as usize,
         files.distinct_nonempty(),
         "distinct objects vs an independent count of distinct non-empty contents: {stats}"
+    );
+}
+
+/// The registry's figures against a second tar implementation (Python's
+/// `tarfile`), so that a bug shared by ingest and [`image_files`] (both use
+/// the `tar` crate) cannot agree with itself.
+fn assert_stats_match_tarfile(stats: &serde_json::Value, src: &OciLayout) {
+    let py = tarfile_count(src, TAGS);
+    let got = |k: &str| stats[k].as_u64().unwrap();
+    assert_eq!(
+        (
+            got("file_entries"),
+            got("regular_files"),
+            got("logical_bytes"),
+            got("distinct_objects")
+        ),
+        (
+            py.entries,
+            py.regular_files,
+            py.logical_bytes,
+            py.distinct_nonempty
+        ),
+        "(entries, regular files, logical bytes, distinct objects): registry vs Python tarfile"
+    );
+}
+
+/// `stored_bytes` (from the registry's database) against the object files
+/// actually on disk under `DATA/objects`.
+fn assert_stored_bytes_on_disk(stats: &serde_json::Value, reg: &Registry) {
+    fn walk(dir: &std::path::Path, files: &mut u64, bytes: &mut u64) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let e = e.unwrap();
+            let m = std::fs::symlink_metadata(e.path()).unwrap();
+            if m.is_dir() {
+                walk(&e.path(), files, bytes);
+            } else if m.is_file() {
+                *files += 1;
+                *bytes += m.len();
+            }
+        }
+    }
+    let (mut files, mut bytes) = (0, 0);
+    walk(&reg.data_dir().join("objects"), &mut files, &mut bytes);
+    assert_eq!(
+        (files, bytes),
+        (
+            stats["distinct_objects"].as_u64().unwrap(),
+            stats["stored_bytes"].as_u64().unwrap()
+        ),
+        "(object files, bytes) on disk vs stats (distinct_objects, stored_bytes)"
     );
 }
 
@@ -115,6 +165,8 @@ fn every_test_image_round_trips_byte_identical_and_files_are_stored_once() {
         .collect();
     let stats = stats_after_ingest(&reg, distinct_layers.len() as u64);
     assert_stats_match(&stats, distinct_layers.len() as u64, &files);
+    assert_stats_match_tarfile(&stats, &src);
+    assert_stored_bytes_on_disk(&stats, &reg);
     // The point of it all: three ~170 MB Debian trees cost little more than one.
     let one = image_files(&src, &["base-a:v1"]);
     assert!(

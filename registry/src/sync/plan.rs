@@ -342,8 +342,14 @@ pub fn resolve_image(
         ParsedManifest::Other(what) => return Err(bad(format!("{what} is not supported"))),
     };
     if !image.is_container_image() {
+        // An OCI artifact (ORAS, cosign, SBOMs): served over /v2/ only.
+        let artifact_type = serde_json::from_slice::<serde_json::Value>(&manifest.bytes)
+            .ok()
+            .and_then(|v| v.get("artifactType")?.as_str().map(str::to_owned))
+            .unwrap_or_else(|| image.config.media_type.clone());
         return Err(bad(format!(
-            "config type {} is not a container image",
+            "is an OCI artifact (type {artifact_type}, config type {}), not a container \
+             image; artifacts are served over /v2/ only and never synced to devices",
             image.config.media_type
         )));
     }

@@ -1,6 +1,6 @@
 //! Start the real `layerlink-registry serve` for a test: one helper for
 //! every test file that talks to a running registry (`oci_api`,
-//! `edit_registry`, `device_auth`).
+//! `edit_registry`, `device_auth`, `oci_conformance`).
 
 // Each test file is its own crate and uses a different part of this.
 #![allow(dead_code)]

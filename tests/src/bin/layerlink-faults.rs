@@ -1,18 +1,22 @@
 //! `layerlink-faults`: power-cut and network-fault harnesses for the agent.
 //!
 //! ```text
-//! layerlink-faults power [--cuts N] [--seed S] [--check-every K] [--release]
+//! layerlink-faults power [--cuts N] [--seed S] [--release]
 //! layerlink-faults net   [--faults N] [--seed S] [--retry-for SECS] [--release]
 //! ```
 //!
 //! `power` SIGKILLs `layerlink-agent sync` at seeded delays over three
 //! scenarios (cold base-a:v1, base-a:v1→v2, base-a:v1→base-b:v1); after each
 //! cut `verify` must pass, a rerun must finish and the checkout must equal
-//! `umoci unpack`. `net` syncs through a proxy that cuts, stalls, truncates
+//! `umoci unpack` (every cut). Cuts that landed after the sync had finished
+//! are reported apart: the survival figure counts only cuts that hit a
+//! running sync. `net` syncs through a proxy that cuts, stalls, truncates
 //! and answers 503, then through one that always fails (exit 3 expected).
 //! `--release` uses `target/release` binaries (build them first). The last
 //! line is machine-readable: `RESULT kind survived tried excess_total
-//! excess_worst seed`. Exit 1 if anything failed.
+//! excess_worst seed [after_completion after_completion_survived]` (for
+//! `power`, survived/tried are the mid-sync cuts). Exit 1 if anything
+//! failed.
 
 use layerlink_tests::args::{mib, num};
 use layerlink_tests::bins::target_dir;
@@ -49,7 +53,6 @@ fn main() {
     match mode.as_str() {
         "power" => {
             let cuts = num(&args, "--cuts", 30);
-            let check_every = num(&args, "--check-every", 5);
             let per = cuts.div_ceil(SCENARIOS.len() as u64);
             for (k, sc) in SCENARIOS.iter().enumerate() {
                 let p = prepare(*sc, &work.path().join(format!("s{k}")));
@@ -59,13 +62,14 @@ fn main() {
                     mib(p.uncut_bytes),
                     p.uncut_time.as_secs_f64()
                 );
-                let r = power_cuts(&p, per, seed.wrapping_add(k as u64), check_every);
+                let r = power_cuts(&p, per, seed.wrapping_add(k as u64));
                 println!(
-                    "{}: survived {}/{} (killed mid-sync {}), re-downloaded total {} worst {} (uncut {})",
+                    "{}: mid-sync cuts survived {}/{}; cuts after completion {} (survived {}); re-downloaded total {} worst {} (uncut {})",
                     sc.name,
-                    r.survived,
-                    r.tried,
+                    r.survived_mid_sync,
                     r.killed_mid_sync,
+                    r.after_completion,
+                    r.survived - r.survived_mid_sync,
                     mib(r.excess_total),
                     mib(r.excess_worst),
                     mib(r.uncut_bytes)
@@ -76,17 +80,24 @@ fn main() {
                 total.add(&r);
             }
             println!(
-                "power cuts: survived {}/{} (killed mid-sync {}), seed {seed}, re-downloaded total {} worst {}, {:.0}s",
-                total.survived,
-                total.tried,
+                "power cuts: mid-sync cuts survived {}/{} ({} cuts tried, {} after completion, {} of those survived), seed {seed}, re-downloaded total {} worst {}, {:.0}s",
+                total.survived_mid_sync,
                 total.killed_mid_sync,
+                total.tried,
+                total.after_completion,
+                total.survived - total.survived_mid_sync,
                 mib(total.excess_total),
                 mib(total.excess_worst),
                 t0.elapsed().as_secs_f64()
             );
             println!(
-                "RESULT power {} {} {} {} {seed}",
-                total.survived, total.tried, total.excess_total, total.excess_worst
+                "RESULT power {} {} {} {} {seed} {} {}",
+                total.survived_mid_sync,
+                total.killed_mid_sync,
+                total.excess_total,
+                total.excess_worst,
+                total.after_completion,
+                total.survived - total.survived_mid_sync
             );
         }
         "net" => {
