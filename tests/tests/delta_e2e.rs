@@ -427,7 +427,8 @@ fn pushed_images_are_prepared_in_the_background_so_syncs_compute_nothing() {
     let agent = Agent::new(TOKEN);
     let (cold, _) = sync(&agent, &proxy, OLD);
     assert!(
-        reg.log().contains("archive served from the cold archive cache"),
+        reg.log()
+            .contains("archive served from the cold archive cache"),
         "the cold sync did not get the cached cold archive:\n{}",
         reg.log()
     );
@@ -450,7 +451,9 @@ fn pushed_images_are_prepared_in_the_background_so_syncs_compute_nothing() {
         assert_eq!(field(l, "computed"), Some(0), "{l}");
     }
     assert!(
-        archive_lines.iter().any(|l| field(l, "sent").unwrap_or(0) > 0),
+        archive_lines
+            .iter()
+            .any(|l| field(l, "sent").unwrap_or(0) > 0),
         "{archive_lines:?}"
     );
     eprintln!("{OLD} -> {NEW} with precomputed caches: {cost} B on the wire");

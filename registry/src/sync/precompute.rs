@@ -190,7 +190,9 @@ pub fn run(storage: &Storage, job: &Job) -> anyhow::Result<Outcome> {
     // agent asks for it: every layer in image order, with the manifest and
     // config markers.
     if let Some(stored) = storage.meta().manifest(&job.repository, &job.manifest)? {
-        if let Ok(ParsedManifest::Image(m)) = image::parse_manifest(&stored.bytes, &stored.media_type) {
+        if let Ok(ParsedManifest::Image(m)) =
+            image::parse_manifest(&stored.bytes, &stored.media_type)
+        {
             let config = read_config(storage, &m.config.digest)?;
             let meta = Metadata {
                 manifest: &stored.bytes,

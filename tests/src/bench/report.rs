@@ -582,7 +582,8 @@ impl Report<'_> {
                 mib(p.uncompressed),
                 p.wall,
                 p.uncompressed as f64 / 1e6 / p.wall.max(1e-9),
-                p.precompute.map_or_else(|| "n/a".into(), |s| format!("{s:.1} s"))
+                p.precompute
+                    .map_or_else(|| "n/a".into(), |s| format!("{s:.1} s"))
             );
         }
         let stats = self.stats;
