@@ -499,7 +499,7 @@ fn retain(s: &SyncSetup, code: i32) -> Result<()> {
             .into_iter()
             .filter(|r| r.image.repository == repo && !s.opts.images.contains(&r.image))
             .collect();
-        others.sort_by(|a, b| b.synced_at.cmp(&a.synced_at));
+        others.sort_by_key(|r| std::cmp::Reverse(r.synced_at));
         for r in others.iter().skip(keep as usize) {
             s.store.remove_record(&r.image)?;
             removed += 1;

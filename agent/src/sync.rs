@@ -382,6 +382,7 @@ fn sync_image(
         aopts.metadata = need_meta;
         aopts.allow_devices = opts.allow_devices;
         aopts.progress = opts.progress;
+        aopts.expected_new_bytes = dl.new_bytes.or(known_cost.then_some(new_bytes));
         if known_cost {
             let bound = new_bytes.max(dl.new_bytes.unwrap_or(0));
             aopts.max_new_bytes = bound + bound / 64 + (1 << 20);
@@ -394,6 +395,7 @@ fn sync_image(
         let mut applier = Applier::new(store, aopts)?;
         let announced = dl.new_bytes.unwrap_or(new_bytes);
         let applied = applier.apply_encoded(dl.body, dl.encoding);
+        applier.finish_progress();
         let stored = applier.stored_new_bytes();
         applied.map_err(|e| match e {
             // Name what is still needed when the disk filled up mid-way: the

@@ -604,9 +604,5 @@ fn sync_into(dir: &std::path::Path, size_header: bool) -> (i32, String, usize) {
         ..Default::default()
     };
     let (code, err) = sync_fails(&store, &mut fake, &opts(&["app:v1"]));
-    (
-        code,
-        err,
-        store.committed_layers().unwrap().len(),
-    )
+    (code, err, store.committed_layers().unwrap().len())
 }

@@ -64,7 +64,7 @@ impl Store {
         let mut buf = vec![0u8; fsops::COPY_BUF];
         self.for_each_object(|dir, name, st| {
             stats.objects += 1;
-            let ino = u64::from(st.st_ino);
+            let ino = ino(st);
             let changed = since.is_none_or(|w| ctime(st) >= w);
             if !changed {
                 sound.push(ino);
@@ -96,7 +96,7 @@ impl Store {
                 if bad.is_none()
                     && file_type(st) == FileType::RegularFile
                     && st.st_size > 0
-                    && sound.binary_search(&u64::from(st.st_ino)).is_err()
+                    && sound.binary_search(&ino(st)).is_err()
                 {
                     bad = Some(show(p));
                 }
@@ -136,4 +136,10 @@ impl Store {
 #[allow(clippy::unnecessary_cast, clippy::useless_conversion)]
 fn ctime(st: &rfs::Stat) -> (i64, i64) {
     (st.st_ctime as i64, st.st_ctime_nsec as i64)
+}
+
+/// An inode's number as u64 (the field type differs between targets).
+#[allow(clippy::unnecessary_cast, clippy::useless_conversion)]
+fn ino(st: &rfs::Stat) -> u64 {
+    st.st_ino as u64
 }
