@@ -451,7 +451,7 @@ fn cmd_sync(a: &Args) -> Result<i32> {
 /// objects and the layers using them, which the sync then fetches again.
 fn heal_before_sync(store: &Store, full: bool, quiet: bool) -> Result<()> {
     let h = store.heal(full, |p| eprintln!("damaged: {p}"))?;
-    if !quiet && (h.damaged > 0 || h.layers_removed > 0 || full) {
+    if !quiet && (h.rehashed > 0 || h.layers_removed > 0 || full) {
         eprintln!(
             "store check: {} object(s), {} re-hashed, {} damaged removed, {} layer(s) to rebuild",
             h.objects, h.rehashed, h.damaged, h.layers_removed
