@@ -4,8 +4,11 @@
 //! ```text
 //! DIR/                                  mode 0700 (layer trees may hold device nodes)
 //! ├── lock                              flock(2): sync and gc hold it exclusively
+//! ├── checked                           empty; its ctime is the self-check
+//! │                                     watermark (see `heal`)
 //! ├── state                             postcard State: last acknowledged holdings
 //! │                                     hash, last report, last sync result
+//! │                                     (per image), check watermark
 //! ├── objects/<2 hex>/<64 hex>.<vkey>[.<n>]
 //! │                                     one file per object *variant*: the content
 //! │                                     is the object (name = sha256), the inode's
@@ -40,7 +43,10 @@
 //! into `tmp/` first, so a crash cannot leave half a layer); then every
 //! object variant with link count 1 is unused and removed.
 //!
-//! **Locking.** `sync` and `gc` take `DIR/lock` exclusively (non-blocking:
+//! **Self-check.** See [`heal`]: before every sync, objects changed since
+//! the last run are re-hashed; damaged ones and the layers using them go.
+//!
+//! **Locking.** `sync`, `gc`, `remove` and `verify --repair` take `DIR/lock` exclusively (non-blocking:
 //! a second sync exits with code 4). Read-only commands (`status`,
 //! `checkout`, `layers`, `verify`) take no lock: they only read committed
 //! layers and records, which are replaced atomically.
