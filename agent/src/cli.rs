@@ -460,14 +460,17 @@ fn heal_before_sync(store: &Store, full: bool, quiet: bool) -> Result<()> {
     Ok(())
 }
 
-/// Retention after a sync: for each repository whose images of this run
-/// all succeeded, keep those images and the `keep` most recently synced
+/// Retention after a sync that ended 0 (or 8: only images not found
+/// failed): for each repository whose images of this run all succeeded,
+/// keep those images and the `keep` most recently synced
 /// others; remove the rest, then gc.
 fn retain(s: &SyncSetup, code: i32) -> Result<()> {
     let Some(keep) = s.keep else {
         return Ok(());
     };
-    if code != exit::OK && code != exit::NOT_FOUND && code != exit::PARTIAL {
+    // Not after a failed image: gc would drop the loose objects its retry
+    // resumes from (an image that is not found left none).
+    if code != exit::OK && code != exit::NOT_FOUND {
         return Ok(());
     }
     let failed: Vec<ImageRef> = s

@@ -46,8 +46,8 @@
 //! **Self-check.** See [`heal`]: before every sync, objects changed since
 //! the last run are re-hashed; damaged ones and the layers using them go.
 //!
-//! **Locking.** `sync`, `gc`, `remove` and `verify --repair` take `DIR/lock` exclusively (non-blocking:
-//! a second sync exits with code 4). Read-only commands (`status`,
+//! **Locking.** `sync`, `gc`, `remove` and `verify --repair` take
+//! `DIR/lock` exclusively (non-blocking: a second sync exits with code 4). Read-only commands (`status`,
 //! `checkout`, `layers`, `verify`) take no lock: they only read committed
 //! layers and records, which are replaced atomically.
 
