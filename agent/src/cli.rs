@@ -443,8 +443,16 @@ fn cmd_sync(a: &Args) -> Result<i32> {
     let result = sync(&s.store, &mut s.client, &s.opts);
     let code = finish_sync(&s.store, result, s.quiet)?;
     retain(&s, code)?;
-    s.store.mark_checked()?;
+    mark_checked(&s.store);
     Ok(code)
+}
+
+/// Move the self-check watermark. A failure (e.g. a full disk) only costs
+/// the next sync some re-hashing, so it must not change the exit code.
+fn mark_checked(store: &Store) {
+    if let Err(e) = store.mark_checked() {
+        eprintln!("warning: the store check watermark was not moved: {e}");
+    }
 }
 
 /// The check that starts every sync (see `store::heal`): drop damaged
@@ -913,7 +921,7 @@ fn cmd_repair(a: &Args) -> Result<i32> {
         let result = sync(&s.store, &mut s.client, &s.opts);
         code = finish_sync(&s.store, result, s.quiet)?;
     }
-    s.store.mark_checked()?;
+    mark_checked(&s.store);
     let v = s.store.verify(|p| eprintln!("problem: {p}"))?;
     println!(
         "checked {} object(s), {} layer(s), {} image(s): {} problem(s) left",
