@@ -72,6 +72,8 @@ pub struct ApplyOptions {
     pub allow_devices: bool,
     /// Print progress lines to stderr.
     pub progress: bool,
+    /// New content bytes the archive announced: the progress meter's total.
+    pub expected_new_bytes: Option<u64>,
 }
 
 impl ApplyOptions {
@@ -86,6 +88,7 @@ impl ApplyOptions {
             max_stream_bytes: u64::MAX,
             allow_devices: true,
             progress: false,
+            expected_new_bytes: None,
         }
     }
 }
@@ -145,6 +148,8 @@ pub struct Applier<'s> {
     new_bytes: u64,
     /// Bytes of new content stored so far (complete, verified objects).
     stored_new_bytes: u64,
+    /// Received bytes, rate, ETA on stderr (with `opts.progress`).
+    meter: Option<crate::progress::Meter>,
     /// Staging name of the layer being written.
     current: Option<String>,
     empty: Digest,
@@ -192,6 +197,9 @@ fn hostile(path: &[u8], why: impl std::fmt::Display) -> Error {
 impl<'s> Applier<'s> {
     /// An applier writing into `store` (which must be opened exclusively).
     pub fn new(store: &'s Store, opts: ApplyOptions) -> Result<Self> {
+        let meter = opts
+            .progress
+            .then(|| crate::progress::Meter::new(opts.expected_new_bytes));
         Ok(Applier {
             store,
             objects: ObjectWriter::new(store),
@@ -202,6 +210,7 @@ impl<'s> Applier<'s> {
             pending_bytes: 0,
             new_bytes: 0,
             stored_new_bytes: 0,
+            meter,
             current: None,
             empty: Digest::of(b""),
             manifest: None,
@@ -471,6 +480,13 @@ impl<'s> Applier<'s> {
             );
         }
         Ok(())
+    }
+
+    /// Clear the progress meter's terminal line.
+    pub fn finish_progress(&mut self) {
+        if let Some(m) = self.meter.as_mut() {
+            m.finish();
+        }
     }
 
     /// Bytes of new content this applier stored (verified objects, kept
@@ -834,12 +850,19 @@ impl<'s> Applier<'s> {
                         self.opts.max_new_bytes
                     )));
                 }
+                let meter = &mut self.meter;
                 let d = self
                     .objects
                     .insert(
                         h.ll.digest.as_ref(),
                         h.size,
-                        &mut |b| tar.read_data(b),
+                        &mut |b| {
+                            let n = tar.read_data(b)?;
+                            if let Some(m) = meter.as_mut() {
+                                m.add(n as u64);
+                            }
+                            Ok(n)
+                        },
                         &meta,
                     )
                     .map_err(|e| match e {
@@ -946,6 +969,9 @@ impl<'s> Applier<'s> {
                 lw.stats.delta_files += 1;
                 lw.stats.delta_patch_bytes += h.size;
                 self.stored_new_bytes += size;
+                if let Some(m) = self.meter.as_mut() {
+                    m.add(size);
+                }
             }
             crate::delta::Applied::Fallback(why) => {
                 // Always said: it means a damaged store or a bad registry.

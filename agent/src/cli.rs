@@ -7,9 +7,9 @@ use crate::client::{Client, ClientConfig};
 use crate::error::{exit, Error, Result};
 use crate::fsops::file_type;
 use crate::json::Value;
-use crate::store::record::{parse_image_ref, show_image_ref, SyncResult};
+use crate::store::record::{parse_image_ref, show_image_ref, ImageOutcome, SyncResult};
 use crate::store::{now, walk_tree, Access, Store};
-use crate::sync::{sync, SyncOptions};
+use crate::sync::{sync, SyncOptions, SyncSummary};
 use layerlink_proto::msg::{ImageRef, Platform};
 use layerlink_proto::time::rfc3339;
 use rustix::fs::FileType;
@@ -27,7 +27,11 @@ USAGE:
   layerlink-agent checkout --store DIR [--read-only] IMAGE DEST
   layerlink-agent layers --store DIR IMAGE
   layerlink-agent gc --store DIR
+  layerlink-agent remove --store DIR IMAGE...        (then gc: frees what no other image uses)
   layerlink-agent verify --store DIR
+  layerlink-agent verify --repair --server URL --store DIR [sync options] [IMAGE...]
+                      re-hash every object, drop damaged ones and the layers using
+                      them, fetch them again (IMAGE... default: every held image)
   layerlink-agent apply-archive --store DIR FILE|-     (debugging: apply a dedup archive)
   layerlink-agent --help | --version
 
@@ -42,9 +46,12 @@ sync options:
                       $SSL_CERT_FILE or /etc/ssl/certs/ca-certificates.crt …)
   --platform P        os/arch[/variant], default: the build target (e.g. linux/arm64)
   --config FILE       read server, store, token_file, ca_file, platform, images,
-                      retry_for from FILE (TOML subset: key = \"value\" / [\"a\", \"b\"]);
+                      retry_for, keep from FILE (TOML subset: key = \"value\" / [\"a\", \"b\"]);
                       flags override it, IMAGE arguments replace its images
   --retry-for SECS    keep retrying transient failures this long (default 300)
+  --keep N            retention: after the sync, per repository synced, keep its
+                      images of this run and the N most recently synced others;
+                      remove the rest and gc (config: keep = N; default: keep all)
   --no-devices        refuse device nodes in layers
   --no-zstd           do not ask for zstd archives (gzip, as agents before it)
   -q, --quiet         no progress lines on stderr
@@ -59,6 +66,10 @@ EXIT CODES:
   2 usage or configuration error          hostile archive, verify found problems)
   3 server/network error after retries  6 disk full
                                         7 authentication failed (401)
+  sync only (each image succeeds or fails on its own; status --json says which):
+  8 image not found: every image that failed is unknown to the registry
+    (repository, tag, digest or platform); the others were synced
+  9 some images failed, others were synced or are up to date
 ";
 
 /// Run the agent with `args` (including the program name); returns the
@@ -94,6 +105,7 @@ const VALUE_FLAGS: &[&str] = &[
     "--platform",
     "--config",
     "--retry-for",
+    "--keep",
 ];
 /// Flags without a value.
 const BOOL_FLAGS: &[&str] = &[
@@ -103,6 +115,7 @@ const BOOL_FLAGS: &[&str] = &[
     "-q",
     "--no-devices",
     "--no-zstd",
+    "--repair",
     "--help",
     "-h",
 ];
@@ -207,6 +220,7 @@ fn run(args: Vec<OsString>) -> Result<i32> {
         "checkout" => cmd_checkout(&a),
         "layers" => cmd_layers(&a),
         "gc" => cmd_gc(&a),
+        "remove" => cmd_remove(&a),
         "verify" => cmd_verify(&a),
         "apply-archive" => cmd_apply_archive(&a),
         other => Err(usage(format!("unknown command {other:?}"))),
@@ -272,6 +286,8 @@ pub struct ConfigFile {
     pub images: Option<Vec<String>>,
     /// `retry_for` (seconds).
     pub retry_for: Option<u64>,
+    /// `keep`: retention, previous images kept per repository.
+    pub keep: Option<u64>,
 }
 
 enum TomlValue {
@@ -376,6 +392,7 @@ pub fn parse_config(text: &str) -> std::result::Result<ConfigFile, String> {
             ("platform", TomlValue::Str(s)) => cfg.platform = Some(s),
             ("images", TomlValue::List(l)) => cfg.images = Some(l),
             ("retry_for", TomlValue::Int(n)) => cfg.retry_for = Some(n),
+            ("keep", TomlValue::Int(n)) => cfg.keep = Some(n),
             (k, _) => return Err(err(&format!("unknown key or wrong type: {k}"))),
         }
     }
@@ -392,24 +409,129 @@ fn read_token(path: &str) -> Result<String> {
     Ok(t)
 }
 
+/// The flags of `sync` (and of `verify --repair`, which syncs).
+const SYNC_FLAGS: &[&str] = &[
+    "--server",
+    "--store",
+    "--token",
+    "--token-file",
+    "--ca-file",
+    "--platform",
+    "--config",
+    "--retry-for",
+    "--keep",
+    "--quiet",
+    "-q",
+    "--no-devices",
+    "--no-zstd",
+];
+
+/// Everything a sync run needs, from flags and the config file.
+struct SyncSetup {
+    store: Store,
+    client: Client,
+    opts: SyncOptions,
+    quiet: bool,
+    /// Retention: previous images kept per repository (None: keep all).
+    keep: Option<u64>,
+}
+
 fn cmd_sync(a: &Args) -> Result<i32> {
-    a.only(
-        "sync",
-        &[
-            "--server",
-            "--store",
-            "--token",
-            "--token-file",
-            "--ca-file",
-            "--platform",
-            "--config",
-            "--retry-for",
-            "--quiet",
-            "-q",
-            "--no-devices",
-            "--no-zstd",
-        ],
-    )?;
+    a.only("sync", SYNC_FLAGS)?;
+    let mut s = sync_setup(a, false)?;
+    heal_before_sync(&s.store, false, s.quiet)?;
+    let result = sync(&s.store, &mut s.client, &s.opts);
+    let code = finish_sync(&s.store, result, s.quiet)?;
+    retain(&s, code)?;
+    mark_checked(&s.store);
+    Ok(code)
+}
+
+/// Move the self-check watermark. A failure (e.g. a full disk) only costs
+/// the next sync some re-hashing, so it must not change the exit code.
+fn mark_checked(store: &Store) {
+    if let Err(e) = store.mark_checked() {
+        eprintln!("warning: the store check watermark was not moved: {e}");
+    }
+}
+
+/// The check that starts every sync (see `store::heal`): drop damaged
+/// objects and the layers using them, which the sync then fetches again.
+fn heal_before_sync(store: &Store, full: bool, quiet: bool) -> Result<()> {
+    let h = store.heal(full, |p| eprintln!("damaged: {p}"))?;
+    if !quiet && (h.rehashed > 0 || h.layers_removed > 0 || full) {
+        eprintln!(
+            "store check: {} object(s), {} re-hashed, {} damaged removed, {} layer(s) to rebuild",
+            h.objects, h.rehashed, h.damaged, h.layers_removed
+        );
+    }
+    Ok(())
+}
+
+/// Retention after a sync that ended 0 (or 8: only images not found
+/// failed): for each repository whose images of this run all succeeded,
+/// keep those images and the `keep` most recently synced
+/// others; remove the rest, then gc.
+fn retain(s: &SyncSetup, code: i32) -> Result<()> {
+    let Some(keep) = s.keep else {
+        return Ok(());
+    };
+    // Not after a failed image: gc would drop the loose objects its retry
+    // resumes from (an image that is not found left none).
+    if code != exit::OK && code != exit::NOT_FOUND {
+        return Ok(());
+    }
+    let failed: Vec<ImageRef> = s
+        .store
+        .state()
+        .last_sync
+        .map(|r| {
+            r.images
+                .into_iter()
+                .filter(|o| o.exit_code != 0)
+                .map(|o| o.image)
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut repos: Vec<&str> = s
+        .opts
+        .images
+        .iter()
+        .filter(|i| !failed.iter().any(|f| f.repository == i.repository))
+        .map(|i| i.repository.as_str())
+        .collect();
+    repos.sort_unstable();
+    repos.dedup();
+    let mut removed = 0;
+    for repo in repos {
+        let mut others: Vec<_> = s
+            .store
+            .records()?
+            .into_iter()
+            .filter(|r| r.image.repository == repo && !s.opts.images.contains(&r.image))
+            .collect();
+        others.sort_by_key(|r| std::cmp::Reverse(r.synced_at));
+        for r in others.iter().skip(keep as usize) {
+            s.store.remove_record(&r.image)?;
+            removed += 1;
+            if !s.quiet {
+                eprintln!("retention: removed {}", show_image_ref(&r.image));
+            }
+        }
+    }
+    let g = s.store.gc()?;
+    if !s.quiet && (removed > 0 || g.bytes_freed > 0) {
+        eprintln!(
+            "gc: removed {} layer(s) and {} object(s), freed {}",
+            g.layers_removed,
+            g.objects_removed,
+            human(g.bytes_freed)
+        );
+    }
+    Ok(())
+}
+
+fn sync_setup(a: &Args, repair: bool) -> Result<SyncSetup> {
     let cfg = match a.value("--config") {
         Some(p) => {
             let text = std::fs::read_to_string(p)
@@ -442,12 +564,20 @@ fn cmd_sync(a: &Args) -> Result<i32> {
             .ok_or_else(|| usage(format!("bad platform {p:?} (os/arch[/variant])")))?,
         None => default_platform(),
     };
-    let image_args: Vec<String> = if a.positional.is_empty() {
-        cfg.images.unwrap_or_default()
-    } else {
+    let image_args: Vec<String> = if !a.positional.is_empty() {
         a.positional.clone()
+    } else if repair {
+        // verify --repair: what the store holds.
+        let store = Store::open(Path::new(&store_path), Access::ReadOnly)?;
+        store
+            .records()?
+            .iter()
+            .map(|r| show_image_ref(&r.image))
+            .collect()
+    } else {
+        cfg.images.unwrap_or_default()
     };
-    if image_args.is_empty() {
+    if image_args.is_empty() && !repair {
         return Err(usage("no IMAGE to sync"));
     }
     if image_args.len() > layerlink_proto::limits::MAX_IMAGES_PER_PLAN {
@@ -472,7 +602,7 @@ fn cmd_sync(a: &Args) -> Result<i32> {
             .or(cfg.ca_file.map(PathBuf::from)),
         no_zstd: a.has(&["--no-zstd"]),
     };
-    let mut client = Client::new(&client_cfg)?;
+    let client = Client::new(&client_cfg)?;
     let store = Store::open(Path::new(&store_path), Access::Exclusive)?;
     let quiet = a.has(&["--quiet", "-q"]);
     let opts = SyncOptions {
@@ -483,8 +613,51 @@ fn cmd_sync(a: &Args) -> Result<i32> {
         progress: !quiet,
         allow_devices: !a.has(&["--no-devices"]),
     };
-    let result = sync(&store, &mut client, &opts);
+    let keep = match a.value("--keep") {
+        Some(s) => Some(
+            s.parse()
+                .map_err(|_| usage(format!("--keep {s:?} is not a number of images")))?,
+        ),
+        None => cfg.keep,
+    };
+    Ok(SyncSetup {
+        store,
+        client,
+        opts,
+        quiet,
+        keep,
+    })
+}
+
+/// Record a sync's outcome in the store's state (for `status`), print the
+/// summary line, and return the exit code.
+fn finish_sync(store: &Store, result: Result<SyncSummary>, quiet: bool) -> Result<i32> {
     let (code, message) = match &result {
+        Ok(s) if !s.failed.is_empty() => {
+            let failed: Vec<String> = s
+                .failed
+                .iter()
+                .map(|f| {
+                    let why = if f.exit_code == exit::NOT_FOUND {
+                        "not found".to_string()
+                    } else {
+                        format!("exit {}", f.exit_code)
+                    };
+                    format!("{} ({why})", show_image_ref(&f.image))
+                })
+                .collect();
+            (
+                s.exit_code(),
+                format!(
+                    "{} of {} image(s) failed: {}; {} synced, {} up to date",
+                    s.failed.len(),
+                    s.failed.len() + s.updated.len() + s.up_to_date.len(),
+                    failed.join(", "),
+                    s.updated.len(),
+                    s.up_to_date.len()
+                ),
+            )
+        }
         Ok(s) if s.updated.is_empty() => (0, "already up to date".to_string()),
         Ok(s) => (
             0,
@@ -497,15 +670,39 @@ fn cmd_sync(a: &Args) -> Result<i32> {
         ),
         Err(e) => (e.exit_code(), e.to_string()),
     };
+    let images = match &result {
+        Ok(s) => {
+            let ok = |i: &ImageRef, m: &str| ImageOutcome {
+                image: i.clone(),
+                exit_code: 0,
+                message: m.to_string(),
+            };
+            let mut v: Vec<ImageOutcome> = s
+                .updated
+                .iter()
+                .map(|i| ok(i, "synced"))
+                .chain(s.up_to_date.iter().map(|i| ok(i, "up to date")))
+                .chain(s.failed.iter().map(|f| ImageOutcome {
+                    image: f.image.clone(),
+                    exit_code: f.exit_code as u8,
+                    message: f.message.clone(),
+                }))
+                .collect();
+            v.sort_by(|a, b| a.image.cmp(&b.image));
+            v
+        }
+        Err(_) => Vec::new(),
+    };
     let mut st = store.state();
     st.last_sync = Some(SyncResult {
         at: now(),
         exit_code: code as u8,
         message: message.clone(),
+        images,
     });
     let _ = store.save_state(&st);
     let summary = result?;
-    if !quiet {
+    if !quiet || code != exit::OK {
         eprintln!(
             "{message}{}",
             if summary.attempts > 1 {
@@ -515,7 +712,7 @@ fn cmd_sync(a: &Args) -> Result<i32> {
             }
         );
     }
-    Ok(exit::OK)
+    Ok(code)
 }
 
 fn cmd_status(a: &Args) -> Result<i32> {
@@ -568,6 +765,26 @@ fn cmd_status(a: &Args) -> Result<i32> {
                 ("at", Value::str(rfc3339(s.at))),
                 ("exit_code", Value::num(s.exit_code)),
                 ("message", Value::str(s.message.clone())),
+                (
+                    "images",
+                    Value::Arr(
+                        s.images
+                            .iter()
+                            .map(|o| {
+                                Value::obj([
+                                    ("image", Value::str(show_image_ref(&o.image))),
+                                    ("ok", Value::Bool(o.exit_code == 0)),
+                                    ("exit_code", Value::num(o.exit_code)),
+                                    (
+                                        "not_found",
+                                        Value::Bool(o.exit_code as i32 == exit::NOT_FOUND),
+                                    ),
+                                    ("message", Value::str(o.message.clone())),
+                                ])
+                            })
+                            .collect(),
+                    ),
+                ),
             ]),
             None => Value::Null,
         };
@@ -620,6 +837,16 @@ fn cmd_status(a: &Args) -> Result<i32> {
         ),
         None => println!("last sync: never"),
     }
+    if let Some(s) = &st.last_sync {
+        for o in s.images.iter().filter(|o| o.exit_code != 0) {
+            println!(
+                "  {}: failed (exit {}): {}",
+                show_image_ref(&o.image),
+                o.exit_code,
+                o.message
+            );
+        }
+    }
     Ok(exit::OK)
 }
 
@@ -663,6 +890,12 @@ fn cmd_gc(a: &Args) -> Result<i32> {
 }
 
 fn cmd_verify(a: &Args) -> Result<i32> {
+    if a.has(&["--repair"]) {
+        let mut flags = SYNC_FLAGS.to_vec();
+        flags.push("--repair");
+        a.only("verify --repair", &flags)?;
+        return cmd_repair(a);
+    }
     a.only("verify", &["--store"])?;
     let store = Store::open(&a.store()?, Access::ReadOnly)?;
     let s = store.verify(|p| eprintln!("problem: {p}"))?;
@@ -675,6 +908,60 @@ fn cmd_verify(a: &Args) -> Result<i32> {
     } else {
         exit::OK
     })
+}
+
+/// `verify --repair`: re-hash everything, drop what is damaged, sync the
+/// held images (by the names they were synced as) to fetch it again, then
+/// verify.
+fn cmd_repair(a: &Args) -> Result<i32> {
+    let mut s = sync_setup(a, true)?;
+    heal_before_sync(&s.store, true, false)?;
+    let mut code = exit::OK;
+    if !s.opts.images.is_empty() {
+        let result = sync(&s.store, &mut s.client, &s.opts);
+        code = finish_sync(&s.store, result, s.quiet)?;
+    }
+    mark_checked(&s.store);
+    let v = s.store.verify(|p| eprintln!("problem: {p}"))?;
+    println!(
+        "checked {} object(s), {} layer(s), {} image(s): {} problem(s) left",
+        v.objects, v.layers, v.images, v.problems
+    );
+    Ok(if v.problems > 0 {
+        exit::INTEGRITY
+    } else {
+        code
+    })
+}
+
+/// `remove IMAGE...`: forget the images, then gc what no other image uses.
+fn cmd_remove(a: &Args) -> Result<i32> {
+    a.only("remove", &["--store"])?;
+    if a.positional.is_empty() {
+        return Err(usage("remove needs IMAGE..."));
+    }
+    let images = a
+        .positional
+        .iter()
+        .map(|s| image_arg(s))
+        .collect::<Result<Vec<_>>>()?;
+    let store = Store::open(&a.store()?, Access::Exclusive)?;
+    for i in &images {
+        if store.remove_record(i)? {
+            println!("removed {}", show_image_ref(i));
+        } else {
+            println!("{} is not in the store", show_image_ref(i));
+        }
+    }
+    let s = store.gc()?;
+    println!(
+        "removed {} layer(s) and {} object(s), freed {} ({} bytes)",
+        s.layers_removed,
+        s.objects_removed,
+        human(s.bytes_freed),
+        s.bytes_freed
+    );
+    Ok(exit::OK)
 }
 
 fn cmd_apply_archive(a: &Args) -> Result<i32> {

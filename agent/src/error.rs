@@ -10,6 +10,8 @@
 //! | 5 | integrity error: digest mismatch, hostile or malformed archive, `verify` found problems |
 //! | 6 | disk full |
 //! | 7 | authentication error (401) |
+//! | 8 | image or tag not found: every image that failed is unknown to the registry (or has no manifest for the device's platform); the others were synced |
+//! | 9 | some images failed, others were synced or up to date (`status --json` says which and why) |
 
 use std::fmt;
 use std::io;
@@ -32,6 +34,11 @@ pub mod exit {
     pub const DISK_FULL: i32 = 6;
     /// The registry rejected the token (401).
     pub const AUTH: i32 = 7;
+    /// `sync`: every image that failed is not on the registry (unknown
+    /// repository, tag or digest, or no manifest for the device's platform).
+    pub const NOT_FOUND: i32 = 8;
+    /// `sync`: some images failed, others were synced or up to date.
+    pub const PARTIAL: i32 = 9;
 }
 
 /// Everything that can go wrong in the agent.

@@ -15,6 +15,7 @@
 //! | [`codec`] | archive decompression: gzip or zstd frames (bounded window) |
 //! | [`delta`] | rebuilding an object from a held one and a binary patch |
 //! | [`tar`] | the streaming tar reader |
+//! | [`progress`] | received bytes, rate and ETA on stderr |
 //! | [`checkout`] | OCI runtime bundles and overlayfs lower dirs |
 //! | [`json`] | minimal JSON reader/writer |
 //! | [`fsops`] | symlink-safe `*at` file-system primitives |
@@ -30,6 +31,7 @@ pub mod delta;
 pub mod error;
 pub mod fsops;
 pub mod json;
+pub mod progress;
 pub mod store;
 pub mod sync;
 pub mod tar;

@@ -19,7 +19,7 @@
 
 use crate::apply::{human, Applier, ApplyOptions};
 use crate::client::{is_unknown_holdings, Remote};
-use crate::error::{Error, Result};
+use crate::error::{exit, Error, Result};
 use crate::fsops;
 use crate::json;
 use crate::store::record::{show_image_ref, ImageRecord, FORMAT_VERSION};
@@ -29,7 +29,7 @@ use layerlink_proto::msg::{
     ArchiveRequest, HeldImage, HeldSet, Holdings, ImagePlan, ImageRef, LayerState, ObjectsRequest,
     PlanRequest, Platform, Report,
 };
-use layerlink_proto::Digest;
+use layerlink_proto::{Digest, ErrorCode};
 use std::time::{Duration, Instant};
 
 /// What to sync and how.
@@ -64,6 +64,54 @@ pub struct SyncSummary {
     pub reported: bool,
     /// Attempts made (1 = no retry).
     pub attempts: u32,
+    /// Images that failed (each image succeeds or fails on its own).
+    pub failed: Vec<ImageFailure>,
+}
+
+/// One image that could not be synced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageFailure {
+    /// The image as asked.
+    pub image: ImageRef,
+    /// The exit code of its error ([`exit::NOT_FOUND`] when the registry
+    /// has no such repository, tag or platform).
+    pub exit_code: i32,
+    /// The error, for a human.
+    pub message: String,
+    /// Whether retrying may help (network); such failures restart the run.
+    pub transient: bool,
+}
+
+impl SyncSummary {
+    /// The exit code of the whole run: 0 when every image is synced or up
+    /// to date; [`exit::NOT_FOUND`] when every failure is "not found";
+    /// [`exit::PARTIAL`] when some images failed and others did not; else
+    /// the first failure's code (e.g. 3 offline, 6 disk full).
+    pub fn exit_code(&self) -> i32 {
+        let Some(first) = self.failed.first() else {
+            return exit::OK;
+        };
+        if self.failed.iter().all(|f| f.exit_code == exit::NOT_FOUND) {
+            exit::NOT_FOUND
+        } else if !self.updated.is_empty() || !self.up_to_date.is_empty() {
+            exit::PARTIAL
+        } else {
+            first.exit_code
+        }
+    }
+}
+
+/// Whether a plan error says the image (repository, tag or platform) does
+/// not exist.
+fn is_not_found(e: &Error) -> bool {
+    matches!(
+        e,
+        Error::Server { status: 404, .. }
+            | Error::Server {
+                code: Some(ErrorCode::NotFound | ErrorCode::PlatformNotFound),
+                ..
+            }
+    )
 }
 
 /// Run a sync with retries.
@@ -73,7 +121,17 @@ pub fn sync(store: &Store, remote: &mut dyn Remote, opts: &SyncOptions) -> Resul
     let mut summary = SyncSummary::default();
     loop {
         summary.attempts += 1;
-        match attempt(store, remote, opts, &mut summary) {
+        let result = attempt(store, remote, opts, &mut summary).and_then(|()| {
+            // An image that failed on the network makes the run retry (the
+            // others are up to date by then, so a retry costs little).
+            match summary.failed.iter().find(|f| f.transient) {
+                Some(f) if start.elapsed() + delay < opts.retry_for => {
+                    Err(Error::Transient(f.message.clone()))
+                }
+                _ => Ok(()),
+            }
+        });
+        match result {
             Ok(()) => return Ok(summary),
             Err(e) if e.is_transient() && start.elapsed() + delay < opts.retry_for => {
                 if opts.progress {
@@ -113,11 +171,91 @@ fn attempt(
     opts: &SyncOptions,
     summary: &mut SyncSummary,
 ) -> Result<()> {
+    summary.failed.clear();
     let held = store.held_set()?;
+    // One plan for all images; when it fails for a reason other than the
+    // network (an unknown image makes the registry refuse the whole plan),
+    // ask image by image so that each succeeds or fails on its own.
+    let planned: Vec<(ImageRef, Result<ImagePlan>)> =
+        match plan(store, remote, opts, &opts.images, &held) {
+            Ok(plans) => opts
+                .images
+                .iter()
+                .cloned()
+                .zip(plans.into_iter().map(Ok))
+                .collect(),
+            Err(e) if e.is_transient() || opts.images.len() == 1 => {
+                if e.is_transient() {
+                    return Err(e);
+                }
+                vec![(opts.images[0].clone(), Err(e))]
+            }
+            Err(_) => {
+                let mut out = Vec::new();
+                for img in &opts.images {
+                    let one = std::slice::from_ref(img);
+                    match plan(store, remote, opts, one, &held) {
+                        Ok(mut p) => out.push((img.clone(), Ok(p.remove(0)))),
+                        Err(e) if e.is_transient() => return Err(e),
+                        Err(e) => out.push((img.clone(), Err(e))),
+                    }
+                }
+                out
+            }
+        };
+    for (want, ip) in &planned {
+        let res = match ip {
+            Err(e) => Err((
+                if is_not_found(e) {
+                    exit::NOT_FOUND
+                } else {
+                    e.exit_code()
+                },
+                e.to_string(),
+                false,
+            )),
+            Ok(ip) => sync_image(store, remote, opts, want, ip, summary)
+                .map_err(|e| (e.exit_code(), e.to_string(), e.is_transient())),
+        };
+        if let Err((exit_code, message, transient)) = res {
+            eprintln!("image {}: {message}", show_image_ref(want));
+            summary.up_to_date.retain(|i| i != want);
+            summary.updated.retain(|i| i != want);
+            summary.failed.push(ImageFailure {
+                image: want.clone(),
+                exit_code,
+                message,
+                transient,
+            });
+        }
+    }
+    if summary.failed.iter().any(|f| f.transient) {
+        // The retry reports (with what this attempt stored).
+        return Ok(());
+    }
+    match report(store, remote, summary) {
+        // An image's own error is what the operator needs; a failed report
+        // (often the same full disk) must not hide it.
+        Err(r) if !summary.failed.is_empty() => {
+            eprintln!("reporting holdings: {r}");
+            Ok(())
+        }
+        r => r,
+    }
+}
+
+/// `POST /plan` for `images`; one [`ImagePlan`] per image, in order.
+fn plan(
+    store: &Store,
+    remote: &mut dyn Remote,
+    opts: &SyncOptions,
+    images: &[ImageRef],
+    held: &HeldSet,
+) -> Result<Vec<ImagePlan>> {
     let mut req = PlanRequest {
         platform: opts.platform.clone(),
-        images: opts.images.clone(),
-        holdings: holdings(store, &held),
+        images: images.to_vec(),
+        holdings: holdings(store, held),
     };
     let plan = match remote.plan(&req) {
         Err(e) if is_unknown_holdings(&e) && matches!(req.holdings, Holdings::Hash(_)) => {
@@ -129,39 +267,18 @@ fn attempt(
     if plan.holdings_hash == held.hash() {
         remember_ack(store, plan.holdings_hash)?;
     }
-    if plan.images.len() != opts.images.len() {
+    if plan.images.len() != images.len() {
         return Err(Error::Server {
             status: 200,
             code: None,
             message: format!(
                 "plan answers {} images for {} asked",
                 plan.images.len(),
-                opts.images.len()
+                images.len()
             ),
         });
     }
-    let mut first_error = None;
-    for (want, ip) in opts.images.iter().zip(&plan.images) {
-        match sync_image(store, remote, opts, want, ip, summary) {
-            Ok(()) => {}
-            Err(e) if e.is_transient() => return Err(e),
-            Err(e) => {
-                eprintln!("image {}: {e}", show_image_ref(want));
-                first_error.get_or_insert(e);
-            }
-        }
-    }
-    let reported = report(store, remote, summary);
-    match (first_error, reported) {
-        // The image's own error is what the operator needs; a failed report
-        // (often the same full disk) must not hide it.
-        (Some(e), Err(r)) => {
-            eprintln!("reporting holdings: {r}");
-            Err(e)
-        }
-        (Some(e), Ok(())) => Err(e),
-        (None, r) => r,
-    }
+    Ok(plan.images)
 }
 
 fn bad_answer(msg: String) -> Error {
@@ -265,6 +382,7 @@ fn sync_image(
         aopts.metadata = need_meta;
         aopts.allow_devices = opts.allow_devices;
         aopts.progress = opts.progress;
+        aopts.expected_new_bytes = dl.new_bytes.or(known_cost.then_some(new_bytes));
         if known_cost {
             let bound = new_bytes.max(dl.new_bytes.unwrap_or(0));
             aopts.max_new_bytes = bound + bound / 64 + (1 << 20);
@@ -277,6 +395,7 @@ fn sync_image(
         let mut applier = Applier::new(store, aopts)?;
         let announced = dl.new_bytes.unwrap_or(new_bytes);
         let applied = applier.apply_encoded(dl.body, dl.encoding);
+        applier.finish_progress();
         let stored = applier.stored_new_bytes();
         applied.map_err(|e| match e {
             // Name what is still needed when the disk filled up mid-way: the

@@ -4,8 +4,11 @@
 //! ```text
 //! DIR/                                  mode 0700 (layer trees may hold device nodes)
 //! ├── lock                              flock(2): sync and gc hold it exclusively
+//! ├── checked                           empty; its ctime is the self-check
+//! │                                     watermark (see `heal`)
 //! ├── state                             postcard State: last acknowledged holdings
 //! │                                     hash, last report, last sync result
+//! │                                     (per image), check watermark
 //! ├── objects/<2 hex>/<64 hex>.<vkey>[.<n>]
 //! │                                     one file per object *variant*: the content
 //! │                                     is the object (name = sha256), the inode's
@@ -40,11 +43,15 @@
 //! into `tmp/` first, so a crash cannot leave half a layer); then every
 //! object variant with link count 1 is unused and removed.
 //!
-//! **Locking.** `sync` and `gc` take `DIR/lock` exclusively (non-blocking:
-//! a second sync exits with code 4). Read-only commands (`status`,
+//! **Self-check.** See [`heal`]: before every sync, objects changed since
+//! the last run are re-hashed; damaged ones and the layers using them go.
+//!
+//! **Locking.** `sync`, `gc`, `remove` and `verify --repair` take
+//! `DIR/lock` exclusively (non-blocking: a second sync exits with code 4). Read-only commands (`status`,
 //! `checkout`, `layers`, `verify`) take no lock: they only read committed
 //! layers and records, which are replaced atomically.
 
+pub mod heal;
 pub mod objects;
 pub mod record;
 
@@ -398,6 +405,38 @@ impl Store {
         rfs::fsync(self.layers_fd()).map_err(|e| Error::errno(self.ctx("syncing layers/ of"), e))
     }
 
+    /// Remove a committed layer (renamed into `tmp/` first, so a crash
+    /// cannot leave half a layer). Returns the bytes only it held.
+    pub fn remove_layer(&self, l: &Digest) -> Result<u64> {
+        let victim = format!("gc-{}", l.hex());
+        rfs::renameat(
+            self.layers_fd(),
+            l.hex().as_str(),
+            self.tmp_fd(),
+            victim.as_str(),
+        )
+        .map_err(|e| Error::errno(format!("removing layer {l}"), e))?;
+        rfs::fsync(self.layers_fd())
+            .map_err(|e| Error::errno(self.ctx("syncing layers/ of"), e))?;
+        let dir = fsops::open_dir_at(self.tmp_fd(), victim.as_bytes())
+            .map_err(|e| Error::errno(format!("removing layer {l}"), e))?;
+        let freed = tree_private_bytes(dir.as_fd())?;
+        drop(dir);
+        fsops::remove_at(self.tmp_fd(), victim.as_bytes())
+            .map_err(|e| Error::errno(format!("removing layer {l}"), e))?;
+        Ok(freed)
+    }
+
+    /// Remove the record of `image` (its layers and objects stay until
+    /// [`Store::gc`]). Returns whether there was one.
+    pub fn remove_record(&self, image: &ImageRef) -> Result<bool> {
+        let name = record::record_file_name(image);
+        let removed = fsops::remove_at(self.images_fd.as_fd(), name.as_bytes())
+            .map_err(|e| Error::errno(format!("removing image record images/{name}"), e))?;
+        rfs::fsync(&self.images_fd).map_err(|e| Error::errno(self.ctx("syncing images/ of"), e))?;
+        Ok(removed)
+    }
+
     /// Remove layers no record uses, then unused object variants.
     pub fn gc(&self) -> Result<GcStats> {
         let mut stats = GcStats::default();
@@ -407,22 +446,7 @@ impl Store {
             if used.binary_search(&l).is_ok() {
                 continue;
             }
-            let victim = format!("gc-{}", l.hex());
-            rfs::renameat(
-                self.layers_fd(),
-                l.hex().as_str(),
-                self.tmp_fd(),
-                victim.as_str(),
-            )
-            .map_err(|e| Error::errno(format!("removing layer {l}"), e))?;
-            rfs::fsync(self.layers_fd())
-                .map_err(|e| Error::errno(self.ctx("syncing layers/ of"), e))?;
-            let dir = fsops::open_dir_at(self.tmp_fd(), victim.as_bytes())
-                .map_err(|e| Error::errno(format!("removing layer {l}"), e))?;
-            stats.bytes_freed += tree_private_bytes(dir.as_fd())?;
-            drop(dir);
-            fsops::remove_at(self.tmp_fd(), victim.as_bytes())
-                .map_err(|e| Error::errno(format!("removing layer {l}"), e))?;
+            stats.bytes_freed += self.remove_layer(&l)?;
             stats.layers_removed += 1;
         }
         let mut victims: Vec<(OwnedFd, Vec<u8>, u64)> = Vec::new();
@@ -453,36 +477,9 @@ impl Store {
                 show(&name[..2.min(name.len())]),
                 show(name)
             );
-            let Some(want) = parse_hex_name(name) else {
+            for p in check_object(dir, name, st, &mut buf)? {
                 stats.problems += 1;
-                on_problem(&format!("{shown}: not an object name"));
-                return Ok(());
-            };
-            let mut f = fsops::open_file_at(dir, name)
-                .map_err(|e| Error::errno(format!("reading {shown}"), e))?;
-            let mut h = Sha256::new();
-            loop {
-                let n = f
-                    .read(&mut buf)
-                    .map_err(|e| Error::io(format!("reading {shown}"), e))?;
-                if n == 0 {
-                    break;
-                }
-                h.update(&buf[..n]);
-            }
-            let got = Digest::from_hasher(h);
-            if got != want {
-                stats.problems += 1;
-                on_problem(&format!("{shown}: content hashes to {got}"));
-            }
-            let xattrs = fsops::read_xattrs_fd(f.as_fd())
-                .map_err(|e| Error::errno(format!("reading {shown}"), e))?;
-            let vkey = fsops::Meta::from_stat(st, xattrs).vkey();
-            if name.get(65..81) != Some(vkey.as_bytes()) {
-                stats.problems += 1;
-                on_problem(&format!(
-                    "{shown}: metadata does not match its variant key (now {vkey})"
-                ));
+                on_problem(&format!("{shown}: {p}"));
             }
             Ok(())
         })?;
@@ -520,6 +517,52 @@ impl Store {
         }
         Ok(stats)
     }
+}
+
+/// Re-hash one object variant file and check its variant key: the
+/// problems found (none = sound).
+pub(crate) fn check_object(
+    dir: BorrowedFd<'_>,
+    name: &[u8],
+    st: &rfs::Stat,
+    buf: &mut [u8],
+) -> Result<Vec<String>> {
+    let shown = || {
+        format!(
+            "objects/{}/{}",
+            show(&name[..2.min(name.len())]),
+            show(name)
+        )
+    };
+    let Some(want) = parse_hex_name(name) else {
+        return Ok(vec!["not an object name".into()]);
+    };
+    let mut problems = Vec::new();
+    let mut f = fsops::open_file_at(dir, name)
+        .map_err(|e| Error::errno(format!("reading {}", shown()), e))?;
+    let mut h = Sha256::new();
+    loop {
+        let n = f
+            .read(buf)
+            .map_err(|e| Error::io(format!("reading {}", shown()), e))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    let got = Digest::from_hasher(h);
+    if got != want {
+        problems.push(format!("content hashes to {got}"));
+    }
+    let xattrs = fsops::read_xattrs_fd(f.as_fd())
+        .map_err(|e| Error::errno(format!("reading {}", shown()), e))?;
+    let vkey = fsops::Meta::from_stat(st, xattrs).vkey();
+    if name.get(65..81) != Some(vkey.as_bytes()) {
+        problems.push(format!(
+            "metadata does not match its variant key (now {vkey})"
+        ));
+    }
+    Ok(problems)
 }
 
 fn remove_objects(victims: &mut Vec<(OwnedFd, Vec<u8>, u64)>, stats: &mut GcStats) -> Result<()> {

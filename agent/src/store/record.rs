@@ -38,6 +38,21 @@ pub struct SyncResult {
     pub exit_code: u8,
     /// One line for a human.
     pub message: String,
+    /// Each image of the sync on its own (empty when the sync failed
+    /// before any image was tried, e.g. offline).
+    pub images: Vec<ImageOutcome>,
+}
+
+/// How one image of a sync ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageOutcome {
+    /// The image as asked.
+    pub image: ImageRef,
+    /// 0 synced or up to date, else the exit code its error maps to
+    /// (8 = not found on the registry).
+    pub exit_code: u8,
+    /// "synced", "up to date", or the error.
+    pub message: String,
 }
 
 /// `DIR/state`: what the registry last acknowledged, and the last result.
@@ -52,6 +67,10 @@ pub struct State {
     pub reported: Option<Digest>,
     /// The last sync's outcome.
     pub last_sync: Option<SyncResult>,
+    /// The store's self-check watermark: the ctime (seconds, nanoseconds)
+    /// of `DIR/checked` when the last complete check ended. Object files
+    /// changed at or after it (ctime) are re-hashed by the next `sync`.
+    pub checked: Option<(i64, i64)>,
 }
 
 /// Split `repo:tag` / `repo@sha256:<hex>` into an [`ImageRef`]. A name
