@@ -132,10 +132,17 @@ impl MetaEncoder {
     /// or it changes nothing (a writer bug, not input).
     pub fn push(&mut self, r: &MetaRecord) {
         assert!(r.index >= self.next, "records out of order");
-        let flags = u8::from(r.mtime.is_some()) * META_MTIME
-            | u8::from(r.mode.is_some()) * META_MODE
-            | u8::from(r.uid.is_some()) * META_UID
-            | u8::from(r.gid.is_some()) * META_GID;
+        let mut flags = 0u8;
+        for (set, bit) in [
+            (r.mtime.is_some(), META_MTIME),
+            (r.mode.is_some(), META_MODE),
+            (r.uid.is_some(), META_UID),
+            (r.gid.is_some(), META_GID),
+        ] {
+            if set {
+                flags |= bit;
+            }
+        }
         assert!(flags != 0, "a record must change something");
         put_varint(
             &mut self.out,
