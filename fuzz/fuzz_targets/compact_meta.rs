@@ -62,7 +62,14 @@ fn data(out: &mut Vec<u8>, d: &[u8]) {
 fn marker(out: &mut Vec<u8>, kind: &str, keys: &[(&str, &[u8])], content: &[u8]) {
     let mut pax: Vec<(&str, &[u8])> = vec![("LAYERLINK.marker", kind.as_bytes())];
     pax.extend_from_slice(keys);
-    header(out, &format!(".layerlink/{kind}"), b'0', content.len(), "", &pax);
+    header(
+        out,
+        &format!(".layerlink/{kind}"),
+        b'0',
+        content.len(),
+        "",
+        &pax,
+    );
     data(out, content);
 }
 
@@ -78,11 +85,23 @@ const FILE: &[u8] = b"content of a/f\n";
 fn base_archive(b: &Digest) -> Vec<u8> {
     let mut t = Vec::new();
     let id = b.to_string();
-    marker(&mut t, "layer", &[("LAYERLINK.diff_id", id.as_bytes())], b"");
+    marker(
+        &mut t,
+        "layer",
+        &[("LAYERLINK.diff_id", id.as_bytes())],
+        b"",
+    );
     header(&mut t, "./", b'5', 0, "", &[]);
     header(&mut t, "a/", b'5', 0, "", &[]);
     let hex = Digest::of(FILE).hex();
-    header(&mut t, "a/f", b'0', FILE.len(), "", &[("LAYERLINK.digest", hex.as_bytes())]);
+    header(
+        &mut t,
+        "a/f",
+        b'0',
+        FILE.len(),
+        "",
+        &[("LAYERLINK.digest", hex.as_bytes())],
+    );
     data(&mut t, FILE);
     header(&mut t, "a/l", b'2', 0, "f", &[]);
     header(&mut t, "e", b'0', 0, "", &[]);
@@ -90,7 +109,10 @@ fn base_archive(b: &Digest) -> Vec<u8> {
     marker(
         &mut t,
         "layer-end",
-        &[("LAYERLINK.diff_id", id.as_bytes()), ("LAYERLINK.entries", b"6")],
+        &[
+            ("LAYERLINK.diff_id", id.as_bytes()),
+            ("LAYERLINK.entries", b"6"),
+        ],
         b"",
     );
     marker(&mut t, "end", &[], b"");
@@ -123,7 +145,8 @@ fuzz_target!(|input: &[u8]| {
     {
         let store = Store::open(&root.join("store"), Access::Exclusive).unwrap();
         let mut a = Applier::new(&store, ApplyOptions::new(vec![b])).unwrap();
-        a.apply_archive(base_archive(&b).as_slice()).expect("the base applies");
+        a.apply_archive(base_archive(&b).as_slice())
+            .expect("the base applies");
         drop(a);
         let before = std::fs::read(store.layer_path(&b).join("a/f")).unwrap();
 
@@ -131,7 +154,12 @@ fuzz_target!(|input: &[u8]| {
         let (n, size) = (count.to_string(), records.len().to_string());
         let (bid, lid) = (b.to_string(), l.to_string());
         let mut t = Vec::new();
-        marker(&mut t, "layer", &[("LAYERLINK.diff_id", lid.as_bytes())], b"");
+        marker(
+            &mut t,
+            "layer",
+            &[("LAYERLINK.diff_id", lid.as_bytes())],
+            b"",
+        );
         marker(
             &mut t,
             "base",
@@ -147,7 +175,10 @@ fuzz_target!(|input: &[u8]| {
         marker(
             &mut t,
             "layer-end",
-            &[("LAYERLINK.diff_id", lid.as_bytes()), ("LAYERLINK.entries", b"0")],
+            &[
+                ("LAYERLINK.diff_id", lid.as_bytes()),
+                ("LAYERLINK.entries", b"0"),
+            ],
             b"",
         );
         marker(&mut t, "end", &[], b"");
@@ -157,11 +188,19 @@ fuzz_target!(|input: &[u8]| {
         drop(a);
         assert_eq!(store.has_layer(&l).unwrap(), ok);
         let mut problems = Vec::new();
-        let stats = store.verify(|p| problems.push(p.to_owned())).expect("verify runs");
+        let stats = store
+            .verify(|p| problems.push(p.to_owned()))
+            .expect("verify runs");
         assert_eq!(stats.problems, 0, "store damaged: {problems:?}");
-        assert_eq!(std::fs::read(store.layer_path(&b).join("a/f")).unwrap(), before);
+        assert_eq!(
+            std::fs::read(store.layer_path(&b).join("a/f")).unwrap(),
+            before
+        );
         if ok {
-            assert_eq!(std::fs::read(store.layer_path(&l).join("a/f")).unwrap(), FILE);
+            assert_eq!(
+                std::fs::read(store.layer_path(&l).join("a/f")).unwrap(),
+                FILE
+            );
         }
     }
     let _ = std::fs::remove_dir_all(&root);
