@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Writes small valid inputs into fuzz/seeds/<target>/ (run from fuzz/)."""
-import hashlib, io, tarfile
+import hashlib, io, os, tarfile
 
 def add(t, name, kind=tarfile.REGTYPE, data=b"", link="", pax=None, mode=0o644):
     i = tarfile.TarInfo(name)
@@ -57,3 +57,10 @@ open("seeds/archive_apply/layer-zstd", "wb").write(b"\x05" + b.getvalue())
 
 open("seeds/postcard_msgs/plan", "wb").write(
     bytes([5]) + b"linux" + bytes([5]) + b"amd64" + b"\x00" + b"\x01" + bytes([3]) + b"app" + bytes([2]) + b"v1" + b"\x00\x00\x00")
+
+# compact_meta: first byte = announced record count, then the records
+# (nodes of the target's held layer: 0 a, 1 a/f, 2 a/l, 3 e, 4 w).
+os.makedirs("seeds/compact_meta", exist_ok=True)
+open("seeds/compact_meta/mtime-two", "wb").write(b"\x02\x21\x00\x01\x00")  # a/l, e: mtime 0
+open("seeds/compact_meta/mode", "wb").write(b"\x01\x12\xed\x03")  # a/f: mode 0755
+open("seeds/compact_meta/whiteout", "wb").write(b"\x01\x41\x02")  # w: rejected

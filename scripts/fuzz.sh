@@ -3,7 +3,7 @@
 #
 #   scripts/fuzz.sh [SECONDS] [TARGET...]
 #
-# Runs each target (default: postcard_msgs archive_apply registry_ingest delta_apply)
+# Runs each target (default: postcard_msgs archive_apply registry_ingest delta_apply compact_meta)
 # for SECONDS (default 60) and prints executions and crashes per target.
 # Crash inputs are copied to fuzz/regressions/<target>/, which
 # `cargo test -p layerlink-agent --test hostile` and
@@ -17,7 +17,7 @@ set -euo pipefail
 secs="${1:-60}"
 shift || true
 targets=("$@")
-[ ${#targets[@]} -eq 0 ] && targets=(postcard_msgs archive_apply registry_ingest delta_apply)
+[ ${#targets[@]} -eq 0 ] && targets=(postcard_msgs archive_apply registry_ingest delta_apply compact_meta)
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root/fuzz"

@@ -34,12 +34,14 @@ use layerlink_proto::archive::{
     classify_whiteout, normalize_entry_path, parse_reference_link, Encoding, Marker, PathError,
     Whiteout,
 };
+use layerlink_proto::compact::{MetaDecoder, MetaRecord};
 use layerlink_proto::limits::{
     MAX_LAYER_ENTRIES, MAX_METADATA_BYTES, MAX_PATH_BYTES, MAX_REPAIR_OBJECTS,
 };
 use layerlink_proto::Digest;
 use rustix::fs::{self as rfs, AtFlags, FileType, Mode, XattrFlags};
 use rustix::io::Errno;
+use sha2::{Digest as _, Sha256};
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -111,6 +113,9 @@ pub struct LayerStats {
     /// Entries kept from the held base layer the section was built on
     /// (archive feature `layer-base`).
     pub kept: u64,
+    /// Of those, entries given new metadata by a compact record (feature
+    /// `compact-meta`).
+    pub compact: u64,
     /// Files rebuilt from a held object and a patch (feature `file-delta`).
     pub delta_files: u64,
     /// Patch bytes those files cost.
@@ -464,7 +469,10 @@ impl<'s> Applier<'s> {
                 f.diff_id,
                 s.entries,
                 if s.kept > 0 {
-                    format!(" + {} kept from a held layer", s.kept)
+                    format!(
+                        " + {} kept from a held layer ({} with new metadata)",
+                        s.kept, s.compact
+                    )
                 } else {
                     String::new()
                 },
@@ -1013,10 +1021,40 @@ impl<'s> Applier<'s> {
         if self.opts.progress {
             eprintln!("layer {diff_id}: building on held layer {base}");
         }
+        let mut cm = match (h.ll.meta, h.ll.meta_size, h.ll.base_order) {
+            (None, None, None) => None,
+            (Some(n), Some(size), Some(order))
+                if n <= MAX_LAYER_ENTRIES && size <= h.size && size >= n.saturating_mul(2) =>
+            {
+                Some(Compact {
+                    dec: MetaDecoder::new(n),
+                    budget: size,
+                    buf: [0; COMPACT_BUF],
+                    pos: 0,
+                    len: 0,
+                    next: None,
+                    node: 0,
+                    order: Sha256::new(),
+                    want_order: order,
+                })
+            }
+            _ => {
+                return Err(Error::integrity(format!(
+                    "base marker of layer {diff_id}: bad compact metadata keys"
+                )))
+            }
+        };
         let dst =
             fsops::open_dir_at(lw.root.as_fd(), b".").map_err(|e| Error::errno("layer root", e))?;
         let mut path = Vec::new();
-        self.copy_tree(lw, src.as_fd(), dst.as_fd(), &mut path, 0)?;
+        let mut walk = Walk {
+            tar,
+            cm: cm.as_mut(),
+        };
+        self.copy_tree(lw, &mut walk, src.as_fd(), dst.as_fd(), &mut path, 0)?;
+        if let Some(c) = cm {
+            c.finish(diff_id)?;
+        }
         lw.cache = None;
         // The removed paths, each ended by a NUL, streamed.
         let mut buf = [0u8; 4096];
@@ -1052,6 +1090,7 @@ impl<'s> Applier<'s> {
     fn copy_tree(
         &mut self,
         lw: &mut LayerWriter,
+        walk: &mut Walk<'_, '_>,
         src: BorrowedFd<'_>,
         dst: BorrowedFd<'_>,
         path: &mut Vec<u8>,
@@ -1063,33 +1102,40 @@ impl<'s> Applier<'s> {
                 show(path)
             )));
         }
-        let mut d =
-            rfs::Dir::read_from(src).map_err(|e| Error::errno("reading a held layer", e))?;
-        while let Some(ent) = d.read() {
-            let ent = ent.map_err(|e| Error::errno("reading a held layer", e))?;
-            let name = ent.file_name().to_bytes();
-            if name == b"." || name == b".." {
-                continue;
-            }
+        // Tree order (`layerlink_proto::compact`): names sorted by bytes.
+        let mut names: Vec<Vec<u8>> = Vec::new();
+        fsops::for_each_entry(src, |n, _| {
+            names.push(n.to_vec());
+            Ok(())
+        })?;
+        names.sort_unstable();
+        for name in &names {
             let len = path.len();
             if !path.is_empty() {
                 path.push(b'/');
             }
             path.extend_from_slice(name);
-            self.copy_entry(lw, src, dst, name, path, depth)?;
+            let rec = match walk.cm.as_deref_mut() {
+                Some(c) => c.take(walk.tar, path)?,
+                None => None,
+            };
+            self.copy_entry(lw, walk, src, dst, name, path, depth, rec)?;
             path.truncate(len);
         }
         Ok(())
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn copy_entry(
         &mut self,
         lw: &mut LayerWriter,
+        walk: &mut Walk<'_, '_>,
         src: BorrowedFd<'_>,
         dst: BorrowedFd<'_>,
         name: &[u8],
         path: &mut Vec<u8>,
         depth: usize,
+        rec: Option<MetaRecord>,
     ) -> Result<()> {
         let io = |what: &str, e: Errno| {
             Error::errno(format!("{what} {} (held layer copy)", show(path)), e)
@@ -1097,8 +1143,26 @@ impl<'s> Applier<'s> {
         let Some(st) = fsops::lstat_at(src, name).map_err(|e| io("lstat", e))? else {
             return Ok(());
         };
-        let meta_of = |x: fsops::Xattrs| Meta::from_stat(&st, x);
+        // B's metadata, with what a compact record changes.
+        let meta_of = |x: fsops::Xattrs| {
+            let mut m = Meta::from_stat(&st, x);
+            if let Some(r) = &rec {
+                if let Some(t) = r.mtime {
+                    m.mtime = Time { sec: t, nsec: 0 };
+                }
+                m.mode = r.mode.unwrap_or(m.mode);
+                m.uid = r.uid.unwrap_or(m.uid);
+                m.gid = r.gid.unwrap_or(m.gid);
+            }
+            m
+        };
         let ft = file_type(&st);
+        if rec.is_some() {
+            if is_whiteout(&st) {
+                return Err(hostile(path, "compact metadata record for a whiteout"));
+            }
+            lw.stats.compact += 1;
+        }
         match ft {
             FileType::Directory => {
                 rfs::mkdirat(dst, name, Mode::from_raw_mode(0o700)).map_err(|e| io("mkdir", e))?;
@@ -1115,8 +1179,26 @@ impl<'s> Applier<'s> {
                 }
                 lw.record_dir(path, meta.mtime)?;
                 lw.stats.kept += 1;
-                self.copy_tree(lw, s.as_fd(), d.as_fd(), path, depth + 1)?;
+                self.copy_tree(lw, walk, s.as_fd(), d.as_fd(), path, depth + 1)?;
                 return Ok(());
+            }
+            FileType::RegularFile if st.st_size > 0 && rec.is_some() => {
+                // The same content with other metadata: another variant.
+                let mut f = fsops::open_file_at(src, name).map_err(|e| io("opening", e))?;
+                let x = fsops::read_xattrs_fd(f.as_fd()).map_err(|e| io("xattrs of", e))?;
+                let meta = meta_of(x);
+                let d = self.objects.insert(
+                    None,
+                    st.st_size as u64,
+                    &mut |b| {
+                        f.read(b)
+                            .map_err(|e| Error::io("reading a file to copy", e))
+                    },
+                    &meta,
+                )?;
+                if !self.objects.link(&d, &meta, dst, name)? {
+                    return Err(Error::Other(format!("object {d} vanished while copying")));
+                }
             }
             FileType::RegularFile if st.st_size > 0 => {
                 match rfs::linkat(src, name, dst, name, AtFlags::empty()) {
@@ -1399,6 +1481,99 @@ pub(crate) fn open_existing_dir(
         };
     }
     Ok(cur)
+}
+
+/// Bytes of compact records buffered at once (a record has at most 51).
+const COMPACT_BUF: usize = 256;
+/// Most bytes one record takes: five varints of at most 10 bytes, plus one.
+const MAX_RECORD_BYTES: usize = 51;
+
+/// A held layer's copy in progress: the archive (for compact records) and
+/// the records' state.
+struct Walk<'t, 'a> {
+    tar: &'t mut Tar<'a>,
+    cm: Option<&'t mut Compact>,
+}
+
+/// Compact metadata records of a base marker (`proto/SPEC.md`, "Compact
+/// metadata"), applied while the base's tree is copied in tree order.
+struct Compact {
+    dec: MetaDecoder,
+    /// Record bytes not read from the archive yet.
+    budget: u64,
+    buf: [u8; COMPACT_BUF],
+    pos: usize,
+    len: usize,
+    /// The next record, decoded ahead.
+    next: Option<MetaRecord>,
+    /// Tree-order index of the next node.
+    node: u64,
+    order: Sha256,
+    want_order: Digest,
+}
+
+impl Compact {
+    /// The record for the next node (`path`), if any.
+    fn take(&mut self, tar: &mut Tar<'_>, path: &[u8]) -> Result<Option<MetaRecord>> {
+        self.order.update(path);
+        self.order.update([0u8]);
+        let node = self.node;
+        self.node += 1;
+        if self.next.is_none() && self.dec.remaining() > 0 {
+            // Refill so that a whole record is buffered (or all that is left).
+            self.buf.copy_within(self.pos..self.len, 0);
+            self.len -= self.pos;
+            self.pos = 0;
+            while self.len < MAX_RECORD_BYTES && self.budget > 0 {
+                let want = (COMPACT_BUF - self.len).min(self.budget as usize);
+                let n = tar.read_data(&mut self.buf[self.len..self.len + want])?;
+                if n == 0 {
+                    return Err(Error::integrity("base marker shorter than its records"));
+                }
+                self.len += n;
+                self.budget -= n as u64;
+            }
+            let mut it = self.buf[self.pos..self.len].iter();
+            let mut used = 0usize;
+            self.next = self
+                .dec
+                .next_record(&mut || {
+                    used += 1;
+                    it.next().copied()
+                })
+                .map_err(|e| Error::integrity(format!("base marker: {e}")))?;
+            self.pos += used;
+        }
+        match self.next {
+            Some(r) if r.index == node => {
+                self.next = None;
+                Ok(Some(r))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// After the copy: every record was used, every byte read, and the tree
+    /// order was the registry's.
+    fn finish(self, diff_id: &Digest) -> Result<()> {
+        if let Some(r) = self.next {
+            return Err(Error::integrity(format!(
+                "base marker of layer {diff_id}: compact record for node {} of a base with {}",
+                r.index, self.node
+            )));
+        }
+        if self.dec.remaining() > 0 || self.budget > 0 || self.pos != self.len {
+            return Err(Error::integrity(format!(
+                "base marker of layer {diff_id}: compact records do not match LAYERLINK.meta / meta-size"
+            )));
+        }
+        if Digest::from_hasher(self.order) != self.want_order {
+            return Err(Error::integrity(format!(
+                "base marker of layer {diff_id}: the held base's tree order differs from the registry's"
+            )));
+        }
+        Ok(())
+    }
 }
 
 /// State of the layer being written.

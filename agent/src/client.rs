@@ -4,7 +4,8 @@
 
 use crate::error::{Error, Result};
 use layerlink_proto::archive::{
-    Encoding, FEATURES_HEADER, FEATURE_FILE_DELTA, FEATURE_LAYER_BASE, FEATURE_ZSTD,
+    Encoding, FEATURES_HEADER, FEATURE_COMPACT_META, FEATURE_FILE_DELTA, FEATURE_LAYER_BASE,
+    FEATURE_ZSTD,
 };
 use layerlink_proto::limits::MAX_MESSAGE_BYTES;
 use layerlink_proto::msg::{
@@ -32,9 +33,9 @@ pub struct Download {
 /// The `layerlink-features` value this agent sends.
 pub fn features(zstd: bool) -> String {
     if zstd {
-        format!("{FEATURE_LAYER_BASE},{FEATURE_FILE_DELTA},{FEATURE_ZSTD}")
+        format!("{FEATURE_LAYER_BASE},{FEATURE_COMPACT_META},{FEATURE_FILE_DELTA},{FEATURE_ZSTD}")
     } else {
-        format!("{FEATURE_LAYER_BASE},{FEATURE_FILE_DELTA}")
+        format!("{FEATURE_LAYER_BASE},{FEATURE_COMPACT_META},{FEATURE_FILE_DELTA}")
     }
 }
 

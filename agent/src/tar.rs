@@ -8,7 +8,8 @@
 
 use crate::error::{Error, Result};
 use layerlink_proto::archive::{
-    Marker, PAX_DELTA_BASE, PAX_DELTA_SIZE, PAX_DIFF_ID, PAX_DIGEST, PAX_ENTRIES, PAX_MARKER,
+    Marker, PAX_BASE_ORDER, PAX_DELTA_BASE, PAX_DELTA_SIZE, PAX_DIFF_ID, PAX_DIGEST, PAX_ENTRIES,
+    PAX_MARKER, PAX_META, PAX_META_SIZE,
 };
 use layerlink_proto::limits::{MAX_EXTENSION_HEADERS, MAX_PATH_BYTES, MAX_PAX_BYTES};
 use layerlink_proto::Digest;
@@ -61,6 +62,12 @@ pub struct LayerlinkKeys {
     pub delta_base: Option<Digest>,
     /// `LAYERLINK.delta-size` (a delta entry's new size).
     pub delta_size: Option<u64>,
+    /// `LAYERLINK.meta` (compact records in a base marker).
+    pub meta: Option<u64>,
+    /// `LAYERLINK.meta-size` (their bytes).
+    pub meta_size: Option<u64>,
+    /// `LAYERLINK.base-order` (sha256 of the base's tree order).
+    pub base_order: Option<Digest>,
 }
 
 /// One entry's header, with PAX and GNU extensions folded in.
@@ -290,6 +297,13 @@ fn pax_record(p: &mut Pending, key: &[u8], value: &[u8]) -> Result<()> {
                 Some(Digest::from_hex(hex).map_err(|_| bad("bad LAYERLINK.delta-base"))?);
         }
         k if k == PAX_DELTA_SIZE.as_bytes() => p.ll.delta_size = Some(num(value)?),
+        k if k == PAX_META.as_bytes() => p.ll.meta = Some(num(value)?),
+        k if k == PAX_META_SIZE.as_bytes() => p.ll.meta_size = Some(num(value)?),
+        k if k == PAX_BASE_ORDER.as_bytes() => {
+            let hex = core::str::from_utf8(value).map_err(|_| bad("bad LAYERLINK.base-order"))?;
+            p.ll.base_order =
+                Some(Digest::from_hex(hex).map_err(|_| bad("bad LAYERLINK.base-order"))?);
+        }
         // atime, ctime, uname, gname, comment, charset, hdrcharset and
         // unknown vendor keys do not change what we create.
         _ => {}

@@ -69,6 +69,18 @@ pub const FEATURES_HEADER: &str = "layerlink-features";
 /// Archive feature: layer sections may start with a [`Marker::Base`] marker
 /// and then carry only the entries that differ from the held base layer.
 pub const FEATURE_LAYER_BASE: &str = "layer-base";
+/// Archive feature (with [`FEATURE_LAYER_BASE`]): a base marker may carry
+/// compact metadata records ([`crate::compact`]) for entries that differ
+/// from the base's only in mtime, mode, uid or gid.
+pub const FEATURE_COMPACT_META: &str = "compact-meta";
+/// PAX key of a base marker: decimal number of compact records its content
+/// starts with.
+pub const PAX_META: &str = "LAYERLINK.meta";
+/// PAX key of a base marker: decimal byte length of those records.
+pub const PAX_META_SIZE: &str = "LAYERLINK.meta-size";
+/// PAX key of a base marker with records: 64 hex chars, sha256 of the base
+/// layer's tree-order node paths, each followed by a NUL.
+pub const PAX_BASE_ORDER: &str = "LAYERLINK.base-order";
 /// Archive feature: the device reads zstd archives (see [`Encoding::Zstd`]).
 /// `POST /archive` and `POST /objects` may then answer with one.
 pub const FEATURE_ZSTD: &str = "zstd";
@@ -405,6 +417,10 @@ mod tests {
         assert_eq!(FEATURES_HEADER, "layerlink-features");
         assert_eq!(FEATURE_LAYER_BASE, "layer-base");
         assert_eq!(FEATURE_FILE_DELTA, "file-delta");
+        assert_eq!(FEATURE_COMPACT_META, "compact-meta");
+        assert_eq!(PAX_META, "LAYERLINK.meta");
+        assert_eq!(PAX_META_SIZE, "LAYERLINK.meta-size");
+        assert_eq!(PAX_BASE_ORDER, "LAYERLINK.base-order");
         assert_eq!(PAX_DELTA_BASE, "LAYERLINK.delta-base");
         assert_eq!(PAX_DELTA_SIZE, "LAYERLINK.delta-size");
         assert_eq!(DELTA_PATCH_HEADER, *b"\xdf\xb1\x00\x00\x00\x10\x00\x00");

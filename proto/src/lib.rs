@@ -22,6 +22,7 @@ extern crate alloc;
 extern crate std;
 
 pub mod archive;
+pub mod compact;
 pub mod digest;
 pub mod error;
 pub mod limits;

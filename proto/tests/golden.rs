@@ -214,3 +214,57 @@ fn file_delta_names_and_patch_header() {
         0x1000
     );
 }
+
+/// Compact metadata (`proto/SPEC.md`, "Compact metadata"): names, the
+/// record encoding and the tree order are wire format.
+#[test]
+fn compact_meta_records() {
+    use layerlink_proto::archive::*;
+    use layerlink_proto::compact::*;
+    assert_eq!(FEATURE_COMPACT_META, "compact-meta");
+    assert_eq!(PAX_META, "LAYERLINK.meta");
+    assert_eq!(PAX_META_SIZE, "LAYERLINK.meta-size");
+    assert_eq!(PAX_BASE_ORDER, "LAYERLINK.base-order");
+    let rec = |index, mtime, mode, uid, gid| MetaRecord {
+        index,
+        mtime,
+        mode,
+        uid,
+        gid,
+    };
+    let recs = [
+        rec(2, Some(1_700_000_000), None, None, None),
+        rec(3, Some(1_700_000_000), None, None, None),
+        rec(4, Some(1_699_999_999), None, None, None),
+        rec(300, None, Some(0o755), None, None),
+        rec(301, Some(1_700_000_064), None, Some(1000), Some(70_000)),
+    ];
+    let mut e = MetaEncoder::new();
+    for r in &recs {
+        e.push(r);
+    }
+    let expected = concat!(
+        "21",         // gap 2, mtime
+        "80c49fd50c", // zigzag(1_700_000_000) = 3_400_000_000
+        "01",         // gap 0, mtime
+        "00",         // same mtime
+        "01",         // gap 0, mtime
+        "01",         // −1 s
+        "f224",       // gap 295 (295 << 4 | 2), mode
+        "ed03",       // 0o755
+        "0d",         // gap 0, mtime + uid + gid
+        "8201",       // +65 s
+        "e807",       // uid 1000
+        "f0a204",     // gid 70000
+    );
+    assert_eq!(hex(&e.out), expected);
+    assert_eq!(e.count, 5);
+    assert_eq!(decode_all(&e.out, 5).unwrap(), recs);
+    // Tree order: component by component.
+    let mut paths: Vec<&[u8]> = vec![b"usr/lib", b"usr", b"usr-x", b"usr/bin/sh", b"usr/bin"];
+    paths.sort_by(|a, b| tree_order(a, b));
+    assert_eq!(
+        paths,
+        [&b"usr"[..], b"usr/bin", b"usr/bin/sh", b"usr/lib", b"usr-x"]
+    );
+}

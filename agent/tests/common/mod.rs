@@ -319,6 +319,42 @@ impl Archive {
         ));
         self
     }
+    /// A base marker with compact metadata (feature `compact-meta`): the
+    /// PAX keys as given (`None`: left out), `records` then the removed
+    /// paths as content.
+    pub fn base_compact(
+        &mut self,
+        base: &Digest,
+        removed: &[&str],
+        meta: Option<&str>,
+        meta_size: Option<&str>,
+        order: Option<&Digest>,
+        records: &[u8],
+    ) -> &mut Self {
+        let id = base.to_string();
+        let n = removed.len().to_string();
+        let order = order.map(|d| d.hex());
+        let mut data = records.to_vec();
+        for p in removed {
+            data.extend_from_slice(p.as_bytes());
+            data.push(0);
+        }
+        let mut keys: Vec<(&str, &[u8])> = vec![
+            ("LAYERLINK.diff_id", id.as_bytes()),
+            ("LAYERLINK.entries", n.as_bytes()),
+        ];
+        if let Some(m) = meta {
+            keys.push(("LAYERLINK.meta", m.as_bytes()));
+        }
+        if let Some(m) = meta_size {
+            keys.push(("LAYERLINK.meta-size", m.as_bytes()));
+        }
+        if let Some(o) = &order {
+            keys.push(("LAYERLINK.base-order", o.as_bytes()));
+        }
+        self.put(&marker("base", &keys, &data));
+        self
+    }
     pub fn layer_end(&mut self, diff_id: &Digest, count: u64) -> &mut Self {
         let id = diff_id.to_string();
         let n = count.to_string();

@@ -84,6 +84,14 @@ impl TarBuilder {
         self
     }
 
+    /// A regular file with its own mode and mtime.
+    pub fn file_meta(&mut self, path: &str, content: &[u8], mode: u32, mtime: u64) -> &mut Self {
+        let mut h = Self::header(tar::EntryType::Regular, mode, content.len() as u64);
+        h.set_mtime(mtime);
+        self.b.append_data(&mut h, path, content).unwrap();
+        self
+    }
+
     pub fn file_with_pax(
         &mut self,
         path: &str,

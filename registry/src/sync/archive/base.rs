@@ -16,6 +16,7 @@
 
 use crate::store::index::{self, EntryKind, EntryRecord, IndexError};
 use layerlink_proto::archive::{classify_whiteout, normalize_entry_path, PathError, Whiteout};
+use layerlink_proto::compact::{tree_order, MetaEncoder, MetaRecord};
 use layerlink_proto::limits::MAX_METADATA_BYTES;
 use layerlink_proto::Digest;
 use sha2::{Digest as _, Sha256};
@@ -42,12 +43,31 @@ pub struct BaseDiff {
     /// Normalised entry paths of the base to remove (top-most only: a
     /// removed directory takes its contents along).
     pub removed: Vec<Vec<u8>>,
+    /// Per entry record of the new layer: whether it differs from the
+    /// base's only in mtime, mode, uid or gid (a compact record with
+    /// feature `compact-meta`; sent whole without it).
+    meta_only: Vec<u64>,
+    /// The compact records of those entries, encoded, in base tree order.
+    pub compact: Vec<u8>,
+    /// How many records `compact` holds.
+    pub compact_count: u32,
+    /// sha256 of the base's tree-order node paths, each followed by a NUL
+    /// (`LAYERLINK.base-order`).
+    pub base_order: Digest,
 }
 
 impl BaseDiff {
     /// Whether record `i` of the new layer is the base's and is not sent.
     pub fn is_same(&self, i: usize) -> bool {
         self.same
+            .get(i / 64)
+            .is_some_and(|w| w & (1u64 << (i % 64)) != 0)
+    }
+
+    /// Whether record `i` is sent as a compact record (feature
+    /// `compact-meta` only).
+    pub fn is_meta_only(&self, i: usize) -> bool {
+        self.meta_only
             .get(i / 64)
             .is_some_and(|w| w & (1u64 << (i % 64)) != 0)
     }
@@ -67,6 +87,8 @@ impl BaseDiff {
 struct Scan {
     /// Tree key (normalised path; `.wh.x` → `x`) → entry.
     by_key: HashMap<Vec<u8>, Slot>,
+    /// sha256 of the tree-order keys, each followed by a NUL.
+    order: Digest,
 }
 
 struct Slot {
@@ -75,8 +97,18 @@ struct Slot {
     path: Vec<u8>,
     class: Class,
     identity: [u8; 16],
+    /// [`Slot::identity`] without mode, uid, gid and mtime.
+    shape: [u8; 16],
     /// Whether the entry may be taken from a base tree instead of sent.
     cloneable: bool,
+    /// Index of the node in the agent's tree order (not for opaque marks).
+    order: u32,
+    mode: u32,
+    uid: u64,
+    gid: u64,
+    mtime: u64,
+    /// Whether the entry has a PAX `mtime` record.
+    pax_mtime: bool,
 }
 
 /// Kinds that replace each other in different ways on the agent.
@@ -143,10 +175,17 @@ fn scan(txn: &redb::ReadTransaction, diff_id: &Digest) -> Result<Option<Scan>, I
         ) && class != Class::Opaque;
         let slot = Slot {
             record: i,
-            identity: identity(&rec, &path),
+            identity: identity(&rec, &path, true),
+            shape: identity(&rec, &path, false),
             path,
             class,
             cloneable,
+            order: u32::MAX,
+            mode: rec.mode & 0o7777,
+            uid: rec.uid,
+            gid: rec.gid,
+            mtime: rec.mtime,
+            pax_mtime: rec.pax.iter().any(|(k, _)| k == b"mtime"),
         };
         if by_key.insert(key, slot).is_some() {
             return Ok(None); // a path given twice: order would matter
@@ -157,12 +196,32 @@ fn scan(txn: &redb::ReadTransaction, diff_id: &Digest) -> Result<Option<Scan>, I
             return Ok(None); // an implicit directory: its metadata is the lower layers'
         }
     }
-    Ok(Some(Scan { by_key }))
+    // The agent's tree order: every node but the root (opaque marks are
+    // attributes, not nodes), depth first, names sorted.
+    let mut nodes: Vec<&Vec<u8>> = by_key
+        .iter()
+        .filter(|(_, s)| s.class != Class::Opaque)
+        .map(|(k, _)| k)
+        .collect();
+    nodes.sort_by(|a, b| tree_order(a, b));
+    let mut h = Sha256::new();
+    let nodes: Vec<Vec<u8>> = nodes.into_iter().cloned().collect();
+    for (n, key) in nodes.iter().enumerate() {
+        h.update(key);
+        h.update([0u8]);
+        if let Some(s) = by_key.get_mut(key) {
+            s.order = n as u32;
+        }
+    }
+    Ok(Some(Scan {
+        by_key,
+        order: Digest::from_hasher(h),
+    }))
 }
 
 /// What the agent's tree keeps of an entry: everything but names of users
 /// and groups and the header's encoding.
-fn identity(rec: &EntryRecord, path: &[u8]) -> [u8; 16] {
+fn identity(rec: &EntryRecord, path: &[u8], with_meta: bool) -> [u8; 16] {
     let mut h = Sha256::new();
     let mut field = |b: &[u8]| {
         h.update((b.len() as u64).to_le_bytes());
@@ -170,17 +229,19 @@ fn identity(rec: &EntryRecord, path: &[u8]) -> [u8; 16] {
     };
     field(path);
     field(&[rec.kind as u8, rec.type_flag]);
-    field(&rec.mode.to_le_bytes());
-    field(&rec.uid.to_le_bytes());
-    field(&rec.gid.to_le_bytes());
-    field(&rec.mtime.to_le_bytes());
+    if with_meta {
+        field(&rec.mode.to_le_bytes());
+        field(&rec.uid.to_le_bytes());
+        field(&rec.gid.to_le_bytes());
+        field(&rec.mtime.to_le_bytes());
+    }
     field(&rec.link);
     field(&rec.dev_major.to_le_bytes());
     field(&rec.dev_minor.to_le_bytes());
     field(&rec.size.to_le_bytes());
     field(rec.object.as_ref().map(|d| &d.0[..]).unwrap_or(&[]));
     for (k, v) in &rec.pax {
-        if k.starts_with(b"SCHILY.xattr.") || k == b"mtime" {
+        if k.starts_with(b"SCHILY.xattr.") || (with_meta && k == b"mtime") {
             field(k);
             field(v);
         }
@@ -196,12 +257,20 @@ fn identity(rec: &EntryRecord, path: &[u8]) -> [u8; 16] {
 fn compare(l_id: &Digest, l: &Scan, b_id: &Digest, b: &Scan, records: usize) -> Option<BaseDiff> {
     let mut same = vec![0u64; records.div_ceil(64)];
     let mut same_count = 0u32;
+    let mut meta_only = vec![0u64; records.div_ceil(64)];
+    let mut compact: Vec<MetaRecord> = Vec::new();
     let mut removed_keys: HashSet<&[u8]> = HashSet::new();
     for (key, s) in &l.by_key {
         match b.by_key.get(key) {
             Some(o) if s.cloneable && o.cloneable && o.identity == s.identity => {
                 same[s.record / 64] |= 1u64 << (s.record % 64);
                 same_count += 1;
+            }
+            Some(o) if s.cloneable && o.cloneable && o.shape == s.shape => {
+                if let Some(r) = meta_record(s, o) {
+                    meta_only[s.record / 64] |= 1u64 << (s.record % 64);
+                    compact.push(r);
+                }
             }
             // A different kind at the same path: the base's goes first, so
             // the sent entry lands on nothing (a whiteout on a file, a file
@@ -233,16 +302,47 @@ fn compare(l_id: &Digest, l: &Scan, b_id: &Digest, b: &Scan, records: usize) -> 
         removed.push(path.clone());
     }
     removed.sort();
-    let saved = same_count.saturating_sub(removed.len() as u32);
+    let saved = (same_count + compact.len() as u32).saturating_sub(removed.len() as u32);
     if saved < MIN_SAVED_ENTRIES || bytes as u64 > MAX_METADATA_BYTES || l_id == b_id {
         return None;
+    }
+    compact.sort_by_key(|r| r.index);
+    let mut enc = MetaEncoder::new();
+    for r in &compact {
+        enc.push(r);
     }
     Some(BaseDiff {
         base: *b_id,
         same,
         same_count,
         removed,
+        meta_only,
+        compact: enc.out,
+        compact_count: compact.len() as u32,
+        base_order: b.order,
     })
+}
+
+/// The compact record making base entry `o` into new entry `s` (same
+/// shape), or `None` when `s` needs its full header (a PAX mtime, ids
+/// above 32 bits, a node outside the tree order).
+fn meta_record(s: &Slot, o: &Slot) -> Option<MetaRecord> {
+    if s.pax_mtime || s.class == Class::Whiteout || o.order == u32::MAX {
+        return None;
+    }
+    let (uid, gid) = (u32::try_from(s.uid).ok()?, u32::try_from(s.gid).ok()?);
+    let mtime = i64::try_from(s.mtime).ok()?;
+    let mut r = MetaRecord {
+        index: u64::from(o.order),
+        mtime: (s.mtime != o.mtime || o.pax_mtime).then_some(mtime),
+        mode: (s.mode != o.mode).then_some(s.mode),
+        uid: (s.uid != o.uid).then_some(uid),
+        gid: (s.gid != o.gid).then_some(gid),
+    };
+    if r.mtime.is_none() && r.mode.is_none() && r.uid.is_none() && r.gid.is_none() {
+        r.mtime = Some(mtime); // differs only in bits the tree does not keep
+    }
+    Some(r)
 }
 
 type Cache = Mutex<HashMap<(Digest, Digest), Option<Arc<BaseDiff>>>>;
@@ -258,6 +358,7 @@ pub fn choose_base(
     txn: &redb::ReadTransaction,
     diff_id: &Digest,
     held: &[Digest],
+    compact: bool,
 ) -> Result<Option<Arc<BaseDiff>>, IndexError> {
     let Some(meta) = index::layer_meta_in(txn, diff_id)? else {
         return Ok(None);
@@ -299,8 +400,13 @@ pub fn choose_base(
                 d
             }
         };
-        let score = |d: &BaseDiff| d.same_count as i64 - d.removed.len() as i64;
-        if let Some(d) = diff {
+        // Entries a base spares: compact records only for a device that
+        // reads them (they are sent whole otherwise).
+        let score = |d: &BaseDiff| {
+            let kept = d.same_count + if compact { d.compact_count } else { 0 };
+            kept as i64 - d.removed.len() as i64
+        };
+        if let Some(d) = diff.filter(|d| score(d) >= i64::from(MIN_SAVED_ENTRIES)) {
             if best.as_ref().is_none_or(|x| score(&d) > score(x)) {
                 best = Some(d);
             }

@@ -17,8 +17,9 @@ use crate::sync::plan::{Dedup, HeldObjects};
 use crate::tar::{self as tarfmt, Fields};
 use base::BaseDiff;
 use layerlink_proto::archive::{
-    reference_link, Marker, FEATURE_FILE_DELTA, FEATURE_LAYER_BASE, FEATURE_ZSTD, MARKER_DIR,
-    PAX_DELTA_BASE, PAX_DELTA_SIZE, PAX_DIFF_ID, PAX_DIGEST, PAX_ENTRIES, PAX_MARKER,
+    reference_link, Marker, FEATURE_COMPACT_META, FEATURE_FILE_DELTA, FEATURE_LAYER_BASE,
+    FEATURE_ZSTD, MARKER_DIR, PAX_BASE_ORDER, PAX_DELTA_BASE, PAX_DELTA_SIZE, PAX_DIFF_ID,
+    PAX_DIGEST, PAX_ENTRIES, PAX_MARKER, PAX_META, PAX_META_SIZE,
 };
 use layerlink_proto::msg::HeldSet;
 use layerlink_proto::Digest;
@@ -58,6 +59,11 @@ pub struct ArchiveWriter<W: TarOut> {
     new_bytes: u64,
     /// Binary deltas for modified files (feature `file-delta`).
     pub deltas: Option<DeltaPlanner>,
+    /// Send compact metadata records in base markers (feature
+    /// `compact-meta`).
+    pub compact_meta: bool,
+    /// Compact records written so far, and their bytes (uncompressed).
+    pub compact_stats: (u64, u64),
 }
 
 impl<W: TarOut> ArchiveWriter<W> {
@@ -72,6 +78,8 @@ impl<W: TarOut> ArchiveWriter<W> {
             buf: vec![0u8; 64 * 1024],
             new_bytes: 0,
             deltas: None,
+            compact_meta: false,
+            compact_stats: (0, 0),
         }
     }
 
@@ -266,22 +274,35 @@ impl<W: TarOut> ArchiveWriter<W> {
         let meta = index::layer_meta_in(txn, diff_id)?.ok_or(IndexError::UnknownLayer(*diff_id))?;
         let id = diff_id.to_string();
         self.marker(Marker::Layer, &[(PAX_DIFF_ID, id.as_bytes())], b"")?;
+        let compact = self.compact_meta && base.is_some_and(|b| b.compact_count > 0);
         if let Some(b) = base {
             let base_id = b.base.to_string();
             let count = b.removed.len().to_string();
-            self.marker(
-                Marker::Base,
-                &[
-                    (PAX_DIFF_ID, base_id.as_bytes()),
-                    (PAX_ENTRIES, count.as_bytes()),
-                ],
-                &b.removed_list(),
-            )?;
+            let mut extra = vec![
+                (PAX_DIFF_ID, base_id.as_bytes()),
+                (PAX_ENTRIES, count.as_bytes()),
+            ];
+            let (records, size, order) = (
+                b.compact_count.to_string(),
+                b.compact.len().to_string(),
+                b.base_order.hex(),
+            );
+            let mut content = Vec::new();
+            if compact {
+                extra.push((PAX_META, records.as_bytes()));
+                extra.push((PAX_META_SIZE, size.as_bytes()));
+                extra.push((PAX_BASE_ORDER, order.as_bytes()));
+                content.extend_from_slice(&b.compact);
+                self.compact_stats.0 += u64::from(b.compact_count);
+                self.compact_stats.1 += b.compact.len() as u64;
+            }
+            content.extend_from_slice(&b.removed_list());
+            self.marker(Marker::Base, &extra, &content)?;
         }
         let (mut n, mut sent) = (0u32, 0u32);
         for (i, rec) in index::layer_entries(txn, diff_id)?.enumerate() {
             let rec = rec?;
-            if base.is_some_and(|b| b.is_same(i)) {
+            if base.is_some_and(|b| b.is_same(i) || (compact && b.is_meta_only(i))) {
                 n += 1;
                 continue;
             }
@@ -357,6 +378,9 @@ pub struct Features {
     pub zstd: bool,
     /// `file-delta`: send modified files as patches against held ones.
     pub file_delta: bool,
+    /// `compact-meta`: entries that differ from the base's only in mtime,
+    /// mode or owner travel as compact records (with `layer-base`).
+    pub compact_meta: bool,
 }
 
 impl Features {
@@ -380,6 +404,8 @@ impl Features {
                 f.zstd = true;
             } else if name == FEATURE_FILE_DELTA {
                 f.file_delta = true;
+            } else if name == FEATURE_COMPACT_META {
+                f.compact_meta = true;
             }
         }
         f
@@ -463,13 +489,14 @@ fn image_body<T: TarOut>(
         let objects = w.objects.clone();
         w.deltas = Some(DeltaPlanner::new(txn, &objects, &held.layers)?);
     }
+    w.compact_meta = features.layer_base && features.compact_meta;
     if let Some(m) = metadata {
         w.marker(Marker::Manifest, &[], m.manifest)?;
         w.marker(Marker::Config, &[], m.config)?;
     }
     for d in layers {
         let base = if features.layer_base {
-            base::choose_base(txn, d, &held.layers)?
+            base::choose_base(txn, d, &held.layers, w.compact_meta)?
         } else {
             None
         };
@@ -477,6 +504,13 @@ fn image_body<T: TarOut>(
             p.begin_layer(txn, base.as_ref().map(|b| &b.base))?;
         }
         w.layer_on(txn, d, base.as_deref(), dedup)?;
+    }
+    if w.compact_stats.0 > 0 {
+        tracing::info!(
+            records = w.compact_stats.0,
+            bytes = w.compact_stats.1,
+            "archive compact metadata"
+        );
     }
     if let Some(s) = w.deltas.as_ref().map(|p| p.stats) {
         tracing::info!(
