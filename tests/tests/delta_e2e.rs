@@ -365,105 +365,6 @@ fn walk_find(dir: &std::path::Path, hex: &str) -> Option<std::path::PathBuf> {
     None
 }
 
-/// Files under `dir`, recursively (0 when it does not exist).
-fn count_files(dir: &std::path::Path) -> usize {
-    let Ok(rd) = std::fs::read_dir(dir) else {
-        return 0;
-    };
-    rd.map(|e| e.unwrap().path())
-        .map(|p| if p.is_dir() { count_files(&p) } else { 1 })
-        .sum()
-}
-
-/// `name=<n>` in a log line.
-fn field(line: &str, name: &str) -> Option<u64> {
-    line.split_whitespace()
-        .find_map(|w| w.strip_prefix(&format!("{name}=")))
-        .and_then(|n| n.trim_matches(|c: char| !c.is_ascii_digit()).parse().ok())
-}
-
-#[test]
-fn pushed_images_are_prepared_in_the_background_so_syncs_compute_nothing() {
-    // `precompute = true` is the registry's default; the test harness turns
-    // it off for the other tests (CPU), so this test names it. Level 3
-    // instead of 19 keeps the test's CPU low (level 19 took 11 min of a
-    // busy 2-core machine); what is made and used does not depend on it.
-    let config = format!("precompute = true\nzstd_level = 3\n{DEVICE_CONFIG}");
-    let reg = registry_with_test_images(&config, &[OLD, NEW]);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(900);
-    let done = |log: &str| log.lines().filter(|l| l.contains("precomputed")).count();
-    while done(&reg.log()) < 2 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the registry did not finish preparing both pushes:\n{}",
-            reg.log()
-        );
-        std::thread::sleep(std::time::Duration::from_millis(500));
-    }
-    let log = reg.log();
-    let lines: Vec<&str> = log.lines().filter(|l| l.contains("precomputed")).collect();
-    eprintln!("{}", lines.join("\n"));
-    // The first push made frames, the second (the rebuild) made deltas
-    // against the first, which is the same repository's other tag.
-    let frames_made = |l: &str| {
-        l.split("precomputed ")
-            .nth(1)
-            .and_then(|r| r.split_whitespace().next())
-            .and_then(|n| n.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    let deltas_made = |l: &str| {
-        l.split("zstd frames, ")
-            .nth(1)
-            .and_then(|r| r.split_whitespace().next())
-            .and_then(|n| n.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    assert!(frames_made(lines[0]) > 0, "{}", lines[0]);
-    assert!(deltas_made(lines[1]) > 0, "{}", lines[1]);
-    let frames_dir = reg.data_dir().join("objects").join(".frames-w18");
-    let frames = count_files(&frames_dir);
-    let deltas = count_files(&reg.data_dir().join("deltas"));
-    assert!(frames > 0 && deltas > 0, "{frames} frames, {deltas} deltas");
-
-    // A device syncs v1 then v2 with every feature (zstd, deltas): the
-    // registry makes no frame and computes no delta for either request.
-    let proxy = CountingProxy::start(reg.addr());
-    let agent = Agent::new(TOKEN);
-    let (cold, _) = sync(&agent, &proxy, OLD);
-    assert!(
-        reg.log()
-            .contains("archive served from the cold archive cache"),
-        "the cold sync did not get the cached cold archive:\n{}",
-        reg.log()
-    );
-    eprintln!("cold sync of {OLD} from the cold archive cache: {cold} B on the wire");
-    assert_checkout_matches_umoci(&agent, OLD);
-    let (cost, _) = sync(&agent, &proxy, NEW);
-    assert_eq!(
-        count_files(&frames_dir),
-        frames,
-        "a sync made frames the push should have made"
-    );
-    let archive_lines: Vec<String> = reg
-        .log()
-        .lines()
-        .filter(|l| l.contains("archive deltas"))
-        .map(str::to_owned)
-        .collect();
-    assert!(!archive_lines.is_empty(), "{}", reg.log());
-    for l in &archive_lines {
-        assert_eq!(field(l, "computed"), Some(0), "{l}");
-    }
-    assert!(
-        archive_lines
-            .iter()
-            .any(|l| field(l, "sent").unwrap_or(0) > 0),
-        "{archive_lines:?}"
-    );
-    eprintln!("{OLD} -> {NEW} with precomputed caches: {cost} B on the wire");
-    assert_checkout_matches_umoci(&agent, NEW);
-
 /// The uncompressed tar of an archive body (gzip or zstd).
 fn untar(body: &[u8]) -> Vec<u8> {
     use std::io::Read;
@@ -624,4 +525,104 @@ fn compact_metadata_on_the_upd_pair() {
         "verify: {}",
         String::from_utf8_lossy(&v.stderr)
     );
+}
+
+/// Files under `dir`, recursively (0 when it does not exist).
+fn count_files(dir: &std::path::Path) -> usize {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    rd.map(|e| e.unwrap().path())
+        .map(|p| if p.is_dir() { count_files(&p) } else { 1 })
+        .sum()
+}
+
+/// `name=<n>` in a log line.
+fn field(line: &str, name: &str) -> Option<u64> {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(&format!("{name}=")))
+        .and_then(|n| n.trim_matches(|c: char| !c.is_ascii_digit()).parse().ok())
+}
+
+#[test]
+fn pushed_images_are_prepared_in_the_background_so_syncs_compute_nothing() {
+    // `precompute = true` is the registry's default; the test harness turns
+    // it off for the other tests (CPU), so this test names it. Level 3
+    // instead of 19 keeps the test's CPU low (level 19 took 11 min of a
+    // busy 2-core machine); what is made and used does not depend on it.
+    let config = format!("precompute = true\nzstd_level = 3\n{DEVICE_CONFIG}");
+    let reg = registry_with_test_images(&config, &[OLD, NEW]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(900);
+    let done = |log: &str| log.lines().filter(|l| l.contains("precomputed")).count();
+    while done(&reg.log()) < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the registry did not finish preparing both pushes:\n{}",
+            reg.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    let log = reg.log();
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains("precomputed")).collect();
+    eprintln!("{}", lines.join("\n"));
+    // The first push made frames, the second (the rebuild) made deltas
+    // against the first, which is the same repository's other tag.
+    let frames_made = |l: &str| {
+        l.split("precomputed ")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let deltas_made = |l: &str| {
+        l.split("zstd frames, ")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    assert!(frames_made(lines[0]) > 0, "{}", lines[0]);
+    assert!(deltas_made(lines[1]) > 0, "{}", lines[1]);
+    let frames_dir = reg.data_dir().join("objects").join(".frames-w18");
+    let frames = count_files(&frames_dir);
+    let deltas = count_files(&reg.data_dir().join("deltas"));
+    assert!(frames > 0 && deltas > 0, "{frames} frames, {deltas} deltas");
+
+    // A device syncs v1 then v2 with every feature (zstd, deltas): the
+    // registry makes no frame and computes no delta for either request.
+    let proxy = CountingProxy::start(reg.addr());
+    let agent = Agent::new(TOKEN);
+    let (cold, _) = sync(&agent, &proxy, OLD);
+    assert!(
+        reg.log()
+            .contains("archive served from the cold archive cache"),
+        "the cold sync did not get the cached cold archive:\n{}",
+        reg.log()
+    );
+    eprintln!("cold sync of {OLD} from the cold archive cache: {cold} B on the wire");
+    assert_checkout_matches_umoci(&agent, OLD);
+    let (cost, _) = sync(&agent, &proxy, NEW);
+    assert_eq!(
+        count_files(&frames_dir),
+        frames,
+        "a sync made frames the push should have made"
+    );
+    let archive_lines: Vec<String> = reg
+        .log()
+        .lines()
+        .filter(|l| l.contains("archive deltas"))
+        .map(str::to_owned)
+        .collect();
+    assert!(!archive_lines.is_empty(), "{}", reg.log());
+    for l in &archive_lines {
+        assert_eq!(field(l, "computed"), Some(0), "{l}");
+    }
+    assert!(
+        archive_lines
+            .iter()
+            .any(|l| field(l, "sent").unwrap_or(0) > 0),
+        "{archive_lines:?}"
+    );
+    eprintln!("{OLD} -> {NEW} with precomputed caches: {cost} B on the wire");
+    assert_checkout_matches_umoci(&agent, NEW);
 }

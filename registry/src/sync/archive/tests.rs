@@ -627,6 +627,93 @@ fn batched_header_frames_cost_less_than_one_per_entry() {
 }
 
 #[test]
+fn entries_differing_only_in_metadata_become_compact_records() {
+    use layerlink_proto::archive::{PAX_BASE_ORDER, PAX_META, PAX_META_SIZE};
+    use layerlink_proto::compact::{decode_all, MetaRecord};
+    let r = MemRegistry::new();
+    let v1 = based_layer(|b| {
+        b.file_meta("a/m1", b"m1\n", 0o644, 1_700_000_000)
+            .file_meta("a/m2", b"m2\n", 0o644, 1_700_000_000)
+            .file_meta("a/x", b"old x\n", 0o644, 1_700_000_000);
+    });
+    let v2 = based_layer(|b| {
+        b.file_meta("a/m1", b"m1\n", 0o644, 1_700_000_100)
+            .file_meta("a/m2", b"m2\n", 0o600, 1_700_000_000)
+            .file_meta("a/x", b"new x\n", 0o644, 1_700_000_100);
+    });
+    let (_, ids1) = r.push("edge/app", "v1", &[v1]);
+    let (_, ids2) = r.push("edge/app", "v2", &[v2]);
+    let held = HeldSet {
+        layers: vec![ids1[0]],
+        objects: Vec::new(),
+    };
+    let f = Features::parse("layer-base,compact-meta");
+    let gz = write_image_archive_with(&r.ts.db, &r.ts.objects, None, &ids2, &held, f, Vec::new())
+        .unwrap();
+    let entries = parse(&gunzip(&gz));
+    let base = entries
+        .iter()
+        .find(|e| e.marker() == Some(Marker::Base))
+        .expect("a base marker");
+    assert_eq!(base.pax(PAX_META), Some(&b"2"[..]));
+    let size: usize = std::str::from_utf8(base.pax(PAX_META_SIZE).unwrap())
+        .unwrap()
+        .parse()
+        .unwrap();
+    let recs = decode_all(&base.data[..size], 2).unwrap();
+    // Tree order of v1: a, a/b, a/f00 … a/f19, a/l, a/m1, a/m2, a/x.
+    let rec = |index, mtime, mode| MetaRecord {
+        index,
+        mtime,
+        mode,
+        ..Default::default()
+    };
+    assert_eq!(
+        recs,
+        vec![
+            rec(23, Some(1_700_000_100), None),
+            rec(24, None, Some(0o600))
+        ]
+    );
+    // index 23 + mtime flag, the first mtime (5 bytes), gap 0 + mode, 0o600.
+    assert_eq!(size, 2 + 5 + 1 + 2, "{recs:?}");
+    let mut order = Vec::new();
+    let mut nodes = vec!["a".to_string(), "a/b".into()];
+    nodes.extend((0..20).map(|i| format!("a/f{i:02}")));
+    nodes.extend(["a/l".into(), "a/m1".into(), "a/m2".into(), "a/x".into()]);
+    for n in &nodes {
+        order.extend_from_slice(n.as_bytes());
+        order.push(0);
+    }
+    assert_eq!(
+        base.pax(PAX_BASE_ORDER).unwrap(),
+        Digest::of(&order).hex().as_bytes()
+    );
+    assert!(base.data[size..].is_empty(), "no removed paths");
+    // Only the changed file travels (and the layer root, if any).
+    let secs = sections(&entries);
+    let sent: Vec<&[u8]> = secs[0].1.iter().map(|e| e.path.as_slice()).collect();
+    assert_eq!(sent, vec![&b"a/x"[..]]);
+
+    // With `layer-base` alone: the two entries are sent whole.
+    let secs_plain = parse(&write_based(&r, &ids2, &held));
+    let base = secs_plain
+        .iter()
+        .find(|e| e.marker() == Some(Marker::Base))
+        .unwrap();
+    assert_eq!(base.pax(PAX_META), None);
+    let sent: Vec<Vec<u8>> = sections(&secs_plain)[0]
+        .1
+        .iter()
+        .map(|e| e.path.clone())
+        .collect();
+    assert_eq!(
+        sent,
+        vec![b"a/m1".to_vec(), b"a/m2".to_vec(), b"a/x".to_vec()]
+    );
+}
+
+#[test]
 fn a_cached_cold_archive_is_the_same_tar_and_serves_only_devices_holding_nothing() {
     let r = MemRegistry::new();
     let big: Vec<u8> = (0..600_000u32)
@@ -733,89 +820,5 @@ fn a_cached_cold_archive_is_the_same_tar_and_serves_only_devices_holding_nothing
         cold::make(&r.ts.db, &r.ts.objects, Some(meta), &ids)
             .unwrap()
             .1
-
-fn entries_differing_only_in_metadata_become_compact_records() {
-    use layerlink_proto::archive::{PAX_BASE_ORDER, PAX_META, PAX_META_SIZE};
-    use layerlink_proto::compact::{decode_all, MetaRecord};
-    let r = MemRegistry::new();
-    let v1 = based_layer(|b| {
-        b.file_meta("a/m1", b"m1\n", 0o644, 1_700_000_000)
-            .file_meta("a/m2", b"m2\n", 0o644, 1_700_000_000)
-            .file_meta("a/x", b"old x\n", 0o644, 1_700_000_000);
-    });
-    let v2 = based_layer(|b| {
-        b.file_meta("a/m1", b"m1\n", 0o644, 1_700_000_100)
-            .file_meta("a/m2", b"m2\n", 0o600, 1_700_000_000)
-            .file_meta("a/x", b"new x\n", 0o644, 1_700_000_100);
-    });
-    let (_, ids1) = r.push("edge/app", "v1", &[v1]);
-    let (_, ids2) = r.push("edge/app", "v2", &[v2]);
-    let held = HeldSet {
-        layers: vec![ids1[0]],
-        objects: Vec::new(),
-    };
-    let f = Features::parse("layer-base,compact-meta");
-    let gz = write_image_archive_with(&r.ts.db, &r.ts.objects, None, &ids2, &held, f, Vec::new())
-        .unwrap();
-    let entries = parse(&gunzip(&gz));
-    let base = entries
-        .iter()
-        .find(|e| e.marker() == Some(Marker::Base))
-        .expect("a base marker");
-    assert_eq!(base.pax(PAX_META), Some(&b"2"[..]));
-    let size: usize = std::str::from_utf8(base.pax(PAX_META_SIZE).unwrap())
-        .unwrap()
-        .parse()
-        .unwrap();
-    let recs = decode_all(&base.data[..size], 2).unwrap();
-    // Tree order of v1: a, a/b, a/f00 … a/f19, a/l, a/m1, a/m2, a/x.
-    let rec = |index, mtime, mode| MetaRecord {
-        index,
-        mtime,
-        mode,
-        ..Default::default()
-    };
-    assert_eq!(
-        recs,
-        vec![
-            rec(23, Some(1_700_000_100), None),
-            rec(24, None, Some(0o600))
-        ]
-    );
-    // index 23 + mtime flag, the first mtime (5 bytes), gap 0 + mode, 0o600.
-    assert_eq!(size, 2 + 5 + 1 + 2, "{recs:?}");
-    let mut order = Vec::new();
-    let mut nodes = vec!["a".to_string(), "a/b".into()];
-    nodes.extend((0..20).map(|i| format!("a/f{i:02}")));
-    nodes.extend(["a/l".into(), "a/m1".into(), "a/m2".into(), "a/x".into()]);
-    for n in &nodes {
-        order.extend_from_slice(n.as_bytes());
-        order.push(0);
-    }
-    assert_eq!(
-        base.pax(PAX_BASE_ORDER).unwrap(),
-        Digest::of(&order).hex().as_bytes()
-    );
-    assert!(base.data[size..].is_empty(), "no removed paths");
-    // Only the changed file travels (and the layer root, if any).
-    let secs = sections(&entries);
-    let sent: Vec<&[u8]> = secs[0].1.iter().map(|e| e.path.as_slice()).collect();
-    assert_eq!(sent, vec![&b"a/x"[..]]);
-
-    // With `layer-base` alone: the two entries are sent whole.
-    let secs_plain = parse(&write_based(&r, &ids2, &held));
-    let base = secs_plain
-        .iter()
-        .find(|e| e.marker() == Some(Marker::Base))
-        .unwrap();
-    assert_eq!(base.pax(PAX_META), None);
-    let sent: Vec<Vec<u8>> = sections(&secs_plain)[0]
-        .1
-        .iter()
-        .map(|e| e.path.clone())
-        .collect();
-    assert_eq!(
-        sent,
-        vec![b"a/m1".to_vec(), b"a/m2".to_vec(), b"a/x".to_vec()]
     );
 }
