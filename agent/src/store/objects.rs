@@ -200,21 +200,24 @@ impl<'s> ObjectWriter<'s> {
                         });
                     drop(file);
                     if let Err(e) = made {
-                        // A partial copy must not keep holding the space
-                        // (a full disk is the usual cause).
-                        let _ = rfs::unlinkat(self.store.tmp_fd(), tmp.as_str(), AtFlags::empty());
-                        return Err(match e {
+                        let e = match e {
                             Error::DiskFull {
                                 needed: None,
                                 available,
                                 context,
                             } => Error::DiskFull {
                                 needed: Some(size),
-                                available,
+                                available: available.or_else(|| {
+                                    crate::fsops::free_bytes(self.store.root_fd()).ok()
+                                }),
                                 context,
                             },
                             e => e,
-                        });
+                        };
+                        // A partial copy must not keep holding the space
+                        // (a full disk is the usual cause).
+                        let _ = rfs::unlinkat(self.store.tmp_fd(), tmp.as_str(), AtFlags::empty());
+                        return Err(e);
                     }
                     self.stage(tmp, name.clone(), size)?;
                     if self.link_name(&name, dst, leaf)? {
@@ -287,6 +290,21 @@ impl<'s> ObjectWriter<'s> {
         self.buf = buf;
         if let Err(e) = res {
             drop(file);
+            // What was free when the disk filled up, measured before the
+            // partial file goes (afterwards the figure would describe a
+            // disk that is no longer full).
+            let e = match e {
+                Error::DiskFull {
+                    needed: None,
+                    available: None,
+                    context,
+                } => Error::DiskFull {
+                    needed: Some(size),
+                    available: crate::fsops::free_bytes(self.store.root_fd()).ok(),
+                    context,
+                },
+                e => e,
+            };
             let _ = rfs::unlinkat(self.store.tmp_fd(), tmp.as_str(), AtFlags::empty());
             return Err(e);
         }
