@@ -1184,19 +1184,8 @@ impl<'s> Applier<'s> {
             }
             FileType::RegularFile if st.st_size > 0 && rec.is_some() => {
                 // The same content with other metadata: another variant.
-                let mut f = fsops::open_file_at(src, name).map_err(|e| io("opening", e))?;
-                let x = fsops::read_xattrs_fd(f.as_fd()).map_err(|e| io("xattrs of", e))?;
-                let meta = meta_of(x);
-                let d = self.objects.insert(
-                    None,
-                    st.st_size as u64,
-                    &mut |b| {
-                        f.read(b)
-                            .map_err(|e| Error::io("reading a file to copy", e))
-                    },
-                    &meta,
-                )?;
-                if !self.objects.link(&d, &meta, dst, name)? {
+                let (d, linked) = self.copy_as_variant(src, name, &st, dst, name, meta_of, io)?;
+                if !linked {
                     return Err(Error::Other(format!("object {d} vanished while copying")));
                 }
             }
@@ -1266,9 +1255,27 @@ impl<'s> Applier<'s> {
         leaf: &[u8],
     ) -> Result<()> {
         let err = |what: &str, e: Errno| Error::errno(format!("{what} {}", show(name)), e);
+        self.copy_as_variant(src, name, st, dst, leaf, |x| Meta::from_stat(st, x), err)?;
+        Ok(())
+    }
+
+    /// Store regular file `name` in `src` (lstat `st`) as a new object with
+    /// the metadata `meta_of` makes from its xattrs and link it to
+    /// `dst/leaf`. Returns the object and whether the link was made.
+    #[allow(clippy::too_many_arguments)]
+    fn copy_as_variant(
+        &mut self,
+        src: BorrowedFd<'_>,
+        name: &[u8],
+        st: &rfs::Stat,
+        dst: BorrowedFd<'_>,
+        leaf: &[u8],
+        meta_of: impl FnOnce(fsops::Xattrs) -> Meta,
+        err: impl Fn(&str, Errno) -> Error,
+    ) -> Result<(Digest, bool)> {
         let mut f = fsops::open_file_at(src, name).map_err(|e| err("opening", e))?;
         let x = fsops::read_xattrs_fd(f.as_fd()).map_err(|e| err("xattrs of", e))?;
-        let meta = Meta::from_stat(st, x);
+        let meta = meta_of(x);
         let d = self.objects.insert(
             None,
             st.st_size as u64,
@@ -1278,8 +1285,8 @@ impl<'s> Applier<'s> {
             },
             &meta,
         )?;
-        self.objects.link(&d, &meta, dst, leaf)?;
-        Ok(())
+        let linked = self.objects.link(&d, &meta, dst, leaf)?;
+        Ok((d, linked))
     }
 
     /// Remove one path a base marker lists from the staging tree.
