@@ -122,6 +122,16 @@ fn assert_checkout_matches_umoci(agent: &Agent, tag: &str) {
     fixture::assert_checkout_matches_umoci(agent, &test_repo(tag), &test_images().oci_dir, tag);
 }
 
+/// `layerlink-agent verify` of `agent`'s store is clean.
+fn assert_verifies(agent: &Agent) {
+    let v = agent.verify();
+    assert!(
+        v.status.success(),
+        "verify: {}",
+        String::from_utf8_lossy(&v.stderr)
+    );
+}
+
 /// The committed layer directories of the agent's store.
 fn committed_layers(agent: &Agent) -> Vec<std::path::PathBuf> {
     std::fs::read_dir(agent.store.join("layers"))
@@ -152,12 +162,7 @@ fn a_rebuilt_image_syncs_as_deltas_exactly_and_a_damaged_base_still_ends_right()
     eprintln!("{OLD} -> {NEW}: {cost} B on the wire with deltas");
     assert!(!log.contains("delta not applied"), "{log}");
     assert_checkout_matches_umoci(&agent, NEW);
-    let v = agent.verify();
-    assert!(
-        v.status.success(),
-        "verify: {}",
-        String::from_utf8_lossy(&v.stderr)
-    );
+    assert_verifies(&agent);
     let rerun = registry_log_deltas(&reg);
     assert!(
         rerun > 0,
@@ -200,12 +205,7 @@ fn a_rebuilt_image_syncs_as_deltas_exactly_and_a_damaged_base_still_ends_right()
     // ask for: its next sync brings it back, and the store verifies clean.
     sync(&damaged, &proxy, OLD);
     assert_checkout_matches_umoci(&damaged, OLD);
-    let v = damaged.verify();
-    assert!(
-        v.status.success(),
-        "verify: {}",
-        String::from_utf8_lossy(&v.stderr)
-    );
+    assert_verifies(&damaged);
     assert_checkout_matches_umoci(&damaged, NEW);
 }
 
@@ -433,6 +433,52 @@ fn compact_records(tar_bytes: &[u8]) -> (u64, u64, u64) {
 /// one only in mtime (or mode, owner) cost a few bytes each with
 /// `compact-meta`, instead of a tar header; the device still checks out
 /// exactly what `umoci unpack` does.
+/// `new`'s archive for a device holding `old`, asked with `plain` and with
+/// `compact` features, and the compact records of the latter (printed).
+struct CompactComparison {
+    before: Vec<u8>,
+    after: Vec<u8>,
+    tar_before: Vec<u8>,
+    tar_after: Vec<u8>,
+    /// Compact records and their raw bytes.
+    records: u64,
+    raw: u64,
+}
+
+fn compare_compact(
+    reg: &Registry,
+    old: &str,
+    new: &str,
+    plain: &str,
+    compact: &str,
+) -> CompactComparison {
+    let (before, after) = (
+        archive_body(reg, old, new, plain),
+        archive_body(reg, old, new, compact),
+    );
+    let (tar_before, tar_after) = (untar(&before), untar(&after));
+    let (n, raw, gz) = compact_records(&tar_after);
+    eprintln!(
+        "{old} -> {new} ({plain}): archive {} B without compact-meta, {} B with \
+         ({} B / {} B uncompressed); {n} compact records, {raw} B ({:.2} B/record), \
+         {gz} B gzip'd alone ({:.2} B/record)",
+        before.len(),
+        after.len(),
+        tar_before.len(),
+        tar_after.len(),
+        raw as f64 / n.max(1) as f64,
+        gz as f64 / n.max(1) as f64,
+    );
+    CompactComparison {
+        before,
+        after,
+        tar_before,
+        tar_after,
+        records: n,
+        raw,
+    }
+}
+
 #[test]
 fn compact_metadata_makes_the_rebuilt_base_cheaper_and_stays_exact() {
     let reg = registry_with_test_images(DEVICE_CONFIG, &[OLD, NEW]);
@@ -440,24 +486,15 @@ fn compact_metadata_makes_the_rebuilt_base_cheaper_and_stays_exact() {
     for enc in ["", ",zstd"] {
         let plain = format!("layer-base,file-delta{enc}");
         let compact = format!("layer-base,file-delta,compact-meta{enc}");
-        let (before, after) = (
-            archive_body(&reg, OLD, NEW, &plain),
-            archive_body(&reg, OLD, NEW, &compact),
-        );
-        let (tar_before, tar_after) = (untar(&before), untar(&after));
-        let (n, raw, gz) = compact_records(&tar_after);
+        let CompactComparison {
+            before,
+            after,
+            tar_before,
+            tar_after,
+            records: n,
+            raw,
+        } = compare_compact(&reg, OLD, NEW, &plain, &compact);
         assert_eq!(compact_records(&tar_before).0, 0);
-        eprintln!(
-            "{OLD} -> {NEW} ({plain}): archive {} B without compact-meta, {} B with \
-             ({} B / {} B uncompressed); {n} compact records, {raw} B ({:.2} B/record), \
-             {gz} B gzip'd alone ({:.2} B/record)",
-            before.len(),
-            after.len(),
-            tar_before.len(),
-            tar_after.len(),
-            raw as f64 / n.max(1) as f64,
-            gz as f64 / n.max(1) as f64,
-        );
         assert!(n >= 50, "only {n} entries went compact");
         assert!(raw <= 8 * n, "{raw} B for {n} records: more than 8 B each");
         assert!(
@@ -488,12 +525,7 @@ fn compact_metadata_makes_the_rebuilt_base_cheaper_and_stays_exact() {
         "the agent applied {with_meta} records:\n{log}"
     );
     assert_checkout_matches_umoci(&agent, NEW);
-    let v = agent.verify();
-    assert!(
-        v.status.success(),
-        "verify: {}",
-        String::from_utf8_lossy(&v.stderr)
-    );
+    assert_verifies(&agent);
 }
 
 /// The bench's update pair (upd:v1 → upd:v2: two independent debootstrap
@@ -507,23 +539,13 @@ fn compact_metadata_on_the_upd_pair() {
     let proxy = CountingProxy::start(reg.addr());
     let plain = "layer-base,file-delta,zstd";
     let compact = "layer-base,file-delta,compact-meta,zstd";
-    let (before, after) = (
-        archive_body(&reg, old, new, plain),
-        archive_body(&reg, old, new, compact),
-    );
-    let (tar_before, tar_after) = (untar(&before), untar(&after));
-    let (n, raw, gz) = compact_records(&tar_after);
-    eprintln!(
-        "{old} -> {new} ({plain}): archive {} B without compact-meta, {} B with \
-         ({} B / {} B uncompressed); {n} compact records, {raw} B ({:.2} B/record), \
-         {gz} B gzip'd alone ({:.2} B/record)",
-        before.len(),
-        after.len(),
-        tar_before.len(),
-        tar_after.len(),
-        raw as f64 / n.max(1) as f64,
-        gz as f64 / n.max(1) as f64,
-    );
+    let CompactComparison {
+        before,
+        after,
+        records: n,
+        raw,
+        ..
+    } = compare_compact(&reg, old, new, plain, compact);
     assert!(n >= 1000, "only {n} entries went compact");
     assert!(raw <= 8 * n, "{raw} B for {n} records: more than 8 B each");
     assert!(after.len() < before.len());
@@ -534,12 +556,7 @@ fn compact_metadata_on_the_upd_pair() {
     eprintln!("{old} -> {new}: {cost} B on the wire with compact-meta");
     assert!(log.contains("with new metadata"), "{log}");
     assert_checkout_matches_umoci(&agent, new);
-    let v = agent.verify();
-    assert!(
-        v.status.success(),
-        "verify: {}",
-        String::from_utf8_lossy(&v.stderr)
-    );
+    assert_verifies(&agent);
 }
 
 /// Files under `dir`, recursively (0 when it does not exist).
