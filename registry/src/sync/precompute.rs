@@ -129,13 +129,21 @@ impl Precompute {
     }
 }
 
-/// The diff_ids of image `manifest` in `repository`; `None` for anything
-/// that is not an ingested container image (indexes, artifacts).
-fn image_layers(
+/// An image as an agent asks for it: manifest and config bytes (the
+/// archive's metadata markers) and its layers' diff_ids, base first.
+struct Image {
+    manifest: Vec<u8>,
+    config: Vec<u8>,
+    layers: Vec<Digest>,
+}
+
+/// Image `manifest` of `repository`; `None` for anything that is not an
+/// ingested container image (indexes, artifacts).
+fn load_image(
     storage: &Storage,
     repository: &str,
     manifest: &Digest,
-) -> anyhow::Result<Option<Vec<Digest>>> {
+) -> anyhow::Result<Option<Image>> {
     let Some(stored) = storage.meta().manifest(repository, manifest)? else {
         return Ok(None);
     };
@@ -146,17 +154,21 @@ fn image_layers(
         _ => return Ok(None),
     };
     let config = read_config(storage, &m.config.digest)?;
-    Ok(Some(
-        image::config_diff_ids(&config).map_err(anyhow::Error::msg)?,
-    ))
+    let layers = image::config_diff_ids(&config).map_err(anyhow::Error::msg)?;
+    Ok(Some(Image {
+        manifest: stored.bytes,
+        config,
+        layers,
+    }))
 }
 
 /// Make the frames and deltas of `job` (blocking; what the thread runs).
 pub fn run(storage: &Storage, job: &Job) -> anyhow::Result<Outcome> {
     let mut out = Outcome::default();
-    let Some(layers) = image_layers(storage, &job.repository, &job.manifest)? else {
+    let Some(img) = load_image(storage, &job.repository, &job.manifest)? else {
         return Ok(out);
     };
+    let layers = &img.layers;
     if crate::ingest::unsyncable_reason(storage.db(), &job.manifest)?.is_some() {
         return Ok(out);
     }
@@ -166,7 +178,7 @@ pub fn run(storage: &Storage, job: &Job) -> anyhow::Result<Outcome> {
     // Frames of every large object of the image.
     let threshold = inline_below();
     let mut seen = HashSet::new();
-    for l in &layers {
+    for l in layers {
         for d in index::layer_objects(&txn, l)? {
             if !seen.insert(d) {
                 continue;
@@ -177,32 +189,26 @@ pub fn run(storage: &Storage, job: &Job) -> anyhow::Result<Outcome> {
             if meta.size < threshold {
                 continue;
             }
-            let path = crate::sync::archive::zstd::frame_path(&objects, &d);
-            if path.exists() {
-                continue;
-            }
+            // `open_frame` makes the frame unless an intact one is cached
+            // (a torn one is made again).
+            let cached = crate::sync::archive::zstd::frame_path(&objects, &d).exists();
             open_frame(&objects, &d, meta.size)?;
-            out.frames += 1;
+            if !cached {
+                out.frames += 1;
+            }
         }
     }
 
     // The whole archive for a device that holds nothing (cold sync), as an
     // agent asks for it: every layer in image order, with the manifest and
     // config markers.
-    if let Some(stored) = storage.meta().manifest(&job.repository, &job.manifest)? {
-        if let Ok(ParsedManifest::Image(m)) =
-            image::parse_manifest(&stored.bytes, &stored.media_type)
-        {
-            let config = read_config(storage, &m.config.digest)?;
-            let meta = Metadata {
-                manifest: &stored.bytes,
-                config: &config,
-            };
-            let (len, made) = cold::make(storage.db(), &objects, Some(meta), &layers)?;
-            if made {
-                out.cold_bytes = Some(len);
-            }
-        }
+    let meta = Metadata {
+        manifest: &img.manifest,
+        config: &img.config,
+    };
+    let (len, made) = cold::make(storage.db(), &objects, Some(meta), layers)?;
+    if made {
+        out.cold_bytes = Some(len);
     }
 
     // Deltas against the repository's other tagged images.
@@ -210,10 +216,15 @@ pub fn run(storage: &Storage, job: &Job) -> anyhow::Result<Outcome> {
     let mut tagged = storage.meta().tagged(&job.repository)?;
     tagged.sort();
     let mut images: Vec<Digest> = tagged.into_iter().map(|(_, d)| d).collect();
-    images.dedup();
+    // Several tags may name one image (not always neighbours in tag order).
+    let mut listed = HashSet::new();
+    images.retain(|d| listed.insert(*d));
     images.retain(|d| *d != job.manifest);
     for d in images.iter().take(MAX_PREVIOUS) {
-        for l in image_layers(storage, &job.repository, d)?.unwrap_or_default() {
+        let Some(other) = load_image(storage, &job.repository, d)? else {
+            continue;
+        };
+        for l in other.layers {
             if !layers.contains(&l) && !previous.contains(&l) {
                 previous.push(l);
             }
@@ -230,7 +241,7 @@ pub fn run(storage: &Storage, job: &Job) -> anyhow::Result<Outcome> {
         .flatten()
         .collect();
     let mut planner = DeltaPlanner::new(&txn, &objects, &previous)?.with_budget(DELTA_BUDGET);
-    for l in &layers {
+    for l in layers {
         for rec in index::layer_entries(&txn, l)? {
             let rec = rec?;
             if rec.kind != EntryKind::File {
