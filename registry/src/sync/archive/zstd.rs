@@ -201,6 +201,17 @@ pub trait TarOut: Write {
 impl<W: Write> TarOut for flate2::write::GzEncoder<W> {}
 impl TarOut for Vec<u8> {}
 
+/// A compressor for frames written whole from a buffer (header frames, cold
+/// archives): the archive window limit, content size in the header, no
+/// checksum — the settings of [`encoder`] for content frames.
+fn bulk_compressor(level: i32) -> io::Result<zstd::bulk::Compressor<'static>> {
+    let mut c = zstd::bulk::Compressor::new(level)?;
+    c.set_parameter(zstd::zstd_safe::CParameter::WindowLog(ZSTD_MAX_WINDOW_LOG))?;
+    c.set_parameter(zstd::zstd_safe::CParameter::ChecksumFlag(false))?;
+    c.set_parameter(zstd::zstd_safe::CParameter::ContentSizeFlag(true))?;
+    Ok(c)
+}
+
 /// Writes a zstd archive into `out` (see the module doc).
 pub struct FrameWriter<W: Write> {
     out: W,
@@ -227,10 +238,7 @@ impl<W: Write> FrameWriter<W> {
     /// `per_entry`, a header frame also ends after every entry (for
     /// measuring what batching saves).
     pub fn with_batch(out: W, batch: usize, per_entry: bool) -> io::Result<Self> {
-        let mut compressor = zstd::bulk::Compressor::new(HEADER_LEVEL)?;
-        compressor.set_parameter(zstd::zstd_safe::CParameter::WindowLog(ZSTD_MAX_WINDOW_LOG))?;
-        compressor.set_parameter(zstd::zstd_safe::CParameter::ChecksumFlag(false))?;
-        compressor.set_parameter(zstd::zstd_safe::CParameter::ContentSizeFlag(true))?;
+        let compressor = bulk_compressor(HEADER_LEVEL)?;
         Ok(FrameWriter {
             out,
             pending: Vec::with_capacity(batch.min(HEADER_BATCH)),
@@ -250,17 +258,18 @@ impl<W: Write> FrameWriter<W> {
     /// cached cold archives (`cold.rs`), made once in the background, where
     /// neighbouring files may share a window.
     pub fn whole(out: W, level: i32, batch: usize) -> io::Result<Self> {
-        let mut w = Self::with_batch(out, HEADER_BATCH, false)?;
-        w.compressor = zstd::bulk::Compressor::new(level)?;
-        w.compressor
-            .set_parameter(zstd::zstd_safe::CParameter::WindowLog(ZSTD_MAX_WINDOW_LOG))?;
-        w.compressor
-            .set_parameter(zstd::zstd_safe::CParameter::ChecksumFlag(false))?;
-        w.compressor
-            .set_parameter(zstd::zstd_safe::CParameter::ContentSizeFlag(true))?;
-        w.batch = batch.max(1);
-        w.inline_below = u64::MAX;
-        Ok(w)
+        Ok(FrameWriter {
+            out,
+            pending: Vec::with_capacity(batch.min(HEADER_BATCH)),
+            batch: batch.max(1),
+            compressor: bulk_compressor(level)?,
+            packed: Vec::new(),
+            copy_buf: Vec::new(),
+            frames: (0, 0),
+            header_bytes: 0,
+            per_entry: false,
+            inline_below: u64::MAX,
+        })
     }
 
     fn flush_pending(&mut self) -> io::Result<()> {
