@@ -138,3 +138,77 @@ pub fn tarfile_count(layout: &OciLayout, tags: &[&str]) -> TarfileCount {
         distinct_nonempty: get("distinct_nonempty"),
     }
 }
+
+/// A regular file read from a layer tar, with the header fields an edit
+/// needs to put it back unchanged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LayerFile {
+    /// Path as the tar names it, without a leading `./` or `/`.
+    pub path: String,
+    /// Content.
+    pub data: Vec<u8>,
+    /// Permission bits (and setuid/setgid/sticky) from the header.
+    pub mode: u32,
+    /// Owner.
+    pub uid: u64,
+    /// Group.
+    pub gid: u64,
+    /// Modification time (seconds).
+    pub mtime: u64,
+}
+
+/// The largest regular file of `layer` whose path `keep` accepts.
+pub fn largest_file_in(
+    layout: &OciLayout,
+    layer: &Descriptor,
+    keep: impl Fn(&str) -> bool,
+) -> Option<LayerFile> {
+    let mut best: Option<LayerFile> = None;
+    let mut archive = tar::Archive::new(layer_reader(layout, layer));
+    for entry in archive.entries().expect("tar entries") {
+        let mut entry = entry.expect("tar entry");
+        let h = entry.header();
+        let path = entry
+            .path()
+            .expect("tar path")
+            .to_string_lossy()
+            .into_owned();
+        let path = path
+            .trim_start_matches("./")
+            .trim_start_matches('/')
+            .to_owned();
+        let bigger = best
+            .as_ref()
+            .is_none_or(|b| entry.size() > b.data.len() as u64);
+        if !h.entry_type().is_file() || !bigger || !keep(&path) {
+            continue;
+        }
+        let (mode, uid, gid, mtime) = (
+            h.mode().expect("mode"),
+            h.uid().expect("uid"),
+            h.gid().expect("gid"),
+            h.mtime().expect("mtime"),
+        );
+        let mut data = Vec::new();
+        entry.read_to_end(&mut data).expect("read tar entry");
+        best = Some(LayerFile {
+            path,
+            data,
+            mode,
+            uid,
+            gid,
+            mtime,
+        });
+    }
+    best
+}
+
+/// The largest regular file over every layer of `tag`.
+pub fn largest_file(layout: &OciLayout, tag: &str) -> LayerFile {
+    layout
+        .layers(tag)
+        .iter()
+        .filter_map(|l| largest_file_in(layout, l, |_| true))
+        .max_by_key(|f| f.data.len())
+        .expect("a regular file")
+}

@@ -176,6 +176,20 @@ impl Registry {
         matches!(self.child.try_wait(), Ok(None))
     }
 
+    /// Delta entries the registry reports having sent so far (the `sent=N`
+    /// of its `archive deltas` log lines, summed).
+    pub fn deltas_sent(&self) -> u64 {
+        self.log()
+            .lines()
+            .filter(|l| l.contains("archive deltas"))
+            .filter_map(|l| {
+                l.split_whitespace()
+                    .find_map(|w| w.strip_prefix("sent="))
+                    .and_then(|n| n.parse::<u64>().ok())
+            })
+            .sum()
+    }
+
     /// `layerlink-registry stats --data DIR --json`, parsed.
     pub fn stats(&self) -> serde_json::Value {
         let out = crate::run(

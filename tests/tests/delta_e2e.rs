@@ -163,7 +163,7 @@ fn a_rebuilt_image_syncs_as_deltas_exactly_and_a_damaged_base_still_ends_right()
     assert!(!log.contains("delta not applied"), "{log}");
     assert_checkout_matches_umoci(&agent, NEW);
     assert_verifies(&agent);
-    let rerun = registry_log_deltas(&reg);
+    let rerun = reg.deltas_sent();
     assert!(
         rerun > 0,
         "the registry logged no delta entries:\n{}",
@@ -207,20 +207,6 @@ fn a_rebuilt_image_syncs_as_deltas_exactly_and_a_damaged_base_still_ends_right()
     assert_checkout_matches_umoci(&damaged, OLD);
     assert_verifies(&damaged);
     assert_checkout_matches_umoci(&damaged, NEW);
-}
-
-/// Delta entries the registry reports having sent (its `archive deltas`
-/// log lines, `sent=N`).
-fn registry_log_deltas(reg: &Registry) -> u64 {
-    reg.log()
-        .lines()
-        .filter(|l| l.contains("archive deltas"))
-        .filter_map(|l| {
-            l.split_whitespace()
-                .find_map(|w| w.strip_prefix("sent="))
-                .and_then(|n| n.parse::<u64>().ok())
-        })
-        .sum()
 }
 
 /// One tar entry with PAX records (`LAYERLINK.*` and the like).
@@ -295,29 +281,11 @@ fn apply_measured(store: &std::path::Path, archive: &[u8], name: &str) -> (bool,
     (out.status.success(), kib, err)
 }
 
-/// The largest regular file of `tag` (path, content).
-fn largest_file(tag: &str) -> (String, Vec<u8>) {
-    use std::io::Read as _;
-    let layout = test_images().layout();
-    let mut best: (String, Vec<u8>) = (String::new(), Vec::new());
-    for layer in layout.layers(tag) {
-        let mut a = tar::Archive::new(layerlink_tests::layers::layer_reader(&layout, &layer));
-        for e in a.entries().unwrap() {
-            let mut e = e.unwrap();
-            if e.header().entry_type().is_file() && e.size() > best.1.len() as u64 {
-                let mut v = Vec::new();
-                e.read_to_end(&mut v).unwrap();
-                best = (e.path().unwrap().to_string_lossy().into_owned(), v);
-            }
-        }
-    }
-    best
-}
-
 #[test]
 fn patching_the_largest_file_of_the_test_images_stays_within_4_mib() {
     layerlink_tests::bins::ensure_built();
-    let (path, old) = largest_file(OLD);
+    let largest = layerlink_tests::layers::largest_file(&test_images().layout(), OLD);
+    let (path, old) = (largest.path, largest.data);
     // A "rebuilt" version: a changed byte every 4 KiB, a block inserted in
     // the middle, a tail appended.
     let mut new = old.clone();

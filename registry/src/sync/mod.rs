@@ -9,6 +9,7 @@
 //! | [`delta`] | binary deltas (feature `file-delta`): old-file choice, bidiff, the patch cache |
 //! | [`devices`] | per-device holdings record (the mapping table) and the `devices` command |
 //! | [`error`] | [`SyncError`], the domain error of a sync request |
+//! | [`frame`] | the settings of every zstd frame an archive carries |
 //!
 //! The `/layerlink/v1/` handlers that call these live in
 //! [`crate::http::sync`], which also maps [`SyncError`] to a response.
@@ -18,6 +19,7 @@ pub mod archive;
 pub mod delta;
 pub mod devices;
 pub mod error;
+pub mod frame;
 pub mod plan;
 pub mod precompute;
 

@@ -202,7 +202,10 @@ impl<W: TarOut> ArchiveWriter<W> {
             self.content(&d, size)?;
         }
         if let Some(p) = &patch {
-            crate::sync::delta::write_patch(&mut self.out, p, &mut self.buf)?;
+            if !self.out.patch(p)? {
+                crate::sync::delta::write_raw(&mut self.out, p, &mut self.buf)?;
+            }
+            crate::sync::delta::write_padding(&mut self.out, p.len)?;
         }
         if new_object.is_some() {
             self.new_bytes += size;

@@ -19,6 +19,8 @@
 //! whose trailer does not match (a torn write after a crash) is made again.
 
 use crate::store::objects::ObjectStore;
+use crate::sync::delta::Patch;
+use crate::sync::frame::{bulk_compressor, encoder};
 use layerlink_proto::archive::ZSTD_MAX_WINDOW_LOG;
 use layerlink_proto::Digest;
 use std::fs::{self, File};
@@ -85,16 +87,6 @@ pub fn frame_path(objects: &ObjectStore, d: &Digest) -> PathBuf {
         .join(format!(".frames-w{ZSTD_MAX_WINDOW_LOG}"))
         .join(&hex[..2])
         .join(format!("{hex}.zst"))
-}
-
-/// A content frame's compressor settings.
-fn encoder<W: Write>(w: W, level: i32, size: u64) -> io::Result<zstd::stream::Encoder<'static, W>> {
-    let mut e = zstd::stream::Encoder::new(w, level)?;
-    e.window_log(ZSTD_MAX_WINDOW_LOG)?;
-    e.include_checksum(false)?;
-    e.include_contentsize(true)?;
-    e.set_pledged_src_size(Some(size))?;
-    Ok(e)
 }
 
 /// Open the cached frame of object `d` (`size` bytes), making it first if
@@ -192,6 +184,12 @@ pub trait TarOut: Write {
         Ok(false)
     }
 
+    /// Write the raw bytes of patch `p` (no padding). `Ok(false)`: not
+    /// handled, the caller writes the bytes itself.
+    fn patch(&mut self, _p: &Patch) -> io::Result<bool> {
+        Ok(false)
+    }
+
     /// An entry (header and content) is complete.
     fn entry_end(&mut self) -> io::Result<()> {
         Ok(())
@@ -200,17 +198,6 @@ pub trait TarOut: Write {
 
 impl<W: Write> TarOut for flate2::write::GzEncoder<W> {}
 impl TarOut for Vec<u8> {}
-
-/// A compressor for frames written whole from a buffer (header frames, cold
-/// archives): the archive window limit, content size in the header, no
-/// checksum — the settings of [`encoder`] for content frames.
-fn bulk_compressor(level: i32) -> io::Result<zstd::bulk::Compressor<'static>> {
-    let mut c = zstd::bulk::Compressor::new(level)?;
-    c.set_parameter(zstd::zstd_safe::CParameter::WindowLog(ZSTD_MAX_WINDOW_LOG))?;
-    c.set_parameter(zstd::zstd_safe::CParameter::ChecksumFlag(false))?;
-    c.set_parameter(zstd::zstd_safe::CParameter::ContentSizeFlag(true))?;
-    Ok(c)
-}
 
 /// Writes a zstd archive into `out` (see the module doc).
 pub struct FrameWriter<W: Write> {
@@ -324,6 +311,27 @@ impl<W: Write> TarOut for FrameWriter<W> {
                 break;
             }
             self.out.write_all(&self.copy_buf[..n])?;
+        }
+        self.frames.1 += 1;
+        Ok(true)
+    }
+
+    /// A patch of at least [`inline_below`] raw bytes is spliced from the
+    /// delta cache, which keeps it as one frame made with these settings (a
+    /// large file's in-place edit is megabytes of zeros around the change:
+    /// one frame of a few kB, instead of one header frame per 128 KiB).
+    fn patch(&mut self, p: &Patch) -> io::Result<bool> {
+        if p.len < self.inline_below {
+            return Ok(false);
+        }
+        self.flush_pending()?;
+        let (f, len) = p.frame()?;
+        let copied = io::copy(&mut f.take(len), &mut self.out)?;
+        if copied != len {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("cached delta {} is torn", p.file.display()),
+            ));
         }
         self.frames.1 += 1;
         Ok(true)

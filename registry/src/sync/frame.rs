@@ -1,0 +1,31 @@
+//! The settings of every zstd frame an archive carries (`proto/SPEC.md`,
+//! "zstd archives"): window at most `ZSTD_MAX_WINDOW`, content size in the
+//! header, no checksum. Content frames, header frames, cold archives and
+//! cached patches all come from here, so that any of them can be spliced
+//! into an archive verbatim.
+
+use layerlink_proto::archive::ZSTD_MAX_WINDOW_LOG;
+use std::io::{self, Write};
+
+/// A streaming compressor for a frame of exactly `size` bytes.
+pub fn encoder<W: Write>(
+    w: W,
+    level: i32,
+    size: u64,
+) -> io::Result<zstd::stream::Encoder<'static, W>> {
+    let mut e = zstd::stream::Encoder::new(w, level)?;
+    e.window_log(ZSTD_MAX_WINDOW_LOG)?;
+    e.include_checksum(false)?;
+    e.include_contentsize(true)?;
+    e.set_pledged_src_size(Some(size))?;
+    Ok(e)
+}
+
+/// A compressor for frames written whole from a buffer.
+pub fn bulk_compressor(level: i32) -> io::Result<zstd::bulk::Compressor<'static>> {
+    let mut c = zstd::bulk::Compressor::new(level)?;
+    c.set_parameter(zstd::zstd_safe::CParameter::WindowLog(ZSTD_MAX_WINDOW_LOG))?;
+    c.set_parameter(zstd::zstd_safe::CParameter::ChecksumFlag(false))?;
+    c.set_parameter(zstd::zstd_safe::CParameter::ContentSizeFlag(true))?;
+    Ok(c)
+}
