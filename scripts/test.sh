@@ -8,7 +8,9 @@
 #   4. the ARM cross build + QEMU tests (cross/test.sh), when present, and
 #      the agent size budgets (cross/build.sh --enforce)
 #   5. the fuzz targets (scripts/fuzz.sh, short fixed time each)
-#   6. cargo test --workspace — last, so the output ends with its summary
+#   6. the slower tier: the #[ignore]d tests, in a release build (real
+#      layers ingest and rebuild byte-exactly; the held-set check on 10k files)
+#   7. cargo test --workspace — last, so the output ends with its summary
 #
 # Environment: LAYERLINK_CACHE (image cache dir), LAYERLINK_SKIP_CROSS=1
 # (skip step 4), CARGO_TARGET_DIR as usual.
@@ -55,6 +57,11 @@ bash scripts/fuzz.sh "${LAYERLINK_FUZZ_SECS:-20}"
 
 step "doc tests"
 cargo test --workspace --doc
+
+# Tests too slow for a debug build: named here so that none is skipped.
+step "slower tier: the #[ignore]d tests (release build)"
+LAYERLINK_TEST_OCI="${LAYERLINK_CACHE:-/var/cache/layerlink}/images/oci" \
+  cargo test --release -p layerlink-registry --lib -- --ignored
 
 # The e2e tests find the binaries built above; no need to rebuild them.
 step "tests"

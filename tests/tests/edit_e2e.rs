@@ -89,6 +89,50 @@ fn assert_checkout_matches_umoci(agent: &Agent, image: &str, layout: &OciLayout,
     assert_trees_equal(&reference.join("rootfs"), &checkout.join("rootfs"));
 }
 
+/// The intended result of replacing one file of base-b:v1, built without
+/// the registry: `umoci unpack` of the original image from the test
+/// layout, then the file replaced by hand (content, owner, mode, mtime) and
+/// its directory's mtime put back. Returns the rootfs.
+struct Put<'a> {
+    path: &'a str,
+    content: &'a [u8],
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    mtime: u64,
+}
+
+fn original_with(agent: &Agent, name: &str, put: &Put) -> std::path::PathBuf {
+    use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+    let at = |secs: i64| std::time::UNIX_EPOCH + Duration::from_secs(secs as u64);
+    let bundle = agent.scratch(&format!("oracle-{name}"));
+    umoci_unpack(&test_images().oci_dir, "base-b:v1", &bundle);
+    let rootfs = bundle.join("rootfs");
+    let file = rootfs.join(put.path);
+    let parent = file.parent().unwrap().to_path_buf();
+    let parent_mtime = std::fs::symlink_metadata(&parent).unwrap().mtime();
+    let _ = std::fs::remove_file(&file);
+    std::fs::write(&file, put.content).unwrap();
+    std::os::unix::fs::chown(&file, Some(put.uid), Some(put.gid)).unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(put.mode)).unwrap();
+    let f = std::fs::File::options().write(true).open(&file).unwrap();
+    f.set_modified(at(put.mtime as i64)).unwrap();
+    std::fs::File::open(&parent)
+        .unwrap()
+        .set_modified(at(parent_mtime))
+        .unwrap();
+    rootfs
+}
+
+/// The agent's checkout of `image` equals the intended result.
+fn assert_checkout_is(agent: &Agent, image: &str, tag: &str, oracle: &Path) {
+    let checkout = agent.scratch(&format!("checkout-{tag}"));
+    if !checkout.join("rootfs").exists() {
+        agent.checkout(image, &checkout);
+    }
+    assert_trees_equal(oracle, &checkout.join("rootfs"));
+}
+
 /// `n` bytes that do not compress (a sha256 chain).
 fn incompressible(n: usize) -> Vec<u8> {
     let mut out = Vec::with_capacity(n + 32);
@@ -159,6 +203,22 @@ fn a_device_downloads_only_the_file_edited_inside_the_base_layer() {
         new[0].size
     );
     assert_checkout_matches_umoci(&agent, edited, &layout, "edited");
+    // And it is what the edit meant, by an oracle that does not go through
+    // the registry.
+    let put = Put {
+        path: "etc/motd",
+        content: &content,
+        mode: 0o644,
+        uid: 0,
+        gid: 0,
+        mtime: 1_700_000_000,
+    };
+    assert_checkout_is(
+        &agent,
+        edited,
+        "edited",
+        &original_with(&agent, "edited", &put),
+    );
     let checkout = agent.scratch("checkout-edited");
     assert_eq!(
         std::fs::read(checkout.join("rootfs/etc/motd")).unwrap(),
@@ -242,6 +302,20 @@ fn a_small_change_inside_a_large_file_travels_as_a_patch() {
 
     let layout = fx.pull(&agent, &patched, "patched");
     assert_checkout_matches_umoci(&agent, &patched, &layout, "patched");
+    let put = Put {
+        path: &file.path,
+        content: &changed,
+        mode: file.mode & 0o7777,
+        uid: file.uid as u32,
+        gid: file.gid as u32,
+        mtime: file.mtime + 1,
+    };
+    assert_checkout_is(
+        &agent,
+        &patched,
+        "patched",
+        &original_with(&agent, "patched", &put),
+    );
     let checkout = agent.scratch("checkout-patched");
     assert_eq!(
         std::fs::read(checkout.join("rootfs").join(&file.path)).unwrap(),
