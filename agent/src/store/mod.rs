@@ -182,8 +182,11 @@ impl Store {
         Ok(store)
     }
 
-    /// Start-up recovery: empty `tmp/` (interrupted staging, gc leftovers).
+    /// Start-up recovery: promote the sound objects an interrupted run
+    /// staged ([`Store::promote_staged`]), then empty `tmp/` (partial
+    /// files, interrupted layer trees, gc leftovers).
     fn recover(&self) -> Result<()> {
+        self.promote_staged()?;
         fsops::clear_dir(self.tmp_fd.as_fd())
             .map_err(|e| Error::errno(self.ctx("emptying tmp/ of"), e))
     }
