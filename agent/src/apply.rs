@@ -38,6 +38,7 @@ use layerlink_proto::compact::{MetaDecoder, MetaRecord};
 use layerlink_proto::limits::{
     MAX_LAYER_ENTRIES, MAX_METADATA_BYTES, MAX_PATH_BYTES, MAX_REPAIR_OBJECTS,
 };
+use layerlink_proto::msg::Platform;
 use layerlink_proto::Digest;
 use rustix::fs::{self as rfs, AtFlags, FileType, Mode, XattrFlags};
 use rustix::io::Errno;
@@ -76,6 +77,12 @@ pub struct ApplyOptions {
     pub progress: bool,
     /// New content bytes the archive announced: the progress meter's total.
     pub expected_new_bytes: Option<u64>,
+    /// The device's platform and the plan's config digest: the config
+    /// (metadata marker) must match the digest (else an integrity error),
+    /// and one naming another platform is refused before any layer is
+    /// read. `None`: no check here (`--force-platform`, `apply-archive`;
+    /// the sync checks the digest after the apply).
+    pub platform: Option<(Platform, Digest)>,
 }
 
 impl ApplyOptions {
@@ -91,8 +98,42 @@ impl ApplyOptions {
             allow_devices: true,
             progress: false,
             expected_new_bytes: None,
+            platform: None,
         }
     }
+}
+
+/// Check an image config's `os`, `architecture` and `variant` against the
+/// device's platform. A variant is compared only when both name one
+/// (`arm64` without a variant is `v8`).
+pub fn check_platform(config: &[u8], want: &Platform) -> Result<()> {
+    let v = crate::json::parse(config)
+        .map_err(|e| Error::integrity(format!("image config is not JSON: {e}")))?;
+    let field = |k: &str| v.get(k).and_then(|x| x.as_str()).unwrap_or("");
+    let (os, arch) = (field("os"), field("architecture"));
+    let variant = Some(field("variant"))
+        .filter(|s| !s.is_empty())
+        .or((arch == "arm64").then_some("v8"));
+    let want_variant = want
+        .variant
+        .as_deref()
+        .or((want.architecture == "arm64").then_some("v8"));
+    let variant_ok = match (variant, want_variant) {
+        (Some(a), Some(b)) => a == b,
+        _ => true,
+    };
+    if os == want.os && arch == want.architecture && variant_ok {
+        return Ok(());
+    }
+    let show = |os: &str, arch: &str, var: Option<&str>| match var {
+        Some(v) => format!("{os}/{arch}/{v}"),
+        None => format!("{os}/{arch}"),
+    };
+    Err(Error::WrongPlatform(format!(
+        "the image is {}, this device is {} (--force-platform or `force_platform = \"yes\"` to sync it anyway)",
+        show(os, arch, Some(field("variant")).filter(|s| !s.is_empty())),
+        show(&want.os, &want.architecture, want.variant.as_deref())
+    )))
 }
 
 /// Counts for one layer.
@@ -269,6 +310,14 @@ impl<'s> Applier<'s> {
                         self.manifest = Some(data);
                     } else {
                         seen_meta[1] = true;
+                        if let Some((p, digest)) = &self.opts.platform {
+                            if Digest::of(&data) != *digest {
+                                return Err(Error::integrity(format!(
+                                    "config does not match {digest}"
+                                )));
+                            }
+                            check_platform(&data, p)?;
+                        }
                         self.config = Some(data);
                     }
                 }
@@ -1688,5 +1737,36 @@ mod tests {
         assert_eq!(human(12), "12 B");
         assert_eq!(human(1536), "1.5 KiB");
         assert_eq!(human(5 << 30), "5.0 GiB");
+    }
+}
+
+#[cfg(test)]
+mod platform_tests {
+    use super::*;
+
+    fn p(s: &str) -> Platform {
+        crate::cli::parse_platform(s).unwrap()
+    }
+
+    #[test]
+    fn config_platform_against_the_device() {
+        let cfg = |os: &str, arch: &str, var: Option<&str>| {
+            let v = var.map_or(String::new(), |v| format!(",\"variant\":\"{v}\""));
+            format!("{{\"os\":\"{os}\",\"architecture\":\"{arch}\"{v}}}").into_bytes()
+        };
+        let ok = |c: &[u8], d: &str| check_platform(c, &p(d)).is_ok();
+        assert!(ok(&cfg("linux", "amd64", None), "linux/amd64"));
+        assert!(!ok(&cfg("linux", "amd64", None), "linux/arm64"));
+        assert!(!ok(&cfg("windows", "amd64", None), "linux/amd64"));
+        assert!(ok(&cfg("linux", "arm64", Some("v8")), "linux/arm64"));
+        assert!(ok(&cfg("linux", "arm64", None), "linux/arm64/v8"));
+        assert!(ok(&cfg("linux", "arm", Some("v7")), "linux/arm/v7"));
+        assert!(!ok(&cfg("linux", "arm", Some("v6")), "linux/arm/v7"));
+        // A config without a variant fits any variant of its architecture.
+        assert!(ok(&cfg("linux", "arm", None), "linux/arm/v7"));
+        assert!(!ok(b"{}", "linux/amd64"));
+        let e = check_platform(&cfg("linux", "amd64", None), &p("linux/arm/v7")).unwrap_err();
+        assert_eq!(e.exit_code(), crate::error::exit::NOT_FOUND);
+        assert!(e.to_string().contains("linux/amd64") && e.to_string().contains("linux/arm/v7"));
     }
 }

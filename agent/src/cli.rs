@@ -44,7 +44,9 @@ sync options:
   --token-file F      read the token from F
   --ca-file PEM       trust these CA certificates (default: the system CA bundle,
                       $SSL_CERT_FILE or /etc/ssl/certs/ca-certificates.crt …)
-  --platform P        os/arch[/variant], default: the build target (e.g. linux/arm64)
+  --platform P        os/arch[/variant], default: the build target (e.g. linux/arm64);
+                      an image whose config names another platform is refused
+                      (exit 8) unless --force-platform (config: force_platform = true)
   --config FILE       read server, store, token_file, ca_file, platform, images,
                       retry_for, keep from FILE (TOML subset: key = \"value\" / [\"a\", \"b\"]);
                       flags override it, IMAGE arguments replace its images
@@ -68,7 +70,8 @@ EXIT CODES:
                                         7 authentication failed (401)
   sync only (each image succeeds or fails on its own; status --json says which):
   8 image not found: every image that failed is unknown to the registry
-    (repository, tag, digest or platform); the others were synced
+    (repository, tag, digest or platform) or made for another platform;
+    the others were synced
   9 some images failed, others were synced or are up to date
 ";
 
@@ -115,6 +118,7 @@ const BOOL_FLAGS: &[&str] = &[
     "-q",
     "--no-devices",
     "--no-zstd",
+    "--force-platform",
     "--repair",
     "--help",
     "-h",
@@ -288,9 +292,12 @@ pub struct ConfigFile {
     pub retry_for: Option<u64>,
     /// `keep`: retention, previous images kept per repository.
     pub keep: Option<u64>,
+    /// `force_platform = true`: sync images made for another platform.
+    pub force_platform: Option<bool>,
 }
 
 enum TomlValue {
+    Bool(bool),
     Str(String),
     Int(u64),
     List(Vec<String>),
@@ -378,6 +385,8 @@ pub fn parse_config(text: &str) -> std::result::Result<ConfigFile, String> {
                 return Err(err("trailing text after value"));
             }
             TomlValue::Str(v)
+        } else if rest == "true" || rest == "false" {
+            TomlValue::Bool(rest == "true")
         } else {
             TomlValue::Int(
                 rest.parse()
@@ -393,6 +402,7 @@ pub fn parse_config(text: &str) -> std::result::Result<ConfigFile, String> {
             ("images", TomlValue::List(l)) => cfg.images = Some(l),
             ("retry_for", TomlValue::Int(n)) => cfg.retry_for = Some(n),
             ("keep", TomlValue::Int(n)) => cfg.keep = Some(n),
+            ("force_platform", TomlValue::Bool(b)) => cfg.force_platform = Some(b),
             (k, _) => return Err(err(&format!("unknown key or wrong type: {k}"))),
         }
     }
@@ -424,6 +434,7 @@ const SYNC_FLAGS: &[&str] = &[
     "-q",
     "--no-devices",
     "--no-zstd",
+    "--force-platform",
 ];
 
 /// Everything a sync run needs, from flags and the config file.
@@ -559,6 +570,7 @@ fn sync_setup(a: &Args, repair: bool) -> Result<SyncSetup> {
         (None, Some(f), _) | (None, None, Some(f)) => Some(read_token(f)?),
         _ => None,
     };
+    let cfg_force_platform = cfg.force_platform.unwrap_or(false);
     let platform = match a.value("--platform").map(str::to_string).or(cfg.platform) {
         Some(p) => parse_platform(&p)
             .ok_or_else(|| usage(format!("bad platform {p:?} (os/arch[/variant])")))?,
@@ -612,6 +624,7 @@ fn sync_setup(a: &Args, repair: bool) -> Result<SyncSetup> {
         first_backoff: Duration::from_secs(1),
         progress: !quiet,
         allow_devices: !a.has(&["--no-devices"]),
+        force_platform: a.has(&["--force-platform"]) || cfg_force_platform,
     };
     let keep = match a.value("--keep") {
         Some(s) => Some(

@@ -35,7 +35,8 @@ pub mod exit {
     /// The registry rejected the token (401).
     pub const AUTH: i32 = 7;
     /// `sync`: every image that failed is not on the registry (unknown
-    /// repository, tag or digest, or no manifest for the device's platform).
+    /// repository, tag or digest, no manifest for the device's platform, or
+    /// an image whose config names another platform).
     pub const NOT_FOUND: i32 = 8;
     /// `sync`: some images failed, others were synced or up to date.
     pub const PARTIAL: i32 = 9;
@@ -82,6 +83,11 @@ pub enum Error {
         /// The underlying error.
         source: io::Error,
     },
+    /// The image is not for this device's platform (its config names
+    /// another os/architecture/variant). Exit code [`exit::NOT_FOUND`], as
+    /// for an index without the device's platform; `--force-platform`
+    /// accepts it.
+    WrongPlatform(String),
     /// Anything else.
     Other(String),
 }
@@ -121,6 +127,7 @@ impl Error {
             Error::Transient(_) | Error::Server { .. } => exit::NETWORK,
             Error::Auth(_) => exit::AUTH,
             Error::Integrity(_) => exit::INTEGRITY,
+            Error::WrongPlatform(_) => exit::NOT_FOUND,
             Error::DiskFull { .. } => exit::DISK_FULL,
             Error::Io { .. } | Error::Other(_) => exit::OTHER,
         }
@@ -146,6 +153,7 @@ impl fmt::Display for Error {
             } => write!(f, "server error {status}: {message}"),
             Error::Auth(m) => write!(f, "authentication failed: {m}"),
             Error::Integrity(m) => write!(f, "integrity error: {m}"),
+            Error::WrongPlatform(m) => write!(f, "not for this platform: {m}"),
             Error::DiskFull {
                 needed,
                 available,

@@ -47,6 +47,8 @@ pub struct SyncOptions {
     pub progress: bool,
     /// Accept device nodes in layers.
     pub allow_devices: bool,
+    /// Sync an image whose config names another platform.
+    pub force_platform: bool,
 }
 
 /// What a sync did.
@@ -381,6 +383,7 @@ fn sync_image(
         aopts.image_layers = diff_ids.clone();
         aopts.metadata = need_meta;
         aopts.allow_devices = opts.allow_devices;
+        aopts.platform = (!opts.force_platform).then(|| (opts.platform.clone(), ip.config_digest));
         aopts.progress = opts.progress;
         aopts.expected_new_bytes = dl.new_bytes.or(known_cost.then_some(new_bytes));
         if known_cost {

@@ -69,6 +69,15 @@ fn store_entry_ok(dir: &str, name: &str, meta: &fs::Metadata) -> bool {
                     || (rest.strip_suffix(".dirs").is_some_and(hex64) && ft.is_file())
             } else if let Some(n) = name.strip_prefix("obj-") {
                 !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) && ft.is_file()
+            } else if let Some((obj, n)) = name.split_once('~') {
+                // A staged object declaring its digest and variant key.
+                obj.len() == 81
+                    && hex64(&obj[..64])
+                    && obj.as_bytes()[64] == b'.'
+                    && obj[65..].bytes().all(|b| b.is_ascii_hexdigit())
+                    && !n.is_empty()
+                    && n.bytes().all(|b| b.is_ascii_digit())
+                    && ft.is_file()
             } else {
                 false
             }

@@ -269,6 +269,7 @@ fn opts(images: &[&str]) -> SyncOptions {
         first_backoff: Duration::from_millis(5),
         progress: false,
         allow_devices: true,
+        force_platform: false,
     }
 }
 

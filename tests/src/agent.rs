@@ -24,10 +24,16 @@ impl Agent {
             .prefix("layerlink-agent-")
             .tempdir()
             .expect("temp dir");
+        // A cross-built agent run through a runner (QEMU) defaults to its
+        // own platform; the test images are linux/amd64 (as cross/test.sh).
+        let sync_args = match std::env::var("LAYERLINK_AGENT_RUNNER") {
+            Ok(r) if !r.trim().is_empty() => vec!["--platform".into(), "linux/amd64".into()],
+            _ => Vec::new(),
+        };
         Agent {
             store: tmp.path().join("store"),
             token: token.to_string(),
-            sync_args: Vec::new(),
+            sync_args,
             _tmp: tmp,
         }
     }

@@ -384,6 +384,28 @@ pub const SCENARIOS: [Scenario; 3] = [
     },
 ];
 
+/// The project's package-update scenario (benchmark scenario 6), for
+/// `layerlink-faults resume --scenario upd`.
+pub const UPD_SCENARIO: Scenario = Scenario {
+    name: "upd:v1->v2",
+    before: Some("upd:v1"),
+    target: "upd:v2",
+};
+
+/// A scenario by name: one of [`SCENARIOS`], [`UPD_SCENARIO`], or the
+/// short keys `cold`, `update` (base-a:v1→v2), `second`, `upd`.
+pub fn scenario_named(name: &str) -> Option<Scenario> {
+    let all = [SCENARIOS[0], SCENARIOS[1], SCENARIOS[2], UPD_SCENARIO];
+    let key = match name {
+        "cold" => SCENARIOS[0].name,
+        "update" => SCENARIOS[1].name,
+        "second" => SCENARIOS[2].name,
+        "upd" => UPD_SCENARIO.name,
+        n => n,
+    };
+    all.into_iter().find(|s| s.name == key)
+}
+
 /// A registry holding `tags`, every layer ingested.
 pub fn registry_with(tags: &[&str]) -> Registry {
     crate::fixture::registry_with_test_images(FAULT_DEVICE_CONFIG, tags)
@@ -495,6 +517,12 @@ pub struct Prepared {
 /// Set up `scenario` under `work`: push, sync `before`, unpack the
 /// reference, time and count one uncut sync of the target.
 pub fn prepare(scenario: Scenario, work: &Path) -> Prepared {
+    prepare_limited(scenario, work, 0)
+}
+
+/// [`prepare`] with the uncut syncs' registry→device traffic limited to
+/// `rate` bytes/s (0 = unlimited).
+pub fn prepare_limited(scenario: Scenario, work: &Path, rate: u64) -> Prepared {
     std::fs::create_dir_all(work).expect("work dir");
     let mut tags = vec![scenario.target];
     if let Some(b) = scenario.before {
@@ -522,6 +550,7 @@ pub fn prepare(scenario: Scenario, work: &Path) -> Prepared {
     for _ in 0..2 {
         copy_store(&prep_store, &store);
         let proxy = CountingProxy::start(reg.addr());
+        proxy.limit_down(rate);
         let t0 = Instant::now();
         let (code, err) = run_agent(&mut sync_cmd(&proxy.url(), &store, scenario.target, 30));
         uncut_time = uncut_time.min(t0.elapsed());
@@ -670,6 +699,128 @@ pub fn power_cuts(p: &Prepared, cuts: u64, seed: u64) -> FaultReport {
         if killed {
             rep.survived_mid_sync += 1;
         }
+    }
+    let _ = std::fs::remove_dir_all(&store);
+    rep
+}
+
+/// Outcome of [`resume_cuts`].
+#[derive(Debug, Default, Clone)]
+pub struct ResumeReport {
+    /// SIGKILLs that landed while the sync ran.
+    pub cuts: u64,
+    /// Updates brought to completion (a run that finished before its kill
+    /// completes one, and the next cut starts a new update from the
+    /// before-store; the last run always completes one).
+    pub updates: u64,
+    /// Bytes on the wire over every run, both ways.
+    pub total_bytes: u64,
+    /// Bytes of one uncut update.
+    pub uncut_bytes: u64,
+    /// One line per failure.
+    pub failures: Vec<String>,
+}
+
+impl ResumeReport {
+    /// What the cuts cost beyond the updates themselves.
+    pub fn excess(&self) -> u64 {
+        self.total_bytes
+            .saturating_sub(self.updates * self.uncut_bytes)
+    }
+    /// One update plus every cut's cost, in uncut updates: the issue's
+    /// "N cuts cost X× one update".
+    pub fn cost_ratio(&self) -> f64 {
+        1.0 + self.excess() as f64 / self.uncut_bytes.max(1) as f64
+    }
+}
+
+/// `cuts` successive SIGKILLs during one update, each run resuming from
+/// what the cut before left (a device losing power again and again):
+/// each run is killed after a seeded delay in `[0, uncut time)`; after
+/// every cut `verify` must pass; when a run finishes before its kill the
+/// update is complete (checked against umoci) and the next one starts from
+/// the before-store. A last uncut run completes the update in flight. All
+/// bytes go through one counting proxy.
+///
+/// `rate` (bytes/s, 0 = unlimited) limits the registry→device direction of
+/// every run, the uncut reference run included ([`prepare_limited`]), as on
+/// a device's WAN link; unlimited loopback instead fills kernel socket
+/// buffers megabytes ahead of what the agent has applied, and a cut loses
+/// them whatever the agent keeps.
+pub fn resume_cuts(p: &Prepared, cuts: u64, seed: u64, rate: u64) -> ResumeReport {
+    let mut rng = Rng::new(seed);
+    let mut rep = ResumeReport {
+        uncut_bytes: p.uncut_bytes,
+        ..Default::default()
+    };
+    let store = p.work.join("resume-store");
+    copy_store(&p.prep_store, &store);
+    let proxy = CountingProxy::start(p.reg.addr());
+    proxy.limit_down(rate);
+    let span = p.uncut_time.as_micros() as u64;
+    let mut attempts = 0;
+    while rep.cuts < cuts && attempts < cuts * 5 {
+        attempts += 1;
+        let delay = Duration::from_micros(rng.below(span.max(1)));
+        let mut child = sync_cmd(&proxy.url(), &store, p.scenario.target, 30)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn agent");
+        std::thread::sleep(delay);
+        let killed = matches!(child.try_wait(), Ok(None));
+        let _ = child.kill(); // SIGKILL
+        let status = child.wait().expect("wait agent");
+        let what = format!(
+            "[{}] run {attempts} cut at {:.3}s (seed {seed})",
+            p.scenario.name,
+            delay.as_secs_f64()
+        );
+        if killed {
+            rep.cuts += 1;
+            let (code, out) = verify(&store);
+            if code != 0 {
+                rep.failures.push(format!(
+                    "{what}: verify after the cut exited {code}: {}",
+                    out.trim()
+                ));
+                return rep;
+            }
+            eprintln!("{what}: killed, {} B so far", proxy.bytes_total());
+        } else {
+            if !status.success() {
+                rep.failures
+                    .push(format!("{what}: sync failed before the cut: {status}"));
+                return rep;
+            }
+            rep.updates += 1;
+            eprintln!("{what}: finished before the cut; next update from the before-store");
+            if let Err(e) =
+                checkout_matches(&store, p.scenario.target, &p.work.join("co"), &p.reference)
+            {
+                rep.failures.push(format!("{what}: {e}"));
+                return rep;
+            }
+            copy_store(&p.prep_store, &store);
+        }
+    }
+    let (code, err) = run_agent(&mut sync_cmd(&proxy.url(), &store, p.scenario.target, 30));
+    if code != 0 {
+        rep.failures
+            .push(format!("final run exited {code}: {}", err.trim()));
+        return rep;
+    }
+    rep.updates += 1;
+    rep.total_bytes = proxy.bytes_total();
+    let (code, out) = verify(&store);
+    if code != 0 {
+        rep.failures.push(format!(
+            "verify after the final run exited {code}: {}",
+            out.trim()
+        ));
+    }
+    if let Err(e) = checkout_matches(&store, p.scenario.target, &p.work.join("co"), &p.reference) {
+        rep.failures.push(format!("final checkout: {e}"));
     }
     let _ = std::fs::remove_dir_all(&store);
     rep

@@ -19,6 +19,8 @@ struct Shared {
     /// Server→client bytes still allowed before every open connection is
     /// cut (one shot: cleared when it fires).
     cut_down_after: Mutex<Option<u64>>,
+    /// Server→client bytes per second per connection (0 = unlimited).
+    down_rate: AtomicU64,
     /// Both sockets of every open connection, by connection number (a
     /// connection leaves when both directions are done, so a client that
     /// opens thousands of connections does not run out of descriptors).
@@ -110,6 +112,13 @@ impl CountingProxy {
         self.shared.connections.load(Ordering::SeqCst)
     }
 
+    /// Limit server→client traffic to `bytes_per_sec` per connection (a
+    /// slow link; 0 = unlimited). Bytes are counted when forwarded, so at a
+    /// rate the peer keeps up with, little sits unread in socket buffers.
+    pub fn limit_down(&self, bytes_per_sec: u64) {
+        self.shared.down_rate.store(bytes_per_sec, Ordering::SeqCst);
+    }
+
     /// Zero the counters.
     pub fn reset(&self) {
         self.shared.up.store(0, Ordering::SeqCst);
@@ -149,8 +158,17 @@ fn cut_all(shared: &Shared) {
 
 fn pump(mut from: TcpStream, mut to: TcpStream, shared: &Shared, down: bool) {
     let mut buf = vec![0u8; 32 * 1024];
+    let started = std::time::Instant::now();
+    let mut sent: u64 = 0;
     loop {
-        let n = match from.read(&mut buf) {
+        let rate = if down {
+            shared.down_rate.load(Ordering::SeqCst)
+        } else {
+            0
+        };
+        // Small reads when limited, so the pace is even.
+        let chunk = if rate > 0 { 4096 } else { buf.len() };
+        let n = match from.read(&mut buf[..chunk]) {
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
@@ -173,6 +191,13 @@ fn pump(mut from: TcpStream, mut to: TcpStream, shared: &Shared, down: bool) {
             // Count before forwarding: once the bytes are written the peer
             // can answer, and a test reading the counters after that answer
             // must see them (counting afterwards raced, and CI caught it).
+            if rate > 0 {
+                let due = std::time::Duration::from_secs_f64(sent as f64 / rate as f64);
+                if let Some(wait) = due.checked_sub(started.elapsed()) {
+                    std::thread::sleep(wait);
+                }
+            }
+            sent += allowed as u64;
             counter.fetch_add(allowed as u64, Ordering::SeqCst);
             // A failed write stays counted: some of it may have arrived, and
             // overcounting only makes our figures look worse, never better.

@@ -23,8 +23,11 @@
 //! │                                     opaque dirs carry trusted.overlay.opaque=y
 //! ├── images/<sha256 of "repo:ref">.rec postcard ImageRecord: manifest, config,
 //! │                                     diff_ids, sync time
-//! └── tmp/                              staging (layer-<hex>/, obj-<n>, gc-…),
-//!                                       emptied at start-up
+//! └── tmp/                              staging (layer-<hex>/, staged objects
+//!                                       <64 hex>.<vkey>~<n>, local copies
+//!                                       obj-<n>, gc-…); at start-up sound
+//!                                       staged objects are promoted, the
+//!                                       rest removed
 //! ```
 //!
 //! **Invariants.** An object file's content always matches its name: new
@@ -33,7 +36,10 @@
 //! `layers/` is complete: it is renamed there from `tmp/` after its
 //! `layer-end` marker matched and everything in it was synced. An image record
 //! names only committed layers. Power loss at any instant leaves the old or the
-//! new state; `tmp/` is emptied by the next run, which finishes the job.
+//! new state; the next run promotes the staged objects that re-hash to the
+//! digest and variant key their name declares
+//! ([`Store::promote_staged`]), empties the rest of `tmp/`, and finishes
+//! the job without downloading those objects again.
 //!
 //! **Held set.** What the device reports: the committed layers' diff_ids and
 //! the *loose* objects, those with a variant whose link count is 1 (linked
@@ -182,8 +188,11 @@ impl Store {
         Ok(store)
     }
 
-    /// Start-up recovery: empty `tmp/` (interrupted staging, gc leftovers).
+    /// Start-up recovery: promote the sound objects an interrupted run
+    /// staged ([`Store::promote_staged`]), then empty `tmp/` (partial
+    /// files, interrupted layer trees, gc leftovers).
     fn recover(&self) -> Result<()> {
+        self.promote_staged()?;
         fsops::clear_dir(self.tmp_fd.as_fd())
             .map_err(|e| Error::errno(self.ctx("emptying tmp/ of"), e))
     }

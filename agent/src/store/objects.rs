@@ -190,7 +190,7 @@ impl<'s> ObjectWriter<'s> {
                         .metadata()
                         .map_err(|e| Error::io("reading an object", e))?
                         .len();
-                    let (tmp, file) = self.new_tmp()?;
+                    let (tmp, file) = self.new_tmp(Some((d, &vkey)))?;
                     let made = fsops::copy_data(&src, &file)
                         .map_err(|e| Error::io(format!("copying object {d} for a new variant"), e))
                         .and_then(|_| {
@@ -234,9 +234,17 @@ impl<'s> ObjectWriter<'s> {
         )))
     }
 
-    fn new_tmp(&mut self) -> Result<(String, File)> {
+    /// A new staging file. With `declared` (the digest it must hash to and
+    /// the variant key of the metadata it will get) its name says so —
+    /// `<64 hex>.<vkey>~<n>` — and the next start promotes it into
+    /// `objects/` if it still checks out ([`Store::promote_staged`]); else
+    /// `obj-<n>`, dropped at the next start.
+    fn new_tmp(&mut self, declared: Option<(&Digest, &str)>) -> Result<(String, File)> {
         self.seq += 1;
-        let tmp = format!("obj-{}", self.seq);
+        let tmp = match declared {
+            Some((d, vkey)) => format!("{}.{vkey}~{}", d.hex(), self.seq),
+            None => format!("obj-{}", self.seq),
+        };
         let f = fsops::create_file_at(self.store.tmp_fd(), tmp.as_bytes(), 0o600)
             .map_err(|e| Error::errno(format!("creating tmp/{tmp}"), e))?;
         Ok((tmp, f))
@@ -269,7 +277,8 @@ impl<'s> ObjectWriter<'s> {
         read: &mut dyn FnMut(&mut [u8]) -> Result<usize>,
         meta: &Meta,
     ) -> Result<Digest> {
-        let (tmp, mut file) = self.new_tmp()?;
+        let vkey = meta.vkey();
+        let (tmp, mut file) = self.new_tmp(expected.map(|d| (d, vkey.as_str())))?;
         let mut h = Sha256::new();
         let mut got: u64 = 0;
         let mut buf = std::mem::take(&mut self.buf);
@@ -322,7 +331,6 @@ impl<'s> ObjectWriter<'s> {
             .map_err(|e| Error::errno(format!("setting metadata of object {digest}"), e))?;
         drop(file);
         // Already stored with this metadata? Keep the old one.
-        let vkey = meta.vkey();
         for n in 0..MAX_SUFFIX {
             let name = variant_name(&digest, &vkey, n);
             match self.stat_name(&name)? {
@@ -375,5 +383,179 @@ impl Drop for ObjectWriter<'_> {
         // Best effort: verified content stays as loose objects, so a retry
         // does not download it again.
         let _ = self.flush();
+    }
+}
+
+/// What [`Store::promote_staged`] found in `tmp/`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Promoted {
+    /// Staged objects re-hashed, found sound and moved into `objects/`.
+    pub objects: u64,
+    /// Their bytes.
+    pub bytes: u64,
+    /// Staged files dropped: partial, damaged, or already stored.
+    pub dropped: u64,
+}
+
+impl Store {
+    /// Start-up: move the verified objects an interrupted run left in
+    /// `tmp/` (the batch in flight) into `objects/`, so that they count as
+    /// held and are not downloaded again. Only files whose name declares
+    /// their digest and variant key (`<64 hex>.<vkey>~<n>`, see
+    /// `ObjectWriter::new_tmp`) are candidates, and each is re-hashed and
+    /// its metadata re-keyed first: a partial write (cut mid-content or
+    /// before its metadata was set) or content damaged by the cut does not
+    /// match and stays, to be removed with the rest of `tmp/`. The content
+    /// is synced before the renames and the renames after, as a batch flush
+    /// does. Must run before `tmp/` is emptied, under the exclusive lock.
+    pub fn promote_staged(&self) -> Result<Promoted> {
+        let mut out = Promoted::default();
+        let mut names: Vec<Vec<u8>> = Vec::new();
+        fsops::for_each_entry(self.tmp_fd(), |name, _| {
+            let declared = name.len() > 82
+                && super::parse_hex_name(name).is_some()
+                && name[64] == b'.'
+                && name[81] == b'~';
+            if declared {
+                names.push(name.to_vec());
+            }
+            Ok(())
+        })?;
+        let mut sound: Vec<(Vec<u8>, Digest, rfs::Stat)> = Vec::new();
+        let mut buf = vec![0u8; fsops::COPY_BUF];
+        for name in names {
+            let st = match fsops::lstat_at(self.tmp_fd(), &name) {
+                Ok(Some(st)) if fsops::file_type(&st) == rfs::FileType::RegularFile => st,
+                _ => continue,
+            };
+            // `check_object` reads the leading `<hex>.<vkey>` of the name.
+            if super::check_object(self.tmp_fd(), &name, &st, &mut buf)?.is_empty() {
+                if let Some(d) = super::parse_hex_name(&name) {
+                    sound.push((name, d, st));
+                }
+            } else {
+                out.dropped += 1;
+            }
+        }
+        if sound.is_empty() {
+            return Ok(out);
+        }
+        self.syncfs()?;
+        for (tmp, d, st) in sound {
+            let vkey = core::str::from_utf8(&tmp[65..81]).unwrap_or_default();
+            let meta = Meta::from_stat(&st, Vec::new());
+            for n in 0..MAX_SUFFIX {
+                let name = variant_name(&d, vkey, n);
+                match fsops::lstat_at(self.objects_fd(), name.as_bytes())
+                    .map_err(|e| Error::errno(format!("looking up object {name}"), e))?
+                {
+                    // Already stored with this metadata: tmp/ clearing drops it.
+                    Some(old) if meta.matches_stat(&old) => {
+                        out.dropped += 1;
+                        break;
+                    }
+                    Some(_) => continue,
+                    None => {
+                        let fan = &name[..2];
+                        match rfs::mkdirat(self.objects_fd(), fan, Mode::from_raw_mode(0o700)) {
+                            Ok(()) | Err(Errno::EXIST) => {}
+                            Err(e) => {
+                                return Err(Error::errno(format!("creating objects/{fan}"), e))
+                            }
+                        }
+                        rfs::renameat(
+                            self.tmp_fd(),
+                            tmp.as_slice(),
+                            self.objects_fd(),
+                            name.as_str(),
+                        )
+                        .map_err(|e| Error::errno(format!("storing object {name}"), e))?;
+                        out.objects += 1;
+                        out.bytes += st.st_size as u64;
+                        break;
+                    }
+                }
+            }
+        }
+        self.syncfs()?;
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Access;
+    use std::io::Read;
+
+    fn put(w: &mut ObjectWriter<'_>, data: &[u8], meta: &Meta) -> Digest {
+        let d = Digest::of(data);
+        let mut src = data;
+        w.insert(
+            Some(&d),
+            data.len() as u64,
+            &mut |b| Ok(src.read(b).unwrap()),
+            meta,
+        )
+        .unwrap()
+    }
+
+    fn tmp_names(store: &Store) -> Vec<String> {
+        let mut v = Vec::new();
+        fsops::for_each_entry(store.tmp_fd(), |n, _| {
+            v.push(String::from_utf8_lossy(n).into_owned());
+            Ok(())
+        })
+        .unwrap();
+        v.sort();
+        v
+    }
+
+    /// A run killed with a batch in flight: at the next open the sound
+    /// staged objects are promoted (and held, loose); a partial write, one
+    /// whose metadata no longer matches its key, and undeclared files go.
+    #[test]
+    fn interrupted_batch_is_promoted_only_when_it_checks_out() {
+        let root = std::env::temp_dir().join(format!("layerlink-promote-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let meta = Meta {
+            mode: 0o644,
+            ..Meta::default()
+        };
+        let (good, partial, rekeyed) = {
+            let store = Store::open(&root, Access::Exclusive).unwrap();
+            let mut w = ObjectWriter::new(&store);
+            let good = put(&mut w, b"a verified object", &meta);
+            let partial = put(&mut w, b"an object cut while written", &meta);
+            let rekeyed = put(&mut w, b"an object whose mode changed", &meta);
+            let names = tmp_names(&store);
+            assert_eq!(names.len(), 3, "{names:?}");
+            let find = |d: &Digest| names.iter().find(|n| n.starts_with(&d.hex())).unwrap();
+            // Truncate one (a cut mid-content), chmod another (a cut before
+            // its metadata was set), and leave an undeclared file.
+            let p = root.join("tmp").join(find(&partial));
+            std::fs::write(&p, b"an object cut").unwrap();
+            let r = root.join("tmp").join(find(&rekeyed));
+            rfs::chmod(&r, Mode::from_raw_mode(0o600)).unwrap();
+            std::fs::write(root.join("tmp").join("obj-9"), b"undeclared").unwrap();
+            std::mem::forget(w); // SIGKILL: no flush
+            (good, partial, rekeyed)
+        };
+        let store = Store::open(&root, Access::Exclusive).unwrap();
+        assert!(tmp_names(&store).is_empty(), "tmp/ emptied");
+        let w = ObjectWriter::new(&store);
+        assert!(w.has(&good).unwrap(), "the sound object was promoted");
+        assert!(!w.has(&partial).unwrap(), "a partial write is dropped");
+        assert!(
+            !w.has(&rekeyed).unwrap(),
+            "a file off its variant key is dropped"
+        );
+        assert_eq!(store.held_set().unwrap().objects, vec![good]);
+        let mut problems = Vec::new();
+        let v = store.verify(|p| problems.push(p.to_string())).unwrap();
+        assert_eq!(v.problems, 0, "{problems:?}");
+        drop(w);
+        drop(store);
+        let _ = std::fs::remove_dir_all(&root);
     }
 }

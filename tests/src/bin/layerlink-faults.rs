@@ -3,7 +3,13 @@
 //! ```text
 //! layerlink-faults power [--cuts N] [--seed S] [--release]
 //! layerlink-faults net   [--faults N] [--seed S] [--retry-for SECS] [--release]
+//! layerlink-faults resume [--cuts N] [--seed S] [--scenario upd|update|cold|second] [--rate-kib K] [--release]
 //! ```
+//!
+//! `resume` SIGKILLs N successive syncs of one update, each resuming what
+//! the cut before left, and prints what the whole costs in uncut updates
+//! (`RESULT resume cuts updates total_bytes uncut_bytes ratio seed`).
+//! `--rate-kib K` limits registry→device traffic to K KiB/s (a WAN link).
 //!
 //! `power` SIGKILLs `layerlink-agent sync` at seeded delays over three
 //! scenarios (cold base-a:v1, base-a:v1→v2, base-a:v1→base-b:v1); after each
@@ -21,7 +27,8 @@
 use layerlink_tests::args::{mib, num};
 use layerlink_tests::bins::target_dir;
 use layerlink_tests::faultproxy::{
-    always_failing, net_faults, power_cuts, prepare, FaultReport, SCENARIOS,
+    always_failing, net_faults, power_cuts, prepare, prepare_limited, resume_cuts, scenario_named,
+    FaultReport, SCENARIOS,
 };
 use std::time::{Duration, Instant};
 
@@ -158,8 +165,59 @@ fn main() {
                 total.faults_fired
             );
         }
+        "resume" => {
+            let cuts = num(&args, "--cuts", 12);
+            let name = args
+                .iter()
+                .position(|a| a == "--scenario")
+                .and_then(|i| args.get(i + 1))
+                .map_or("upd", |s| s.as_str());
+            let Some(sc) = scenario_named(name) else {
+                eprintln!("unknown scenario {name:?}: upd, update, cold or second");
+                std::process::exit(2);
+            };
+            let rate = num(&args, "--rate-kib", 0) * 1024;
+            let p = prepare_limited(sc, &work.path().join("r"), rate);
+            println!(
+                "{} (link {}): uncut sync {} ({} B) in {:.2}s; {cuts} successive cuts",
+                sc.name,
+                if rate == 0 {
+                    "unlimited".to_string()
+                } else {
+                    format!("{} KiB/s", rate / 1024)
+                },
+                mib(p.uncut_bytes),
+                p.uncut_bytes,
+                p.uncut_time.as_secs_f64()
+            );
+            let r = resume_cuts(&p, cuts, seed, rate);
+            for f in &r.failures {
+                println!("FAIL {f}");
+            }
+            println!(
+                "{}: {} cuts over {} completed update(s): {} B on the wire, {} B beyond the updates; {} cuts cost {:.3}x one update (uncut {} B), seed {seed}, {:.0}s",
+                sc.name,
+                r.cuts,
+                r.updates,
+                r.total_bytes,
+                r.excess(),
+                r.cuts,
+                r.cost_ratio(),
+                r.uncut_bytes,
+                t0.elapsed().as_secs_f64()
+            );
+            println!(
+                "RESULT resume {} {} {} {} {:.3} {seed}",
+                r.cuts,
+                r.updates,
+                r.total_bytes,
+                r.uncut_bytes,
+                r.cost_ratio()
+            );
+            total.failures = r.failures;
+        }
         other => {
-            eprintln!("unknown mode {other:?}: power or net");
+            eprintln!("unknown mode {other:?}: power, net or resume");
             std::process::exit(2);
         }
     }
