@@ -29,7 +29,8 @@
 # LAYERLINK_BENCH_AGENT_LINK=dynamic measures that build instead.
 #
 # Environment: LAYERLINK_BENCH_SCENARIOS (default: all); LAYERLINK_BENCH_TOOLS
-# (comma-separated: layerlink, skopeo, ostree, ostree-objects, ostree-delta;
+# (comma-separated: layerlink, layerlink-no-deltas (incremental scenarios only),
+# skopeo, ostree, ostree-objects, ostree-delta;
 # default: all); LAYERLINK_BENCH_AGENT_PROFILE=release to measure the plain
 # release agent instead; LAYERLINK_BENCH_REPS (runs of the base-a update
 # scenario, default 5); LAYERLINK_BENCH_OUT (default bench/RESULTS.md, or

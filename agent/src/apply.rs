@@ -130,7 +130,7 @@ pub fn check_platform(config: &[u8], want: &Platform) -> Result<()> {
         None => format!("{os}/{arch}"),
     };
     Err(Error::WrongPlatform(format!(
-        "the image is {}, this device is {} (--force-platform or `force_platform = \"yes\"` to sync it anyway)",
+        "the image is {}, this device is {} (--force-platform or `force_platform = true` to sync it anyway)",
         show(os, arch, Some(field("variant")).filter(|s| !s.is_empty())),
         show(&want.os, &want.architecture, want.variant.as_deref())
     )))

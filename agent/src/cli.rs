@@ -48,7 +48,8 @@ sync options:
                       an image whose config names another platform is refused
                       (exit 8) unless --force-platform (config: force_platform = true)
   --config FILE       read server, store, token_file, ca_file, platform, images,
-                      retry_for, keep from FILE (TOML subset: key = \"value\" / [\"a\", \"b\"]);
+                      retry_for, keep, force_platform, deltas from FILE
+                      (TOML subset: key = \"value\" / [\"a\", \"b\"] / true);
                       flags override it, IMAGE arguments replace its images
   --retry-for SECS    keep retrying transient failures this long (default 300)
   --keep N            retention: after the sync, per repository synced, keep its
@@ -56,6 +57,8 @@ sync options:
                       remove the rest and gc (config: keep = N; default: keep all)
   --no-devices        refuse device nodes in layers
   --no-zstd           do not ask for zstd archives (gzip, as agents before it)
+  --no-deltas         do not ask for binary deltas: modified files come whole
+                      (config: deltas = false)
   -q, --quiet         no progress lines on stderr
 
 checkout options:
@@ -118,6 +121,7 @@ const BOOL_FLAGS: &[&str] = &[
     "-q",
     "--no-devices",
     "--no-zstd",
+    "--no-deltas",
     "--force-platform",
     "--repair",
     "--help",
@@ -294,6 +298,8 @@ pub struct ConfigFile {
     pub keep: Option<u64>,
     /// `force_platform = true`: sync images made for another platform.
     pub force_platform: Option<bool>,
+    /// `deltas = false`: do not ask for binary deltas.
+    pub deltas: Option<bool>,
 }
 
 enum TomlValue {
@@ -403,6 +409,7 @@ pub fn parse_config(text: &str) -> std::result::Result<ConfigFile, String> {
             ("retry_for", TomlValue::Int(n)) => cfg.retry_for = Some(n),
             ("keep", TomlValue::Int(n)) => cfg.keep = Some(n),
             ("force_platform", TomlValue::Bool(b)) => cfg.force_platform = Some(b),
+            ("deltas", TomlValue::Bool(b)) => cfg.deltas = Some(b),
             (k, _) => return Err(err(&format!("unknown key or wrong type: {k}"))),
         }
     }
@@ -434,6 +441,7 @@ const SYNC_FLAGS: &[&str] = &[
     "-q",
     "--no-devices",
     "--no-zstd",
+    "--no-deltas",
     "--force-platform",
 ];
 
@@ -571,6 +579,7 @@ fn sync_setup(a: &Args, repair: bool) -> Result<SyncSetup> {
         _ => None,
     };
     let cfg_force_platform = cfg.force_platform.unwrap_or(false);
+    let cfg_deltas = cfg.deltas.unwrap_or(true);
     let platform = match a.value("--platform").map(str::to_string).or(cfg.platform) {
         Some(p) => parse_platform(&p)
             .ok_or_else(|| usage(format!("bad platform {p:?} (os/arch[/variant])")))?,
@@ -613,6 +622,7 @@ fn sync_setup(a: &Args, repair: bool) -> Result<SyncSetup> {
             .map(PathBuf::from)
             .or(cfg.ca_file.map(PathBuf::from)),
         no_zstd: a.has(&["--no-zstd"]),
+        no_deltas: a.has(&["--no-deltas"]) || !cfg_deltas,
     };
     let client = Client::new(&client_cfg)?;
     let store = Store::open(Path::new(&store_path), Access::Exclusive)?;

@@ -31,12 +31,17 @@ pub struct Download {
 }
 
 /// The `layerlink-features` value this agent sends.
-pub fn features(zstd: bool) -> String {
-    if zstd {
-        format!("{FEATURE_LAYER_BASE},{FEATURE_COMPACT_META},{FEATURE_FILE_DELTA},{FEATURE_ZSTD}")
-    } else {
-        format!("{FEATURE_LAYER_BASE},{FEATURE_COMPACT_META},{FEATURE_FILE_DELTA}")
+pub fn features(zstd: bool, deltas: bool) -> String {
+    let mut f = format!("{FEATURE_LAYER_BASE},{FEATURE_COMPACT_META}");
+    if deltas {
+        f.push(',');
+        f.push_str(FEATURE_FILE_DELTA);
     }
+    if zstd {
+        f.push(',');
+        f.push_str(FEATURE_ZSTD);
+    }
+    f
 }
 
 /// The registry's sync API, as the agent uses it.
@@ -63,6 +68,8 @@ pub struct ClientConfig {
     pub ca_file: Option<PathBuf>,
     /// Do not ask for zstd archives (`--no-zstd`).
     pub no_zstd: bool,
+    /// Do not ask for binary deltas (`--no-deltas`).
+    pub no_deltas: bool,
 }
 
 /// [`Remote`] over HTTP(S) with `ureq`.
@@ -161,7 +168,7 @@ impl Client {
             agent: b.build().into(),
             base,
             auth: cfg.token.as_ref().map(|t| format!("Bearer {}", t.trim())),
-            features: features(!cfg.no_zstd),
+            features: features(!cfg.no_zstd, !cfg.no_deltas),
         })
     }
 

@@ -233,6 +233,7 @@ fn the_client_sends_small_requests_and_maps_statuses() {
         token: Some("tok\n".into()),
         ca_file: None,
         no_zstd: false,
+        no_deltas: false,
     })
     .unwrap();
 
@@ -296,6 +297,7 @@ fn https_needs_tls_and_a_ca() {
         token: None,
         ca_file: Some("/nonexistent/ca.pem".into()),
         no_zstd: false,
+        no_deltas: false,
     };
     let e = Client::new(&cfg).err().expect("must fail");
     assert_eq!(e.exit_code(), exit::USAGE, "{e}");

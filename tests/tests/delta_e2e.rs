@@ -170,6 +170,24 @@ fn a_rebuilt_image_syncs_as_deltas_exactly_and_a_damaged_base_still_ends_right()
         reg.log()
     );
 
+    // A device that opts out (`--no-deltas`) gets the modified files whole:
+    // no delta entry, more bytes, the same exact checkout.
+    let mut whole = Agent::new(TOKEN);
+    whole.sync_args.push("--no-deltas".into());
+    sync(&whole, &proxy, OLD);
+    let (cost_whole, _) = sync(&whole, &proxy, NEW);
+    eprintln!("{OLD} -> {NEW}: {cost_whole} B on the wire with --no-deltas");
+    assert_eq!(
+        reg.deltas_sent(),
+        rerun,
+        "--no-deltas still got delta entries"
+    );
+    assert!(
+        cost + 20 * 1024 < cost_whole,
+        "whole files should cost more than deltas: {cost_whole} vs {cost} B"
+    );
+    assert_checkout_matches_umoci(&whole, NEW);
+
     // A device whose copy of the base object is damaged (same size,
     // different bytes) still ends with the exact files. Since the agent
     // checks its store before every sync (issue 13: objects changed since

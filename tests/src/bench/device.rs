@@ -22,6 +22,9 @@ pub fn remote(tag: &str) -> String {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Tool {
     Layerlink,
+    /// The same agent with `--no-deltas` (modified files whole), in the
+    /// incremental scenarios only.
+    LayerlinkNoDeltas,
     /// `skopeo copy` + `umoci unpack`.
     Skopeo,
     /// `ostree pull --disable-static-deltas` + `ostree checkout -H`.
@@ -31,8 +34,9 @@ pub enum Tool {
 }
 
 impl Tool {
-    pub const ALL: [Tool; 4] = [
+    pub const ALL: [Tool; 5] = [
         Tool::Layerlink,
+        Tool::LayerlinkNoDeltas,
         Tool::Skopeo,
         Tool::OstreeObjects,
         Tool::OstreeDelta,
@@ -41,6 +45,7 @@ impl Tool {
     pub fn label(self) -> &'static str {
         match self {
             Tool::Layerlink => "layerlink",
+            Tool::LayerlinkNoDeltas => "layerlink, no deltas",
             Tool::Skopeo => "skopeo + umoci",
             Tool::OstreeObjects => "OSTree objects",
             Tool::OstreeDelta => "OSTree static delta",
@@ -51,6 +56,7 @@ impl Tool {
     pub fn key(self) -> &'static str {
         match self {
             Tool::Layerlink => "layerlink",
+            Tool::LayerlinkNoDeltas => "layerlink-no-deltas",
             Tool::Skopeo => "skopeo",
             Tool::OstreeObjects => "ostree-objects",
             Tool::OstreeDelta => "ostree-delta",
@@ -60,10 +66,15 @@ impl Tool {
     /// The device commands: (fetch, unpack).
     pub fn commands(self) -> (&'static str, &'static str) {
         match self {
-            Tool::Layerlink => ("agent sync", "agent checkout"),
+            Tool::Layerlink | Tool::LayerlinkNoDeltas => ("agent sync", "agent checkout"),
             Tool::Skopeo => ("skopeo copy", "umoci unpack"),
             Tool::OstreeObjects | Tool::OstreeDelta => ("ostree pull", "ostree checkout"),
         }
+    }
+
+    /// The layerlink agent, with or without deltas.
+    pub fn is_layerlink(self) -> bool {
+        matches!(self, Tool::Layerlink | Tool::LayerlinkNoDeltas)
     }
 
     pub fn is_ostree(self) -> bool {
@@ -86,7 +97,7 @@ impl Tool {
                         .find(|t| t.key() == word)
                         .ok_or_else(|| {
                             anyhow::anyhow!(
-                                "unknown tool {word:?} (known: layerlink, skopeo, ostree, ostree-objects, ostree-delta)"
+                                "unknown tool {word:?} (known: layerlink, layerlink-no-deltas, skopeo, ostree, ostree-objects, ostree-delta)"
                             )
                         })?,
                 ),
@@ -256,6 +267,11 @@ impl Bench {
                 &format!("layerlink-agent sync {tag}"),
                 &mut self.agent_sync(&format!("http://{}", self.recorder.addr), dev, tag),
             ),
+            Tool::LayerlinkNoDeltas => measured(
+                &format!("layerlink-agent sync --no-deltas {tag}"),
+                self.agent_sync(&format!("http://{}", self.recorder.addr), dev, tag)
+                    .arg("--no-deltas"),
+            ),
             Tool::Skopeo => measured(
                 &format!("skopeo copy {tag}"),
                 Command::new("skopeo")
@@ -279,7 +295,7 @@ impl Bench {
     fn unpack(&self, tool: Tool, dev: &mut Device, tag: &str) -> anyhow::Result<Cost> {
         let dest = dev.next_bundle();
         match tool {
-            Tool::Layerlink => measured(
+            Tool::Layerlink | Tool::LayerlinkNoDeltas => measured(
                 &format!("layerlink-agent checkout {tag}"),
                 Command::new(&self.agent_bin)
                     .arg("checkout")
@@ -356,7 +372,7 @@ impl Bench {
             let prepared = self.prepared(tool, held)?;
             let disk_prepared = prepared.disk();
             let mut dev = prepared.clone_device(tool)?;
-            if tool == Tool::Layerlink && !held.is_empty() {
+            if tool.is_layerlink() && !held.is_empty() {
                 // Unmeasured no-op sync: the registry's record of this
                 // device's holdings matches its store again (an earlier
                 // repetition moved it on), as it would on a real device.

@@ -378,6 +378,9 @@ fn run(opts: &Opts) -> anyhow::Result<()> {
         let mut sides = Vec::new();
         let mut anatomy = None;
         for tool in &opts.tools {
+            if *tool == Tool::LayerlinkNoDeltas && !s.incremental {
+                continue;
+            }
             let record = *tool == Tool::Layerlink && s.incremental;
             let (side, a) = bench.measure(*tool, s.held, s.tag, reps, record)?;
             if let Some(a) = a {
