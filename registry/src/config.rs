@@ -64,8 +64,8 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Whether `GET /metrics` needs publisher basic auth (default `false`:
     /// the figures carry no secrets and scrapers rarely hold credentials;
-    /// set it when the port is reachable by people who should not see
-    /// device ids' traffic patterns). No effect without `[[publishers]]`.
+    /// set it when the port is reachable by people who should not see the
+    /// traffic figures). No effect without `[[publishers]]`.
     #[serde(default)]
     pub metrics_auth: bool,
 }

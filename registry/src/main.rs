@@ -54,6 +54,20 @@ enum Command {
     /// Config file tools.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Ask a running registry for its fleet view (GET /layerlink/v1/fleet):
+    /// configured devices (also never seen), last sync and outcome, who
+    /// holds which image.
+    Fleet {
+        /// Registry URL, e.g. https://registry.example:5000
+        #[arg(long)]
+        server: String,
+        /// Publisher user; the password is read from LAYERLINK_PASSWORD.
+        #[arg(long)]
+        user: Option<String>,
+        /// JSON output (as the endpoint answers).
+        #[arg(long)]
+        json: bool,
+    },
     /// Print every device's holdings record.
     Devices {
         /// Data directory.
@@ -184,6 +198,7 @@ fn run(cli: Cli, loaded: Option<Config>) -> anyhow::Result<()> {
             std::io::stdout().write_all(out.as_bytes())?;
             Ok(())
         }
+        Command::Fleet { server, user, json } => fleet(&server, user.as_deref(), json),
         Command::Devices { data, json } => {
             let storage = open_existing(&data)?;
             layerlink_registry::sync::devices::print_devices(&storage, json)
@@ -192,6 +207,42 @@ fn run(cli: Cli, loaded: Option<Config>) -> anyhow::Result<()> {
             layerlink_registry::edit::cli::cli_main(args).map_err(|e| EditFailed::from(e).into())
         }
     }
+}
+
+fn fleet(server: &str, user: Option<&str>, json: bool) -> anyhow::Result<()> {
+    use base64::Engine as _;
+    use layerlink_registry::sync::devices::{format_fleet, Fleet};
+    let url = format!("{}/layerlink/v1/fleet", server.trim_end_matches('/'));
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut req = agent.get(&url);
+    if let Some(user) = user {
+        let password = std::env::var("LAYERLINK_PASSWORD").map_err(|_| {
+            UsageError(anyhow::anyhow!(
+                "--user needs the password in the environment variable LAYERLINK_PASSWORD"
+            ))
+        })?;
+        let b64 = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+        req = req.header("Authorization", &format!("Basic {b64}"));
+    }
+    let mut resp = req.call().with_context(|| format!("GET {url}"))?;
+    let status = resp.status();
+    let body = resp
+        .body_mut()
+        .read_to_string()
+        .with_context(|| format!("reading the answer of {url}"))?;
+    anyhow::ensure!(status.is_success(), "GET {url}: {status}: {}", body.trim());
+    let fleet: Fleet = serde_json::from_str(&body)
+        .with_context(|| format!("{url} did not answer a fleet view"))?;
+    let out = if json {
+        serde_json::to_string_pretty(&fleet)? + "\n"
+    } else {
+        format_fleet(&fleet)
+    };
+    std::io::stdout().write_all(out.as_bytes())?;
+    Ok(())
 }
 
 fn open_existing(data: &std::path::Path) -> anyhow::Result<Storage> {

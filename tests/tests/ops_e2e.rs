@@ -74,6 +74,11 @@ repositories = ["*"]
 id = "dev-other"
 token = "tok-ops-other"
 repositories = ["other/*"]
+
+[[devices]]
+id = "dev-idle"
+token = "tok-ops-idle"
+repositories = ["*"]
 "#;
 
 #[test]
@@ -248,6 +253,65 @@ fn health_ready_metrics_and_sync_logs_after_real_syncs() {
         Some("test/tiny:v1")
     );
 
+    // The fleet view: the endpoint and the CLI over it.
+    let f = request(reg.addr(), "GET", "/layerlink/v1/fleet", &[], b"");
+    assert_eq!(f.status, 200, "{}", f.text());
+    let cli = run(Command::new(registry_bin())
+        .args(["fleet", "--json", "--server"])
+        .arg(&reg.url));
+    assert!(cli.status.success(), "{cli:?}");
+    let fleet: serde_json::Value = serde_json::from_slice(&cli.stdout).unwrap();
+    assert_eq!(fleet, f.json());
+    let dev = |id: &str| {
+        fleet["devices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["id"] == id)
+            .unwrap_or_else(|| panic!("no {id} in {fleet}"))
+            .clone()
+    };
+    let d1 = dev("dev1");
+    assert_eq!(
+        (d1["configured"].as_bool(), d1["never_seen"].as_bool()),
+        (Some(true), Some(false))
+    );
+    assert_eq!(d1["last_sync"]["outcome"], "complete");
+    assert_eq!(d1["last_sync"]["request"], "archive");
+    assert_eq!(
+        d1["last_sync"]["bytes"].as_u64().unwrap(),
+        syncs.last().unwrap()["bytes"].as_u64().unwrap()
+    );
+    let held = d1["images"].as_array().unwrap();
+    assert_eq!(held.len(), 1, "{d1}");
+    let held = held[0].as_str().unwrap();
+    assert!(held.starts_with("test/tiny:v1@sha256:"), "{held}");
+    assert_eq!(fleet["images"][held], serde_json::json!(["dev1"]));
+    let other = dev("dev-other");
+    assert!(
+        other["last_sync"]["outcome"]
+            .as_str()
+            .unwrap()
+            .starts_with("refused (401)"),
+        "{other}"
+    );
+    let idle = dev("dev-idle");
+    assert_eq!(
+        (idle["configured"].as_bool(), idle["never_seen"].as_bool()),
+        (Some(true), Some(true))
+    );
+    assert!(idle["last_seen"].is_null());
+    let text = run(Command::new(registry_bin())
+        .args(["fleet", "--server"])
+        .arg(&reg.url));
+    let text = String::from_utf8_lossy(&text.stdout);
+    let idle_line = text
+        .lines()
+        .find(|l| l.starts_with("dev-idle"))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(idle_line.contains("never"), "{text}");
+    assert!(text.contains("HELD BY"), "{text}");
+
     // Not ready while the data directory is gone; ready again when back.
     let data = reg.data_dir().to_path_buf();
     let moved = data.with_extension("moved");
@@ -293,6 +357,26 @@ fn metrics_auth_needs_publisher_credentials() {
         r.text().contains("layerlink_http_requests_total"),
         "{}",
         r.text()
+    );
+    // The fleet view needs the same credentials; the CLI passes them.
+    assert_eq!(
+        request(reg.addr(), "GET", "/layerlink/v1/fleet", &[], b"").status,
+        401
+    );
+    let fleet = |pw: &str| {
+        run(Command::new(registry_bin())
+            .args(["fleet", "--user", "ci", "--server"])
+            .arg(&reg.url)
+            .env("LAYERLINK_PASSWORD", pw))
+    };
+    let ok = fleet("pw-metrics");
+    assert!(ok.status.success(), "{ok:?}");
+    assert!(String::from_utf8_lossy(&ok.stdout).starts_with("DEVICE"));
+    let bad = fleet("nope");
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("401"),
+        "{bad:?}"
     );
     // Health and readiness stay open.
     assert_eq!(request(reg.addr(), "GET", "/healthz", &[], b"").status, 200);

@@ -108,6 +108,7 @@ pub fn route_of(path: &str) -> &'static str {
         "/layerlink/v1/objects" => return "objects",
         "/layerlink/v1/report" => return "report",
         "/layerlink/v1/edit" => return "edit",
+        "/layerlink/v1/fleet" => return "fleet",
         _ => {}
     }
     if let Some(rest) = path.strip_prefix("/v2/") {

@@ -63,6 +63,7 @@ pub fn app(state: AppState) -> Router {
     super::oci::router()
         .merge(super::sync::router())
         .merge(super::ops::router())
+        .merge(super::fleet::router())
         .merge(super::edit::router())
         .layer(axum::middleware::from_fn(close_after_error_with_body))
         .layer(axum::middleware::from_fn(log_request))

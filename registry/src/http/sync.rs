@@ -297,8 +297,25 @@ fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Device, SyncErr
 /// Log (at info, the default level) a sync request refused after the
 /// device was known: device id, what it asked for, why. Refusals before
 /// that (a bad token) are logged by the request log with their status.
-fn log_refused(kind: &str, device: Option<&str>, image: &str, e: &SyncError) {
+fn log_refused(st: &AppState, kind: &str, device: Option<&str>, image: &str, e: &SyncError) {
     if let Some(device) = device {
+        // The fleet view shows it as the device's last sync outcome.
+        if e.code != ErrorCode::Internal {
+            let (storage, device, image, kind) = (
+                st.storage.clone(),
+                device.to_owned(),
+                image.to_owned(),
+                kind.to_owned(),
+            );
+            let outcome = format!("refused ({}): {}", e.code.http_status(), e.message);
+            tokio::task::spawn_blocking(move || {
+                if let Err(e) =
+                    devices::record_last_sync(storage.db(), &device, &image, &kind, &outcome, 0)
+                {
+                    tracing::warn!(device, "recording the last sync: {}", e.message);
+                }
+            });
+        }
         tracing::info!(
             device,
             image,
@@ -437,7 +454,7 @@ async fn plan_handler(State(st): State<AppState>, headers: HeaderMap, body: Body
         }
         Err(e) => {
             crate::http::metrics::plan_done(secs, "refused");
-            log_refused("plan", who.as_deref(), &images, &e);
+            log_refused(&st, "plan", who.as_deref(), &images, &e);
             e.into_response()
         }
     }
@@ -470,7 +487,7 @@ async fn report_handler(State(st): State<AppState>, headers: HeaderMap, body: Bo
             postcard_response(&ack)
         }
         Err(e) => {
-            log_refused("report", who.as_deref(), "", &e);
+            log_refused(&st, "report", who.as_deref(), "", &e);
             e.into_response()
         }
     }
@@ -532,6 +549,8 @@ impl Write for ChannelWriter {
 
 /// Who a streamed sync response goes to, for its log line and metrics.
 struct SyncTarget {
+    /// The store (the outcome is recorded for the fleet view).
+    storage: Arc<crate::store::storage::Storage>,
     /// `archive` or `objects`.
     kind: &'static str,
     device: String,
@@ -589,6 +608,20 @@ where
                 "device sync"
             ),
         }
+        if let Err(e) = devices::record_last_sync(
+            target.storage.db(),
+            &target.device,
+            &target.image,
+            target.kind,
+            outcome,
+            bytes,
+        ) {
+            tracing::warn!(
+                device = target.device,
+                "recording the last sync: {}",
+                e.message
+            );
+        }
         if let Err(e) = result {
             let _ = err_tx.blocking_send(Err(io::Error::other(e)));
         }
@@ -628,6 +661,7 @@ async fn archive_handler(State(st): State<AppState>, headers: HeaderMap, body: B
         let job = blocking(move || prepare_archive(&*storage, &device, &req)).await?;
         let storage: Arc<crate::store::storage::Storage> = st.storage.clone();
         let target = SyncTarget {
+            storage: storage.clone(),
             kind: "archive",
             device: id,
             image: image.clone(),
@@ -656,7 +690,7 @@ async fn archive_handler(State(st): State<AppState>, headers: HeaderMap, body: B
     }
     .await;
     r.unwrap_or_else(|e| {
-        log_refused("archive", who.as_deref(), &image, &e);
+        log_refused(&st, "archive", who.as_deref(), &image, &e);
         e.into_response()
     })
 }
@@ -676,6 +710,7 @@ async fn objects_handler(State(st): State<AppState>, headers: HeaderMap, body: B
         let storage = st.storage.clone();
         let features = features_of(&headers);
         let target = SyncTarget {
+            storage: storage.clone(),
             kind: "objects",
             device: id,
             image: image.clone(),
@@ -692,7 +727,7 @@ async fn objects_handler(State(st): State<AppState>, headers: HeaderMap, body: B
     }
     .await;
     r.unwrap_or_else(|e| {
-        log_refused("objects", who.as_deref(), &image, &e);
+        log_refused(&st, "objects", who.as_deref(), &image, &e);
         e.into_response()
     })
 }
