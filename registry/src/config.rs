@@ -105,6 +105,11 @@ pub struct Device {
     /// usable secret).
     #[serde(default)]
     pub token_sha256: Option<String>,
+    /// [`Device::token_digest`], computed once (validation fills it at
+    /// load, so authentication compares 32 bytes per device, no hashing).
+    #[serde(skip)]
+    #[doc(hidden)]
+    pub digest: std::sync::OnceLock<Result<[u8; 32], String>>,
     /// Repository patterns the device may read; `*` matches any run of
     /// characters (including `/`).
     #[serde(default)]
@@ -200,13 +205,15 @@ impl Device {
     /// SHA-256 of the device's token: `token_sha256` decoded, or the hash
     /// of `token`. Errors when neither or both are set, or the hex is bad.
     pub fn token_digest(&self) -> Result<[u8; 32], String> {
-        match (&self.token_sha256, self.token.is_empty()) {
-            (Some(_), false) => Err("set `token` or `token_sha256`, not both".into()),
-            (None, true) => Err("has no `token` (or `token_sha256`)".into()),
-            (None, false) => Ok(sha256(self.token.as_bytes())),
-            (Some(h), true) => parse_sha256_hex(h)
-                .ok_or_else(|| format!("token_sha256 must be 64 hex digits, not {h:?}")),
-        }
+        self.digest
+            .get_or_init(|| match (&self.token_sha256, self.token.is_empty()) {
+                (Some(_), false) => Err("set `token` or `token_sha256`, not both".into()),
+                (None, true) => Err("has no `token` (or `token_sha256`)".into()),
+                (None, false) => Ok(sha256(self.token.as_bytes())),
+                (Some(h), true) => parse_sha256_hex(h)
+                    .ok_or_else(|| format!("token_sha256 must be 64 hex digits, not {h:?}")),
+            })
+            .clone()
     }
 
     /// Whether this device may read `repository`.
