@@ -4,17 +4,26 @@
 use crate::config::{Config, Device, Publisher};
 use base64::Engine as _;
 
-/// The device a bearer token belongs to (constant-time comparison), from an
-/// `Authorization` header value (`Bearer <token>`).
+/// The device a bearer token belongs to, from an `Authorization` header
+/// value (`Bearer <token>`). The presented token is hashed (SHA-256) and
+/// compared in constant time with every device's token hash (`token` hashed,
+/// or `token_sha256` as configured), so a config may hold hashes only.
 pub fn device_for_authorization<'a>(
     config: &'a Config,
     header: Option<&str>,
 ) -> Option<&'a Device> {
     let token = header?.strip_prefix("Bearer ")?.trim();
-    config
-        .devices
-        .iter()
-        .find(|d| constant_time_eq(d.token.as_bytes(), token.as_bytes()))
+    let presented = crate::config::sha256(token.as_bytes());
+    let mut found = None;
+    for d in &config.devices {
+        let Ok(expected) = d.token_digest() else {
+            continue;
+        };
+        if constant_time_eq(&expected, &presented) && found.is_none() {
+            found = Some(d);
+        }
+    }
+    found
 }
 
 /// The publisher an `Authorization: Basic <base64(user:password)>` header
@@ -95,5 +104,35 @@ mod tests {
         assert!(publisher_for_authorization(&config, Some(&basic("ci"))).is_none());
         assert!(publisher_for_authorization(&config, Some("Bearer x")).is_none());
         assert!(publisher_for_authorization(&config, None).is_none());
+    }
+
+    #[test]
+    fn bearer_plain_and_hashed() {
+        let hex: String = crate::config::sha256(b"secret-b")
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let config = Config {
+            devices: vec![
+                Device {
+                    id: "a".into(),
+                    token: "secret-a".into(),
+                    ..Device::default()
+                },
+                Device {
+                    id: "b".into(),
+                    token_sha256: Some(hex.clone()),
+                    ..Device::default()
+                },
+            ],
+            ..Config::default()
+        };
+        let who = |h: &str| device_for_authorization(&config, Some(h)).map(|d| d.id.clone());
+        assert_eq!(who("Bearer secret-a").as_deref(), Some("a"));
+        assert_eq!(who("Bearer secret-b").as_deref(), Some("b"));
+        // The hash itself is not a token.
+        assert_eq!(who(&format!("Bearer {hex}")), None);
+        assert_eq!(who("Bearer secret-c"), None);
+        assert_eq!(who("Basic secret-a"), None);
     }
 }

@@ -12,6 +12,15 @@
 //! token = "long-random-token"
 //! repositories = ["edge/*", "tools/busybox"]   # glob: `*` matches any run of characters
 //!
+//! # or store only the token's SHA-256 (hex): `printf %s TOKEN | sha256sum`
+//! [[devices]]
+//! id = "gw-0002"
+//! token_sha256 = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+//! repositories = ["edge/*"]
+//!
+//! log_format = "json"        # or "text" (the default)
+//! metrics_auth = true        # /metrics needs publisher basic auth (default false)
+//!
 //! # serve HTTPS (PEM files; relative paths are relative to this file)
 //! [tls]
 //! cert = "/etc/layerlink/cert.pem"     # certificate chain, server cert first
@@ -49,6 +58,27 @@ pub struct Config {
     /// Lower trades bytes on the wire for push-time CPU.
     #[serde(default)]
     pub zstd_level: Option<i32>,
+    /// Log line format on stderr: `"text"` (default) or `"json"` (one JSON
+    /// object per line).
+    #[serde(default)]
+    pub log_format: LogFormat,
+    /// Whether `GET /metrics` needs publisher basic auth (default `false`:
+    /// the figures carry no secrets and scrapers rarely hold credentials;
+    /// set it when the port is reachable by people who should not see the
+    /// traffic figures). No effect without `[[publishers]]`.
+    #[serde(default)]
+    pub metrics_auth: bool,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines (tracing's default format).
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 /// A publisher account (HTTP basic auth on `/v2/`).
@@ -62,13 +92,24 @@ pub struct Publisher {
 }
 
 /// A device allowed to sync.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Device {
     /// Stable device id (shown by `layerlink-registry devices`).
     pub id: String,
-    /// Bearer token the device sends. Never logged.
+    /// Bearer token the device sends. Never logged. Exactly one of
+    /// `token` and `token_sha256` is set.
+    #[serde(default)]
     pub token: String,
+    /// SHA-256 of the bearer token, 64 hex digits (the file then holds no
+    /// usable secret).
+    #[serde(default)]
+    pub token_sha256: Option<String>,
+    /// [`Device::token_digest`], computed once (validation fills it at
+    /// load, so authentication compares 32 bytes per device, no hashing).
+    #[serde(skip)]
+    #[doc(hidden)]
+    pub digest: std::sync::OnceLock<Result<[u8; 32], String>>,
     /// Repository patterns the device may read; `*` matches any run of
     /// characters (including `/`).
     #[serde(default)]
@@ -97,14 +138,56 @@ impl Config {
             tls.cert = dir.join(&tls.cert);
             tls.key = dir.join(&tls.key);
         }
-        if let Some(l) = config.zstd_level {
-            anyhow::ensure!(
-                (1..=22).contains(&l),
-                "{}: zstd_level must be 1..=22, not {l}",
-                path.display()
-            );
-        }
+        config
+            .validate()
+            .with_context(|| format!("config file {}", path.display()))?;
         Ok(config)
+    }
+
+    /// Check what the types cannot: zstd level range, every device has
+    /// exactly one of `token` / `token_sha256` (64 hex digits), no two
+    /// devices share an id or a token (compared by SHA-256, so a plain
+    /// token and another device's hash of it collide too), no two
+    /// publishers share a user name.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        use std::collections::HashMap;
+        if let Some(l) = self.zstd_level {
+            anyhow::ensure!((1..=22).contains(&l), "zstd_level must be 1..=22, not {l}");
+        }
+        let mut users: HashMap<&str, usize> = HashMap::new();
+        for (i, p) in self.publishers.iter().enumerate() {
+            if let Some(first) = users.insert(&p.user, i) {
+                anyhow::bail!(
+                    "publishers #{} and #{} have the same user {:?}",
+                    first + 1,
+                    i + 1,
+                    p.user
+                );
+            }
+        }
+        let mut ids: HashMap<&str, usize> = HashMap::new();
+        let mut tokens: HashMap<[u8; 32], &str> = HashMap::new();
+        for (i, d) in self.devices.iter().enumerate() {
+            anyhow::ensure!(!d.id.is_empty(), "device #{} has an empty id", i + 1);
+            if let Some(first) = ids.insert(&d.id, i) {
+                anyhow::bail!(
+                    "devices #{} and #{} have the same id {:?} (every sync would be credited to the first)",
+                    first + 1,
+                    i + 1,
+                    d.id
+                );
+            }
+            let digest = d
+                .token_digest()
+                .map_err(|e| anyhow::anyhow!("device {:?}: {e}", d.id))?;
+            if let Some(other) = tokens.insert(digest, &d.id) {
+                anyhow::bail!(
+                    "devices {other:?} and {:?} have the same token (a token must name one device)",
+                    d.id
+                );
+            }
+        }
+        Ok(())
     }
 
     /// Whether pushed images are prepared in the background (default yes).
@@ -119,12 +202,44 @@ impl Config {
 }
 
 impl Device {
+    /// SHA-256 of the device's token: `token_sha256` decoded, or the hash
+    /// of `token`. Errors when neither or both are set, or the hex is bad.
+    pub fn token_digest(&self) -> Result<[u8; 32], String> {
+        self.digest
+            .get_or_init(|| match (&self.token_sha256, self.token.is_empty()) {
+                (Some(_), false) => Err("set `token` or `token_sha256`, not both".into()),
+                (None, true) => Err("has no `token` (or `token_sha256`)".into()),
+                (None, false) => Ok(sha256(self.token.as_bytes())),
+                (Some(h), true) => parse_sha256_hex(h)
+                    .ok_or_else(|| format!("token_sha256 must be 64 hex digits, not {h:?}")),
+            })
+            .clone()
+    }
+
     /// Whether this device may read `repository`.
     pub fn may_read(&self, repository: &str) -> bool {
         self.repositories
             .iter()
             .any(|p| glob_match(p.as_bytes(), repository.as_bytes()))
     }
+}
+
+/// SHA-256 of `b`.
+pub fn sha256(b: &[u8]) -> [u8; 32] {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(b).into()
+}
+
+fn parse_sha256_hex(h: &str) -> Option<[u8; 32]> {
+    let h = h.trim();
+    if h.len() != 64 || !h.is_ascii() {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = u8::from_str_radix(&h[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(out)
 }
 
 /// `*` matches any run of bytes; everything else matches itself.
@@ -213,5 +328,46 @@ mod tests {
         assert!(c.has_publisher_auth());
         assert!(c.devices[0].may_read("edge/x"));
         assert!(!c.devices[0].may_read("secret/x"));
+    }
+
+    fn check(text: &str) -> Result<(), String> {
+        let c: Config = toml::from_str(text).map_err(|e| e.to_string())?;
+        c.validate().map_err(|e| format!("{e:#}"))
+    }
+
+    #[test]
+    fn duplicates_and_token_forms() {
+        let hashed: String = sha256(b"t1").iter().map(|b| format!("{b:02x}")).collect();
+        check(&format!(
+            "[[devices]]\nid = \"a\"\ntoken = \"t0\"\n[[devices]]\nid = \"b\"\ntoken_sha256 = \"{hashed}\"\n"
+        ))
+        .unwrap();
+        let e = check(
+            "[[devices]]\nid = \"a\"\ntoken = \"t0\"\n[[devices]]\nid = \"a\"\ntoken = \"t1\"\n",
+        )
+        .unwrap_err();
+        assert!(e.contains("same id \"a\""), "{e}");
+        let e = check(
+            "[[devices]]\nid = \"a\"\ntoken = \"t0\"\n[[devices]]\nid = \"b\"\ntoken = \"t0\"\n",
+        )
+        .unwrap_err();
+        assert!(e.contains("same token"), "{e}");
+        // A plain token and another device's hash of the same token.
+        let e = check(&format!(
+            "[[devices]]\nid = \"a\"\ntoken = \"t1\"\n[[devices]]\nid = \"b\"\ntoken_sha256 = \"{hashed}\"\n"
+        ))
+        .unwrap_err();
+        assert!(e.contains("same token"), "{e}");
+        let e = check("[[devices]]\nid = \"a\"\n").unwrap_err();
+        assert!(e.contains("no `token`"), "{e}");
+        let e = check("[[devices]]\nid = \"a\"\ntoken_sha256 = \"xyz\"\n").unwrap_err();
+        assert!(e.contains("64 hex digits"), "{e}");
+        let e = check("[[publishers]]\nuser = \"u\"\npassword = \"p\"\n[[publishers]]\nuser = \"u\"\npassword = \"q\"\n").unwrap_err();
+        assert!(e.contains("same user"), "{e}");
+        let e = check("zstd_level = 30\n").unwrap_err();
+        assert!(e.contains("zstd_level"), "{e}");
+        let c: Config = toml::from_str("log_format = \"json\"\n").unwrap();
+        assert_eq!(c.log_format, LogFormat::Json);
+        assert!(toml::from_str::<Config>("log_format = \"xml\"\n").is_err());
     }
 }

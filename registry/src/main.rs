@@ -4,10 +4,11 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use layerlink_registry::config::Config;
-use layerlink_registry::config::ConfigError;
+use layerlink_registry::config::{Config, ConfigError, LogFormat};
+use layerlink_registry::http::reload;
 use layerlink_registry::http::server::{self, Transport};
 use layerlink_registry::http::state::AppState;
+use layerlink_registry::http::state::SharedConfig;
 use layerlink_registry::store::storage::Storage;
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
@@ -50,6 +51,23 @@ enum Command {
     /// Edit an image in place: change a file inside layer k, delete layer k,
     /// insert a layer at k — without stacking new layers.
     Edit(layerlink_registry::edit::cli::EditArgs),
+    /// Config file tools.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Ask a running registry for its fleet view (GET /layerlink/v1/fleet):
+    /// configured devices (also never seen), last sync and outcome, who
+    /// holds which image.
+    Fleet {
+        /// Registry URL, e.g. https://registry.example:5000
+        #[arg(long)]
+        server: String,
+        /// Publisher user; the password is read from LAYERLINK_PASSWORD.
+        #[arg(long)]
+        user: Option<String>,
+        /// JSON output (as the endpoint answers).
+        #[arg(long)]
+        json: bool,
+    },
     /// Print every device's holdings record.
     Devices {
         /// Data directory.
@@ -58,6 +76,17 @@ enum Command {
         /// JSON output.
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Parse and validate a config file (duplicate device ids or tokens,
+    /// token forms, TLS files); exit 0 when `serve` would accept it, 2
+    /// with the reason otherwise.
+    Check {
+        /// The TOML config file.
+        file: PathBuf,
     },
 }
 
@@ -79,15 +108,26 @@ impl From<anyhow::Error> for EditFailed {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
-    match run(cli) {
+    // `serve` reads its config first: it names the log format.
+    let mut format = LogFormat::Text;
+    let mut loaded = None;
+    if let Command::Serve {
+        config: Some(path), ..
+    } = &cli.command
+    {
+        match Config::load(path) {
+            Ok(c) => {
+                format = c.log_format;
+                loaded = Some(c);
+            }
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    init_logging(format);
+    match run(cli, loaded) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -101,19 +141,51 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
+/// Log to stderr, as text (colours on a terminal) or one JSON object per
+/// line; `RUST_LOG` overrides the default level (`info`).
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(filter);
+    match format {
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .init(),
+    }
+}
+
+fn run(cli: Cli, loaded: Option<Config>) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve {
             listen,
             data,
-            config,
+            config: path,
         } => {
-            let config = match config {
-                Some(path) => Config::load(&path).map_err(UsageError)?,
-                None => Config::default(),
-            };
+            let config = loaded.unwrap_or_default();
             let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-            runtime.block_on(serve(listen, data, config))
+            runtime.block_on(serve(listen, data, config, path))
+        }
+        Command::Config(ConfigCommand::Check { file }) => {
+            let config = Config::load(&file).map_err(UsageError)?;
+            Transport::from_config(&config)?;
+            let hashed = config
+                .devices
+                .iter()
+                .filter(|d| d.token_sha256.is_some())
+                .count();
+            println!(
+                "{}: ok: {} publisher(s), {} device(s) ({hashed} with hashed tokens), tls {}",
+                file.display(),
+                config.publishers.len(),
+                config.devices.len(),
+                if config.tls.is_some() { "on" } else { "off" }
+            );
+            Ok(())
         }
         Command::Stats { data, json } => {
             let storage = open_existing(&data)?;
@@ -126,6 +198,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             std::io::stdout().write_all(out.as_bytes())?;
             Ok(())
         }
+        Command::Fleet { server, user, json } => fleet(&server, user.as_deref(), json),
         Command::Devices { data, json } => {
             let storage = open_existing(&data)?;
             layerlink_registry::sync::devices::print_devices(&storage, json)
@@ -134,6 +207,42 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             layerlink_registry::edit::cli::cli_main(args).map_err(|e| EditFailed::from(e).into())
         }
     }
+}
+
+fn fleet(server: &str, user: Option<&str>, json: bool) -> anyhow::Result<()> {
+    use base64::Engine as _;
+    use layerlink_registry::sync::devices::{format_fleet, Fleet};
+    let url = format!("{}/layerlink/v1/fleet", server.trim_end_matches('/'));
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut req = agent.get(&url);
+    if let Some(user) = user {
+        let password = std::env::var("LAYERLINK_PASSWORD").map_err(|_| {
+            UsageError(anyhow::anyhow!(
+                "--user needs the password in the environment variable LAYERLINK_PASSWORD"
+            ))
+        })?;
+        let b64 = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+        req = req.header("Authorization", &format!("Basic {b64}"));
+    }
+    let mut resp = req.call().with_context(|| format!("GET {url}"))?;
+    let status = resp.status();
+    let body = resp
+        .body_mut()
+        .read_to_string()
+        .with_context(|| format!("reading the answer of {url}"))?;
+    anyhow::ensure!(status.is_success(), "GET {url}: {status}: {}", body.trim());
+    let fleet: Fleet = serde_json::from_str(&body)
+        .with_context(|| format!("{url} did not answer a fleet view"))?;
+    let out = if json {
+        serde_json::to_string_pretty(&fleet)? + "\n"
+    } else {
+        format_fleet(&fleet)
+    };
+    std::io::stdout().write_all(out.as_bytes())?;
+    Ok(())
 }
 
 fn open_existing(data: &std::path::Path) -> anyhow::Result<Storage> {
@@ -147,7 +256,12 @@ fn open_existing(data: &std::path::Path) -> anyhow::Result<Storage> {
     Storage::open(data)
 }
 
-async fn serve(listen: String, data: PathBuf, config: Config) -> anyhow::Result<()> {
+async fn serve(
+    listen: String,
+    data: PathBuf,
+    config: Config,
+    config_path: Option<PathBuf>,
+) -> anyhow::Result<()> {
     let transport = Transport::from_config(&config)?;
     let addrs = server::check_listen(&listen, &config, &transport).await?;
     let storage = tokio::task::spawn_blocking(move || {
@@ -170,8 +284,12 @@ async fn serve(listen: String, data: PathBuf, config: Config) -> anyhow::Result<
         tls = transport.is_tls(),
         "registry ready"
     );
-    let state = AppState::new(storage, config);
+    let mut state = AppState::new(storage, config);
+    state.metrics = Some(layerlink_registry::http::metrics::install()?);
     tokio::spawn(expire_uploads(state.storage.clone()));
+    if let Some(path) = config_path {
+        tokio::spawn(reload_on_sighup(state.shared_config.clone(), path));
+    }
     // Tests and scripts wait for this exact line.
     let mut stdout = std::io::stdout();
     writeln!(stdout, "listening on {}://{addr}", transport.scheme())?;
@@ -179,6 +297,37 @@ async fn serve(listen: String, data: PathBuf, config: Config) -> anyhow::Result<
     server::serve(listener, transport, state, server::shutdown_signal())
         .await
         .context("serving")
+}
+
+/// On every SIGHUP, read the config file again and swap in its devices and
+/// publishers; a file that does not load keeps the old config (and says why
+/// in the log).
+async fn reload_on_sighup(shared: std::sync::Arc<SharedConfig>, path: PathBuf) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!("cannot listen for SIGHUP, config reload is off: {e}");
+            return;
+        }
+    };
+    while hup.recv().await.is_some() {
+        let p = path.clone();
+        let loaded = tokio::task::spawn_blocking(move || Config::load(&p)).await;
+        let result = match loaded {
+            Ok(Ok(new)) => reload::apply(&shared, new),
+            Ok(Err(e)) => Err(format!("{e:#}")),
+            Err(e) => Err(e.to_string()),
+        };
+        layerlink_registry::http::metrics::reload(result.is_ok());
+        match result {
+            Ok(summary) => tracing::info!(file = %path.display(), "config reloaded: {summary}"),
+            Err(why) => tracing::error!(
+                file = %path.display(),
+                "config reload failed, keeping the previous config: {why}"
+            ),
+        }
+    }
 }
 
 /// Hourly: cancel upload sessions idle for a day (abandoned pushes).

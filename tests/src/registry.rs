@@ -152,6 +152,35 @@ impl Registry {
         &self.data
     }
 
+    /// The config file the registry was started with (tests rewrite it and
+    /// send `SIGHUP`).
+    pub fn config_path(&self) -> Option<&Path> {
+        self.config.as_deref()
+    }
+
+    /// Send the registry process a signal (`kill -s SIG PID`).
+    pub fn signal(&self, sig: &str) {
+        crate::run_ok(
+            Command::new("kill")
+                .arg("-s")
+                .arg(sig)
+                .arg(self.child.id().to_string()),
+        );
+    }
+
+    /// Wait up to 30 s for `needle` to appear `count` times in the log.
+    pub fn wait_for_log(&self, needle: &str, count: usize) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while self.log().matches(needle).count() < count {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no {count}x {needle:?} in the registry log within 30 s:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// The socket address the registry listens on.
     pub fn addr(&self) -> std::net::SocketAddr {
         self.host.parse().expect("host is ip:port")

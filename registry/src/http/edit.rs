@@ -125,11 +125,12 @@ fn error(status: StatusCode, msg: &str) -> Response {
 }
 
 async fn handle(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
-    if state.config.has_publisher_auth() {
+    let config = state.config();
+    if config.has_publisher_auth() {
         let auth = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok());
-        if crate::auth::publisher_for_authorization(&state.config, auth).is_none() {
+        if crate::auth::publisher_for_authorization(&config, auth).is_none() {
             let mut r = error(StatusCode::UNAUTHORIZED, "publisher credentials required");
             r.headers_mut().insert(
                 header::WWW_AUTHENTICATE,

@@ -62,6 +62,8 @@ impl Transport {
 pub fn app(state: AppState) -> Router {
     super::oci::router()
         .merge(super::sync::router())
+        .merge(super::ops::router())
+        .merge(super::fleet::router())
         .merge(super::edit::router())
         .layer(axum::middleware::from_fn(close_after_error_with_body))
         .layer(axum::middleware::from_fn(log_request))
@@ -90,19 +92,43 @@ async fn close_after_error_with_body(req: Request, next: Next) -> Response {
 }
 
 /// One line per request: method, path, status, time. Never headers (they
-/// carry credentials).
+/// carry credentials). Refused requests (401, 403, 404, and 4xx answers to
+/// pushes) are logged at info, the default level; server errors at warn;
+/// the rest at debug. Every request is counted in the metrics by route
+/// and status.
 async fn log_request(req: Request, next: Next) -> Response {
     let (method, path) = (req.method().clone(), req.uri().path().to_owned());
     let start = std::time::Instant::now();
     let resp = next.run(req).await;
-    let ms = start.elapsed().as_millis();
+    let elapsed = start.elapsed();
+    let ms = elapsed.as_millis();
     let status = resp.status().as_u16();
+    let route = super::metrics::route_of(&path);
+    super::metrics::request_done(method.as_str(), route, status, elapsed.as_secs_f64());
     if resp.status().is_server_error() {
-        tracing::warn!(%method, path, status, ms, "request failed");
+        tracing::warn!(%method, path, route, status, ms, "request failed");
+    } else if is_refusal(&method, route, status) {
+        tracing::info!(%method, path, route, status, ms, "request refused");
     } else {
-        tracing::debug!(%method, path, status, ms, "request");
+        tracing::debug!(%method, path, route, status, ms, "request");
     }
     resp
+}
+
+/// Whether an answer is a refusal worth a line at the default level: a
+/// 401/403 anywhere, a 404 except a blob existence probe (`HEAD` on a
+/// blob: clients ask before every upload), any other 4xx to a write.
+fn is_refusal(method: &axum::http::Method, route: &str, status: u16) -> bool {
+    use axum::http::Method;
+    match status {
+        401 | 403 => true,
+        404 => !(method == Method::HEAD && route == "blob"),
+        400..=499 => matches!(
+            *method,
+            Method::PUT | Method::POST | Method::PATCH | Method::DELETE
+        ),
+        _ => false,
+    }
 }
 
 /// Resolve `listen` and check it is allowed: without publishers only

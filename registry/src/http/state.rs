@@ -1,20 +1,53 @@
-//! The state every handler gets: the store and the config.
+//! The state every handler gets: the store, the config (replaceable at run
+//! time: `SIGHUP` reloads devices and publishers) and the metrics handle.
 
 use crate::config::Config;
 use crate::store::storage::Storage;
 use crate::sync::precompute::Precompute;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
+
+/// The config handlers read; [`SharedConfig::replace`] swaps it whole, so a
+/// request sees either the old or the new file, never a mix.
+#[derive(Debug)]
+pub struct SharedConfig(RwLock<Arc<Config>>);
+
+impl SharedConfig {
+    /// A cell holding `config`.
+    pub fn new(config: Config) -> SharedConfig {
+        SharedConfig(RwLock::new(Arc::new(config)))
+    }
+
+    /// The current config.
+    pub fn get(&self) -> Arc<Config> {
+        match self.0.read() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    /// Replace the config (requests already running keep the old one).
+    pub fn replace(&self, config: Config) {
+        let new = Arc::new(config);
+        match self.0.write() {
+            Ok(mut g) => *g = new,
+            Err(p) => *p.into_inner() = new,
+        }
+    }
+}
 
 /// State every handler gets.
 #[derive(Clone)]
 pub struct AppState {
     /// The store.
     pub storage: Arc<Storage>,
-    /// The config file's contents.
-    pub config: Arc<Config>,
+    /// The config file's contents (see [`AppState::config`]).
+    pub shared_config: Arc<SharedConfig>,
     /// The background thread preparing pushed images (`None` when the
     /// config turns it off).
     pub precompute: Option<Arc<Precompute>>,
+    /// The Prometheus recorder's handle (`None`: `/metrics` answers 404;
+    /// `serve` installs one, unit tests do not).
+    pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
 }
 
 impl AppState {
@@ -29,8 +62,14 @@ impl AppState {
             .then(|| Arc::new(Precompute::start(storage.clone())));
         AppState {
             storage,
-            config: Arc::new(config),
+            shared_config: Arc::new(SharedConfig::new(config)),
             precompute,
+            metrics: None,
         }
+    }
+
+    /// The current config.
+    pub fn config(&self) -> Arc<Config> {
+        self.shared_config.get()
     }
 }

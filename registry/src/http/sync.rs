@@ -285,12 +285,46 @@ pub fn router() -> Router<AppState> {
         .route("/layerlink/v1/report", post(report_handler))
 }
 
-fn authenticate<'a>(state: &'a AppState, headers: &HeaderMap) -> Result<&'a Device, SyncError> {
+fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Device, SyncError> {
     let h = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    auth::device_for_authorization(&state.config, h)
+    auth::device_for_authorization(&state.config(), h)
+        .cloned()
         .ok_or_else(|| SyncError::new(ErrorCode::Unauthorized, "missing or unknown device token"))
+}
+
+/// Log (at info, the default level) a sync request refused after the
+/// device was known: device id, what it asked for, why. Refusals before
+/// that (a bad token) are logged by the request log with their status.
+fn log_refused(st: &AppState, kind: &str, device: Option<&str>, image: &str, e: &SyncError) {
+    if let Some(device) = device {
+        // The fleet view shows it as the device's last sync outcome.
+        if e.code != ErrorCode::Internal {
+            let (storage, device, image, kind) = (
+                st.storage.clone(),
+                device.to_owned(),
+                image.to_owned(),
+                kind.to_owned(),
+            );
+            let outcome = format!("refused ({}): {}", e.code.http_status(), e.message);
+            tokio::task::spawn_blocking(move || {
+                if let Err(e) =
+                    devices::record_last_sync(storage.db(), &device, &image, &kind, &outcome, 0)
+                {
+                    tracing::warn!(device, "recording the last sync: {}", e.message);
+                }
+            });
+        }
+        tracing::info!(
+            device,
+            image,
+            request = kind,
+            status = e.code.http_status(),
+            reason = %e.message,
+            "device sync refused"
+        );
+    }
 }
 
 /// The device may read `repository` (else 401, as for an unknown token).
@@ -374,37 +408,89 @@ fn postcard_response<T: serde::Serialize>(v: &T) -> Response {
     }
 }
 
-fn respond(r: Result<Response, SyncError>) -> Response {
-    r.unwrap_or_else(IntoResponse::into_response)
-}
-
 async fn plan_handler(State(st): State<AppState>, headers: HeaderMap, body: Body) -> Response {
-    respond(
-        async {
-            let device = authenticate(&st, &headers)?;
-            let req: PlanRequest = read_body(&headers, body, "PlanRequest").await?;
-            for i in &req.images {
-                check_read(device, &i.repository)?;
-            }
-            let (storage, device) = (st.storage.clone(), device.clone());
-            let resp = blocking(move || plan_request(&*storage, &device, &req)).await?;
-            Ok(postcard_response(&resp))
+    let start = std::time::Instant::now();
+    let mut who: Option<String> = None;
+    let mut images = String::new();
+    let r = async {
+        let device = authenticate(&st, &headers)?;
+        who = Some(device.id.clone());
+        let req: PlanRequest = read_body(&headers, body, "PlanRequest").await?;
+        images = req
+            .images
+            .iter()
+            .map(|i| format!("{}:{}", i.repository, i.reference))
+            .collect::<Vec<_>>()
+            .join(",");
+        for i in &req.images {
+            check_read(&device, &i.repository)?;
         }
-        .await,
-    )
+        let storage = st.storage.clone();
+        blocking(move || plan_request(&*storage, &device, &req)).await
+    }
+    .await;
+    let secs = start.elapsed().as_secs_f64();
+    match r {
+        Ok(resp) => {
+            let (mut needed, mut bytes) = (0usize, 0u64);
+            for l in resp.images.iter().flat_map(|i| &i.layers) {
+                if let layerlink_proto::msg::LayerState::Needed(c) = &l.state {
+                    needed += 1;
+                    bytes += c.new_bytes;
+                }
+            }
+            let outcome = if needed == 0 { "up_to_date" } else { "update" };
+            crate::http::metrics::plan_done(secs, outcome);
+            tracing::info!(
+                device = who.as_deref().unwrap_or(""),
+                images,
+                outcome,
+                layers_needed = needed,
+                new_bytes = bytes,
+                ms = (secs * 1000.0) as u64,
+                "device plan"
+            );
+            postcard_response(&resp)
+        }
+        Err(e) => {
+            crate::http::metrics::plan_done(secs, "refused");
+            log_refused(&st, "plan", who.as_deref(), &images, &e);
+            e.into_response()
+        }
+    }
 }
 
 async fn report_handler(State(st): State<AppState>, headers: HeaderMap, body: Body) -> Response {
-    respond(
-        async {
-            let device = authenticate(&st, &headers)?;
-            let req: Report = read_body(&headers, body, "Report").await?;
-            let (storage, device) = (st.storage.clone(), device.clone());
-            let resp = blocking(move || report_request(&*storage, &device, &req)).await?;
-            Ok(postcard_response(&resp))
+    let mut who: Option<String> = None;
+    let r = async {
+        let device = authenticate(&st, &headers)?;
+        who = Some(device.id.clone());
+        let req: Report = read_body(&headers, body, "Report").await?;
+        let images = req
+            .images
+            .iter()
+            .map(|i| format!("{}:{}", i.image.repository, i.image.reference))
+            .collect::<Vec<_>>()
+            .join(",");
+        let storage = st.storage.clone();
+        let ack = blocking(move || report_request(&*storage, &device, &req)).await?;
+        Ok((images, ack))
+    }
+    .await;
+    match r {
+        Ok((images, ack)) => {
+            tracing::info!(
+                device = who.as_deref().unwrap_or(""),
+                images,
+                "device report"
+            );
+            postcard_response(&ack)
         }
-        .await,
-    )
+        Err(e) => {
+            log_refused(&st, "report", who.as_deref(), "", &e);
+            e.into_response()
+        }
+    }
 }
 
 /// A `Write` that sends 64 KiB chunks down a bounded channel (blocking when
@@ -412,6 +498,7 @@ async fn report_handler(State(st): State<AppState>, headers: HeaderMap, body: Bo
 pub struct ChannelWriter {
     tx: tokio::sync::mpsc::Sender<io::Result<Bytes>>,
     buf: Vec<u8>,
+    sent: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl ChannelWriter {
@@ -420,7 +507,14 @@ impl ChannelWriter {
         ChannelWriter {
             tx,
             buf: Vec::with_capacity(CHUNK_BYTES),
+            sent: Arc::default(),
         }
+    }
+
+    /// Bytes handed to the response body so far (shared, so it can be
+    /// read after the writer is gone).
+    pub fn sent(&self) -> Arc<std::sync::atomic::AtomicU64> {
+        self.sent.clone()
     }
 
     fn send(&mut self) -> io::Result<()> {
@@ -428,9 +522,12 @@ impl ChannelWriter {
             return Ok(());
         }
         let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK_BYTES));
+        let n = chunk.len() as u64;
         self.tx
             .blocking_send(Ok(Bytes::from(chunk)))
-            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the client went away"))
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the client went away"))?;
+        self.sent.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
     }
 }
 
@@ -450,18 +547,82 @@ impl Write for ChannelWriter {
     }
 }
 
-/// Stream what `write` produces as a response body with these headers.
-fn streaming_response<F>(new_bytes: u64, features: archive::Features, write: F) -> Response
+/// Who a streamed sync response goes to, for its log line and metrics.
+struct SyncTarget {
+    /// The store (the outcome is recorded for the fleet view).
+    storage: Arc<crate::store::storage::Storage>,
+    /// `archive` or `objects`.
+    kind: &'static str,
+    device: String,
+    /// `repository@manifest-digest` (archive) or `repository` (objects).
+    image: String,
+}
+
+/// Stream what `write` produces as a response body with these headers;
+/// when it ends, log one line (device, image, bytes, outcome) and count
+/// the bytes in the metrics.
+fn streaming_response<F>(
+    new_bytes: u64,
+    features: archive::Features,
+    target: SyncTarget,
+    write: F,
+) -> Response
 where
     F: FnOnce(ChannelWriter) -> Result<ChannelWriter, String> + Send + 'static,
 {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<io::Result<Bytes>>(4);
     let err_tx = tx.clone();
     tokio::task::spawn_blocking(move || {
-        let result =
-            write(ChannelWriter::new(tx)).and_then(|mut w| w.flush().map_err(|e| e.to_string()));
+        let start = std::time::Instant::now();
+        let writer = ChannelWriter::new(tx);
+        let sent = writer.sent();
+        let result = write(writer).and_then(|mut w| w.flush().map_err(|e| e.to_string()));
+        let bytes = sent.load(std::sync::atomic::Ordering::Relaxed);
+        let outcome = match &result {
+            Ok(()) => "complete",
+            Err(e) if e.contains("the client went away") => "client_gone",
+            Err(_) => "failed",
+        };
+        crate::http::metrics::sync_sent(target.kind, outcome, bytes);
+        let ms = start.elapsed().as_millis() as u64;
+        match &result {
+            Ok(()) => tracing::info!(
+                device = target.device,
+                image = target.image,
+                request = target.kind,
+                bytes,
+                new_bytes,
+                outcome,
+                ms,
+                "device sync"
+            ),
+            Err(e) => tracing::warn!(
+                device = target.device,
+                image = target.image,
+                request = target.kind,
+                bytes,
+                new_bytes,
+                outcome,
+                ms,
+                error = %e,
+                "device sync"
+            ),
+        }
+        if let Err(e) = devices::record_last_sync(
+            target.storage.db(),
+            &target.device,
+            &target.image,
+            target.kind,
+            outcome,
+            bytes,
+        ) {
+            tracing::warn!(
+                device = target.device,
+                "recording the last sync: {}",
+                e.message
+            );
+        }
         if let Err(e) = result {
-            tracing::warn!("archive stream stopped: {e}");
             let _ = err_tx.blocking_send(Err(io::Error::other(e)));
         }
     });
@@ -486,16 +647,30 @@ fn features_of(headers: &HeaderMap) -> archive::Features {
 }
 
 async fn archive_handler(State(st): State<AppState>, headers: HeaderMap, body: Body) -> Response {
-    respond(
-        async {
-            let device = authenticate(&st, &headers)?;
-            let req: ArchiveRequest = read_body(&headers, body, "ArchiveRequest").await?;
-            check_read(device, &req.repository)?;
-            let features = features_of(&headers);
-            let (storage, device) = (st.storage.clone(), device.clone());
-            let job = blocking(move || prepare_archive(&*storage, &device, &req)).await?;
-            let storage: Arc<crate::store::storage::Storage> = st.storage.clone();
-            Ok(streaming_response(job.new_bytes, features, move |w| {
+    let mut who: Option<String> = None;
+    let mut image = String::new();
+    let r = async {
+        let device = authenticate(&st, &headers)?;
+        who = Some(device.id.clone());
+        let req: ArchiveRequest = read_body(&headers, body, "ArchiveRequest").await?;
+        image = format!("{}@{}", req.repository, req.manifest_digest);
+        check_read(&device, &req.repository)?;
+        let features = features_of(&headers);
+        let id = device.id.clone();
+        let storage = st.storage.clone();
+        let job = blocking(move || prepare_archive(&*storage, &device, &req)).await?;
+        let storage: Arc<crate::store::storage::Storage> = st.storage.clone();
+        let target = SyncTarget {
+            storage: storage.clone(),
+            kind: "archive",
+            device: id,
+            image: image.clone(),
+        };
+        Ok(streaming_response(
+            job.new_bytes,
+            features,
+            target,
+            move |w| {
                 let meta = job.metadata.as_ref().map(|(m, c)| Metadata {
                     manifest: m,
                     config: c,
@@ -510,35 +685,51 @@ async fn archive_handler(State(st): State<AppState>, headers: HeaderMap, body: B
                     w,
                 )
                 .map_err(|e| e.to_string())
-            }))
-        }
-        .await,
-    )
+            },
+        ))
+    }
+    .await;
+    r.unwrap_or_else(|e| {
+        log_refused(&st, "archive", who.as_deref(), &image, &e);
+        e.into_response()
+    })
 }
 
 async fn objects_handler(State(st): State<AppState>, headers: HeaderMap, body: Body) -> Response {
-    respond(
-        async {
-            let device = authenticate(&st, &headers)?;
-            let req: ObjectsRequest = read_body(&headers, body, "ObjectsRequest").await?;
-            check_read(device, &req.repository)?;
-            let (storage, device) = (st.storage.clone(), device.clone());
-            let (wanted, total) =
-                blocking(move || prepare_objects(&*storage, &device, &req)).await?;
-            let storage = st.storage.clone();
-            let features = features_of(&headers);
-            Ok(streaming_response(total, features, move |w| {
-                archive::write_objects_archive_with(
-                    &index::object_store(&storage),
-                    &wanted,
-                    features,
-                    w,
-                )
-                .map_err(|e| e.to_string())
-            }))
-        }
-        .await,
-    )
+    let mut who: Option<String> = None;
+    let mut image = String::new();
+    let r = async {
+        let device = authenticate(&st, &headers)?;
+        who = Some(device.id.clone());
+        let req: ObjectsRequest = read_body(&headers, body, "ObjectsRequest").await?;
+        image = req.repository.clone();
+        check_read(&device, &req.repository)?;
+        let id = device.id.clone();
+        let storage = st.storage.clone();
+        let (wanted, total) = blocking(move || prepare_objects(&*storage, &device, &req)).await?;
+        let storage = st.storage.clone();
+        let features = features_of(&headers);
+        let target = SyncTarget {
+            storage: storage.clone(),
+            kind: "objects",
+            device: id,
+            image: image.clone(),
+        };
+        Ok(streaming_response(total, features, target, move |w| {
+            archive::write_objects_archive_with(
+                &index::object_store(&storage),
+                &wanted,
+                features,
+                w,
+            )
+            .map_err(|e| e.to_string())
+        }))
+    }
+    .await;
+    r.unwrap_or_else(|e| {
+        log_refused(&st, "objects", who.as_deref(), &image, &e);
+        e.into_response()
+    })
 }
 
 #[cfg(test)]

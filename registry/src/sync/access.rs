@@ -142,6 +142,7 @@ mod tests {
             id: "gw".into(),
             token: "t".into(),
             repositories: patterns.iter().map(|s| s.to_string()).collect(),
+            ..Device::default()
         }
     }
 

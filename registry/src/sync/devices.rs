@@ -11,6 +11,7 @@
 //! | `device_holdings` | device id | postcard `(hash, HeldSet)` |
 //! | `device_seen` | device id | last request time, Unix seconds |
 //! | `device_images` | device id | postcard [`ImagesRecord`] |
+//! | `device_last_sync` | device id | postcard [`LastSync`]: the last archive/objects response or refusal |
 
 use crate::store::index::open_read;
 use crate::store::storage::Storage;
@@ -30,6 +31,206 @@ pub const HOLDINGS: redb::TableDefinition<&str, &[u8]> =
 pub const SEEN: redb::TableDefinition<&str, u64> = redb::TableDefinition::new("device_seen");
 /// Device id → postcard [`ImagesRecord`].
 pub const IMAGES: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("device_images");
+
+/// Device id → postcard [`LastSync`].
+pub const LAST_SYNC: redb::TableDefinition<&str, &[u8]> =
+    redb::TableDefinition::new("device_last_sync");
+
+/// How a device's last transfer (archive or objects response) or refused
+/// request ended. Up-to-date plans do not write it (they only move the
+/// last-seen time), so the cheap path stays one write.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LastSync {
+    /// When (Unix seconds).
+    pub at: u64,
+    /// `repo@digest` (archive), `repo` (objects), `repo:ref,…` (plan).
+    pub image: String,
+    /// `plan`, `archive`, `objects`, `report`.
+    pub request: String,
+    /// `complete`, `client_gone`, `failed`, `refused (STATUS): reason`.
+    pub outcome: String,
+    /// Body bytes sent.
+    pub bytes: u64,
+}
+
+/// Record how a device's last transfer or refused request ended.
+pub fn record_last_sync(
+    db: &redb::Database,
+    device: &str,
+    image: &str,
+    request: &str,
+    outcome: &str,
+    bytes: u64,
+) -> Result<(), SyncError> {
+    let rec = LastSync {
+        at: now_secs(),
+        image: image.to_owned(),
+        request: request.to_owned(),
+        outcome: outcome.to_owned(),
+        bytes,
+    };
+    let bytes = postcard::to_allocvec(&rec).map_err(SyncError::internal)?;
+    let txn = db.begin_write().map_err(SyncError::internal)?;
+    {
+        let mut t = txn.open_table(LAST_SYNC).map_err(SyncError::internal)?;
+        t.insert(device, bytes.as_slice())
+            .map_err(SyncError::internal)?;
+    }
+    txn.commit().map_err(SyncError::internal)
+}
+
+/// The last transfer as the fleet view shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LastSyncView {
+    /// RFC 3339 UTC.
+    pub at: String,
+    /// See [`LastSync::image`].
+    pub image: String,
+    /// See [`LastSync::request`].
+    pub request: String,
+    /// See [`LastSync::outcome`].
+    pub outcome: String,
+    /// Body bytes sent.
+    pub bytes: u64,
+}
+
+/// One device in the fleet view (`GET /layerlink/v1/fleet`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FleetDevice {
+    /// Device id.
+    pub id: String,
+    /// In the current config (false: a record left by a removed device).
+    pub configured: bool,
+    /// Never made a request.
+    pub never_seen: bool,
+    /// Last request of any kind, RFC 3339 UTC.
+    pub last_seen: Option<String>,
+    /// Images held at the last report, `repo:ref@digest`.
+    pub images: Vec<String>,
+    /// Last transfer or refusal.
+    pub last_sync: Option<LastSyncView>,
+}
+
+/// The fleet: every configured device (also those never seen) and every
+/// device with a record, sorted by id; and, per held image, who holds it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fleet {
+    /// Devices.
+    pub devices: Vec<FleetDevice>,
+    /// `repo:ref@digest` → device ids holding it (last report).
+    pub images: BTreeMap<String, Vec<String>>,
+}
+
+/// Build the fleet view from the records and the configured ids.
+pub fn fleet(db: &redb::Database, configured: &[&str]) -> Result<Fleet, SyncError> {
+    let mut devices: BTreeMap<String, FleetDevice> = BTreeMap::new();
+    let blank = |id: &str| FleetDevice {
+        id: id.to_owned(),
+        configured: false,
+        never_seen: true,
+        last_seen: None,
+        images: Vec::new(),
+        last_sync: None,
+    };
+    for s in device_summaries(db)? {
+        let d = devices.entry(s.id.clone()).or_insert_with(|| blank(&s.id));
+        d.never_seen = s.last_sync.is_none();
+        d.last_seen = s.last_sync;
+        d.images = s.images;
+    }
+    {
+        let txn = db.begin_read().map_err(SyncError::internal)?;
+        if let Some(t) = open_read(&txn, LAST_SYNC).map_err(SyncError::internal)? {
+            for item in t.iter().map_err(SyncError::internal)? {
+                let (k, v) = item.map_err(SyncError::internal)?;
+                let id = k.value().to_owned();
+                if let Ok(r) = postcard::from_bytes::<LastSync>(v.value()) {
+                    let d = devices.entry(id.clone()).or_insert_with(|| blank(&id));
+                    d.last_sync = Some(LastSyncView {
+                        at: rfc3339(r.at),
+                        image: r.image,
+                        request: r.request,
+                        outcome: r.outcome,
+                        bytes: r.bytes,
+                    });
+                }
+            }
+        }
+    }
+    for id in configured {
+        devices
+            .entry((*id).to_owned())
+            .or_insert_with(|| blank(id))
+            .configured = true;
+    }
+    let mut images: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for d in devices.values() {
+        for i in &d.images {
+            images.entry(i.clone()).or_default().push(d.id.clone());
+        }
+    }
+    Ok(Fleet {
+        devices: devices.into_values().collect(),
+        images,
+    })
+}
+
+/// The fleet as text: a device table, then who holds which image.
+pub fn format_fleet(f: &Fleet) -> String {
+    let mut rows = vec![[
+        "DEVICE".to_owned(),
+        "CONFIGURED".to_owned(),
+        "LAST SEEN".to_owned(),
+        "LAST SYNC".to_owned(),
+        "OUTCOME".to_owned(),
+        "IMAGES".to_owned(),
+    ]];
+    for d in &f.devices {
+        rows.push([
+            d.id.clone(),
+            if d.configured { "yes" } else { "no" }.to_owned(),
+            d.last_seen.clone().unwrap_or_else(|| "never".into()),
+            d.last_sync
+                .as_ref()
+                .map_or_else(|| "-".into(), |s| format!("{} {}", s.at, s.image)),
+            d.last_sync.as_ref().map_or_else(
+                || "-".into(),
+                |s| format!("{} ({} bytes)", s.outcome, s.bytes),
+            ),
+            if d.images.is_empty() {
+                "-".into()
+            } else {
+                d.images.join(", ")
+            },
+        ]);
+    }
+    let mut widths = [0usize; 6];
+    for r in &rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for r in &rows {
+        let mut l = String::new();
+        for (i, c) in r.iter().enumerate() {
+            if i + 1 == r.len() {
+                l.push_str(c);
+            } else {
+                l.push_str(&format!("{c:<w$}  ", w = widths[i]));
+            }
+        }
+        out.push_str(l.trim_end());
+        out.push('\n');
+    }
+    if !f.images.is_empty() {
+        out.push_str("\nIMAGE  HELD BY\n");
+        for (i, ids) in &f.images {
+            out.push_str(&format!("{i}  {}\n", ids.join(", ")));
+        }
+    }
+    out
+}
 
 /// The images a device last reported.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -375,5 +576,25 @@ mod tests {
         assert_eq!(lines[1].find("20").unwrap(), col, "aligned: {table}");
         let json = serde_json::to_value(&s).unwrap();
         assert_eq!(json[1]["layers"], 2);
+
+        record_last_sync(&ts.db, "gw-b", "edge/app@x", "archive", "complete", 42).unwrap();
+        let f = fleet(&ts.db, &["gw-b", "gw-never"]).unwrap();
+        let ids: Vec<&str> = f.devices.iter().map(|d| d.id.as_str()).collect();
+        assert_eq!(ids, ["gw-a", "gw-b", "gw-never"]);
+        assert!(!f.devices[0].configured && f.devices[1].configured);
+        assert!(f.devices[2].never_seen && f.devices[2].configured);
+        assert!(!f.devices[1].never_seen);
+        let last = f.devices[1].last_sync.as_ref().unwrap();
+        assert_eq!((last.outcome.as_str(), last.bytes), ("complete", 42));
+        assert_eq!(
+            f.images[&format!("edge/app:v1@{}", Digest([7; 32]))],
+            vec!["gw-b".to_owned()]
+        );
+        let text = format_fleet(&f);
+        assert!(
+            text.contains("gw-never") && text.contains("never"),
+            "{text}"
+        );
+        assert!(text.contains("complete (42 bytes)"), "{text}");
     }
 }

@@ -99,7 +99,7 @@ pub async fn put(ctx: Ctx, name: &str, reference: &str) -> Reply {
     let storage = ctx.state.storage.clone();
     let repo = name.to_owned();
     let tag_for_log = tag.clone();
-    let strict = ctx.state.config.reject_unsyncable;
+    let strict = ctx.state.config().reject_unsyncable;
     let subject = parsed.subject.clone();
     blocking(move || {
         let links = check_references(&storage, &repo, &parsed)?;

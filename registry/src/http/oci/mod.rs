@@ -80,13 +80,14 @@ fn finish(reply: Reply) -> Response {
 }
 
 fn check_auth(state: &AppState, headers: &HeaderMap) -> Result<(), OciError> {
-    if !state.config.has_publisher_auth() {
+    let config = state.config();
+    if !config.has_publisher_auth() {
         return Ok(());
     }
     let header = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    if crate::auth::publisher_for_authorization(&state.config, header).is_some() {
+    if crate::auth::publisher_for_authorization(&config, header).is_some() {
         Ok(())
     } else {
         Err(OciError::unauthorized())

@@ -15,6 +15,7 @@ fn dev(id: &str) -> Device {
         id: id.into(),
         token: format!("tok-{id}"),
         repositories: vec!["*".into()],
+        ..Device::default()
     }
 }
 
