@@ -7,7 +7,8 @@ Each BLOB is a layer (gzip or uncompressed tar, detected by its magic
 bytes; zstd through the `zstd` CLI). Prints one JSON object over all of
 them: tar entries (extension headers excluded, as tarfile reports
 members), regular files (tarfile's isreg: `0`, `\\0`, `7`), the sum of
-their sizes, and the number of distinct non-empty contents by sha256.
+their sizes, and the number and bytes of distinct non-empty contents by
+sha256.
 """
 
 import hashlib
@@ -32,7 +33,7 @@ def open_layer(path):
 
 def main(paths):
     entries = regular = logical = 0
-    digests = set()
+    digests = {}
     for path in paths:
         tf, proc = open_layer(path)
         with tf:
@@ -48,7 +49,7 @@ def main(paths):
                         if not chunk:
                             break
                         h.update(chunk)
-                    digests.add(h.hexdigest())
+                    digests[h.hexdigest()] = m.size
         if proc is not None and proc.wait() != 0:
             sys.exit(f"zstd -dc {path} failed")
     print(
@@ -57,7 +58,8 @@ def main(paths):
                 "entries": entries,
                 "regular_files": regular,
                 "logical_bytes": logical,
-                "distinct_nonempty": len(digests - {EMPTY}),
+                "distinct_nonempty": len(set(digests) - {EMPTY}),
+                "distinct_bytes": sum(digests.values()),
                 "has_empty_file": EMPTY in digests,
             }
         )

@@ -101,6 +101,8 @@ pub struct TarfileCount {
     pub logical_bytes: u64,
     /// Distinct non-empty contents.
     pub distinct_nonempty: u64,
+    /// Their bytes (each distinct content once).
+    pub distinct_bytes: u64,
 }
 
 /// Run the Python `tarfile` oracle over the distinct layers of `tags`.
@@ -136,6 +138,7 @@ pub fn tarfile_count(layout: &OciLayout, tags: &[&str]) -> TarfileCount {
         regular_files: get("regular_files"),
         logical_bytes: get("logical_bytes"),
         distinct_nonempty: get("distinct_nonempty"),
+        distinct_bytes: get("distinct_bytes"),
     }
 }
 

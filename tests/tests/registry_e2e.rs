@@ -71,15 +71,18 @@ fn assert_stats_match_tarfile(stats: &serde_json::Value, src: &OciLayout) {
             got("file_entries"),
             got("regular_files"),
             got("logical_bytes"),
-            got("distinct_objects")
+            got("distinct_objects"),
+            got("distinct_bytes")
         ),
         (
             py.entries,
             py.regular_files,
             py.logical_bytes,
-            py.distinct_nonempty
+            py.distinct_nonempty,
+            py.distinct_bytes
         ),
-        "(entries, regular files, logical bytes, distinct objects): registry vs Python tarfile"
+        "(entries, regular files, logical bytes, distinct objects, their bytes): registry vs \
+         Python tarfile"
     );
 }
 

@@ -588,21 +588,29 @@ impl Report<'_> {
         }
         let stats = self.stats;
         let num = |k: &str| stats[k].as_u64().unwrap_or(0);
+        let ratio_of = |k: &str| {
+            stats[k]
+                .as_f64()
+                .map_or_else(|| "n/a".to_string(), |r| format!("{r:.2}"))
+        };
         let _ = writeln!(
             w,
             "\n`layerlink-registry stats --json` after the pushes: {} layers, {} tar entries, {} regular files, {} distinct objects; \
-             logical {} → stored {}: dedup ratio **{}** (the original blobs are kept as well: {} in {} blobs).",
+             logical {} → stored {}: dedup ratio **{}** = dedup {} (distinct contents: {}) × compression {}; \
+             the original blobs are kept as well ({} in {} blobs): {} counting them.",
             num("layers"),
             num("file_entries"),
             num("regular_files"),
             num("distinct_objects"),
             mib(num("logical_bytes")),
             mib(num("stored_bytes")),
-            stats["dedup_ratio"]
-                .as_f64()
-                .map_or_else(|| "n/a".to_string(), |r| format!("{r:.2}")),
+            ratio_of("dedup_ratio"),
+            ratio_of("dedup_only_ratio"),
+            mib(num("distinct_bytes")),
+            ratio_of("compression_ratio"),
             mib(num("blob_bytes")),
             num("blobs"),
+            ratio_of("ratio_with_blobs"),
         );
     }
 }

@@ -564,6 +564,8 @@ pub struct DedupStats {
     pub regular_files: u64,
     /// Distinct objects stored.
     pub distinct_objects: u64,
+    /// Sum of the distinct objects' uncompressed sizes.
+    pub distinct_bytes: u64,
     /// Sum of regular-file sizes over all layers (what layers hold).
     pub logical_bytes: u64,
     /// Bytes the object store uses on disk (compressed).
@@ -595,6 +597,7 @@ pub fn dedup_stats_db(db: &redb::Database) -> Result<DedupStats, IndexError> {
             let m: objects::ObjectMeta =
                 decode(v.value(), || format!("object {}", Digest(*k.value())))?;
             s.distinct_objects += 1;
+            s.distinct_bytes += m.size;
             s.stored_bytes += m.stored_size;
         }
     }
