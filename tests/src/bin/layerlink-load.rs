@@ -1,11 +1,15 @@
 //! `layerlink-load`: many devices syncing at once against one registry.
 //!
 //! Starts a real `layerlink-registry serve` on loopback with a temp data
-//! dir and a config holding N device tokens, pushes one small test image
-//! with skopeo, then runs N device threads at once (released together by a
+//! dir and a config holding N device tokens, pushes one test image with
+//! skopeo, then runs N device threads at once (released together by a
 //! barrier). Each device, per round, sends a plan request (empty holdings)
-//! and an archive request for the layers the plan says it needs, reading
-//! the archive stream to the end and discarding it. Everything is bounded:
+//! and an archive request (zstd, as today's agent asks) for the layers the
+//! plan says it needs, and **checks what it received**: it decodes the
+//! archive, hashes every file's content against the digest its entry
+//! declares, counts the layer-end markers, and requires every distinct
+//! non-empty file content of the image (counted from the test layout, not
+//! by the registry) to have arrived. Everything is bounded:
 //! per-request timeouts and an overall time limit after which unfinished
 //! devices count as failed.
 //!
@@ -20,12 +24,14 @@
 //!     --registry-bin target/release/layerlink-registry
 //! ```
 
+use layerlink_proto::archive::FEATURES_HEADER;
 use layerlink_proto::msg::{
     ArchiveRequest, HeldSet, Holdings, ImageRef, LayerState, PlanRequest, PlanResponse, Platform,
     CONTENT_TYPE,
 };
 use layerlink_tests::bins::registry_bin;
 use layerlink_tests::test_images;
+use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Read};
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitCode, Stdio};
@@ -213,6 +219,7 @@ fn post(
     let resp = agent
         .post(url)
         .header("content-type", CONTENT_TYPE)
+        .header(FEATURES_HEADER, "layer-base,zstd")
         .header("authorization", format!("Bearer {token}"))
         .send(body)
         .map_err(|e| format!("{url}: {e}"))?;
@@ -232,12 +239,108 @@ fn post(
     Ok(resp)
 }
 
-/// Plan, then stream the archive of the needed layers to nowhere.
+/// Counts the bytes read through it.
+struct Counting<R> {
+    inner: R,
+    n: u64,
+}
+
+impl<R: Read> Read for Counting<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let k = self.inner.read(buf)?;
+        self.n += k as u64;
+        Ok(k)
+    }
+}
+
+/// Decode an archive (gzip or zstd, by magic) and check it: every file
+/// with content hashes to its `LAYERLINK.digest`, `layers` layer-end
+/// markers, and every content of `expected` arrived. The archive's
+/// compressed size.
+fn check_archive(
+    body: impl Read,
+    layers: usize,
+    expected: &BTreeSet<String>,
+) -> Result<u64, String> {
+    use layerlink_proto::archive::{PAX_DIGEST, PAX_MARKER};
+    use sha2::{Digest as _, Sha256};
+    let mut counted = BufReader::with_capacity(64 * 1024, Counting { inner: body, n: 0 });
+    let magic = counted
+        .fill_buf()
+        .map_err(|e| format!("reading the archive: {e}"))?
+        .get(..4)
+        .ok_or("the archive is shorter than 4 bytes")?
+        .to_vec();
+    let decoder: Box<dyn Read + '_> = if magic[..2] == [0x1f, 0x8b] {
+        Box::new(flate2::read::MultiGzDecoder::new(&mut counted))
+    } else if magic == [0x28, 0xb5, 0x2f, 0xfd] {
+        Box::new(zstd::stream::read::Decoder::with_buffer(&mut counted).map_err(|e| e.to_string())?)
+    } else {
+        return Err(format!(
+            "the archive starts with {magic:02x?}: neither gzip nor zstd"
+        ));
+    };
+    let mut tar = tar::Archive::new(decoder);
+    let (mut ends, mut got) = (0usize, BTreeSet::new());
+    let mut buf = vec![0u8; 64 * 1024];
+    for entry in tar.entries().map_err(|e| format!("archive tar: {e}"))? {
+        let mut entry = entry.map_err(|e| format!("archive tar entry: {e}"))?;
+        let (mut digest, mut marker) = (None, None);
+        if let Some(pax) = entry.pax_extensions().map_err(|e| format!("PAX: {e}"))? {
+            for ext in pax {
+                let ext = ext.map_err(|e| format!("PAX record: {e}"))?;
+                match ext.key() {
+                    Ok(PAX_DIGEST) => digest = ext.value().ok().map(str::to_owned),
+                    Ok(PAX_MARKER) => marker = ext.value().ok().map(str::to_owned),
+                    _ => {}
+                }
+            }
+        }
+        if marker.as_deref() == Some("layer-end") {
+            ends += 1;
+        }
+        if !entry.header().entry_type().is_file() || entry.size() == 0 {
+            continue;
+        }
+        let Some(want) = digest else { continue };
+        let mut h = Sha256::new();
+        loop {
+            let k = entry
+                .read(&mut buf)
+                .map_err(|e| format!("file content: {e}"))?;
+            if k == 0 {
+                break;
+            }
+            h.update(&buf[..k]);
+        }
+        let hex: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+        if hex != want {
+            return Err(format!("a file declared as {want} hashes to {hex}"));
+        }
+        got.insert(hex);
+    }
+    drop(tar);
+    std::io::copy(&mut counted, &mut std::io::sink()).map_err(|e| format!("archive tail: {e}"))?;
+    if ends != layers {
+        return Err(format!("{ends} layer-end markers for {layers} layers"));
+    }
+    let missing = expected.difference(&got).count();
+    if missing > 0 {
+        return Err(format!(
+            "{missing} of the image's {} file contents never arrived",
+            expected.len()
+        ));
+    }
+    Ok(counted.into_inner().n)
+}
+
+/// Plan, then receive and check the archive of the needed layers.
 fn sync_once(
     agent: &ureq::Agent,
     base: &str,
     token: &str,
     image: &ImageRef,
+    expected: &BTreeSet<String>,
     out: &mut DeviceResult,
 ) -> Result<(), String> {
     let plan_req = PlanRequest {
@@ -259,12 +362,13 @@ fn sync_once(
     out.plan.push(t.elapsed());
 
     let img = plan.images.first().ok_or("the plan has no image")?;
-    let layers = img
+    let layers: Vec<_> = img
         .layers
         .iter()
         .filter(|l| matches!(l.state, LayerState::Needed(_)))
         .map(|l| l.diff_id)
         .collect();
+    let n_layers = layers.len();
     let archive_req = ArchiveRequest {
         repository: image.repository.clone(),
         manifest_digest: img.manifest_digest,
@@ -275,12 +379,8 @@ fn sync_once(
     let body = postcard::to_allocvec(&archive_req).map_err(|e| e.to_string())?;
     let t = Instant::now();
     let resp = post(agent, &format!("{base}/layerlink/v1/archive"), token, body)?;
-    let n = std::io::copy(&mut resp.into_body().into_reader(), &mut std::io::sink())
-        .map_err(|e| format!("reading the archive: {e}"))?;
+    let n = check_archive(resp.into_body().into_reader(), n_layers, expected)?;
     out.archive.push(t.elapsed());
-    if n == 0 {
-        return Err("empty archive".into());
-    }
     out.archive_bytes = n;
     Ok(())
 }
@@ -335,12 +435,26 @@ fn run(opts: &Opts) -> Result<bool, String> {
         reference: reference.to_owned(),
     };
     let base = format!("http://{}", server.addr);
+    // What every device must receive, counted from the layout.
+    let empty = layerlink_tests::sha256_hex(b"");
+    let expected: Arc<BTreeSet<String>> = Arc::new(
+        layerlink_tests::layers::image_files(&test_images().layout(), &[opts.image.as_str()])
+            .digests
+            .into_iter()
+            .filter(|d| *d != empty)
+            .collect(),
+    );
     let start_line = Arc::new(Barrier::new(opts.devices + 1));
     let deadline = Instant::now() + opts.time_limit;
     let (tx, rx) = mpsc::channel();
     for i in 0..opts.devices {
-        let (tx, start_line, base, image) =
-            (tx.clone(), start_line.clone(), base.clone(), image.clone());
+        let (tx, start_line, base, image, expected) = (
+            tx.clone(),
+            start_line.clone(),
+            base.clone(),
+            image.clone(),
+            expected.clone(),
+        );
         let rounds = opts.rounds;
         std::thread::Builder::new()
             .name(format!("device-{i}"))
@@ -361,7 +475,7 @@ fn run(opts: &Opts) -> Result<bool, String> {
                         .timeout_global(Some(left.min(Duration::from_secs(120))))
                         .build()
                         .into();
-                    if let Err(e) = sync_once(&agent, &base, &token, &image, &mut out) {
+                    if let Err(e) = sync_once(&agent, &base, &token, &image, &expected, &mut out) {
                         out.failures.push(e);
                     }
                 }
