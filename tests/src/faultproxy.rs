@@ -427,6 +427,26 @@ fn sync_cmd(server: &str, store: &Path, image: &str, retry_for: u64) -> Command 
     cmd
 }
 
+/// Start a sync and SIGKILL it after `delay`: (whether it was still
+/// running when killed, its exit status).
+fn sync_killed_after(
+    server: &str,
+    store: &Path,
+    image: &str,
+    delay: Duration,
+) -> (bool, std::process::ExitStatus) {
+    let mut child = sync_cmd(server, store, image, 30)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn agent");
+    std::thread::sleep(delay);
+    let killed = matches!(child.try_wait(), Ok(None));
+    let _ = child.kill(); // SIGKILL
+    let status = child.wait().expect("wait agent");
+    (killed, status)
+}
+
 fn run_agent(cmd: &mut Command) -> (i32, String) {
     let out = cmd.output().expect("run layerlink-agent");
     (
@@ -633,15 +653,7 @@ pub fn power_cuts(p: &Prepared, cuts: u64, seed: u64) -> FaultReport {
         let delay = Duration::from_micros(rng.below(span.max(1)));
         copy_store(&p.prep_store, &store);
         let proxy = CountingProxy::start(p.reg.addr());
-        let mut child = sync_cmd(&proxy.url(), &store, p.scenario.target, 30)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn agent");
-        std::thread::sleep(delay);
-        let killed = matches!(child.try_wait(), Ok(None));
-        let _ = child.kill(); // SIGKILL
-        let status = child.wait().expect("wait agent");
+        let (killed, status) = sync_killed_after(&proxy.url(), &store, p.scenario.target, delay);
         if killed {
             rep.killed_mid_sync += 1;
         } else {
@@ -762,15 +774,7 @@ pub fn resume_cuts(p: &Prepared, cuts: u64, seed: u64, rate: u64) -> ResumeRepor
     while rep.cuts < cuts && attempts < cuts * 5 {
         attempts += 1;
         let delay = Duration::from_micros(rng.below(span.max(1)));
-        let mut child = sync_cmd(&proxy.url(), &store, p.scenario.target, 30)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn agent");
-        std::thread::sleep(delay);
-        let killed = matches!(child.try_wait(), Ok(None));
-        let _ = child.kill(); // SIGKILL
-        let status = child.wait().expect("wait agent");
+        let (killed, status) = sync_killed_after(&proxy.url(), &store, p.scenario.target, delay);
         let what = format!(
             "[{}] run {attempts} cut at {:.3}s (seed {seed})",
             p.scenario.name,
