@@ -11,24 +11,11 @@ use layerlink_proto::msg::*;
 use layerlink_proto::{Digest, ErrorBody, ErrorCode};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
-use std::process::Command;
 use std::sync::mpsc;
 
-/// The agent binary, run through `LAYERLINK_AGENT_RUNNER` (e.g. `qemu-arm`)
-/// when set: under cross tests the kernel cannot exec an ARM binary itself.
+/// The agent binary (through `LAYERLINK_AGENT_RUNNER` when set).
 fn agent(args: &[&str]) -> (i32, String, String) {
-    let bin = env!("CARGO_BIN_EXE_layerlink-agent");
-    let runner = std::env::var("LAYERLINK_AGENT_RUNNER").unwrap_or_default();
-    let mut words = runner.split_whitespace();
-    let mut cmd = match words.next() {
-        Some(prog) => {
-            let mut c = Command::new(prog);
-            c.args(words).arg(bin);
-            c
-        }
-        None => Command::new(bin),
-    };
-    let out = cmd.args(args).output().unwrap();
+    let out = common::agent_command().args(args).output().unwrap();
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),

@@ -972,7 +972,7 @@ fn a_100k_entry_directory_is_handled_in_flat_memory() {
     fs::write(&file, &bytes).unwrap();
     let out = std::process::Command::new("/usr/bin/time")
         .args(["-f", "peak-rss-kib=%M"])
-        .arg(env!("CARGO_BIN_EXE_layerlink-agent"))
+        .args(common::agent_argv())
         .args(["apply-archive", "-q", "--store"])
         .arg(&path)
         .arg(&file)
@@ -991,11 +991,15 @@ fn a_100k_entry_directory_is_handled_in_flat_memory() {
         .unwrap()
         .count();
     assert_eq!(n, N);
-    assert!(
-        kib <= 4096,
-        "applying 100k entries peaked at {kib} KiB (device budget 4096 KiB)"
-    );
     eprintln!("100k entries applied at a peak RSS of {kib} KiB");
+    // Under an emulator (cross tests) the figure is the emulator's; the
+    // bound is checked by the native run of the same test.
+    if !common::agent_emulated() {
+        assert!(
+            kib <= 4096,
+            "applying 100k entries peaked at {kib} KiB (device budget 4096 KiB)"
+        );
+    }
     sc.check_outside("100k");
 }
 

@@ -583,3 +583,27 @@ pub fn describe_tree(root: &std::path::Path) -> Vec<String> {
     walk(root, std::path::Path::new(""), &mut out);
     out
 }
+
+/// The agent binary's command line: through `LAYERLINK_AGENT_RUNNER`
+/// (e.g. `qemu-arm -L /`) when set — under cross tests the kernel cannot
+/// exec an ARM binary itself — else the binary alone.
+pub fn agent_argv() -> Vec<std::ffi::OsString> {
+    let runner = std::env::var("LAYERLINK_AGENT_RUNNER").unwrap_or_default();
+    let mut argv: Vec<std::ffi::OsString> = runner.split_whitespace().map(Into::into).collect();
+    argv.push(env!("CARGO_BIN_EXE_layerlink-agent").into());
+    argv
+}
+
+/// Whether the agent runs under an emulator (its memory figures are the
+/// emulator's then).
+pub fn agent_emulated() -> bool {
+    agent_argv().len() > 1
+}
+
+/// [`agent_argv`] as a command.
+pub fn agent_command() -> std::process::Command {
+    let argv = agent_argv();
+    let mut cmd = std::process::Command::new(&argv[0]);
+    cmd.args(&argv[1..]);
+    cmd
+}
