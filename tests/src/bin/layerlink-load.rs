@@ -11,7 +11,9 @@
 //! non-empty file content of the image (counted from the test layout, not
 //! by the registry) to have arrived. Everything is bounded:
 //! per-request timeouts and an overall time limit after which unfinished
-//! devices count as failed.
+//! devices count as failed. The devices start once the registry has
+//! prepared the pushed image (its log says so), as a fleet's cron would
+//! find it.
 //!
 //! Prints a header and one line: devices, rounds, failed syncs, plan and
 //! archive latency p50/p99, bytes per archive, the registry's peak RSS
@@ -95,6 +97,8 @@ fn parse_args() -> Result<Opts, String> {
 struct Server {
     child: Child,
     addr: String,
+    /// The registry's stderr (its log).
+    stderr: PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -135,7 +139,8 @@ fn start_registry(opts: &Opts) -> Result<Server, String> {
         .arg(dir.path().join("data"))
         .arg("--config")
         .arg(&config_path)
-        .env("RUST_LOG", "warn")
+        // Warnings, and the line saying a push's preparation is done.
+        .env("RUST_LOG", "warn,layerlink_registry::sync::precompute=info")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(stderr)
@@ -152,8 +157,29 @@ fn start_registry(opts: &Opts) -> Result<Server, String> {
     Ok(Server {
         addr: addr.to_owned(),
         child,
+        stderr: dir.path().join("registry.stderr"),
         _dir: dir,
     })
+}
+
+/// Wait until the registry logged that the pushed image's background
+/// preparation (zstd frames, cold archive) is done, as it would be long
+/// before a fleet's cron runs; the time it took.
+fn wait_prepared(server: &Server, limit: Duration) -> Result<Duration, String> {
+    let t = Instant::now();
+    loop {
+        let log = std::fs::read_to_string(&server.stderr).unwrap_or_default();
+        if log.contains("precomputed ") {
+            return Ok(t.elapsed());
+        }
+        if log.contains("precompute failed") {
+            return Err(format!("the registry's preparation failed:\n{log}"));
+        }
+        if t.elapsed() > limit {
+            return Err(format!("no preparation done within {limit:?}"));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 fn push_image(server: &Server, tag: &str) -> Result<(), String> {
@@ -415,6 +441,12 @@ fn run(opts: &Opts) -> Result<bool, String> {
     let server = start_registry(opts)?;
     let pid = server.child.id();
     push_image(&server, &opts.image)?;
+    let prepared = wait_prepared(&server, Duration::from_secs(900))?;
+    eprintln!(
+        "{} prepared by the registry {:.1} s after the push",
+        opts.image,
+        prepared.as_secs_f64()
+    );
     let rss_idle = proc_status_kib(pid, "VmRSS").unwrap_or(0);
     eprintln!(
         "registry pid {pid} on {} ({} devices configured, RSS after push {} MiB); {} devices × {} round(s) of {}",
