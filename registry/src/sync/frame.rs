@@ -29,3 +29,22 @@ pub fn bulk_compressor(level: i32) -> io::Result<zstd::bulk::Compressor<'static>
     c.set_parameter(zstd::zstd_safe::CParameter::ContentSizeFlag(true))?;
     Ok(c)
 }
+
+/// A writer that counts the bytes passing through it.
+pub struct Counted<W> {
+    /// Where the bytes go.
+    pub inner: W,
+    /// Bytes written so far.
+    pub n: u64,
+}
+
+impl<W: Write> Write for Counted<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.n += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}

@@ -20,7 +20,7 @@
 
 use crate::store::objects::ObjectStore;
 use crate::sync::delta::Patch;
-use crate::sync::frame::{bulk_compressor, encoder};
+use crate::sync::frame::{bulk_compressor, encoder, Counted};
 use layerlink_proto::archive::ZSTD_MAX_WINDOW_LOG;
 use layerlink_proto::Digest;
 use std::fs::{self, File};
@@ -156,22 +156,6 @@ fn make_frame(objects: &ObjectStore, d: &Digest, size: u64, path: &PathBuf) -> i
         let _ = fs::remove_file(&tmp);
     }
     result
-}
-
-pub(crate) struct Counted<W> {
-    pub(crate) inner: W,
-    pub(crate) n: u64,
-}
-
-impl<W: Write> Write for Counted<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.n += n as u64;
-        Ok(n)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
 }
 
 /// Where an archive's uncompressed tar goes: a compressor, or (tests) a

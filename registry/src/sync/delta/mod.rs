@@ -52,6 +52,7 @@
 
 use crate::store::index::{self, EntryKind, IndexError};
 use crate::store::objects::ObjectStore;
+use crate::sync::frame::Counted;
 use layerlink_proto::archive::{normalize_entry_path, ZSTD_MAX_WINDOW_LOG};
 use layerlink_proto::Digest;
 use std::collections::HashMap;
@@ -564,23 +565,6 @@ fn read_range(mut r: impl Read, start: u64, len: u64) -> io::Result<Vec<u8>> {
         ));
     }
     Ok(v)
-}
-
-/// A writer that counts what passes through.
-struct Counted<W> {
-    inner: W,
-    n: u64,
-}
-
-impl<W: Write> Write for Counted<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let k = self.inner.write(buf)?;
-        self.n += k as u64;
-        Ok(k)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
 }
 
 /// Controls adding zeros to `n` bytes of the old file (they stay as they are).
