@@ -111,33 +111,51 @@ impl<W: TarOut> ArchiveWriter<W> {
         tarfmt::entry_header(&mut self.header, &f, &self.pax);
         self.out.write_all(&self.header)?;
         self.out.write_all(content)?;
-        self.out
-            .write_all(&[0u8; tarfmt::BLOCK][..tarfmt::padding(content.len() as u64)])
+        self.pad(content.len() as u64)
     }
 
-    /// Copy `size` bytes of object `d` from the store (or splice its
-    /// cached frame), then the padding.
-    fn content(&mut self, d: &Digest, size: u64) -> io::Result<()> {
-        if size > 0 && self.out.content(&self.objects, d, size)? {
-            return self
-                .out
-                .write_all(&[0u8; tarfmt::BLOCK][..tarfmt::padding(size)]);
-        }
-        let mut r = self.objects.open(d)?.take(size);
+    /// The zeros that pad `len` bytes of content to a tar block.
+    fn pad(&mut self, len: u64) -> io::Result<()> {
+        self.out
+            .write_all(&[0u8; tarfmt::BLOCK][..tarfmt::padding(len)])
+    }
+
+    /// Copy exactly `size` bytes of `r` (`what`, for the error) to the tar.
+    fn copy_exact(&mut self, r: impl Read, size: u64, what: &dyn Fn() -> String) -> io::Result<()> {
+        let mut r = r.take(size);
         let mut left = size;
         while left > 0 {
             let n = r.read(&mut self.buf)?;
             if n == 0 {
                 return Err(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
-                    format!("object {d} is shorter than {size} bytes"),
+                    format!("{} is shorter than {size} bytes", what()),
                 ));
             }
             self.out.write_all(&self.buf[..n])?;
             left -= n as u64;
         }
-        self.out
-            .write_all(&[0u8; tarfmt::BLOCK][..tarfmt::padding(size)])
+        Ok(())
+    }
+
+    /// Copy `size` bytes of object `d` from the store (or splice its
+    /// cached frame), then the padding.
+    fn content(&mut self, d: &Digest, size: u64) -> io::Result<()> {
+        if size == 0 || !self.out.content(&self.objects, d, size)? {
+            let r = self.objects.open(d)?;
+            self.copy_exact(r, size, &|| format!("object {d}"))?;
+        }
+        self.pad(size)
+    }
+
+    /// Write patch `p`'s raw bytes (or splice its cached frame), then the
+    /// padding.
+    fn patch(&mut self, p: &Patch) -> io::Result<()> {
+        if !self.out.patch(p)? {
+            let r = p.reader()?;
+            self.copy_exact(r, p.len, &|| format!("cached delta {}", p.file.display()))?;
+        }
+        self.pad(p.len)
     }
 
     /// Write one layer entry. Returns whether an entry was written (global
@@ -202,10 +220,7 @@ impl<W: TarOut> ArchiveWriter<W> {
             self.content(&d, size)?;
         }
         if let Some(p) = &patch {
-            if !self.out.patch(p)? {
-                crate::sync::delta::write_raw(&mut self.out, p, &mut self.buf)?;
-            }
-            crate::sync::delta::write_padding(&mut self.out, p.len)?;
+            self.patch(p)?;
         }
         if new_object.is_some() {
             self.new_bytes += size;

@@ -127,34 +127,6 @@ impl Patch {
     }
 }
 
-/// Write patch `p`'s raw bytes to `out`.
-pub fn write_raw(out: &mut impl Write, p: &Patch, buf: &mut [u8]) -> io::Result<()> {
-    let mut r = p.reader()?;
-    let mut left = p.len;
-    while left > 0 {
-        let n = r.read(buf)?;
-        if n == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                format!(
-                    "cached delta {} is shorter than {} bytes",
-                    p.file.display(),
-                    p.len
-                ),
-            ));
-        }
-        out.write_all(&buf[..n])?;
-        left -= n as u64;
-    }
-    Ok(())
-}
-
-/// The tar padding after an entry of `len` bytes.
-pub fn write_padding(out: &mut impl Write, len: u64) -> io::Result<()> {
-    let pad = (512 - (len % 512) as usize) % 512;
-    out.write_all(&[0u8; 512][..pad])
-}
-
 /// Counters of one archive request.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct DeltaStats {
