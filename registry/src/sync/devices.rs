@@ -177,14 +177,15 @@ pub fn fleet(db: &redb::Database, configured: &[&str]) -> Result<Fleet, SyncErro
 
 /// The fleet as text: a device table, then who holds which image.
 pub fn format_fleet(f: &Fleet) -> String {
-    let mut rows = vec![[
-        "DEVICE".to_owned(),
-        "CONFIGURED".to_owned(),
-        "LAST SEEN".to_owned(),
-        "LAST SYNC".to_owned(),
-        "OUTCOME".to_owned(),
-        "IMAGES".to_owned(),
-    ]];
+    let header = [
+        "DEVICE",
+        "CONFIGURED",
+        "LAST SEEN",
+        "LAST SYNC",
+        "OUTCOME",
+        "IMAGES",
+    ];
+    let mut rows = Vec::new();
     for d in &f.devices {
         rows.push([
             d.id.clone(),
@@ -204,25 +205,7 @@ pub fn format_fleet(f: &Fleet) -> String {
             },
         ]);
     }
-    let mut widths = [0usize; 6];
-    for r in &rows {
-        for (w, c) in widths.iter_mut().zip(r) {
-            *w = (*w).max(c.chars().count());
-        }
-    }
-    let mut out = String::new();
-    for r in &rows {
-        let mut l = String::new();
-        for (i, c) in r.iter().enumerate() {
-            if i + 1 == r.len() {
-                l.push_str(c);
-            } else {
-                l.push_str(&format!("{c:<w$}  ", w = widths[i]));
-            }
-        }
-        out.push_str(l.trim_end());
-        out.push('\n');
-    }
+    let mut out = aligned(header, &rows);
     if !f.images.is_empty() {
         out.push_str("\nIMAGE  HELD BY\n");
         for (i, ids) in &f.images {
@@ -452,8 +435,14 @@ pub fn format_table(devices: &[DeviceSummary]) -> String {
             ]
         })
         .collect();
-    let mut widths = header.map(str::len);
-    for r in &rows {
+    aligned(header, &rows)
+}
+
+/// A text table: `header`, then `rows`, columns padded to their widest
+/// cell and two spaces apart (the last column unpadded).
+fn aligned<const N: usize>(header: [&str; N], rows: &[[String; N]]) -> String {
+    let mut widths = header.map(|h| h.chars().count());
+    for r in rows {
         for (w, c) in widths.iter_mut().zip(r) {
             *w = (*w).max(c.chars().count());
         }
@@ -472,7 +461,7 @@ pub fn format_table(devices: &[DeviceSummary]) -> String {
         out.push('\n');
     };
     line(&header);
-    for r in &rows {
+    for r in rows {
         let cells: Vec<&str> = r.iter().map(String::as_str).collect();
         line(&cells);
     }
