@@ -294,10 +294,11 @@ fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Device, SyncErr
         .ok_or_else(|| SyncError::new(ErrorCode::Unauthorized, "missing or unknown device token"))
 }
 
-/// Log (at info, the default level) a sync request refused after the
-/// device was known: device id, what it asked for, why. Refusals before
-/// that (a bad token) are logged by the request log with their status.
-fn log_refused(st: &AppState, kind: &str, device: Option<&str>, image: &str, e: &SyncError) {
+/// The answer to a refused sync request. Logs it (at info, the default
+/// level) when the device was known: device id, what it asked for, why.
+/// Refusals before that (a bad token) are logged by the request log with
+/// their status.
+fn refused(st: &AppState, kind: &str, device: Option<&str>, image: &str, e: SyncError) -> Response {
     if let Some(device) = device {
         // The fleet view shows it as the device's last sync outcome.
         if e.code != ErrorCode::Internal {
@@ -325,6 +326,7 @@ fn log_refused(st: &AppState, kind: &str, device: Option<&str>, image: &str, e: 
             "device sync refused"
         );
     }
+    e.into_response()
 }
 
 /// The device may read `repository` (else 401, as for an unknown token).
@@ -454,8 +456,7 @@ async fn plan_handler(State(st): State<AppState>, headers: HeaderMap, body: Body
         }
         Err(e) => {
             crate::http::metrics::plan_done(secs, "refused");
-            log_refused(&st, "plan", who.as_deref(), &images, &e);
-            e.into_response()
+            refused(&st, "plan", who.as_deref(), &images, e)
         }
     }
 }
@@ -486,10 +487,7 @@ async fn report_handler(State(st): State<AppState>, headers: HeaderMap, body: Bo
             );
             postcard_response(&ack)
         }
-        Err(e) => {
-            log_refused(&st, "report", who.as_deref(), "", &e);
-            e.into_response()
-        }
+        Err(e) => refused(&st, "report", who.as_deref(), "", e),
     }
 }
 
@@ -689,10 +687,7 @@ async fn archive_handler(State(st): State<AppState>, headers: HeaderMap, body: B
         ))
     }
     .await;
-    r.unwrap_or_else(|e| {
-        log_refused(&st, "archive", who.as_deref(), &image, &e);
-        e.into_response()
-    })
+    r.unwrap_or_else(|e| refused(&st, "archive", who.as_deref(), &image, e))
 }
 
 async fn objects_handler(State(st): State<AppState>, headers: HeaderMap, body: Body) -> Response {
@@ -726,10 +721,7 @@ async fn objects_handler(State(st): State<AppState>, headers: HeaderMap, body: B
         }))
     }
     .await;
-    r.unwrap_or_else(|e| {
-        log_refused(&st, "objects", who.as_deref(), &image, &e);
-        e.into_response()
-    })
+    r.unwrap_or_else(|e| refused(&st, "objects", who.as_deref(), &image, e))
 }
 
 #[cfg(test)]
