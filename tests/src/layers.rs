@@ -55,6 +55,31 @@ pub fn layer_reader(layout: &OciLayout, layer: &Descriptor) -> Box<dyn Read> {
     }
 }
 
+/// A dedup archive body's tar stream: gzip (possibly several members) or
+/// zstd (possibly several frames), told apart by their magic numbers.
+/// Returns the codec's name and the decoded stream.
+pub fn decode_archive<'a, R: std::io::BufRead + 'a>(
+    mut r: R,
+) -> std::io::Result<(&'static str, Box<dyn Read + 'a>)> {
+    let head = r.fill_buf()?;
+    if head.starts_with(&[0x1f, 0x8b]) {
+        Ok(("gzip", Box::new(flate2::read::MultiGzDecoder::new(r))))
+    } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        Ok((
+            "zstd",
+            Box::new(zstd::stream::read::Decoder::with_buffer(r)?),
+        ))
+    } else {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!(
+                "archive body is neither gzip nor zstd (starts {:02x?})",
+                &head[..head.len().min(4)]
+            ),
+        ))
+    }
+}
+
 /// Walk one layer's tar and hash every regular file.
 pub fn layer_files(layout: &OciLayout, layer: &Descriptor) -> LayerFiles {
     let mut out = LayerFiles::default();

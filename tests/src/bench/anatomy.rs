@@ -114,19 +114,10 @@ fn compressed_len(codec: &str, bytes: &[u8]) -> anyhow::Result<u64> {
 /// Decompress an archive body: gzip (possibly several members) or zstd
 /// (possibly several frames), told apart by their magic numbers.
 fn decompress(body: &[u8]) -> anyhow::Result<(&'static str, Vec<u8>)> {
+    let (codec, mut r) = layerlink_tests::layers::decode_archive(body)?;
     let mut tar = Vec::new();
-    if body.starts_with(&[0x1f, 0x8b]) {
-        flate2::read::MultiGzDecoder::new(body).read_to_end(&mut tar)?;
-        Ok(("gzip", tar))
-    } else if body.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-        zstd::stream::read::Decoder::new(body)?.read_to_end(&mut tar)?;
-        Ok(("zstd", tar))
-    } else {
-        anyhow::bail!(
-            "archive body is neither gzip nor zstd (starts {:02x?})",
-            &body[..body.len().min(4)]
-        )
-    }
+    r.read_to_end(&mut tar)?;
+    Ok((codec, tar))
 }
 
 /// Walk the archive's tar headers (raw, so entries can be dropped).

@@ -291,21 +291,8 @@ fn check_archive(
     use layerlink_proto::archive::{PAX_DIGEST, PAX_MARKER};
     use sha2::{Digest as _, Sha256};
     let mut counted = BufReader::with_capacity(64 * 1024, Counting { inner: body, n: 0 });
-    let magic = counted
-        .fill_buf()
-        .map_err(|e| format!("reading the archive: {e}"))?
-        .get(..4)
-        .ok_or("the archive is shorter than 4 bytes")?
-        .to_vec();
-    let decoder: Box<dyn Read + '_> = if magic[..2] == [0x1f, 0x8b] {
-        Box::new(flate2::read::MultiGzDecoder::new(&mut counted))
-    } else if magic == [0x28, 0xb5, 0x2f, 0xfd] {
-        Box::new(zstd::stream::read::Decoder::with_buffer(&mut counted).map_err(|e| e.to_string())?)
-    } else {
-        return Err(format!(
-            "the archive starts with {magic:02x?}: neither gzip nor zstd"
-        ));
-    };
+    let (_, decoder) = layerlink_tests::layers::decode_archive(&mut counted)
+        .map_err(|e| format!("reading the archive: {e}"))?;
     let mut tar = tar::Archive::new(decoder);
     let (mut ends, mut got) = (0usize, BTreeSet::new());
     let mut buf = vec![0u8; 64 * 1024];
