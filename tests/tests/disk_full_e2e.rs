@@ -491,11 +491,15 @@ fn the_disk_filling_up_mid_apply_commits_nothing_and_the_retry_resumes() {
     eprintln!(
         "a clean sync receives {full} bytes; the failed one {failed_down}, the retry {retry_down}"
     );
+    // What travels twice: the objects in flight when space ran out and what
+    // the registry had pushed into the socket buffers (measured: 5.1 MB of
+    // the 37.6 MB the failed sync received, 0.13×); bound: a quarter of it
+    // (before: a half).
     assert!(
-        failed_down + retry_down < full + failed_down / 2,
+        (failed_down + retry_down).saturating_sub(full) <= failed_down / 4,
         "the failed sync received {failed_down} bytes and the retry {retry_down}: more than \
-         half of what arrived before the disk filled up was downloaded again (a clean sync \
-         receives {full})"
+         a quarter of what arrived before the disk filled up was downloaded again (a clean \
+         sync receives {full})"
     );
     assert_tmp_empty(&agent);
     assert_checkout_matches_umoci(&agent, "base-a:v1");
