@@ -54,7 +54,7 @@ impl AppState {
     /// State over `storage` and `config`.
     pub fn new(storage: Storage, config: Config) -> AppState {
         if let Some(l) = config.zstd_level {
-            crate::sync::archive::zstd::set_frame_level(l);
+            crate::sync::frame::set_frame_level(l);
         }
         let storage = Arc::new(storage);
         let precompute = config

@@ -6,6 +6,36 @@
 
 use layerlink_proto::archive::ZSTD_MAX_WINDOW_LOG;
 use std::io::{self, Write};
+use std::sync::atomic::{AtomicI32, Ordering};
+
+/// Default level of the cached content frames.
+pub const DEFAULT_FRAME_LEVEL: i32 = 19;
+
+/// The config's `zstd_level`, 0 when not set.
+static CONFIGURED_LEVEL: AtomicI32 = AtomicI32::new(0);
+
+/// Set the level of the frames and cold archives this process makes (the
+/// config's `zstd_level`; 1..=22, anything else is ignored).
+pub fn set_frame_level(level: i32) {
+    if (1..=22).contains(&level) {
+        CONFIGURED_LEVEL.store(level, Ordering::Relaxed);
+    }
+}
+
+/// Level of cached content frames, cached patches and cold archives:
+/// `LAYERLINK_ZSTD_LEVEL` (1..=22) when set, else the config's `zstd_level`, else
+/// [`DEFAULT_FRAME_LEVEL`]. Frames already cached keep the level they were
+/// made with.
+pub fn frame_level() -> i32 {
+    std::env::var("LAYERLINK_ZSTD_LEVEL")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .filter(|l| (1..=22).contains(l))
+        .unwrap_or_else(|| match CONFIGURED_LEVEL.load(Ordering::Relaxed) {
+            0 => DEFAULT_FRAME_LEVEL,
+            l => l,
+        })
+}
 
 /// A streaming compressor for a frame of exactly `size` bytes.
 pub fn encoder<W: Write>(

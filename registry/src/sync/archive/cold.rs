@@ -24,9 +24,10 @@
 //! frame cache (`zstd.rs`); written to a temporary name and renamed; a file
 //! whose trailer does not match is ignored.
 
-use super::zstd::{check_trailer, frame_level, FrameWriter, TRAILER_MAGIC};
+use super::zstd::{check_trailer, FrameWriter, TRAILER_MAGIC};
 use super::{image_body, ArchiveWriter, Features, Metadata};
 use crate::store::objects::ObjectStore;
+use crate::sync::frame::frame_level;
 use crate::sync::frame::Counted;
 use crate::sync::plan::{Dedup, HeldObjects};
 use layerlink_proto::archive::ZSTD_MAX_WINDOW_LOG;

@@ -3,7 +3,7 @@
 //!
 //! * Each object's content of at least [`DEFAULT_INLINE_BELOW`] bytes is
 //!   **one frame made once** (level
-//!   [`frame_level`], window at most `ZSTD_MAX_WINDOW`, content size in the
+//!   [`frame_level`](crate::sync::frame::frame_level), window at most `ZSTD_MAX_WINDOW`, content size in the
 //!   header, no checksum) and kept in a cache beside the object store,
 //!   `objects/.frames-w<window log>/<2 hex>/<hex>.zst` (a new window limit
 //!   starts a new cache), made on first use. Archives splice
@@ -20,7 +20,7 @@
 
 use crate::store::objects::ObjectStore;
 use crate::sync::delta::Patch;
-use crate::sync::frame::{bulk_compressor, encoder, Counted};
+use crate::sync::frame::{bulk_compressor, encoder, frame_level, Counted};
 use layerlink_proto::archive::ZSTD_MAX_WINDOW_LOG;
 use layerlink_proto::Digest;
 use std::fs::{self, File};
@@ -38,36 +38,8 @@ pub const HEADER_BATCH: usize = 128 * 1024;
 /// for such small contents is negligible. `LAYERLINK_ZSTD_INLINE` overrides
 /// it (0: every content is a spliced frame).
 pub const DEFAULT_INLINE_BELOW: u64 = 16 * 1024;
-/// Default level of the cached content frames.
-pub const DEFAULT_FRAME_LEVEL: i32 = 19;
 pub(crate) const TRAILER_MAGIC: &[u8; 4] = b"LLZ1";
 const TRAILER: u64 = 12;
-
-/// The config's `zstd_level`, 0 when not set.
-static CONFIGURED_LEVEL: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
-
-/// Set the level of the frames and cold archives this process makes (the
-/// config's `zstd_level`; 1..=22, anything else is ignored).
-pub fn set_frame_level(level: i32) {
-    if (1..=22).contains(&level) {
-        CONFIGURED_LEVEL.store(level, Ordering::Relaxed);
-    }
-}
-
-/// Level of cached content frames and cold archives: `LAYERLINK_ZSTD_LEVEL`
-/// (1..=22) when set, else the config's `zstd_level`, else
-/// [`DEFAULT_FRAME_LEVEL`]. Frames already cached keep the level they were
-/// made with.
-pub fn frame_level() -> i32 {
-    std::env::var("LAYERLINK_ZSTD_LEVEL")
-        .ok()
-        .and_then(|v| v.trim().parse().ok())
-        .filter(|l| (1..=22).contains(l))
-        .unwrap_or_else(|| match CONFIGURED_LEVEL.load(Ordering::Relaxed) {
-            0 => DEFAULT_FRAME_LEVEL,
-            l => l,
-        })
-}
 
 /// See [`DEFAULT_INLINE_BELOW`].
 pub fn inline_below() -> u64 {

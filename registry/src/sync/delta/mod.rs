@@ -46,7 +46,9 @@
 //! **Cache.** `<data>/deltas/<2 hex>/<old hex>-<new hex>.v<FORMAT>-w<window
 //! log>`: an 8-byte little-endian raw patch length, then the patch as one
 //! zstd frame with the archive frame settings ([`crate::sync::frame`],
-//! level [`CACHE_LEVEL`]), which zstd archives splice verbatim; an empty
+//! the content frames' level, [`crate::sync::frame::frame_level`], 19 by
+//! default: level 9 made the rebuilt ELF files' patches of the upd pair
+//! 12 % larger), which zstd archives splice verbatim; an empty
 //! file records "not worth it". Written to a temp file and renamed.
 //! Objects are immutable, so entries never go stale.
 
@@ -81,9 +83,6 @@ pub const MAX_RATIO: f64 = 0.5;
 pub const ENTRY_OVERHEAD: u64 = 160;
 /// zstd level of the worth-it estimate.
 const ZSTD_LEVEL: i32 = 3;
-/// zstd level of cached patches: the level of the header frames that
-/// patches went through before they were spliced.
-pub const CACHE_LEVEL: i32 = 9;
 
 /// Extensions of files that are compressed already (deltas do not pay).
 const COMPRESSED: &[&str] = &[
@@ -417,7 +416,8 @@ fn compute(
         drop(o);
         let whole_z = zstd::bulk::compress(&n, ZSTD_LEVEL)?.len() as u64;
         drop(n);
-        let patch_z = crate::sync::frame::bulk_compressor(CACHE_LEVEL)?.compress(&raw)?;
+        let patch_z = crate::sync::frame::bulk_compressor(crate::sync::frame::frame_level())?
+            .compress(&raw)?;
         let worth = worth_it(patch_z.len() as u64, whole_z);
         (raw.len() as u64, patch_z, worth)
     } else {
@@ -620,7 +620,8 @@ fn trimmed_diff(
     };
     write(&mut counted)?;
     let raw_len = counted.n;
-    let mut enc = crate::sync::frame::encoder(Vec::new(), CACHE_LEVEL, raw_len)?;
+    let mut enc =
+        crate::sync::frame::encoder(Vec::new(), crate::sync::frame::frame_level(), raw_len)?;
     write(&mut enc)?;
     Ok(Some((raw_len, enc.finish()?)))
 }
