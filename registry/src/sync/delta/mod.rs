@@ -176,7 +176,9 @@ pub fn cache_dir(objects: &ObjectStore) -> PathBuf {
         .join("deltas")
 }
 
-fn stem_key(path: &[u8]) -> Vec<u8> {
+/// A path with every run of digits replaced by `#`: versioned names
+/// (`libssl.so.3.0.20`, `python3.11`) of one file across upgrades match.
+pub fn stem_key(path: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(path.len());
     let mut in_digits = false;
     for &c in path {
