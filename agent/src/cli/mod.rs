@@ -3,7 +3,7 @@
 //! | file | concern |
 //! |---|---|
 //! | `mod.rs` | `--help`, `--version`, dispatch, usage errors |
-//! | `args.rs` | flags and positional arguments (hand-rolled; see `ARCHITECTURE.md`) |
+//! | `args.rs` | flags and positional arguments (`lexopt`; its size cost is in `ARCHITECTURE.md`) |
 //! | `config.rs` | the `--config` file: a TOML subset |
 //! | `sync.rs` | `sync` and `verify --repair`: flags + config → a sync run, its summary, retention |
 //! | `status.rs` | `status` (text and `--json`) |
