@@ -371,6 +371,12 @@ impl Parser<'_> {
                     let mut b = [0u8; 4];
                     out.extend_from_slice(ch.encode_utf8(&mut b).as_bytes());
                 }
+                // JSON strings carry control characters only escaped (as
+                // Go's encoding/json, umoci's reader, insists too).
+                c if c < 0x20 => {
+                    self.i -= 1;
+                    return self.err("control character in string");
+                }
                 c => out.push(c),
             }
         }
@@ -434,6 +440,12 @@ mod tests {
     #[test]
     fn rejects_garbage() {
         assert!(parse(b"{").is_err());
+        // Raw control characters in strings (fuzz/regressions/agent_json).
+        for c in [0u8, 1, b'\n', b'\t', 0x1f] {
+            let err = parse(&[b'"', b'a', c, b'"']).unwrap_err();
+            assert_eq!(err, "control character in string at byte 2");
+        }
+        assert_eq!(parse(b"\"\x7f\"").unwrap(), Value::str("\x7f"));
         assert!(parse(b"[1,]x").is_err());
         assert!(parse(&[b'['; 500]).is_err());
     }
