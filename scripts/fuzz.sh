@@ -3,10 +3,12 @@
 #
 #   scripts/fuzz.sh [SECONDS] [TARGET...]
 #
-# Runs each target (default: postcard_msgs archive_apply registry_ingest delta_apply compact_meta)
+# Runs each target (default: postcard_msgs archive_apply registry_ingest delta_apply compact_meta
+# agent_json agent_config)
 # for SECONDS (default 60) and prints executions and crashes per target.
 # Crash inputs are copied to fuzz/regressions/<target>/, which
-# `cargo test -p layerlink-agent --test hostile` and
+# `cargo test -p layerlink-agent --test hostile` (archive_apply, postcard_msgs,
+# agent_json, agent_config) and
 # `cargo test -p layerlink-registry --test hostile_ingest` replay.
 #
 # Works on the stable toolchain via RUSTC_BOOTSTRAP=1 (cargo-fuzz needs
@@ -17,7 +19,7 @@ set -euo pipefail
 secs="${1:-60}"
 shift || true
 targets=("$@")
-[ ${#targets[@]} -eq 0 ] && targets=(postcard_msgs archive_apply registry_ingest delta_apply compact_meta)
+[ ${#targets[@]} -eq 0 ] && targets=(postcard_msgs archive_apply registry_ingest delta_apply compact_meta agent_json agent_config)
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root/fuzz"

@@ -64,6 +64,17 @@ pub fn is_implied(fd: BorrowedFd<'_>) -> bool {
     matches!(fs::fgetxattr(fd, IMPLIED_DIR, &mut b[..]), Ok(1) if b[0] == b'y')
 }
 
+/// Mark directory `fd` opaque for overlayfs (`trusted.overlay.opaque=y`).
+pub fn set_opaque(fd: BorrowedFd<'_>) -> Result<(), Errno> {
+    fs::fsetxattr(fd, OVERLAY_OPAQUE, b"y", XattrFlags::empty())
+}
+
+/// Whether directory `fd` is opaque for overlayfs.
+pub fn has_opaque(fd: BorrowedFd<'_>) -> bool {
+    let mut b = [0u8; 4];
+    matches!(fs::fgetxattr(fd, OVERLAY_OPAQUE, &mut b[..]), Ok(1) if b[0] == b'y')
+}
+
 /// Extended attributes: (name, value) pairs, sorted by name.
 pub type Xattrs = Vec<(Vec<u8>, Vec<u8>)>;
 
@@ -186,6 +197,30 @@ pub fn open_dir_path(path: &Path) -> io::Result<OwnedFd> {
 /// Open the directory `name` in `dir` without following a symlink.
 pub fn open_dir_at(dir: BorrowedFd<'_>, name: &[u8]) -> Result<OwnedFd, Errno> {
     fs::openat(dir, name, DIR_FLAGS, Mode::empty())
+}
+
+/// Open an existing directory below `root` (a `/`-separated relative path,
+/// empty for `root` itself) one component at a time, without creating or
+/// following anything.
+pub fn open_existing_dir(root: BorrowedFd<'_>, path: &[u8]) -> Result<OwnedFd, String> {
+    let mut cur = open_dir_at(root, b".").map_err(|e| e.to_string())?;
+    if path.is_empty() {
+        return Ok(cur);
+    }
+    for comp in path.split(|&c| c == b'/') {
+        cur = match open_dir_at(cur.as_fd(), comp) {
+            Ok(fd) => fd,
+            Err(Errno::NOENT) => return Err(format!("{:?} does not exist", show(path))),
+            Err(Errno::LOOP) | Err(Errno::NOTDIR) => {
+                return Err(format!(
+                    "{:?} is not a directory (or goes through a symlink)",
+                    show(path)
+                ))
+            }
+            Err(e) => return Err(e.to_string()),
+        };
+    }
+    Ok(cur)
 }
 
 /// `lstat` of `name` in `dir`; `None` when absent.

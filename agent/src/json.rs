@@ -317,8 +317,13 @@ impl Parser<'_> {
             .s
             .get(self.i..self.i + 4)
             .ok_or("truncated \\u escape")?;
-        let s = std::str::from_utf8(h).map_err(|_| "bad \\u escape")?;
-        let v = u32::from_str_radix(s, 16).map_err(|_| "bad \\u escape")?;
+        // Four hex digits (`from_str_radix` alone would take `+123`).
+        if !h.iter().all(u8::is_ascii_hexdigit) {
+            return Err("bad \\u escape".into());
+        }
+        let v = h
+            .iter()
+            .fold(0, |v, &d| v * 16 + (d as char).to_digit(16).unwrap_or(0));
         self.i += 4;
         Ok(v)
     }
@@ -370,6 +375,12 @@ impl Parser<'_> {
                     };
                     let mut b = [0u8; 4];
                     out.extend_from_slice(ch.encode_utf8(&mut b).as_bytes());
+                }
+                // JSON strings carry control characters only escaped (as
+                // Go's encoding/json, umoci's reader, insists too).
+                c if c < 0x20 => {
+                    self.i -= 1;
+                    return self.err("control character in string");
                 }
                 c => out.push(c),
             }
@@ -434,6 +445,17 @@ mod tests {
     #[test]
     fn rejects_garbage() {
         assert!(parse(b"{").is_err());
+        // Raw control characters in strings (fuzz/regressions/agent_json).
+        for c in [0u8, 1, b'\n', b'\t', 0x1f] {
+            let err = parse(&[b'"', b'a', c, b'"']).unwrap_err();
+            assert_eq!(err, "control character in string at byte 2");
+        }
+        assert_eq!(parse(b"\"\x7f\"").unwrap(), Value::str("\x7f"));
+        // \u takes exactly four hex digits (fuzz/regressions/agent_json).
+        for bad in [r#""\u+041""#, r#""\u-041""#, r#""\u 041""#, r#""\u04""#] {
+            assert!(parse(bad.as_bytes()).is_err(), "{bad}");
+        }
+        assert_eq!(parse(br#""\u004A\u004a""#).unwrap(), Value::str("JJ"));
         assert!(parse(b"[1,]x").is_err());
         assert!(parse(&[b'['; 500]).is_err());
     }

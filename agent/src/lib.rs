@@ -18,6 +18,7 @@
 //! | [`progress`] | received bytes, rate and ETA on stderr |
 //! | [`checkout`] | OCI runtime bundles and overlayfs lower dirs |
 //! | [`json`] | minimal JSON reader/writer |
+//! | [`platform`] | the device's platform, `--platform`, the image config check |
 //! | [`fsops`] | symlink-safe `*at` file-system primitives |
 //! | [`error`] | errors and exit codes |
 #![forbid(unsafe_code)]
@@ -31,6 +32,7 @@ pub mod delta;
 pub mod error;
 pub mod fsops;
 pub mod json;
+pub mod platform;
 pub mod progress;
 pub mod store;
 pub mod sync;

@@ -1,4 +1,5 @@
-//! Progress of a sync's download: new content received, rate and ETA.
+//! Progress of a sync's download: new content received, rate and ETA;
+//! [`human`] sizes for every line a person reads.
 //!
 //! On a terminal one line is redrawn in place (at most 5 times a second);
 //! otherwise (a log, the journal) a line is printed every 5 seconds, so
@@ -6,7 +7,6 @@
 //! `x-layerlink-new-bytes` of the archive is the total), which is what the
 //! ETA can be computed from; references to held files cost no time.
 
-use crate::apply::human;
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
@@ -89,6 +89,23 @@ pub fn line(done: u64, total: Option<u64>, elapsed: Duration) -> String {
     s
 }
 
+/// `12.3 MiB`-style sizes for progress lines (integer arithmetic: no
+/// float formatting code in the binary).
+pub fn human(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut u = 0;
+    let mut div: u64 = 1;
+    while n / div >= 1024 && u < UNITS.len() - 1 {
+        div *= 1024;
+        u += 1;
+    }
+    if u == 0 {
+        return format!("{n} B");
+    }
+    let tenths = (n as u128 * 10 / div as u128) as u64;
+    format!("{}.{} {}", tenths / 10, tenths % 10, UNITS[u])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -102,5 +119,12 @@ mod tests {
         );
         let l = line(0, None, Duration::ZERO);
         assert_eq!(l, "received 0 B at 0 B/s");
+    }
+
+    #[test]
+    fn human_sizes() {
+        assert_eq!(human(12), "12 B");
+        assert_eq!(human(1536), "1.5 KiB");
+        assert_eq!(human(5 << 30), "5.0 GiB");
     }
 }

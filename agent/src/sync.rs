@@ -17,11 +17,12 @@
 //! committed layers are held, and objects written before a cut are loose
 //! objects of the next holdings set.
 
-use crate::apply::{human, Applier, ApplyOptions};
+use crate::apply::{Applier, ApplyOptions};
 use crate::client::{is_unknown_holdings, Remote};
 use crate::error::{exit, Error, Result};
 use crate::fsops;
 use crate::json;
+use crate::progress::human;
 use crate::store::record::{show_image_ref, ImageRecord, FORMAT_VERSION};
 use crate::store::{now, Store};
 use layerlink_proto::limits::MAX_REPAIR_OBJECTS;

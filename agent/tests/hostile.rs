@@ -1096,3 +1096,89 @@ fn fuzz_regressions_postcard_msgs() {
         rt::<Report>(&data);
     }
 }
+
+/// Replays `fuzz/{seeds,regressions}/agent_json/*` as the fuzz target does:
+/// the parser accepts only JSON (serde_json as the oracle) and takes every
+/// document serde_json reads; what parses is written back (compact and
+/// pretty) as JSON that reads back the same; a hand-built number that is
+/// not a JSON number is written as `null`.
+#[test]
+fn fuzz_regressions_agent_json() {
+    use layerlink_agent::json::{parse, Value};
+    use serde::de::IgnoredAny;
+    for (path, data) in regressions("agent_json") {
+        let name = path.display();
+        match parse(&data) {
+            Ok(v) => {
+                serde_json::from_slice::<IgnoredAny>(&data)
+                    .unwrap_or_else(|e| panic!("{name}: accepted non-JSON: {e}"));
+                for text in [v.to_compact(), v.to_pretty()] {
+                    serde_json::from_str::<IgnoredAny>(&text)
+                        .unwrap_or_else(|e| panic!("{name}: wrote invalid JSON {text:?}: {e}"));
+                    assert_eq!(parse(text.as_bytes()).as_ref(), Ok(&v), "{name}");
+                }
+            }
+            Err(e) => assert!(
+                serde_json::from_slice::<serde_json::Value>(&data).is_err(),
+                "{name}: refused JSON that serde_json reads: {e}"
+            ),
+        }
+        let s = String::from_utf8_lossy(&data).into_owned();
+        let hand = Value::Obj(vec![
+            ("s".into(), Value::str(s.clone())),
+            ("n".into(), Value::Num(s.clone())),
+            (s.clone(), Value::Null),
+        ]);
+        let text = hand.to_compact();
+        serde_json::from_str::<IgnoredAny>(&text)
+            .unwrap_or_else(|e| panic!("{name}: wrote invalid JSON {text:?}: {e}"));
+        let back = parse(text.as_bytes()).unwrap();
+        assert_eq!(back.get("s").and_then(Value::as_str), Some(s.as_str()));
+        let n = if parse(s.as_bytes()) == Ok(Value::Num(s.clone())) {
+            Value::Num(s)
+        } else {
+            Value::Null
+        };
+        assert_eq!(back.get("n"), Some(&n), "{name}");
+    }
+}
+
+/// Replays `fuzz/{seeds,regressions}/agent_config/*`: the config parser
+/// never panics and an error names a line of the file; the seeds that are
+/// valid configs parse (and `errors` does not).
+#[test]
+fn fuzz_regressions_agent_config() {
+    use layerlink_agent::cli::parse_config;
+    for (path, data) in regressions("agent_config") {
+        let text = String::from_utf8_lossy(&data);
+        let file = path.file_name().unwrap().to_string_lossy().into_owned();
+        match parse_config(&text) {
+            Ok(cfg) => {
+                assert_ne!(file, "errors", "{}", path.display());
+                if file == "every-key" {
+                    assert_eq!(cfg.images.as_ref().map(Vec::len), Some(3));
+                    assert_eq!(cfg.store.as_deref(), Some("/var/lib/ll # not a comment"));
+                    assert_eq!(cfg.token_file.as_deref(), Some("/etc/ll/tok\"en"));
+                    assert_eq!(
+                        (cfg.keep, cfg.force_platform, cfg.deltas),
+                        (Some(0), Some(true), Some(false))
+                    );
+                }
+            }
+            Err(e) => {
+                assert!(
+                    !file.starts_with("agent.toml") && file != "every-key",
+                    "{}: {e}",
+                    path.display()
+                );
+                let n: usize = e
+                    .strip_prefix("line ")
+                    .and_then(|r| r.split_once(": "))
+                    .and_then(|(n, _)| n.parse().ok())
+                    .unwrap_or_else(|| panic!("{}: error without a line: {e}", path.display()));
+                assert!(n >= 1 && n <= text.lines().count().max(1), "{e}");
+                assert!(!e.contains('\n'), "{e}");
+            }
+        }
+    }
+}
