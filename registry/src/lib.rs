@@ -9,7 +9,7 @@
 //! |---|---|
 //! | [`config`] | the TOML config file: publishers, devices, TLS |
 //! | [`auth`] | publisher (push) and device (sync) authentication |
-//! | [`tar`] | tar header bytes: ustar blocks and PAX records |
+//! | [`tar`] | the one tar codec: header bytes (ustar blocks, PAX records) and the streaming reader ingest and edit share |
 //! | [`store`] | [`storage`](store::storage) (blobs, manifests, tags, uploads), [`objects`](store::objects) (the content-addressed object store), [`index`](store::index) (per-layer entry index) |
 //! | [`ingest`] | layer → files: decompress, walk the tar, store objects, record the entry index |
 //! | [`sync`] | [`plan`](sync::plan) (what a device needs), [`access`](sync::access) (what a device may receive), [`archive`](sync::archive) (the dedup archive writer), [`devices`](sync::devices) (holdings records), [`SyncError`](sync::SyncError) |
