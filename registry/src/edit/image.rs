@@ -2,7 +2,8 @@
 //! read the layer list and rewrite it, keeping every field the editor does
 //! not own as it was.
 
-use super::EditError;
+use super::plan::Plan;
+use super::{EditError, Warning};
 use layerlink_proto::time::rfc3339;
 use layerlink_proto::Digest;
 use serde_json::{json, Map, Value};
@@ -431,6 +432,57 @@ pub fn now_rfc3339() -> String {
 /// Serialise a document compactly.
 pub fn to_bytes(v: &Value) -> Vec<u8> {
     serde_json::to_vec(v).expect("a JSON value serialises")
+}
+
+/// New history: one entry per new layer, empty-layer entries kept in place.
+pub(super) fn rebuild_history(
+    config: &ImageConfig,
+    plan: &Plan,
+    n: usize,
+    warnings: &mut Vec<Warning>,
+) -> Option<Vec<Value>> {
+    let positions = config.layer_history();
+    if config.history.is_empty() {
+        return None;
+    }
+    if positions.len() != n {
+        warnings.push(Warning::HistoryMismatch {
+            history_layers: positions.len(),
+            layers: n,
+        });
+        return None;
+    }
+    let created = now_rfc3339();
+    let inserted_at = |li: usize| -> Vec<Value> {
+        plan.inserts
+            .iter()
+            .filter(|op| op.at == li)
+            .map(|op| insert_history(&format!("layerlink insert: from {}", op.source), &created))
+            .collect()
+    };
+    let mut out = Vec::new();
+    let mut li = 0;
+    let mut after_last_layer = 0;
+    for (hi, h) in config.history.iter().enumerate() {
+        if li < n && positions[li] == hi {
+            out.extend(inserted_at(li));
+            if plan.deleted.contains(&li) {
+                // gone
+            } else if plan.layer == Some(li) {
+                out.push(amend_history(h, &plan.note()));
+            } else {
+                out.push(h.clone());
+            }
+            li += 1;
+            after_last_layer = out.len();
+        } else {
+            out.push(h.clone());
+        }
+    }
+    let top = inserted_at(n);
+    let at = if n == 0 { out.len() } else { after_last_layer };
+    out.splice(at..at, top);
+    Some(out)
 }
 
 #[cfg(test)]
