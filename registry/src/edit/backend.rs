@@ -2,9 +2,9 @@
 //! layout directory, the registry's store), what an edit hands them to
 //! commit, and reading small verified blobs.
 
-use super::image;
 use super::stream::{NewBlob, Scratch};
 use super::EditError;
+use crate::oci;
 use anyhow::Context;
 use layerlink_proto::Digest;
 use serde_json::Value;
@@ -39,7 +39,7 @@ pub struct NewDoc {
 
 impl NewDoc {
     pub(super) fn new(v: &Value, media_type: &str, blobs: Vec<(Digest, u64)>) -> NewDoc {
-        let bytes = image::to_bytes(v);
+        let bytes = oci::to_bytes(v);
         NewDoc {
             digest: Digest::of(&bytes),
             bytes,
@@ -120,11 +120,11 @@ pub(crate) fn read_verified(
 ) -> Result<Vec<u8>, EditError> {
     let f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let mut bytes = Vec::new();
-    f.take(image::MAX_JSON_BYTES + 1).read_to_end(&mut bytes)?;
-    if bytes.len() as u64 > image::MAX_JSON_BYTES {
+    f.take(oci::MAX_JSON_BYTES + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > oci::MAX_JSON_BYTES {
         return Err(EditError::Invalid(format!(
             "{what} {digest} is larger than {} bytes",
-            image::MAX_JSON_BYTES
+            oci::MAX_JSON_BYTES
         )));
     }
     let found = Digest::of(&bytes);

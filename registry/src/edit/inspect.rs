@@ -2,13 +2,13 @@
 //! against the image (with [`super::scan`]), decide parent directories and
 //! hard-link spooling, collect warnings.
 
-use super::image::{ImageConfig, ImageManifest};
 use super::layers::{corrupt, open_layer, verify_layer};
 use super::plan::Plan;
 use super::scan::{self, show_path, Dangling, ShadowCheck, View};
 use super::tar::{Kind, NewEntry};
 use super::tar_rewrite::{ChangeSet, Put};
 use super::{Backend, EditError, Warning};
+use crate::oci::{ImageConfig, ImageManifest};
 use std::collections::HashSet;
 
 /// What the read-only pass found out.

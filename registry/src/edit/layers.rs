@@ -1,13 +1,13 @@
 //! The layers of an edit: the image's layers opened and checked against
 //! their digest and diff_id, and inserted layers built.
 
-use super::image::Descriptor;
 use super::request::{InsertOp, InsertSource};
 use super::stream::{self, Compression, LayerReader, LayerWriter, NewBlob, Scratch};
 use super::tar::{self, TarReader};
 use super::tar_rewrite::{self, ChangeSet};
 use super::walk;
 use super::{Backend, EditError, Warning};
+use crate::oci::Descriptor;
 use anyhow::Context;
 use layerlink_proto::Digest;
 

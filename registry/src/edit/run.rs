@@ -1,7 +1,7 @@
 //! The edit itself ([`edit_image`]): resolve the image, check, build the
 //! new layers, rewrite config and manifest (and index), commit.
 
-use super::image::{self, DocKind, ImageConfig, ImageManifest, Platform};
+use super::image::{self, Doc, Platform};
 use super::inspect::inspect;
 use super::layers::{build_insert, corrupt, open_layer, verify_layer};
 use super::plan::{check_insert_sources, prepare_put, Plan};
@@ -11,6 +11,7 @@ use super::stream::{Compression, LayerWriter, NewBlob};
 use super::tar::TarReader;
 use super::tar_rewrite;
 use super::{Backend, Commit, EditError, EditOutcome, LayerReport, NewDoc, Warning};
+use crate::oci::{self, ImageConfig};
 use serde_json::{json, Value};
 use std::collections::HashMap;
 
@@ -43,21 +44,18 @@ pub fn edit_image(
         }
     };
     backend.check_tag(&tag)?;
-    let (doc, kind) = image::parse_doc(&top.bytes, &top.media_type, reference)?;
+    let doc = image::parse_doc(&top.bytes, &top.media_type, reference)?;
     let mut warnings = Vec::new();
-    let (manifest, index_pos) = match kind {
-        DocKind::Image => (
-            ImageManifest::from_json(doc.clone(), &top.media_type)?,
-            None,
-        ),
-        DocKind::Index => {
+    let (manifest, index_pos) = match &doc {
+        Doc::Image(m) => (m.clone(), None),
+        Doc::Index(idx) => {
             let Some(platform) = &platform else {
                 return Err(EditError::Invalid(format!(
                     "{reference} is an image index (platforms: {}); choose one with --platform os/arch[/variant]",
-                    image::index_platforms(&doc).join(", ")
+                    idx.platforms().join(", ")
                 )));
             };
-            let (pos, child) = image::pick_platform(&doc, platform)?;
+            let (pos, child) = image::pick_platform(idx, platform)?;
             let (bytes, mt) = backend
                 .manifest(&child.digest, &child.media_type)?
                 .ok_or_else(|| {
@@ -67,13 +65,13 @@ pub fn edit_image(
                         backend.describe()
                     ))
                 })?;
-            let (cdoc, ckind) = image::parse_doc(&bytes, &mt, &format!("manifest for {platform}"))?;
-            if ckind != DocKind::Image {
+            let Doc::Image(m) = image::parse_doc(&bytes, &mt, &format!("manifest for {platform}"))?
+            else {
                 return Err(EditError::Invalid(format!(
                     "the {platform} entry of {reference} is not an image manifest"
                 )));
-            }
-            (ImageManifest::from_json(cdoc, &mt)?, Some((pos, child)))
+            };
+            (m, Some((pos, child)))
         }
     };
     let config_bytes = read_small_blob(backend, &manifest.config.digest, "config")?;
@@ -213,7 +211,7 @@ pub fn edit_image(
     let history = image::rebuild_history(&config, &plan, n, &mut warnings);
     let config_blob = scratch.write_blob(
         "config",
-        &image::to_bytes(&config.rebuilt(&diff_ids, history)),
+        &oci::to_bytes(&config.rebuilt(&diff_ids, history)),
     )?;
     let config_desc = manifest
         .config
@@ -227,7 +225,10 @@ pub fn edit_image(
         refs,
     );
     let index_doc = index_pos.map(|(pos, child)| {
-        let mut v = doc.clone();
+        let mut v = match &doc {
+            Doc::Index(idx) => idx.json.clone(),
+            Doc::Image(m) => m.json.clone(),
+        };
         if let Some(list) = v.get_mut("manifests").and_then(Value::as_array_mut) {
             list[pos] = child.retarget(&image_doc.digest, image_doc.bytes.len() as u64);
         }
