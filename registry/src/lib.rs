@@ -9,6 +9,7 @@
 //! |---|---|
 //! | [`config`] | the TOML config file: publishers, devices, TLS |
 //! | [`auth`] | publisher (push) and device (sync) authentication |
+//! | [`clock`], [`hashing`] | now in seconds and RFC 3339; readers and writers that hash what passes through |
 //! | [`tar`] | the one tar codec: header bytes (ustar blocks, PAX records) and the streaming reader ingest and edit share |
 //! | [`oci`] | the one OCI / Docker image model: media types, descriptors, manifests, indexes, configs (JSON kept whole) |
 //! | [`store`] | [`storage`](store::storage) (blobs, manifests, tags, uploads), [`objects`](store::objects) (the content-addressed object store), [`index`](store::index) (per-layer entry index) |
@@ -19,8 +20,10 @@
 //! | [`http`] | routes and handlers: [`oci`](http::oci) `/v2/`, [`sync`](http::sync) and [`edit`](http::edit) under `/layerlink/v1/`, [`server`](http::server), [`state`](http::state) |
 
 pub mod auth;
+pub mod clock;
 pub mod config;
 pub mod edit;
+pub mod hashing;
 pub mod http;
 pub mod ingest;
 pub mod oci;

@@ -9,7 +9,6 @@ use crate::oci::{
     Descriptor, DocError, ImageConfig, ImageManifest, Index, ParsedManifest, DOCKER_LAYER_GZIP,
     OCI_LAYER_GZIP,
 };
-use layerlink_proto::time::rfc3339;
 use layerlink_proto::Digest;
 use serde_json::{Map, Value};
 
@@ -172,15 +171,6 @@ pub fn insert_history(note: &str, created: &str) -> Value {
     Value::Object(m)
 }
 
-/// Now as RFC 3339 UTC (`2024-01-02T03:04:05Z`).
-pub fn now_rfc3339() -> String {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    rfc3339(secs)
-}
-
 /// New history: one entry per new layer, empty-layer entries kept in place.
 pub(super) fn rebuild_history(
     config: &ImageConfig,
@@ -199,7 +189,7 @@ pub(super) fn rebuild_history(
         });
         return None;
     }
-    let created = now_rfc3339();
+    let created = crate::clock::now_rfc3339();
     let inserted_at = |li: usize| -> Vec<Value> {
         plan.inserts
             .iter()

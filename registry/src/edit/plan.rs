@@ -186,7 +186,7 @@ pub(super) fn prepare_put(
                 ))
             })?;
             let len = std::fs::metadata(&p)?.len();
-            (p, len, (0o644, 0, 0, now_secs()))
+            (p, len, (0o644, 0, 0, crate::clock::now_secs()))
         }
     };
     if let Some(m) = op.mode {
@@ -252,11 +252,4 @@ pub(super) fn check_insert_sources(
         }
     }
     Ok(())
-}
-
-fn now_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }

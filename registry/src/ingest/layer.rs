@@ -4,6 +4,7 @@
 //! diff_id, then record the entry index and publish the objects together.
 
 use super::IngestError;
+use crate::hashing::HashReader;
 use crate::store::index::{
     self, entry_key, layer_object_key, open_read, Compression, EntryKind, EntryRecord, LayerMeta,
     RawHeader, Trailer,
@@ -67,36 +68,11 @@ pub fn decompressor<'a, R: Read + 'a>(
 /// sha256 and size of a layer's uncompressed content (to link a second
 /// blob of a known diff_id).
 pub fn uncompressed_digest(reader: impl Read, media_type: &str) -> io::Result<(Digest, u64)> {
-    let (_, mut r) = decompressor(reader, media_type)?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut n = 0u64;
-    loop {
-        let k = r.read(&mut buf)?;
-        if k == 0 {
-            break;
-        }
-        h.update(&buf[..k]);
-        n += k as u64;
-    }
-    Ok((Digest::from_hasher(h), n))
-}
-
-/// Everything the tar reader reads passes through here: hashed (the
-/// diff_id) and counted.
-struct Hashing<R> {
-    inner: R,
-    hasher: Sha256,
-    pos: u64,
-}
-
-impl<R: Read> Read for Hashing<R> {
-    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(out)?;
-        self.hasher.update(&out[..n]);
-        self.pos += n as u64;
-        Ok(n)
-    }
+    let (_, r) = decompressor(reader, media_type)?;
+    let mut r = HashReader::new(r);
+    io::copy(&mut r, &mut io::sink())?;
+    let (_, digest, len) = r.finish();
+    Ok((digest, len))
 }
 
 struct Walk<'a> {
@@ -214,13 +190,6 @@ impl Walk<'_> {
     }
 }
 
-fn now_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 /// Ingest one layer blob (`reader` yields the blob as pushed) whose config
 /// says `diff_id`. On success the layer's entries, objects and meta are
 /// recorded in one transaction; on any error nothing is recorded and no
@@ -256,11 +225,8 @@ pub fn ingest_layer(
         buf: Vec::new(),
     };
 
-    let mut tar = TarReader::new(Hashing {
-        inner,
-        hasher: Sha256::new(),
-        pos: 0,
-    });
+    // Everything the tar reader reads is hashed (the diff_id) and counted.
+    let mut tar = TarReader::new(HashReader::new(inner));
     let bad_tar = |e: io::Error| corrupt(format!("bad tar: {e}"));
     // Where the last entry's data and padding end: the trailer starts there.
     let end = loop {
@@ -300,7 +266,7 @@ pub fn ingest_layer(
             overflow = true;
         }
     }
-    let len = rest.pos - end;
+    let len = rest.len() - end;
     let trailer = if overflow {
         exact = false;
         Trailer { len, data: None }
@@ -312,7 +278,7 @@ pub fn ingest_layer(
             data: Some(kept),
         }
     };
-    let (found, tar_size) = (Digest::from_hasher(rest.hasher), rest.pos);
+    let (_, found, tar_size) = rest.finish();
     if found != *diff_id {
         return Err(IngestError::DiffIdMismatch {
             layer,
@@ -347,7 +313,7 @@ pub fn ingest_layer(
         new_objects: 0,
         trailer,
         exact,
-        ingested_at: now_secs(),
+        ingested_at: crate::clock::now_secs(),
     };
     commit(db, &mut staging, &spill_path, diff_id, meta, &distinct)
 }

@@ -72,6 +72,28 @@ pub struct Fields<'a> {
     pub dev_minor: u32,
 }
 
+impl<'a> Fields<'a> {
+    /// A regular file of `size` bytes at `path`: mode 0644, owned by root,
+    /// mtime 0, no names (the marker entries of a dedup archive, PAX
+    /// header entries).
+    pub fn file(path: &'a [u8], size: u64) -> Fields<'a> {
+        Fields {
+            path,
+            type_flag: b'0',
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            size,
+            mtime: 0,
+            link: b"",
+            uname: b"",
+            gname: b"",
+            dev_major: 0,
+            dev_minor: 0,
+        }
+    }
+}
+
 /// Whether `path` can be stored in ustar `name` (100 bytes) or split into
 /// `prefix` (155) + `/` + `name`.
 pub fn path_fits_ustar(path: &[u8]) -> bool {
@@ -191,18 +213,8 @@ pub fn padding(len: u64) -> usize {
 pub fn entry_header(out: &mut Vec<u8>, f: &Fields<'_>, pax: &[u8]) {
     if !pax.is_empty() {
         let x = Fields {
-            path: PAX_HEADER_NAME,
             type_flag: b'x',
-            mode: 0o644,
-            uid: 0,
-            gid: 0,
-            size: pax.len() as u64,
-            mtime: 0,
-            link: b"",
-            uname: b"",
-            gname: b"",
-            dev_major: 0,
-            dev_minor: 0,
+            ..Fields::file(PAX_HEADER_NAME, pax.len() as u64)
         };
         out.extend_from_slice(&ustar_block(&x));
         out.extend_from_slice(pax);
