@@ -670,6 +670,75 @@ fn new_tag_keeps_the_original() {
     skopeo_copy(&fx.layout, "edited", fx.dir.path());
 }
 
+/// Write `v` as a blob of the layout; its descriptor's digest and size.
+fn put_blob(layout: &Path, v: &serde_json::Value) -> (String, usize) {
+    let bytes = serde_json::to_vec(v).unwrap();
+    let digest = sha(&bytes);
+    fs::write(layout.join("blobs/sha256").join(&digest[7..]), &bytes).unwrap();
+    (digest, bytes.len())
+}
+
+#[test]
+fn an_edit_keeps_every_field_it_does_not_own() {
+    // Unknown and vendor fields, annotations, Docker-era config keys: an
+    // edit rewrites config/layers/diff_ids/history and nothing else.
+    let fx = fixture();
+    let (mut manifest, mut config) = image(&fx.layout, "t");
+    config["x-vendor-config"] = serde_json::json!({"keep": [1, 2, 3]});
+    config["container_config"] = serde_json::json!({"Hostname": "builder"});
+    let (cd, cn) = put_blob(&fx.layout, &config);
+    manifest["config"]["digest"] = cd.into();
+    manifest["config"]["size"] = cn.into();
+    manifest["config"]["annotations"] = serde_json::json!({"config.note": "kept"});
+    manifest["layers"][0]["annotations"] = serde_json::json!({"layer0.note": "kept"});
+    manifest["layers"][2]["annotations"] = serde_json::json!({"layer2.note": "old bytes"});
+    manifest["annotations"] = serde_json::json!({"org.example.built-by": "ci"});
+    manifest["x-vendor-manifest"] = "kept".into();
+    let (md, mn) = put_blob(&fx.layout, &manifest);
+    let mut top = index_json(&fx.layout);
+    for m in top["manifests"].as_array_mut().unwrap() {
+        if m["annotations"]["org.opencontainers.image.ref.name"] == "t" {
+            m["digest"] = md.clone().into();
+            m["size"] = mn.into();
+            m["annotations"]["org.example.entry"] = "kept".into();
+        }
+    }
+    fs::write(
+        fx.layout.join("index.json"),
+        serde_json::to_vec(&top).unwrap(),
+    )
+    .unwrap();
+
+    let src = fx.dir.path().join("x");
+    fs::write(&src, b"x").unwrap();
+    edit_layout(
+        &fx.layout,
+        "t",
+        &edit_req(2, vec![put("/etc/x", &src)], &[]),
+    )
+    .unwrap();
+    let (m2, c2) = image(&fx.layout, "t");
+    assert_eq!(m2["x-vendor-manifest"], "kept");
+    assert_eq!(m2["annotations"], manifest["annotations"]);
+    assert_eq!(m2["config"]["annotations"]["config.note"], "kept");
+    assert_eq!(
+        m2["layers"][0], manifest["layers"][0],
+        "kept layer as it was"
+    );
+    assert!(
+        m2["layers"][2].get("annotations").is_none(),
+        "the edited layer's annotations described the old bytes"
+    );
+    assert_eq!(c2["x-vendor-config"], config["x-vendor-config"]);
+    assert_eq!(c2["container_config"], config["container_config"]);
+    assert_eq!(c2["config"], config["config"]);
+    assert_eq!(
+        descriptor(&fx.layout, "t")["annotations"]["org.example.entry"],
+        "kept"
+    );
+    assert_consistent(&fx.layout, "t");
+}
+
 #[test]
 fn dry_run_stores_nothing() {
     let fx = fixture();

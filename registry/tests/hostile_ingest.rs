@@ -187,6 +187,20 @@ fn handled_cases(sentinel: &str) -> Vec<(&'static str, Vec<u8>)> {
     );
     file(&mut t, b"spoof", b"spoofed markers");
     v.push(("spoofed LAYERLINK keys", end(t)));
+    // Read as Go's archive/tar (and containerd, umoci, the agent) reads
+    // them: a link's or directory's size field is not data, and two PAX
+    // headers before one entry add up.
+    let mut t = Vec::new();
+    file(&mut t, b"f", b"data");
+    raw(&mut t, b'1', b"h", b"f", 4, b"");
+    raw(&mut t, b'5', b"d/", b"", 1024, b"");
+    file(&mut t, b"after", b"still an entry");
+    v.push(("size fields of links and directories", end(t)));
+    let mut t = Vec::new();
+    with_pax(&mut t, &[("SCHILY.xattr.user.a", b"1")]);
+    with_pax(&mut t, &[("mtime", b"1600000001.5")]);
+    file(&mut t, b"two-pax", b"x");
+    v.push(("two PAX headers before one entry", end(t)));
     v
 }
 

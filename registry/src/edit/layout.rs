@@ -16,8 +16,9 @@
 //! stay until a `umoci gc`. Two edits of one layout at the same time are
 //! not coordinated (the last `index.json` write wins).
 
-use super::image::{self, Descriptor, DocKind, REF_NAME};
+use super::image::{self, Doc};
 use super::{Backend, Commit, EditError, NewDoc, Resolved, Scratch};
+use crate::oci::{self, Descriptor, REF_NAME};
 use anyhow::Context;
 use layerlink_proto::Digest;
 use serde_json::{Map, Value};
@@ -96,10 +97,9 @@ impl Layout {
             return Vec::new();
         };
         match image::parse_doc(&bytes, &desc.media_type, "manifest") {
-            Ok((v, DocKind::Image)) => image::ImageManifest::from_json(v, &desc.media_type)
-                .map(|m| m.layers.iter().map(|l| l.digest).collect())
-                .unwrap_or_default(),
-            Ok((v, DocKind::Index)) if depth < 4 => image::index_children(&v)
+            Ok(Doc::Image(m)) => m.layers.iter().map(|l| l.digest).collect(),
+            Ok(Doc::Index(idx)) if depth < 4 => idx
+                .manifests
                 .iter()
                 .flat_map(|c| self.layer_digests(c, depth + 1))
                 .collect(),
@@ -136,7 +136,7 @@ impl Backend for Layout {
         let Some(entry) = Layout::find(&entries, reference) else {
             return Ok(None);
         };
-        let desc = Descriptor::parse(entry, "index.json entry")?;
+        let desc = Descriptor::from_json(entry, "index.json entry")?;
         let bytes = super::read_verified(&self.blob(&desc.digest), &desc.digest, "manifest")?;
         let media_type = if desc.media_type.is_empty() {
             serde_json::from_slice::<Value>(&bytes)
@@ -146,7 +146,7 @@ impl Backend for Layout {
                         .and_then(Value::as_str)
                         .map(str::to_owned)
                 })
-                .unwrap_or_else(|| image::OCI_MANIFEST.to_owned())
+                .unwrap_or_else(|| oci::OCI_MANIFEST.to_owned())
         } else {
             desc.media_type.clone()
         };
@@ -205,7 +205,7 @@ impl Backend for Layout {
             if name.as_deref().is_some_and(|n| skip_tags.contains(&n)) {
                 continue;
             }
-            let Ok(desc) = Descriptor::parse(&entry, "index.json entry") else {
+            let Ok(desc) = Descriptor::from_json(&entry, "index.json entry") else {
                 continue;
             };
             if self.layer_digests(&desc, 0).contains(blob) {
@@ -289,7 +289,7 @@ impl Backend for Layout {
             .join(format!(".index.json.{:016x}.tmp", rand::random::<u64>()));
         let result = (|| -> std::io::Result<()> {
             let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
-            f.write_all(&image::to_bytes(&index))?;
+            f.write_all(&oci::to_bytes(&index))?;
             f.sync_all()?;
             fs::rename(&tmp, self.root.join("index.json"))?;
             File::open(&self.root)?.sync_all()

@@ -9,7 +9,7 @@
 //! through [`crate::ingest::ingest_manifest`] first so the dedup index
 //! learns the rebuilt layers.
 
-use super::image::{self, DocKind};
+use super::image::{self, Doc};
 use super::{Backend, Commit, EditError, Resolved, Scratch};
 use crate::store::storage::Storage;
 use anyhow::Context;
@@ -98,12 +98,10 @@ impl<'a> RegistryImage<'a> {
         };
         Ok(
             match image::parse_doc(&m.bytes, &m.media_type, "manifest") {
-                Ok((v, DocKind::Image)) => image::ImageManifest::from_json(v, &m.media_type)
-                    .map(|m| m.layers.iter().map(|l| l.digest).collect())
-                    .unwrap_or_default(),
-                Ok((v, DocKind::Index)) if depth < 4 => {
+                Ok(Doc::Image(m)) => m.layers.iter().map(|l| l.digest).collect(),
+                Ok(Doc::Index(idx)) if depth < 4 => {
                     let mut all = Vec::new();
-                    for c in image::index_children(&v) {
+                    for c in idx.manifests {
                         all.extend(self.layer_digests(repo, &c.digest, depth + 1)?);
                     }
                     all

@@ -4,8 +4,8 @@
 //! hashing both sides (its diff_id and blob digest come out at the end).
 //! Nothing is buffered beyond fixed-size buffers.
 
+pub use crate::hashing::{HashReader, HashWriter};
 use layerlink_proto::Digest;
-use sha2::{Digest as _, Sha256};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
@@ -42,69 +42,6 @@ impl Compression {
         } else {
             Compression::Gzip
         }
-    }
-}
-
-/// A reader that hashes what passes through it.
-pub struct HashReader<R> {
-    inner: R,
-    hasher: Sha256,
-    len: u64,
-}
-
-impl<R> HashReader<R> {
-    /// Hash everything read from `inner`.
-    pub fn new(inner: R) -> HashReader<R> {
-        HashReader {
-            inner,
-            hasher: Sha256::new(),
-            len: 0,
-        }
-    }
-}
-
-impl<R: Read> Read for HashReader<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.len += n as u64;
-        Ok(n)
-    }
-}
-
-/// A writer that hashes what passes through it.
-pub struct HashWriter<W> {
-    inner: W,
-    hasher: Sha256,
-    len: u64,
-}
-
-impl<W> HashWriter<W> {
-    /// Hash everything written to `inner`.
-    pub fn new(inner: W) -> HashWriter<W> {
-        HashWriter {
-            inner,
-            hasher: Sha256::new(),
-            len: 0,
-        }
-    }
-
-    /// The inner writer, digest and length.
-    pub fn finish(self) -> (W, Digest, u64) {
-        (self.inner, Digest::from_hasher(self.hasher), self.len)
-    }
-}
-
-impl<W: Write> Write for HashWriter<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.len += n as u64;
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
     }
 }
 
@@ -183,18 +120,14 @@ impl LayerReader {
     /// Read the rest (tar padding, trailing bytes) and return the digests.
     pub fn finish(mut self) -> io::Result<LayerDigests> {
         io::copy(&mut self.tar, &mut io::sink())?;
-        let HashReader {
-            inner: dec,
-            hasher: tar_hasher,
-            ..
-        } = self.tar;
+        let (dec, diff_id, _) = self.tar.finish();
         let mut raw = dec.into_inner();
         io::copy(&mut raw, &mut io::sink())?;
-        let HashReader { hasher, len, .. } = raw.into_inner();
+        let (_, blob, blob_size) = raw.into_inner().finish();
         Ok(LayerDigests {
-            blob: Digest::from_hasher(hasher),
-            blob_size: len,
-            diff_id: Digest::from_hasher(tar_hasher),
+            blob,
+            blob_size,
+            diff_id,
         })
     }
 }

@@ -162,7 +162,7 @@ pub fn rewrite<R: Read>(
                 let file = scratch.file("spool");
                 let mut f = File::create(&file)?;
                 input.copy_content(&mut f)?;
-                let entry = e.to_new(path.clone(), NewKind::File { size: e.size });
+                let entry = NewEntry::like(&e, path.clone(), NewKind::File { size: e.size });
                 spooled.insert(path, Spooled { file, entry });
             }
             stats.removed += 1;
@@ -170,7 +170,10 @@ pub fn rewrite<R: Read>(
         }
         if let Some(target) = link_target {
             if let Some(new_target) = relinked.get(&target) {
-                write_header(out, &e.to_new(path, NewKind::HardLink(new_target.clone())))?;
+                write_header(
+                    out,
+                    &NewEntry::like(&e, path, NewKind::HardLink(new_target.clone())),
+                )?;
                 stats.relinked += 1;
                 continue;
             }

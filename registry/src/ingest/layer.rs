@@ -1,31 +1,29 @@
-//! Ingest of one layer blob: decompress, walk the tar once (streaming),
-//! stage new objects, verify the diff_id, then record the entry index and
-//! publish the objects together.
+//! Ingest of one layer blob: decompress, walk the tar once (streaming,
+//! with the registry's reader [`crate::tar::TarReader`], which hands out
+//! each entry's original header bytes), stage new objects, verify the
+//! diff_id, then record the entry index and publish the objects together.
 
 use super::IngestError;
+use crate::hashing::HashReader;
 use crate::store::index::{
     self, entry_key, layer_object_key, open_read, Compression, EntryKind, EntryRecord, LayerMeta,
-    PaxRecord, PaxRecords, RawHeader, Trailer,
+    RawHeader, Trailer,
 };
 use crate::store::objects::{self, ObjectMeta, ObjectStore, Staging, OBJECTS_META};
-use crate::tar::{self as tarfmt, parse_pax};
+use crate::tar::{RawEntry, TarReader};
 use layerlink_proto::archive::PAX_PREFIX;
-use layerlink_proto::limits::{MAX_LAYER_ENTRIES, MAX_PAX_BYTES};
+use layerlink_proto::limits::MAX_LAYER_ENTRIES;
 use layerlink_proto::{Digest, Sha256};
 use redb::{ReadableDatabase as _, ReadableTable as _};
 use sha2::Digest as _;
-use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
-use std::rc::Rc;
 
 /// Files up to this size are hashed in memory before being compressed
 /// (and only when new); larger ones stream through a compressor to a temp
 /// file.
 const SMALL_FILE: u64 = 1024 * 1024;
-/// Most bytes of extension headers (PAX, GNU long names) before one entry.
-const MAX_PREAMBLE: usize = 2 * MAX_PAX_BYTES as usize + 64 * 1024;
 /// Largest non-zero trailer kept for an exact rebuild.
 const MAX_TRAILER_KEPT: usize = 1024 * 1024;
 
@@ -70,108 +68,11 @@ pub fn decompressor<'a, R: Read + 'a>(
 /// sha256 and size of a layer's uncompressed content (to link a second
 /// blob of a known diff_id).
 pub fn uncompressed_digest(reader: impl Read, media_type: &str) -> io::Result<(Digest, u64)> {
-    let (_, mut r) = decompressor(reader, media_type)?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut n = 0u64;
-    loop {
-        let k = r.read(&mut buf)?;
-        if k == 0 {
-            break;
-        }
-        h.update(&buf[..k]);
-        n += k as u64;
-    }
-    Ok((Digest::from_hasher(h), n))
-}
-
-/// Everything the tar reader reads passes through here: hashed (diff_id),
-/// counted, and — between entries — captured, so each entry's original
-/// header bytes are known.
-struct TapState {
-    hasher: Sha256,
-    pos: u64,
-    capture: bool,
-    buf: Vec<u8>,
-    limit: usize,
-    overflow: bool,
-}
-
-struct Tap<R> {
-    inner: R,
-    st: Rc<RefCell<TapState>>,
-}
-
-impl<R: Read> Read for Tap<R> {
-    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(out)?;
-        let mut st = self.st.borrow_mut();
-        st.hasher.update(&out[..n]);
-        st.pos += n as u64;
-        if st.capture {
-            if st.buf.len() + n <= st.limit {
-                st.buf.extend_from_slice(&out[..n]);
-            } else {
-                st.overflow = true;
-            }
-        }
-        Ok(n)
-    }
-}
-
-/// The extension headers in front of an entry, parsed from its original
-/// bytes (the tar crate's own PAX parser splits on newlines, which binary
-/// xattr values may contain).
-#[derive(Default)]
-struct Preamble {
-    pax: PaxRecords,
-    has_gnu_sparse: bool,
-}
-
-fn parse_preamble(pre: &[u8]) -> Result<Preamble, String> {
-    let mut p = Preamble::default();
-    let mut o = 0usize;
-    while o + 512 <= pre.len() {
-        let h = &pre[o..o + 512];
-        let t = h[156];
-        if o + 512 == pre.len() {
-            break; // the entry's own header
-        }
-        let size = tarfmt::HeaderBlock::new(h)
-            .size()
-            .ok_or("extension header with a bad size")? as usize;
-        let data = pre
-            .get(o + 512..o + 512 + size)
-            .ok_or("extension header larger than its data")?;
-        match t {
-            b'x' => {
-                for (k, v) in parse_pax(data)? {
-                    if k.starts_with(b"GNU.sparse.") {
-                        p.has_gnu_sparse = true;
-                    }
-                    if k.starts_with(PAX_PREFIX.as_bytes()) {
-                        continue;
-                    }
-                    p.pax.push((k, v));
-                }
-            }
-            b'L' | b'K' => {}
-            _ => return Err(format!("unexpected extension header type {:?}", t as char)),
-        }
-        o += 512 + size + tarfmt::padding(size as u64);
-    }
-    Ok(p)
-}
-
-fn pax_get<'a>(pax: &'a [PaxRecord], key: &[u8]) -> Option<&'a [u8]> {
-    pax.iter()
-        .rev()
-        .find(|(k, _)| k == key)
-        .map(|(_, v)| v.as_slice())
-}
-
-fn pax_u64(pax: &[PaxRecord], key: &[u8]) -> Option<u64> {
-    std::str::from_utf8(pax_get(pax, key)?).ok()?.parse().ok()
+    let (_, r) = decompressor(reader, media_type)?;
+    let mut r = HashReader::new(r);
+    io::copy(&mut r, &mut io::sink())?;
+    let (_, digest, len) = r.finish();
+    Ok((digest, len))
 }
 
 struct Walk<'a> {
@@ -289,13 +190,6 @@ impl Walk<'_> {
     }
 }
 
-fn now_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 /// Ingest one layer blob (`reader` yields the blob as pushed) whose config
 /// says `diff_id`. On success the layer's entries, objects and meta are
 /// recorded in one transaction; on any error nothing is recorded and no
@@ -312,19 +206,6 @@ pub fn ingest_layer(
     let corrupt = |m: String| IngestError::Corrupt { layer, message: m };
     let (compression, inner) =
         decompressor(reader, media_type).map_err(|e| corrupt(e.to_string()))?;
-    let st = Rc::new(RefCell::new(TapState {
-        hasher: Sha256::new(),
-        pos: 0,
-        capture: true,
-        buf: Vec::new(),
-        limit: MAX_PREAMBLE,
-        overflow: false,
-    }));
-    let tap = Tap {
-        inner,
-        st: Rc::clone(&st),
-    };
-
     let staging = store.stage().map_err(IngestError::store)?;
     let spill_path = staging.dir().join("entries.spill");
     let spill = BufWriter::new(File::create(&spill_path).map_err(IngestError::store)?);
@@ -344,87 +225,60 @@ pub fn ingest_layer(
         buf: Vec::new(),
     };
 
-    let mut exact = true;
-    let mut archive = tar::Archive::new(tap);
-    let mut prev_end = 0u64;
-    {
-        let entries = archive.entries().map_err(|e| corrupt(e.to_string()))?;
-        for entry in entries {
-            let mut entry = entry.map_err(|e| corrupt(format!("bad tar: {e}")))?;
-            let file_pos = entry.raw_file_position();
-            let captured = {
-                let mut s = st.borrow_mut();
-                if s.overflow {
-                    return Err(corrupt(format!(
-                        "extension headers of entry {} are larger than {MAX_PREAMBLE} bytes",
-                        w.records
-                    )));
-                }
-                s.capture = false;
-                std::mem::take(&mut s.buf)
-            };
-            if captured.len() as u64 != file_pos - prev_end {
-                return Err(IngestError::Store(format!(
-                    "layer {layer}: internal error: captured {} header bytes for {} at {file_pos}",
-                    captured.len(),
-                    file_pos - prev_end
-                )));
-            }
-            let pad = tarfmt::padding(prev_end).min(captured.len());
-            if captured[..pad].iter().any(|&b| b != 0) {
-                exact = false;
-            }
-            let original = &captured[pad..];
-            if u64::from(w.records) >= MAX_LAYER_ENTRIES {
-                return Err(IngestError::Unsupported {
-                    layer,
-                    message: format!("more than {MAX_LAYER_ENTRIES} entries"),
-                });
-            }
-            let rec = record(&mut entry, original, &mut w, layer)?;
-            st.borrow_mut().capture = true;
-            prev_end = file_pos + rec.size;
-            w.push(&rec)?;
+    // Everything the tar reader reads is hashed (the diff_id) and counted.
+    let mut tar = TarReader::new(HashReader::new(inner));
+    let bad_tar = |e: io::Error| corrupt(format!("bad tar: {e}"));
+    // Where the last entry's data and padding end: the trailer starts there.
+    let end = loop {
+        tar.skip_rest().map_err(bad_tar)?;
+        let here = tar.offset();
+        let Some(entry) = tar.next_entry().map_err(bad_tar)? else {
+            break here;
+        };
+        if u64::from(w.records) >= MAX_LAYER_ENTRIES {
+            return Err(IngestError::Unsupported {
+                layer,
+                message: format!("more than {MAX_LAYER_ENTRIES} entries"),
+            });
         }
-    }
+        let rec = record(&entry, &mut tar, &mut w, layer)?;
+        w.push(&rec)?;
+    };
+    let mut exact = tar.padding_was_zero();
 
-    // The end-of-archive blocks (already read by the tar reader) and
-    // whatever follows them.
-    let mut tap = archive.into_inner();
-    st.borrow_mut().limit = MAX_TRAILER_KEPT;
+    // The end-of-archive block (already read, all zero) and whatever
+    // follows it: kept when not all zero and small enough.
+    let end_block = tar.offset() - end;
+    let mut rest = tar.into_inner();
+    let mut kept = vec![0u8; end_block as usize];
+    let mut overflow = false;
     let mut sink = vec![0u8; 64 * 1024];
     loop {
-        match tap.read(&mut sink) {
+        let n = match rest.read(&mut sink) {
             Ok(0) => break,
-            Ok(_) => {}
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(corrupt(format!("bad compressed stream: {e}"))),
+        };
+        if kept.len() + n <= MAX_TRAILER_KEPT {
+            kept.extend_from_slice(&sink[..n]);
+        } else {
+            overflow = true;
         }
     }
-    drop(tap);
-    let (found, tar_size, trailer) = {
-        let mut s = st.borrow_mut();
-        let hasher = std::mem::replace(&mut s.hasher, Sha256::new());
-        let mut buf = std::mem::take(&mut s.buf);
-        let pad = tarfmt::padding(prev_end).min(buf.len());
-        if buf[..pad].iter().any(|&b| b != 0) {
-            exact = false;
+    let len = rest.len() - end;
+    let trailer = if overflow {
+        exact = false;
+        Trailer { len, data: None }
+    } else if kept.iter().all(|&b| b == 0) {
+        Trailer { len, data: None }
+    } else {
+        Trailer {
+            len,
+            data: Some(kept),
         }
-        buf.drain(..pad);
-        // The trailer starts after the last entry's padding.
-        let len = s.pos - prev_end - pad as u64;
-        let trailer = if buf.iter().all(|&b| b == 0) && !s.overflow {
-            Trailer { len, data: None }
-        } else if !s.overflow {
-            Trailer {
-                len,
-                data: Some(buf),
-            }
-        } else {
-            exact = false;
-            Trailer { len, data: None }
-        };
-        (Digest::from_hasher(hasher), s.pos, trailer)
     };
+    let (_, found, tar_size) = rest.finish();
     if found != *diff_id {
         return Err(IngestError::DiffIdMismatch {
             layer,
@@ -459,29 +313,23 @@ pub fn ingest_layer(
         new_objects: 0,
         trailer,
         exact,
-        ingested_at: now_secs(),
+        ingested_at: crate::clock::now_secs(),
     };
     commit(db, &mut staging, &spill_path, diff_id, meta, &distinct)
 }
 
 /// Build the record of one entry and store its content.
 fn record<R: Read>(
-    entry: &mut tar::Entry<'_, R>,
-    original: &[u8],
+    e: &RawEntry,
+    tar: &mut TarReader<R>,
     w: &mut Walk<'_>,
     layer: Digest,
 ) -> Result<EntryRecord, IngestError> {
     let corrupt = |m: String| IngestError::Corrupt { layer, message: m };
-    let pre = parse_preamble(original).map_err(corrupt)?;
-    let hdr = entry.header().clone();
-    let type_flag = hdr.as_bytes()[156];
+    let name = || String::from_utf8_lossy(&e.path).into_owned();
+    let type_flag = e.typ;
     let kind = EntryKind::from_type_flag(type_flag);
-    let path = match pax_get(&pre.pax, b"path") {
-        Some(p) => p.to_vec(),
-        None => entry.path_bytes().into_owned(),
-    };
-    let name = || String::from_utf8_lossy(&path).into_owned();
-    if type_flag == b'S' || pre.has_gnu_sparse {
+    if type_flag == b'S' || e.pax.iter().any(|(k, _)| k.starts_with(b"GNU.sparse.")) {
         return Err(IngestError::Unsupported {
             layer,
             message: format!(
@@ -490,69 +338,37 @@ fn record<R: Read>(
             ),
         });
     }
-    let link = match pax_get(&pre.pax, b"linkpath") {
-        Some(l) => l.to_vec(),
-        None => entry
-            .link_name_bytes()
-            .map(|c| c.into_owned())
-            .unwrap_or_default(),
-    };
-    let bad = |what: &str, e: io::Error| corrupt(format!("entry {:?}: bad {what}: {e}", name()));
-    let size = entry.size();
-    if let Some(s) = pax_u64(&pre.pax, b"size") {
-        if s != size {
-            return Err(corrupt(format!(
-                "entry {:?}: PAX size {s} disagrees with the tar reader ({size})",
-                name()
-            )));
-        }
-    }
-    let mode = hdr.mode().map_err(|e| bad("mode", e))?;
-    let uid = match pax_u64(&pre.pax, b"uid") {
+    let h = e.header();
+    let bad = |what: &str| corrupt(format!("entry {:?}: bad {what} field", name()));
+    let mode = h.mode().ok_or_else(|| bad("mode"))?;
+    let uid = match e.pax_u64(b"uid") {
         Some(u) => u,
-        None => hdr.uid().map_err(|e| bad("uid", e))?,
+        None => h.uid().ok_or_else(|| bad("uid"))?,
     };
-    let gid = match pax_u64(&pre.pax, b"gid") {
+    let gid = match e.pax_u64(b"gid") {
         Some(g) => g,
-        None => hdr.gid().map_err(|e| bad("gid", e))?,
+        None => h.gid().ok_or_else(|| bad("gid"))?,
     };
-    let mtime = match pax_get(&pre.pax, b"mtime")
-        .and_then(|v| std::str::from_utf8(v).ok())
-        .and_then(|s| s.split('.').next()?.parse::<u64>().ok())
-    {
+    let mtime = match e.pax_mtime() {
         Some(m) => m,
-        None => hdr.mtime().map_err(|e| bad("mtime", e))?,
+        None => h.mtime().ok_or_else(|| bad("mtime"))?,
     };
-    let uname = match pax_get(&pre.pax, b"uname") {
-        Some(u) => u.to_vec(),
-        None => hdr.username_bytes().unwrap_or_default().to_vec(),
+    let uname = e.pax_get(b"uname").unwrap_or(h.uname()).to_vec();
+    let gname = e.pax_get(b"gname").unwrap_or(h.gname()).to_vec();
+    let device = |n: Option<u64>, what: &str| match n.map(u32::try_from) {
+        Some(Ok(n)) => Ok(n),
+        _ if matches!(kind, EntryKind::Char | EntryKind::Block) => Err(bad(what)),
+        _ => Ok(0),
     };
-    let gname = match pax_get(&pre.pax, b"gname") {
-        Some(g) => g.to_vec(),
-        None => hdr.groupname_bytes().unwrap_or_default().to_vec(),
-    };
-    let (dev_major, dev_minor) = if matches!(kind, EntryKind::Char | EntryKind::Block) {
-        (
-            hdr.device_major()
-                .map_err(|e| bad("device major", e))?
-                .unwrap_or(0),
-            hdr.device_minor()
-                .map_err(|e| bad("device minor", e))?
-                .unwrap_or(0),
-        )
-    } else {
-        (
-            hdr.device_major().ok().flatten().unwrap_or(0),
-            hdr.device_minor().ok().flatten().unwrap_or(0),
-        )
-    };
-    let object = if size > 0 {
-        Some(w.content(entry, size, &path)?)
+    let dev_major = device(h.dev_major(), "device major")?;
+    let dev_minor = device(h.dev_minor(), "device minor")?;
+    let object = if e.size > 0 {
+        Some(w.content(&mut tar.data(), e.size, &e.path)?)
     } else {
         None
     };
     let mut rec = EntryRecord {
-        path,
+        path: e.path.clone(),
         kind,
         type_flag,
         mode,
@@ -561,15 +377,20 @@ fn record<R: Read>(
         uname,
         gname,
         mtime,
-        link,
+        link: e.link.clone(),
         dev_major,
         dev_minor,
-        size,
+        size: e.size,
         object,
-        pax: pre.pax,
+        pax: e
+            .pax
+            .iter()
+            .filter(|(k, _)| !k.starts_with(PAX_PREFIX.as_bytes()))
+            .cloned()
+            .collect(),
         raw: RawHeader::Canonical,
     };
-    rec.raw = RawHeader::diff(&rec.canonical_header(), original);
+    rec.raw = RawHeader::diff(&rec.canonical_header(), &e.original_header());
     Ok(rec)
 }
 

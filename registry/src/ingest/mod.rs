@@ -11,7 +11,6 @@
 //! Ingests of the same layer are serialised (one waits, then finds the
 //! layer indexed); different layers ingest in parallel.
 
-pub mod image;
 mod layer;
 #[cfg(test)]
 mod tests;
@@ -20,17 +19,17 @@ pub(crate) mod testutil;
 
 pub use layer::{decompressor, ingest_layer, uncompressed_digest, LayerOutcome};
 
+use crate::oci::{self, ParsedManifest};
 use crate::store::index;
 use crate::store::objects::ObjectStore;
 use crate::store::storage::Storage;
-use image::ParsedManifest;
 use layerlink_proto::Digest;
 use std::collections::HashSet;
 use std::io::Read;
 use std::sync::{Condvar, Mutex, Once};
 
 /// Largest image config read, in bytes.
-pub const MAX_CONFIG_BYTES: u64 = 16 * 1024 * 1024;
+pub const MAX_CONFIG_BYTES: u64 = oci::MAX_JSON_BYTES;
 
 /// Why an image's layers could not be ingested. The manifest PUT answers
 /// 400 `MANIFEST_INVALID` (or `BLOB_UNKNOWN` for [`IngestError::MissingBlob`])
@@ -225,7 +224,7 @@ pub fn ingest_manifest_with(
     manifest: &[u8],
     media_type: &str,
 ) -> Result<(), IngestError> {
-    let m = match image::parse_manifest(manifest, media_type).map_err(IngestError::Invalid)? {
+    let m = match oci::parse_manifest(manifest, media_type).map_err(invalid)? {
         ParsedManifest::Image(m) => m,
         ParsedManifest::Index(_) => return Ok(()),
         ParsedManifest::Other(what) => {
@@ -239,7 +238,7 @@ pub fn ingest_manifest_with(
         return Ok(());
     }
     let config = read_config(blobs, &m.config.digest)?;
-    let diff_ids = image::config_diff_ids(&config).map_err(IngestError::Invalid)?;
+    let diff_ids = oci::config_diff_ids(&config).map_err(invalid)?;
     if diff_ids.len() != m.layers.len() {
         return Err(IngestError::Invalid(format!(
             "manifest has {} layers but its config {} lists {} diff_ids",
@@ -252,6 +251,10 @@ pub fn ingest_manifest_with(
         ingest_one(db, store, blobs, &l.digest, &l.media_type, diff_id)?;
     }
     Ok(())
+}
+
+fn invalid(e: oci::DocError) -> IngestError {
+    IngestError::Invalid(e.to_string())
 }
 
 fn ingest_one(

@@ -367,7 +367,13 @@ fn manifest_ingest_and_concurrent_pushes() {
         .map(|_| {
             let (ts, blobs, manifest) = (ts.clone(), blobs.clone(), manifest.clone());
             std::thread::spawn(move || {
-                ingest_manifest_with(&ts.db, &ts.objects, &*blobs, &manifest, image::OCI_MANIFEST)
+                ingest_manifest_with(
+                    &ts.db,
+                    &ts.objects,
+                    &*blobs,
+                    &manifest,
+                    crate::oci::OCI_MANIFEST,
+                )
             })
         })
         .collect();
@@ -382,7 +388,7 @@ fn manifest_ingest_and_concurrent_pushes() {
     assert_eq!(stats.distinct_objects as usize, ts.object_files());
     // An index is a no-op; a config whose diff_ids disagree is an error.
     let idx = br#"{"schemaVersion":2,"manifests":[]}"#;
-    ingest_manifest_with(&ts.db, &ts.objects, &*blobs, idx, image::OCI_INDEX).unwrap();
+    ingest_manifest_with(&ts.db, &ts.objects, &*blobs, idx, crate::oci::OCI_INDEX).unwrap();
     let (m, _, _) = blobs.image(&[TarBuilder::new().file("q", b"q").finish_ref()]);
     let mut v: serde_json::Value = serde_json::from_slice(&m).unwrap();
     let first = v["layers"][0].clone();
@@ -466,11 +472,12 @@ fn real_layers_ingest_and_rebuild_exactly() {
             m["mediaType"].as_str().unwrap_or(""),
         )
         .unwrap();
-        let image::ParsedManifest::Image(im) = image::parse_manifest(&bytes, "").unwrap() else {
+        let crate::oci::ParsedManifest::Image(im) = crate::oci::parse_manifest(&bytes, "").unwrap()
+        else {
             continue;
         };
         let config = read_config(&blobs, &im.config.digest).unwrap();
-        diff_ids.extend(image::config_diff_ids(&config).unwrap());
+        diff_ids.extend(crate::oci::config_diff_ids(&config).unwrap());
     }
     diff_ids.sort();
     diff_ids.dedup();

@@ -218,8 +218,8 @@ impl MemBlobs {
         let config_digest = self.put(config);
         let manifest = serde_json::json!({
             "schemaVersion": 2,
-            "mediaType": super::image::OCI_MANIFEST,
-            "config": {"mediaType": super::image::OCI_CONFIG, "digest": config_digest.to_string(), "size": config_len},
+            "mediaType": crate::oci::OCI_MANIFEST,
+            "config": {"mediaType": crate::oci::OCI_CONFIG, "digest": config_digest.to_string(), "size": config_len},
             "layers": layers.iter().map(|(d, n)| serde_json::json!({
                 "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": d.to_string(), "size": n
             })).collect::<Vec<_>>(),

@@ -13,6 +13,7 @@
 //! | `device_images` | device id | postcard [`ImagesRecord`] |
 //! | `device_last_sync` | device id | postcard [`LastSync`]: the last archive/objects response or refusal |
 
+use crate::clock::now_secs;
 use crate::store::index::open_read;
 use crate::store::storage::Storage;
 use crate::sync::SyncError;
@@ -222,13 +223,6 @@ pub struct ImagesRecord {
     pub reported_at: u64,
     /// The images.
     pub images: Vec<HeldImage>,
-}
-
-fn now_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 /// Check a reported set against the limits.

@@ -12,8 +12,8 @@
 //! loaded into a set (when that is cheaper), or each object is looked up
 //! per held layer ([`HeldObjects::load`] picks by counting).
 
-use crate::ingest::image::{self, ImageManifest, ParsedManifest};
 use crate::ingest::{self, BlobSource};
+use crate::oci::{self, ImageManifest, ParsedManifest};
 use crate::store::index::{self, open_read, IndexError, LayerMeta, LAYER_OBJECTS};
 use crate::store::objects::ObjectStore;
 use crate::store::storage::{Storage, StoredManifest};
@@ -291,27 +291,30 @@ pub fn resolve_image(
             format!("image {repository}:{reference}: {m}"),
         )
     };
-    let (manifest, image) = match image::parse_manifest(&top.bytes, &top.media_type).map_err(bad)? {
+    let (manifest, image) = match oci::parse_manifest(&top.bytes, &top.media_type)
+        .map_err(|e| bad(e.to_string()))?
+    {
         ParsedManifest::Image(im) => (top, im),
-        ParsedManifest::Index(entries) => {
+        ParsedManifest::Index(idx) => {
             let Some(p) = platform else {
                 return Err(bad(
                     "is an image index; name a platform manifest digest".into()
                 ));
             };
-            let Some(e) = image::select_platform(&entries, p) else {
-                let mut have: Vec<String> = entries
+            let Some(e) = oci::select_platform(&idx.manifests, p) else {
+                let mut have: Vec<String> = idx
+                    .manifests
                     .iter()
                     .filter_map(|e| e.platform.as_ref())
                     .filter(|p| p.os != "unknown")
-                    .map(image::platform_string)
+                    .map(oci::platform_string)
                     .collect();
                 have.dedup();
                 return Err(SyncError::new(
                     ErrorCode::PlatformNotFound,
                     format!(
                         "image {repository}:{reference} has no manifest for {}; it has: {}",
-                        image::platform_string(p),
+                        oci::platform_string(p),
                         if have.is_empty() {
                             "none".into()
                         } else {
@@ -320,7 +323,7 @@ pub fn resolve_image(
                     ),
                 ));
             };
-            let digest = e.descriptor.digest.to_string();
+            let digest = e.digest.to_string();
             let child = store
                 .manifest(repository, &digest)
                 .map_err(SyncError::internal)?
@@ -330,7 +333,9 @@ pub fn resolve_image(
                         format!("manifest {digest} of index {repository}:{reference} not found"),
                     )
                 })?;
-            match image::parse_manifest(&child.bytes, &child.media_type).map_err(bad)? {
+            match oci::parse_manifest(&child.bytes, &child.media_type)
+                .map_err(|e| bad(e.to_string()))?
+            {
                 ParsedManifest::Image(im) => (child, im),
                 _ => {
                     return Err(bad(format!(
@@ -360,7 +365,7 @@ pub fn resolve_image(
         ),
         e => SyncError::internal(e),
     })?;
-    let diff_ids = image::config_diff_ids(&config).map_err(bad)?;
+    let diff_ids = oci::config_diff_ids(&config).map_err(|e| bad(e.to_string()))?;
     if diff_ids.len() != image.layers.len() {
         return Err(bad(format!(
             "{} layers but the config lists {} diff_ids",
@@ -471,10 +476,10 @@ mod tests {
                 &self.ts.objects,
                 &self.blobs,
                 &m,
-                image::OCI_MANIFEST,
+                oci::OCI_MANIFEST,
             )
             .unwrap();
-            let d = self.put_manifest(repo, tag, m, image::OCI_MANIFEST);
+            let d = self.put_manifest(repo, tag, m, oci::OCI_MANIFEST);
             (d, diff_ids)
         }
 
@@ -536,8 +541,7 @@ mod tests {
                 if r != repository {
                     continue;
                 }
-                if let Ok(ParsedManifest::Image(im)) =
-                    image::parse_manifest(&m.bytes, &m.media_type)
+                if let Ok(ParsedManifest::Image(im)) = oci::parse_manifest(&m.bytes, &m.media_type)
                 {
                     out.push(im.config.digest);
                     out.extend(im.layers.iter().map(|l| l.digest));
@@ -696,15 +700,15 @@ mod tests {
             &[TarBuilder::new().file("x", b"x").finish_ref()],
         );
         let idx = serde_json::json!({
-            "schemaVersion": 2, "mediaType": image::OCI_INDEX,
-            "manifests": [{"mediaType": image::OCI_MANIFEST, "digest": md.to_string(), "size": 1,
+            "schemaVersion": 2, "mediaType": oci::OCI_INDEX,
+            "manifests": [{"mediaType": oci::OCI_MANIFEST, "digest": md.to_string(), "size": 1,
                            "platform": {"os": "linux", "architecture": "arm64"}}]
         });
         r.put_manifest(
             "multi",
             "latest",
             serde_json::to_vec(&idx).unwrap(),
-            image::OCI_INDEX,
+            oci::OCI_INDEX,
         );
         let e = plan_image(&r, &img("multi", "latest"), &amd64(), &HeldSet::default()).unwrap_err();
         assert_eq!(e.code, ErrorCode::PlatformNotFound);
@@ -724,7 +728,7 @@ mod tests {
         let (base, _, _) = layers();
         // Store the image without ingesting it (as if pushed by an older registry).
         let (m, _, ids) = r.blobs.image(&[base]);
-        r.put_manifest("old", "v1", m, image::OCI_MANIFEST);
+        r.put_manifest("old", "v1", m, oci::OCI_MANIFEST);
         assert!(index::layer_meta(&r.ts.db, &ids[0]).unwrap().is_none());
         let p = plan_image(&r, &img("old", "v1"), &amd64(), &HeldSet::default()).unwrap();
         assert_eq!(needed(&p.layers[0]).new_files, 2);

@@ -23,8 +23,8 @@
 //! logged and forgotten: the caches are an optimisation, never a source of
 //! truth. The config setting `precompute = false` turns this off.
 
-use crate::ingest::image::{self, ParsedManifest};
 use crate::ingest::read_config;
+use crate::oci::{self, ParsedManifest};
 use crate::store::index::{self, EntryKind};
 use crate::store::storage::Storage;
 use crate::sync::archive::zstd::{inline_below, open_frame};
@@ -147,14 +147,12 @@ fn load_image(
     let Some(stored) = storage.meta().manifest(repository, manifest)? else {
         return Ok(None);
     };
-    let m = match image::parse_manifest(&stored.bytes, &stored.media_type)
-        .map_err(anyhow::Error::msg)?
-    {
+    let m = match oci::parse_manifest(&stored.bytes, &stored.media_type)? {
         ParsedManifest::Image(m) if m.is_container_image() => m,
         _ => return Ok(None),
     };
     let config = read_config(storage, &m.config.digest)?;
-    let layers = image::config_diff_ids(&config).map_err(anyhow::Error::msg)?;
+    let layers = oci::config_diff_ids(&config)?;
     Ok(Some(Image {
         manifest: stored.bytes,
         config,

@@ -1,12 +1,16 @@
-//! Tar header bytes, by hand: ustar blocks and PAX records written
-//! ([`entry_header`], [`pax_record`]) and PAX records parsed
-//! ([`parse_pax`]).
+//! The registry's one tar codec, by hand: ustar blocks and PAX records
+//! written ([`entry_header`], [`pax_record`]), header fields and PAX records
+//! parsed ([`HeaderBlock`], [`parse_pax`]), and a streaming reader that
+//! keeps each entry's raw bytes ([`TarReader`], in `reader.rs`).
 //!
-//! Shared by the dedup archive writer (which must control every byte on the
-//! wire), the editor's writer (`edit::tar`, for the entries an edit makes)
-//! and by the entry index (which renders a layer entry's canonical
-//! header and stores only how the original differed, see
-//! [`crate::store::index::RawHeader`]).
+//! The writer is shared by the dedup archive writer (which must control
+//! every byte on the wire), the editor's writer (`edit::tar`, for the
+//! entries an edit makes) and by the entry index (which renders a layer
+//! entry's canonical header and stores only how the original differed, see
+//! [`crate::store::index::RawHeader`]). The reader is shared by ingest
+//! (which walks a pushed layer once) and the editor (which copies the
+//! entries it does not change byte for byte). The `tar` crate is a test
+//! oracle only (`tests.rs`).
 //!
 //! Conventions (those of Go's `archive/tar`, which writes most layers):
 //! numeric fields are zero-padded octal ending in NUL, or base-256 when the
@@ -23,6 +27,12 @@
 //! index renders canonical headers with these functions and stores only
 //! how the original differed: changing a rendering here changes how every
 //! stored layer is rebuilt, so it is a store format change.
+
+mod reader;
+#[cfg(test)]
+mod tests;
+
+pub use reader::{EntryData, Kind, RawEntry, TarReader};
 
 /// Size of a tar block.
 pub const BLOCK: usize = 512;
@@ -60,6 +70,28 @@ pub struct Fields<'a> {
     pub dev_major: u32,
     /// Device minor number.
     pub dev_minor: u32,
+}
+
+impl<'a> Fields<'a> {
+    /// A regular file of `size` bytes at `path`: mode 0644, owned by root,
+    /// mtime 0, no names (the marker entries of a dedup archive, PAX
+    /// header entries).
+    pub fn file(path: &'a [u8], size: u64) -> Fields<'a> {
+        Fields {
+            path,
+            type_flag: b'0',
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            size,
+            mtime: 0,
+            link: b"",
+            uname: b"",
+            gname: b"",
+            dev_major: 0,
+            dev_minor: 0,
+        }
+    }
 }
 
 /// Whether `path` can be stored in ustar `name` (100 bytes) or split into
@@ -181,18 +213,8 @@ pub fn padding(len: u64) -> usize {
 pub fn entry_header(out: &mut Vec<u8>, f: &Fields<'_>, pax: &[u8]) {
     if !pax.is_empty() {
         let x = Fields {
-            path: PAX_HEADER_NAME,
             type_flag: b'x',
-            mode: 0o644,
-            uid: 0,
-            gid: 0,
-            size: pax.len() as u64,
-            mtime: 0,
-            link: b"",
-            uname: b"",
-            gname: b"",
-            dev_major: 0,
-            dev_minor: 0,
+            ..Fields::file(PAX_HEADER_NAME, pax.len() as u64)
         };
         out.extend_from_slice(&ustar_block(&x));
         out.extend_from_slice(pax);
@@ -304,6 +326,24 @@ impl<'a> HeaderBlock<'a> {
         parse_numeric(&self.0[136..148])
     }
 
+    /// The device major number field (0 for a v7 header).
+    pub fn dev_major(&self) -> Option<u64> {
+        self.device(329)
+    }
+
+    /// The device minor number field (0 for a v7 header).
+    pub fn dev_minor(&self) -> Option<u64> {
+        self.device(337)
+    }
+
+    fn device(&self, at: usize) -> Option<u64> {
+        if self.is_ustar() || self.is_gnu() {
+            parse_numeric(&self.0[at..at + 8])
+        } else {
+            Some(0)
+        }
+    }
+
     /// The owner name (empty for a v7 header).
     pub fn uname(&self) -> &'a [u8] {
         if self.is_ustar() || self.is_gnu() {
@@ -355,128 +395,4 @@ pub fn parse_pax(mut data: &[u8]) -> Result<PaxRecords, String> {
         data = &data[len..];
     }
     Ok(out)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn fields(path: &[u8]) -> Fields<'_> {
-        Fields {
-            path,
-            type_flag: b'0',
-            mode: 0o644,
-            uid: 1000,
-            gid: 1000,
-            size: 5,
-            mtime: 1_700_000_000,
-            link: b"",
-            uname: b"user",
-            gname: b"group",
-            dev_major: 0,
-            dev_minor: 0,
-        }
-    }
-
-    #[test]
-    fn pax_record_length_counts_itself() {
-        let mut v = Vec::new();
-        pax_record(&mut v, b"path", b"a");
-        assert_eq!(v, b"9 path=a\n");
-        // Crossing a digit boundary: 98 bytes without the length → 101.
-        let mut v = Vec::new();
-        pax_record(&mut v, b"k", &[b'x'; 94]);
-        assert_eq!(v.len(), 101);
-        assert!(v.starts_with(b"101 k="));
-        let mut v = Vec::new();
-        pax_record(&mut v, b"k", &[b'x'; 93]);
-        assert_eq!(v.len(), 99);
-        assert!(v.starts_with(b"99 k="));
-    }
-
-    #[test]
-    fn block_parses_back_with_tar_crate() {
-        let long: Vec<u8> = [&b"d".repeat(120)[..], b"/", &b"f".repeat(90)[..]].concat();
-        for path in [&b"etc/passwd"[..], &long[..]] {
-            let b = ustar_block(&fields(path));
-            let h = tar::Header::from_byte_slice(&b);
-            assert_eq!(&*h.path_bytes(), path);
-            assert_eq!(h.mode().unwrap(), 0o644);
-            assert_eq!(h.uid().unwrap(), 1000);
-            assert_eq!(h.size().unwrap(), 5);
-            assert_eq!(h.mtime().unwrap(), 1_700_000_000);
-            assert_eq!(h.username_bytes(), Some(&b"user"[..]));
-            assert_eq!(h.cksum().unwrap(), {
-                let mut c = b;
-                c[148..156].fill(b' ');
-                c.iter().map(|&x| u32::from(x)).sum::<u32>()
-            });
-        }
-        assert!(!path_fits_ustar(&b"x".repeat(101)));
-    }
-
-    #[test]
-    fn big_numbers_use_base256() {
-        let mut f = fields(b"big");
-        f.size = MAX_OCTAL_11 + 1;
-        f.uid = MAX_OCTAL_7 + 1;
-        let b = ustar_block(&f);
-        let h = tar::Header::from_byte_slice(&b);
-        assert_eq!(h.size().unwrap(), MAX_OCTAL_11 + 1);
-        assert_eq!(h.uid().unwrap(), MAX_OCTAL_7 + 1);
-    }
-
-    #[test]
-    fn header_block_reads_what_the_tar_crate_reads() {
-        let long: Vec<u8> = [&b"d".repeat(120)[..], b"/", &b"f".repeat(90)[..]].concat();
-        let mut f = fields(&long);
-        f.link = b"target";
-        let b = ustar_block(&f);
-        let mut big = fields(b"big");
-        big.size = MAX_OCTAL_11 + 1;
-        big.uid = MAX_OCTAL_7 + 1;
-        let mut gnu = tar::Header::new_gnu();
-        gnu.set_path("gnu/file").unwrap();
-        gnu.set_size(3);
-        gnu.set_mode(0o600);
-        gnu.set_username("root").unwrap();
-        gnu.set_uid(0);
-        gnu.set_gid(0);
-        gnu.set_mtime(5);
-        gnu.set_cksum();
-        let mut old = tar::Header::new_old();
-        old.set_path("v7/file").unwrap();
-        old.set_mtime(99);
-        old.set_mode(0o644);
-        old.set_uid(1);
-        old.set_gid(2);
-        old.set_size(0);
-        old.set_cksum();
-        for block in [
-            &b[..],
-            &ustar_block(&big)[..],
-            gnu.as_bytes(),
-            old.as_bytes(),
-        ] {
-            let ours = HeaderBlock::new(block);
-            let oracle = tar::Header::from_byte_slice(block);
-            assert_eq!(ours.path(), &*oracle.path_bytes());
-            assert_eq!(
-                ours.link(),
-                oracle.link_name_bytes().as_deref().unwrap_or_default()
-            );
-            assert_eq!(ours.mode(), oracle.mode().ok());
-            assert_eq!(ours.uid(), oracle.uid().ok());
-            assert_eq!(ours.gid(), oracle.gid().ok());
-            assert_eq!(ours.size(), oracle.entry_size().ok());
-            assert_eq!(ours.mtime(), oracle.mtime().ok());
-            assert_eq!(ours.uname(), oracle.username_bytes().unwrap_or_default());
-            assert_eq!(ours.gname(), oracle.groupname_bytes().unwrap_or_default());
-        }
-        assert_eq!(parse_numeric(b" 12 \0"), Some(0o12));
-        // An all-NUL field is 0, as Go and the agent read it (the tar crate
-        // refuses it).
-        assert_eq!(parse_numeric(b"\0\0\0"), Some(0));
-        assert_eq!(parse_numeric(b"12x\0"), None);
-    }
 }

@@ -1,27 +1,13 @@
 //! Checking a pushed manifest and listing what it references. Pure: no I/O.
+//! The push-time rules (Content-Type against `mediaType`, schema versions,
+//! what an index and an image need) are here; the model (descriptors,
+//! media types) is [`crate::oci`].
 
 use super::error::OciError;
 use axum::http::StatusCode;
-use layerlink_proto::Digest;
 use serde_json::Value;
 
-/// OCI image manifest.
-pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-/// OCI image index.
-pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
-/// Docker image manifest, schema 2.
-pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
-/// Docker manifest list.
-pub const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
-
-/// What a manifest names.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Descriptor {
-    /// Content digest.
-    pub digest: Digest,
-    /// Declared size in bytes.
-    pub size: u64,
-}
+pub use crate::oci::{Descriptor, DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST};
 
 /// A checked manifest.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -129,11 +115,7 @@ pub fn parse(bytes: &[u8], content_type: Option<&str>) -> Result<ParsedManifest,
         })?;
         for l in layers {
             let d = descriptor(l, "layers[]")?;
-            let foreign = l
-                .get("urls")
-                .and_then(Value::as_array)
-                .is_some_and(|u| !u.is_empty());
-            if !foreign {
+            if !d.is_foreign() {
                 parsed.blobs.push(d);
             }
         }
@@ -142,20 +124,13 @@ pub fn parse(bytes: &[u8], content_type: Option<&str>) -> Result<ParsedManifest,
 }
 
 fn descriptor(v: &Value, what: &str) -> Result<Descriptor, OciError> {
-    let digest = v.get("digest").and_then(Value::as_str).ok_or_else(|| {
-        OciError::manifest_invalid(format!("{what}: descriptor without a digest"))
-    })?;
-    let digest = Digest::parse(digest)
-        .map_err(|e| OciError::manifest_invalid(format!("{what}: digest {digest:?}: {e}")))?;
-    let size = v.get("size").and_then(Value::as_u64).ok_or_else(|| {
-        OciError::manifest_invalid(format!("{what}: descriptor {digest} without a size"))
-    })?;
-    Ok(Descriptor { digest, size })
+    Descriptor::from_json(v, what).map_err(|e| OciError::manifest_invalid(e.to_string()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use layerlink_proto::Digest;
 
     const D1: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
     const D2: &str = "sha256:2222222222222222222222222222222222222222222222222222222222222222";
@@ -170,11 +145,8 @@ mod tests {
         assert_eq!(p.media_type, OCI_MANIFEST);
         assert_eq!(p.blobs.len(), 2, "the foreign layer is not required");
         assert_eq!(
-            p.blobs[1],
-            Descriptor {
-                digest: Digest::parse(D2).unwrap(),
-                size: 5
-            }
+            (p.blobs[1].digest, p.blobs[1].size),
+            (Digest::parse(D2).unwrap(), 5)
         );
         // no Content-Type: the mediaType field decides
         assert_eq!(parse(m.as_bytes(), None).unwrap().media_type, OCI_MANIFEST);

@@ -1,6 +1,6 @@
 use super::*;
-use crate::ingest::image;
 use crate::ingest::testutil::{gunzip, gzip, TarBuilder};
+use crate::oci;
 use crate::sync::plan::{amd64, MemRegistry};
 use layerlink_proto::archive::{parse_reference_link, Marker, PAX_DIGEST, PAX_MARKER};
 use layerlink_proto::msg::{
@@ -423,14 +423,14 @@ impl Server {
         let (cd, cn) = self.storage.put_blob(repo, &config[..], None).unwrap();
         blobs.push((cd, cn));
         let manifest = serde_json::to_vec(&serde_json::json!({
-            "schemaVersion": 2, "mediaType": image::OCI_MANIFEST,
-            "config": {"mediaType": image::OCI_CONFIG, "digest": cd.to_string(), "size": cn},
+            "schemaVersion": 2, "mediaType": oci::OCI_MANIFEST,
+            "config": {"mediaType": oci::OCI_CONFIG, "digest": cd.to_string(), "size": cn},
             "layers": layers,
         }))
         .unwrap();
         let md = self
             .storage
-            .put_manifest(repo, Some(tag), image::OCI_MANIFEST, manifest, &blobs)
+            .put_manifest(repo, Some(tag), oci::OCI_MANIFEST, manifest, &blobs)
             .unwrap();
         (md, diff_ids)
     }

@@ -33,20 +33,7 @@ pub const GZIP_LEVEL: u32 = 6;
 /// The header fields of a marker entry (`MARKER_DIR/<kind>`): a regular
 /// file of `size` bytes, 0644, owned by root, mtime 0.
 fn marker_fields(path: &[u8], size: u64) -> Fields<'_> {
-    Fields {
-        path,
-        type_flag: b'0',
-        mode: 0o644,
-        uid: 0,
-        gid: 0,
-        size,
-        mtime: 0,
-        link: b"",
-        uname: b"",
-        gname: b"",
-        dev_major: 0,
-        dev_minor: 0,
-    }
+    Fields::file(path, size)
 }
 
 /// Writes dedup archive entries (uncompressed tar) to `out`.
