@@ -195,7 +195,7 @@ fn a_rebuilt_image_syncs_as_deltas_exactly_and_a_damaged_base_still_ends_right()
     // applied: the damaged object and the layer using it are dropped and
     // the update arrives without that base. (A delta whose result fails
     // its digest — damage the check cannot see, bit rot — makes the agent
-    // fetch the object whole; that path is in `apply.rs`, fuzzed by
+    // fetch the object whole; that path is in `agent/src/apply/entry.rs`, fuzzed by
     // `delta_apply`, and no longer reachable through file-system damage.)
     let damaged = Agent::new(TOKEN);
     sync(&damaged, &proxy, OLD);
