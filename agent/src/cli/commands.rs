@@ -40,15 +40,7 @@ pub(super) fn cmd_layers(a: &Args) -> Result<i32> {
 pub(super) fn cmd_gc(a: &Args) -> Result<i32> {
     a.only("gc", &["--store"])?;
     let store = Store::open(&a.store()?, Access::Exclusive)?;
-    let s = store.gc()?;
-    println!(
-        "removed {} layer(s) and {} object(s), freed {} ({} bytes)",
-        s.layers_removed,
-        s.objects_removed,
-        human(s.bytes_freed),
-        s.bytes_freed
-    );
-    Ok(exit::OK)
+    gc_and_report(&store)
 }
 
 pub(super) fn cmd_verify(a: &Args) -> Result<i32> {
@@ -91,15 +83,7 @@ pub(super) fn cmd_remove(a: &Args) -> Result<i32> {
             println!("{} is not in the store", show_image_ref(i));
         }
     }
-    let s = store.gc()?;
-    println!(
-        "removed {} layer(s) and {} object(s), freed {} ({} bytes)",
-        s.layers_removed,
-        s.objects_removed,
-        human(s.bytes_freed),
-        s.bytes_freed
-    );
-    Ok(exit::OK)
+    gc_and_report(&store)
 }
 
 pub(super) fn cmd_apply_archive(a: &Args) -> Result<i32> {
@@ -136,5 +120,18 @@ pub(super) fn cmd_apply_archive(a: &Args) -> Result<i32> {
             s.entries, s.new_files, s.referenced_files
         );
     }
+    Ok(exit::OK)
+}
+
+/// Run `gc` and print what it freed (the `gc` and `remove` commands).
+fn gc_and_report(store: &Store) -> Result<i32> {
+    let s = store.gc()?;
+    println!(
+        "removed {} layer(s) and {} object(s), freed {} ({} bytes)",
+        s.layers_removed,
+        s.objects_removed,
+        human(s.bytes_freed),
+        s.bytes_freed
+    );
     Ok(exit::OK)
 }
