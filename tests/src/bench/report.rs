@@ -27,36 +27,46 @@ const TARGET_SIBLING_OVER_BEFORE: f64 = 0.80;
 /// Issue 11: registry CPU per cold sync over layerlink's before wire v2.
 const TARGET_CPU_OVER_BEFORE: f64 = 0.1;
 
-/// Layerlink before wire v2, the baseline issue 11's targets are relative
-/// to: the same benchmark run of commit `29cba5d` (bench/RESULTS.md as of
-/// 24f3eb6), per scenario key: bytes on the wire (as published, to the
-/// 0.01 MiB / 0.1 KiB shown), registry CPU seconds and device CPU seconds
-/// (agent sync + checkout, user + sys; the median of the runs).
-const BEFORE_WIRE_V2: &[(&str, f64, f64, f64)] = &[
-    ("cold", 57.43 * MIB, 8.52, 2.04),
-    ("base-b", 263.4 * KIB, 0.07, 0.40),
-    ("hello", 94.4 * KIB, 0.03, 0.94),
-    ("cold-upd", 59.91 * MIB, 8.65, 2.70),
-    ("sibling", 1.92 * MIB, 0.32, 0.35),
-    ("update", 13.82 * MIB, 2.14, 3.45),
+/// Layerlink before wire v2 in one scenario: what issue 11's targets are
+/// relative to.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Before {
+    /// Bytes on the wire (as published, to the 0.01 MiB / 0.1 KiB shown).
+    bytes: f64,
+    /// Registry CPU seconds.
+    registry_cpu: f64,
+    /// Device CPU seconds (agent sync + checkout, user + sys; the median
+    /// of the runs).
+    device_cpu: f64,
+}
+
+/// The same benchmark run of commit `29cba5d` (bench/RESULTS.md as of
+/// 24f3eb6), per scenario key.
+const BEFORE_WIRE_V2: &[(&str, Before)] = &[
+    ("cold", before(57.43 * MIB, 8.52, 2.04)),
+    ("base-b", before(263.4 * KIB, 0.07, 0.40)),
+    ("hello", before(94.4 * KIB, 0.03, 0.94)),
+    ("cold-upd", before(59.91 * MIB, 8.65, 2.70)),
+    ("sibling", before(1.92 * MIB, 0.32, 0.35)),
+    ("update", before(13.82 * MIB, 2.14, 3.45)),
 ];
 const KIB: f64 = 1024.0;
 const MIB: f64 = 1024.0 * 1024.0;
 
-/// The pre-wire-v2 (bytes, registry CPU s) of a scenario.
-fn before_wire_v2(key: &str) -> Option<(f64, f64)> {
-    BEFORE_WIRE_V2
-        .iter()
-        .find(|(k, ..)| *k == key)
-        .map(|&(_, b, c, _)| (b, c))
+const fn before(bytes: f64, registry_cpu: f64, device_cpu: f64) -> Before {
+    Before {
+        bytes,
+        registry_cpu,
+        device_cpu,
+    }
 }
 
-/// The pre-wire-v2 device CPU seconds of a scenario.
-fn device_cpu_before_wire_v2(key: &str) -> Option<f64> {
+/// The pre-wire-v2 figures of a scenario.
+fn before_wire_v2(key: &str) -> Option<Before> {
     BEFORE_WIRE_V2
         .iter()
-        .find(|(k, ..)| *k == key)
-        .map(|&(.., d)| d)
+        .find(|(k, _)| *k == key)
+        .map(|&(_, b)| b)
 }
 
 /// One scenario's results.
@@ -358,7 +368,11 @@ impl Report<'_> {
                         );
                         any = true;
                     }
-                    if let Some(before) = device_cpu_before_wire_v2(res.scenario.key) {
+                    let before = before_wire_v2(res.scenario.key);
+                    if let Some(Before {
+                        device_cpu: before, ..
+                    }) = before
+                    {
                         let now = ll.total().cpu();
                         let _ = writeln!(
                             w,
@@ -371,9 +385,10 @@ impl Report<'_> {
                     let size = self.uncompressed(res.scenario.tag);
                     if ll.server_cpu > 0.0 && size > 1024 * 1024 {
                         let rate = size as f64 / 1e6 / ll.server_cpu;
-                        let before = before_wire_v2(res.scenario.key);
                         let (vs, ok) = match before {
-                            Some((_, cpu)) => (
+                            Some(Before {
+                                registry_cpu: cpu, ..
+                            }) => (
                                 format!(
                                     "; {:.3}× the {cpu:.2} s before wire v2",
                                     ll.server_cpu / cpu
@@ -395,9 +410,8 @@ impl Report<'_> {
                 }
                 Kind::Sibling => {
                     if let Some(o) = res.side(Tool::OstreeObjects) {
-                        let before = before_wire_v2(res.scenario.key);
-                        let (vs, ok) = match before {
-                            Some((b, _)) => {
+                        let (vs, ok) = match before_wire_v2(res.scenario.key) {
+                            Some(Before { bytes: b, .. }) => {
                                 let r = ll.bytes as f64 / b;
                                 (
                                     format!("; {r:.2}× the {} before wire v2", bytes(b as u64)),
@@ -693,11 +707,17 @@ mod tests {
     #[test]
     fn every_compared_scenario_has_a_pre_wire_v2_figure() {
         for s in SCENARIOS.iter().filter(|s| s.key != "tiny") {
-            let (bytes, cpu) =
-                before_wire_v2(s.key).unwrap_or_else(|| panic!("no baseline for {}", s.key));
-            assert!(bytes > 0.0 && cpu > 0.0, "{}", s.key);
+            let b = before_wire_v2(s.key).unwrap_or_else(|| panic!("no baseline for {}", s.key));
+            assert!(
+                b.bytes > 0.0 && b.registry_cpu > 0.0 && b.device_cpu > 0.0,
+                "{}",
+                s.key
+            );
         }
-        assert_eq!(before_wire_v2("sibling"), Some((1.92 * MIB, 0.32)));
-        assert_eq!(device_cpu_before_wire_v2("cold"), Some(2.04));
+        assert_eq!(
+            before_wire_v2("sibling"),
+            Some(before(1.92 * MIB, 0.32, 0.35))
+        );
+        assert_eq!(before_wire_v2("cold").map(|b| b.device_cpu), Some(2.04));
     }
 }
