@@ -14,7 +14,8 @@
 //! and [`delta::worth_it`]; the whole file is the frame the registry would
 //! splice instead. Printed per kind — ELF, `.pyc`, text (valid UTF-8),
 //! other data; files under [`delta::MIN_DELTA_SIZE`] and compressed ones
-//! always go whole and are listed apart — the whole bytes, the patch
+//! ([`delta::is_compressed_name`], the registry's own list) always go
+//! whole and are listed apart — the whole bytes, the patch
 //! bytes, and what is sent (patch + [`delta::ENTRY_OVERHEAD`] when worth
 //! it, else whole), with the ratio sent / whole.
 
@@ -68,8 +69,7 @@ fn image_files(layout: &Path, tag: &str) -> Files {
 }
 
 fn kind(path: &str, data: &[u8]) -> &'static str {
-    const COMPRESSED: &[&str] = &[".gz", ".xz", ".zst", ".bz2", ".png", ".jpg", ".deb", ".zip"];
-    if COMPRESSED.iter().any(|x| path.ends_with(x)) {
+    if delta::is_compressed_name(path.as_bytes()) {
         "compressed (whole)"
     } else if (data.len() as u64) < delta::MIN_DELTA_SIZE {
         "small (whole)"

@@ -195,7 +195,9 @@ pub fn stem_key(path: &[u8]) -> Vec<u8> {
     out
 }
 
-fn is_compressed_name(path: &[u8]) -> bool {
+/// Whether a file name says its content is compressed already (deltas do
+/// not pay: such files always travel whole).
+pub fn is_compressed_name(path: &[u8]) -> bool {
     let lower = path.to_ascii_lowercase();
     COMPRESSED.iter().any(|e| lower.ends_with(e.as_bytes()))
 }
