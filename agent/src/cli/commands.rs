@@ -52,16 +52,19 @@ pub(super) fn cmd_verify(a: &Args) -> Result<i32> {
     }
     a.only("verify", &["--store"])?;
     let store = Store::open(&a.store()?, Access::ReadOnly)?;
+    verify_and_report(&store, "", exit::OK)
+}
+
+/// Check the store, print each problem and a summary line (ending in
+/// `suffix`), and exit with [`exit::INTEGRITY`] if anything is wrong, else
+/// `ok` (`verify`, and `verify --repair` after its repairing sync).
+pub(super) fn verify_and_report(store: &Store, suffix: &str, ok: i32) -> Result<i32> {
     let s = store.verify(|p| eprintln!("problem: {p}"))?;
     println!(
-        "checked {} object(s), {} layer(s), {} image(s): {} problem(s)",
+        "checked {} object(s), {} layer(s), {} image(s): {} problem(s){suffix}",
         s.objects, s.layers, s.images, s.problems
     );
-    Ok(if s.problems > 0 {
-        exit::INTEGRITY
-    } else {
-        exit::OK
-    })
+    Ok(if s.problems > 0 { exit::INTEGRITY } else { ok })
 }
 
 /// `remove IMAGE...`: forget the images, then gc what no other image uses.

@@ -350,14 +350,5 @@ pub(super) fn cmd_repair(a: &Args) -> Result<i32> {
         code = finish_sync(&s.store, result, s.quiet)?;
     }
     mark_checked(&s.store);
-    let v = s.store.verify(|p| eprintln!("problem: {p}"))?;
-    println!(
-        "checked {} object(s), {} layer(s), {} image(s): {} problem(s) left",
-        v.objects, v.layers, v.images, v.problems
-    );
-    Ok(if v.problems > 0 {
-        exit::INTEGRITY
-    } else {
-        code
-    })
+    super::commands::verify_and_report(&s.store, " left", code)
 }
