@@ -115,6 +115,17 @@ run_big() {
   local store="$WORK/big-$t/store" diff_id
   diff_id=$(jq -r .diff_id "$BIG_INFO")
   mkdir -p "$WORK/big-$t"
+  # The agent really writes the entry (no holes): say so plainly when the
+  # disk (shared with other builds on CI machines) cannot hold it.
+  local need free
+  need=$(( $(jq -r .big_size "$BIG_INFO") + 256 * 1024 * 1024 ))
+  free=$(df -B1 --output=avail "$WORK/big-$t" | tail -1 | tr -d ' ')
+  if (( free < need )); then
+    log "$t: only $free bytes free under $WORK, the >4 GiB entry needs $need"
+    record "$t" big "FAILED (disk: $((free >> 20)) MiB free, needs $((need >> 20)))"
+    rm -rf "$WORK/big-$t"
+    return
+  fi
   log "$t: applying a dedup archive with a $(jq -r .big_size "$BIG_INFO")-byte entry under qemu"
   if ! "${CROSS_RUNNER[@]}" "$AGENT" apply-archive --store "$store" --quiet "$BIG_ARCHIVE" >"$WORK/big-$t.log" 2>&1; then
     cat "$WORK/big-$t.log" >&2
