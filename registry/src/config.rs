@@ -21,6 +21,12 @@
 //! log_format = "json"        # or "text" (the default)
 //! metrics_auth = true        # /metrics needs publisher basic auth (default false)
 //!
+//! # garbage collection inside `serve` (also: `layerlink-registry gc`)
+//! [gc]
+//! interval_hours = 24        # run every N hours (absent or 0: never by itself)
+//! grace_minutes = 60         # spare what was pushed or written this recently
+//! device_grace_days = 30     # layers held by devices seen this recently stay indexed (0: none)
+//!
 //! # serve HTTPS (PEM files; relative paths are relative to this file)
 //! [tls]
 //! cert = "/etc/layerlink/cert.pem"     # certificate chain, server cert first
@@ -68,6 +74,32 @@ pub struct Config {
     /// traffic figures). No effect without `[[publishers]]`.
     #[serde(default)]
     pub metrics_auth: bool,
+    /// Periodic garbage collection (see `gc`).
+    #[serde(default)]
+    pub gc: GcConfig,
+}
+
+/// `[gc]`: when `serve` collects garbage by itself, and what it spares.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct GcConfig {
+    /// Run every this many hours; 0 (the default): only `layerlink-registry gc`.
+    pub interval_hours: u64,
+    /// Spare manifests pushed and files written within this many minutes.
+    pub grace_minutes: u64,
+    /// Layers held by a device seen within this many days keep their index
+    /// rows and objects (0: device holdings protect nothing).
+    pub device_grace_days: u64,
+}
+
+impl Default for GcConfig {
+    fn default() -> Self {
+        GcConfig {
+            interval_hours: 0,
+            grace_minutes: 60,
+            device_grace_days: 30,
+        }
+    }
 }
 
 /// Log line format.

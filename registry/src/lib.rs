@@ -16,6 +16,7 @@
 //! | [`ingest`] | layer → files: decompress, walk the tar, store objects, record the entry index |
 //! | [`sync`] | [`plan`](sync::plan) (what a device needs), [`access`](sync::access) (what a device may receive), [`archive`](sync::archive) (the dedup archive writer), [`devices`](sync::devices) (holdings records), [`SyncError`](sync::SyncError) |
 //! | [`edit`] | in-place image editing (layout and registry backends, the `edit` command) |
+//! | [`gc`] | garbage collection: what no tag and no recently seen device needs |
 //! | [`stats`] | the `stats` command |
 //! | [`http`] | routes and handlers: [`oci`](http::oci) `/v2/`, [`sync`](http::sync) and [`edit`](http::edit) under `/layerlink/v1/`, [`server`](http::server), [`state`](http::state) |
 
@@ -23,6 +24,7 @@ pub mod auth;
 pub mod clock;
 pub mod config;
 pub mod edit;
+pub mod gc;
 pub mod hashing;
 pub mod http;
 pub mod ingest;

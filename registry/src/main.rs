@@ -68,6 +68,27 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Collect garbage: delete manifests no tag reaches, and the blobs,
+    /// index rows, file objects and caches nothing live needs. On a stopped
+    /// registry (the database is locked while `serve` runs; `serve` collects
+    /// by itself with `[gc] interval_hours`). Exit 0 with a summary.
+    Gc {
+        /// Data directory.
+        #[arg(long)]
+        data: PathBuf,
+        /// Count what would be freed, delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Spare manifests pushed and files written within this many minutes.
+        #[arg(long, default_value_t = 60)]
+        grace_minutes: u64,
+        /// Keep the layers held by devices seen within this many days (0: none).
+        #[arg(long, default_value_t = 30)]
+        device_grace_days: u64,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print every device's holdings record.
     Devices {
         /// Data directory.
@@ -198,6 +219,35 @@ fn run(cli: Cli, loaded: Option<Config>) -> anyhow::Result<()> {
             std::io::stdout().write_all(out.as_bytes())?;
             Ok(())
         }
+        Command::Gc {
+            data,
+            dry_run,
+            grace_minutes,
+            device_grace_days,
+            json,
+        } => {
+            let storage = open_existing(&data)?;
+            // Serving processes hold this lock shared; their pushes are
+            // fenced from a collection only inside one process.
+            let lock = serve_lock(&data)?;
+            if lock.try_lock().is_err() {
+                return Err(UsageError(anyhow::anyhow!(
+                    "a registry is serving {}: stop it first, or let it collect by itself ([gc] interval_hours)",
+                    data.display()
+                ))
+                .into());
+            }
+            let opts = gc_options(grace_minutes, device_grace_days, dry_run);
+            let report =
+                layerlink_registry::gc::run(&storage, &opts).context("collecting garbage")?;
+            let out = if json {
+                serde_json::to_string_pretty(&report)? + "\n"
+            } else {
+                format!("gc: {}\n", report.summary())
+            };
+            std::io::stdout().write_all(out.as_bytes())?;
+            Ok(())
+        }
         Command::Fleet { server, user, json } => fleet(&server, user.as_deref(), json),
         Command::Devices { data, json } => {
             let storage = open_existing(&data)?;
@@ -245,6 +295,32 @@ fn fleet(server: &str, user: Option<&str>, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `DATA/serve.lock`: `serve` holds it shared for its lifetime, `gc` takes
+/// it exclusively (released when the process ends, however it ends).
+fn serve_lock(data: &std::path::Path) -> anyhow::Result<std::fs::File> {
+    let path = data.join("serve.lock");
+    std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))
+}
+
+fn gc_options(
+    grace_minutes: u64,
+    device_grace_days: u64,
+    dry_run: bool,
+) -> layerlink_registry::gc::Options {
+    use std::time::Duration;
+    layerlink_registry::gc::Options {
+        grace: Duration::from_secs(grace_minutes.saturating_mul(60)),
+        device_grace: (device_grace_days > 0)
+            .then(|| Duration::from_secs(device_grace_days.saturating_mul(86400))),
+        dry_run,
+    }
+}
+
 fn open_existing(data: &std::path::Path) -> anyhow::Result<Storage> {
     if !data.is_dir() {
         return Err(UsageError(anyhow::anyhow!(
@@ -264,6 +340,16 @@ async fn serve(
 ) -> anyhow::Result<()> {
     let transport = Transport::from_config(&config)?;
     let addrs = server::check_listen(&listen, &config, &transport).await?;
+    let lock = serve_lock(&data).or_else(|_| {
+        std::fs::create_dir_all(&data)?;
+        serve_lock(&data)
+    })?;
+    if lock.try_lock_shared().is_err() {
+        anyhow::bail!(
+            "{} is being garbage-collected by `layerlink-registry gc`; start when it is done",
+            data.display()
+        );
+    }
     let storage = tokio::task::spawn_blocking(move || {
         let s = Storage::open(&data)?;
         // Leftovers of a crash: temp blobs, orphan upload files, and the
@@ -284,9 +370,13 @@ async fn serve(
         tls = transport.is_tls(),
         "registry ready"
     );
+    let gc_config = config.gc.clone();
     let mut state = AppState::new(storage, config);
     state.metrics = Some(layerlink_registry::http::metrics::install()?);
     tokio::spawn(expire_uploads(state.storage.clone()));
+    if gc_config.interval_hours > 0 {
+        tokio::spawn(collect_garbage(state.storage.clone(), gc_config));
+    }
     if let Some(path) = config_path {
         tokio::spawn(reload_on_sighup(state.shared_config.clone(), path));
     }
@@ -294,9 +384,11 @@ async fn serve(
     let mut stdout = std::io::stdout();
     writeln!(stdout, "listening on {}://{addr}", transport.scheme())?;
     stdout.flush()?;
-    server::serve(listener, transport, state, server::shutdown_signal())
+    let served = server::serve(listener, transport, state, server::shutdown_signal())
         .await
-        .context("serving")
+        .context("serving");
+    drop(lock);
+    served
 }
 
 /// On every SIGHUP, read the config file again and swap in its devices and
@@ -342,6 +434,26 @@ async fn expire_uploads(storage: std::sync::Arc<Storage>) {
             Ok(Ok(n)) => tracing::info!("cancelled {n} abandoned upload session(s)"),
             Ok(Err(e)) => tracing::warn!("expiring upload sessions: {e:#}"),
             Err(e) => tracing::warn!("expiring upload sessions: {e}"),
+        }
+    }
+}
+
+/// Every `[gc] interval_hours`: collect garbage (the first run one interval
+/// after start-up).
+async fn collect_garbage(
+    storage: std::sync::Arc<Storage>,
+    cfg: layerlink_registry::config::GcConfig,
+) {
+    let every = std::time::Duration::from_secs(cfg.interval_hours.saturating_mul(3600));
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    loop {
+        tick.tick().await;
+        let s = storage.clone();
+        let opts = gc_options(cfg.grace_minutes, cfg.device_grace_days, false);
+        match tokio::task::spawn_blocking(move || layerlink_registry::gc::run(&s, &opts)).await {
+            Ok(Ok(r)) => tracing::info!(bytes_freed = r.bytes_freed, "gc: {}", r.summary()),
+            Ok(Err(e)) => tracing::error!("gc failed: {e:#}"),
+            Err(e) => tracing::error!("gc failed: {e}"),
         }
     }
 }

@@ -1,14 +1,14 @@
 """An independent count of what OCI layer blobs hold: Python's `tarfile`
 (not the `tar` crate the registry and the Rust harness use).
 
-    python3 tar_count.py BLOB...
+    python3 tar_count.py [--digests] BLOB...
 
 Each BLOB is a layer (gzip or uncompressed tar, detected by its magic
 bytes; zstd through the `zstd` CLI). Prints one JSON object over all of
 them: tar entries (extension headers excluded, as tarfile reports
 members), regular files (tarfile's isreg: `0`, `\\0`, `7`), the sum of
 their sizes, and the number and bytes of distinct non-empty contents by
-sha256.
+sha256 (with `--digests`, also their sorted list: `digests`).
 """
 
 import hashlib
@@ -31,7 +31,7 @@ def open_layer(path):
     return tarfile.open(path, mode="r|"), None
 
 
-def main(paths):
+def main(paths, with_digests=False):
     entries = regular = logical = 0
     digests = {}
     for path in paths:
@@ -61,10 +61,17 @@ def main(paths):
                 "distinct_nonempty": len(set(digests) - {EMPTY}),
                 "distinct_bytes": sum(digests.values()),
                 "has_empty_file": EMPTY in digests,
+                **(
+                    {"digests": sorted(set(digests) - {EMPTY})}
+                    if with_digests
+                    else {}
+                ),
             }
         )
     )
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    args = sys.argv[1:]
+    flag = "--digests" in args
+    main([a for a in args if a != "--digests"], flag)

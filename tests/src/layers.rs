@@ -130,8 +130,35 @@ pub struct TarfileCount {
     pub distinct_bytes: u64,
 }
 
+/// The distinct non-empty file contents (sha256 hex) of the layers of
+/// `tags`, by the Python `tarfile` oracle.
+pub fn tarfile_digests(layout: &OciLayout, tags: &[&str]) -> BTreeSet<String> {
+    let v = tarfile_json(layout, tags, true);
+    v["digests"]
+        .as_array()
+        .unwrap_or_else(|| panic!("tar_count.py --digests: no `digests` in {v}"))
+        .iter()
+        .map(|d| d.as_str().expect("digest string").to_owned())
+        .collect()
+}
+
 /// Run the Python `tarfile` oracle over the distinct layers of `tags`.
 pub fn tarfile_count(layout: &OciLayout, tags: &[&str]) -> TarfileCount {
+    let v = tarfile_json(layout, tags, false);
+    let get = |k: &str| {
+        v[k].as_u64()
+            .unwrap_or_else(|| panic!("tar_count.py: no `{k}` in {v}"))
+    };
+    TarfileCount {
+        entries: get("entries"),
+        regular_files: get("regular_files"),
+        logical_bytes: get("logical_bytes"),
+        distinct_nonempty: get("distinct_nonempty"),
+        distinct_bytes: get("distinct_bytes"),
+    }
+}
+
+fn tarfile_json(layout: &OciLayout, tags: &[&str], digests: bool) -> serde_json::Value {
     let mut seen = BTreeSet::new();
     let mut paths = Vec::new();
     for tag in tags {
@@ -145,26 +172,16 @@ pub fn tarfile_count(layout: &OciLayout, tags: &[&str]) -> TarfileCount {
     let out = crate::run_ok(
         std::process::Command::new("python3")
             .arg(&script)
+            .args(digests.then_some("--digests"))
             .args(&paths),
     );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
         panic!(
             "{} printed no JSON ({e}): {}",
             script.display(),
             String::from_utf8_lossy(&out.stdout)
         )
-    });
-    let get = |k: &str| {
-        v[k].as_u64()
-            .unwrap_or_else(|| panic!("tar_count.py: no `{k}` in {v}"))
-    };
-    TarfileCount {
-        entries: get("entries"),
-        regular_files: get("regular_files"),
-        logical_bytes: get("logical_bytes"),
-        distinct_nonempty: get("distinct_nonempty"),
-        distinct_bytes: get("distinct_bytes"),
-    }
+    })
 }
 
 /// A regular file read from a layer tar, with the header fields an edit

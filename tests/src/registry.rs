@@ -54,6 +54,15 @@ impl Registry {
         Self::start_at(tmp, &self.data, config_text.as_deref())
     }
 
+    /// Stop `self`, run `f` on its data dir (offline commands such as
+    /// `gc`), then start another registry process on it.
+    pub fn restart_after(mut self, f: impl FnOnce(&Path)) -> Registry {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        f(&self.data);
+        self.restart()
+    }
+
     fn start_at(tmp: TempDir, data: &Path, config: Option<&str>) -> Registry {
         let mut cmd = Command::new(registry_bin());
         cmd.arg("serve")

@@ -172,6 +172,9 @@ fn digest(s: &str) -> Result<Digest, EditError> {
 
 /// Run an edit request against the store (blocking).
 pub fn run(storage: &Storage, body: &EditBody) -> Result<EditOutcome, EditError> {
+    // An edit ingests layers and stores a manifest: not while the garbage
+    // collector decides (see `Storage::push_guard`).
+    let _push = storage.push_guard();
     let backend = RegistryImage::new(storage, &body.repository)?;
     let scratch = Scratch::create(&storage.data_dir().join("tmp"), "edit-body-")?;
     let now = std::time::SystemTime::now()

@@ -106,7 +106,7 @@ pub fn parse_range(value: &str, size: u64) -> Option<(u64, u64)> {
 }
 
 /// `DELETE /v2/<name>/blobs/<digest>`: the repository forgets the blob
-/// (bytes stay on disk until a garbage collector exists).
+/// (bytes stay on disk until `layerlink-registry gc` finds them unused).
 pub async fn delete(ctx: Ctx, name: &str, digest: &str) -> Reply {
     let digest = parse_digest(digest)?;
     let storage = ctx.storage();
@@ -186,6 +186,7 @@ pub async fn start_upload(ctx: Ctx, name: &str) -> Reply {
             let Some(size) = storage.blob_size(&digest)? else {
                 return Ok(false);
             };
+            storage.blobs().touch(&digest)?;
             storage.meta().link_blob(&repo, &digest, size)?;
             Ok(true)
         })

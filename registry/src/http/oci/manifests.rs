@@ -102,6 +102,7 @@ pub async fn put(ctx: Ctx, name: &str, reference: &str) -> Reply {
     let strict = ctx.state.config().reject_unsyncable;
     let subject = parsed.subject.clone();
     blocking(move || {
+        let _push = storage.push_guard();
         let links = check_references(&storage, &repo, &parsed)?;
         let stored = StoredManifest {
             digest,

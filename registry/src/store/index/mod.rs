@@ -553,6 +553,105 @@ pub fn object_meta(
     }
 }
 
+/// (compressed blob digest, diff_id) rows of [`BLOBS`].
+pub type BlobRows = Vec<(Digest, Digest)>;
+
+/// Every indexed layer (diff_id, sorted), and every [`BLOBS`] row: what the
+/// garbage collector starts from.
+pub fn all_layers(db: &redb::Database) -> Result<(Vec<Digest>, BlobRows), IndexError> {
+    let txn = db.begin_read()?;
+    let mut layers = Vec::new();
+    if let Some(t) = open_read(&txn, LAYERS)? {
+        for item in t.iter()? {
+            layers.push(Digest(*item?.0.value()));
+        }
+    }
+    let mut blobs = Vec::new();
+    if let Some(t) = open_read(&txn, BLOBS)? {
+        for item in t.iter()? {
+            let (k, v) = item?;
+            blobs.push((Digest(*k.value()), Digest(*v.value())));
+        }
+    }
+    Ok((layers, blobs))
+}
+
+/// Every object row: digest and metadata.
+pub fn all_objects(db: &redb::Database) -> Result<Vec<(Digest, objects::ObjectMeta)>, IndexError> {
+    let txn = db.begin_read()?;
+    let mut out = Vec::new();
+    if let Some(t) = open_read(&txn, OBJECTS_META)? {
+        for item in t.iter()? {
+            let (k, v) = item?;
+            let d = Digest(*k.value());
+            out.push((d, decode(v.value(), || format!("object {d}"))?));
+        }
+    }
+    Ok(out)
+}
+
+/// Forget, in one transaction, the layers `layers` (their meta row, entry
+/// rows and object list), the blob rows `blob_rows` (compressed digests)
+/// and the object rows `objects`; the layer count of every other object
+/// those layers used drops by one per forgotten layer. Files are not
+/// touched: the caller deletes them after this commits, so the index never
+/// names a missing file (a crash in between leaves unnamed files, which
+/// the next collection removes).
+pub fn forget(
+    db: &redb::Database,
+    layers: &[Digest],
+    blob_rows: &[Digest],
+    objects: &[Digest],
+) -> Result<(), IndexError> {
+    let doomed: std::collections::HashSet<&Digest> = objects.iter().collect();
+    let txn = db.begin_write()?;
+    {
+        let mut lt = txn.open_table(LAYERS)?;
+        let mut et = txn.open_table(ENTRIES)?;
+        let mut lo = txn.open_table(LAYER_OBJECTS)?;
+        let mut om = txn.open_table(OBJECTS_META)?;
+        for l in layers {
+            lt.remove(&l.0)?;
+            let (a, b) = (entry_key(l, 0), entry_key(l, u32::MAX));
+            et.retain_in::<&[u8], _>(&a[..]..=&b[..], |_, _| false)?;
+            let (a, b) = (
+                layer_object_key(l, &Digest([0; 32])),
+                layer_object_key(l, &Digest([0xff; 32])),
+            );
+            let mut used = Vec::new();
+            for item in lo.range::<&[u8]>(&a[..]..=&b[..])? {
+                let (k, _) = item?;
+                let mut d = [0u8; 32];
+                d.copy_from_slice(&k.value()[32..64]);
+                used.push(Digest(d));
+            }
+            lo.retain_in::<&[u8], _>(&a[..]..=&b[..], |_, _| false)?;
+            for d in used.iter().filter(|d| !doomed.contains(d)) {
+                let meta = match om.get(&d.0)? {
+                    Some(v) => Some(decode::<objects::ObjectMeta>(v.value(), || {
+                        format!("object {d}")
+                    })?),
+                    None => None,
+                };
+                if let Some(mut m) = meta {
+                    m.layers = m.layers.saturating_sub(1);
+                    let bytes = postcard::to_allocvec(&m).expect("encoding ObjectMeta");
+                    om.insert(&d.0, bytes.as_slice())?;
+                }
+            }
+        }
+        let mut bt = txn.open_table(BLOBS)?;
+        for b in blob_rows {
+            bt.remove(&b.0)?;
+        }
+        for o in objects {
+            om.remove(&o.0)?;
+        }
+    }
+    txn.commit()?;
+    Ok(())
+}
+
 /// Figures for `layerlink-registry stats`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct DedupStats {

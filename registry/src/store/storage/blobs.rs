@@ -80,6 +80,46 @@ impl FsBlobs {
         self.blobs.join(digest.hex())
     }
 
+    /// Mark blob `digest` as just used (its modification time becomes now):
+    /// the garbage collector spares blobs touched within its grace period,
+    /// so a blob pushed again, or mounted into a repository, survives a
+    /// collection that runs before the manifest naming it arrives.
+    pub fn touch(&self, digest: &Digest) -> io::Result<()> {
+        match File::options().write(true).open(self.path(digest)) {
+            Ok(f) => f.set_modified(std::time::SystemTime::now()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Every stored blob with its size and modification time (the garbage
+    /// collector's view). Files whose name is not a digest are skipped.
+    pub fn list(&self) -> io::Result<Vec<(Digest, u64, std::time::SystemTime)>> {
+        let mut out = Vec::new();
+        for entry in fs::read_dir(&self.blobs)? {
+            let entry = entry?;
+            let name = entry.file_name();
+            let Ok(d) = Digest::parse(&format!("sha256:{}", name.to_string_lossy())) else {
+                continue;
+            };
+            let m = entry.metadata()?;
+            if m.is_file() {
+                out.push((d, m.len(), m.modified()?));
+            }
+        }
+        out.sort_by_key(|(d, _, _)| *d);
+        Ok(out)
+    }
+
+    /// Delete blob `digest` (absent is fine). Only the garbage collector
+    /// calls this, after the metadata stopped naming it.
+    pub fn remove(&self, digest: &Digest) -> io::Result<()> {
+        match fs::remove_file(self.path(digest)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+
     /// Size of a stored blob, `None` if absent.
     pub fn size(&self, digest: &Digest) -> io::Result<Option<u64>> {
         match fs::metadata(self.path(digest)) {
@@ -203,7 +243,9 @@ impl FsBlobs {
         }
         let target = self.path(&found);
         if target.exists() {
-            // Same name, same bytes: already stored is success.
+            // Same name, same bytes: already stored is success (and the blob
+            // is in use again: see `touch`).
+            self.touch(&found)?;
             return Ok((found, writer.len));
         }
         writer.file.sync_all()?;

@@ -50,6 +50,11 @@ pub trait MetadataStore: Send + Sync {
         blobs: &[(Digest, u64)],
     ) -> anyhow::Result<()>;
 
+    /// Every manifest of `repository` (digest order) with when it was last
+    /// pushed, Unix seconds (0 for manifests stored before push times were
+    /// recorded). The garbage collector's view.
+    fn manifests_of(&self, repository: &str) -> anyhow::Result<Vec<(Digest, u64)>>;
+
     /// Remove the manifest and every tag naming it. `false` if absent.
     fn delete_manifest(&self, repository: &str, digest: &Digest) -> anyhow::Result<bool>;
 

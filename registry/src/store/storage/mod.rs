@@ -29,7 +29,7 @@
 //! **Interfaces.** Handlers reach metadata only through [`MetadataStore`]
 //! (embedded: [`RedbMetadata`]); a distributed backend implements that
 //! trait. Blob bytes go through [`FsBlobs`]. Deleting a manifest or a blob
-//! link never deletes bytes: there is no garbage collector yet.
+//! link never deletes bytes by itself: [`crate::gc`] does, later.
 //!
 //! **Concurrency.** redb serialises writers; the database is opened in
 //! multi-writer mode so `stats` and `devices` can run beside `serve`. One
@@ -50,7 +50,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 /// A manifest as stored: its digest, media type and exact bytes.
 #[derive(Debug, Clone)]
@@ -75,6 +75,7 @@ pub struct Storage {
     blobs: FsBlobs,
     meta: Box<dyn MetadataStore>,
     upload_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<UploadCursor>>>>,
+    gc_lock: RwLock<()>,
 }
 
 impl Storage {
@@ -97,6 +98,7 @@ impl Storage {
             blobs,
             meta: Box::new(meta),
             upload_locks: Mutex::new(HashMap::new()),
+            gc_lock: RwLock::new(()),
         };
         Ok(storage)
     }
@@ -196,6 +198,20 @@ impl Storage {
         };
         self.meta.commit_manifest(repository, &m, tag, blobs)?;
         Ok(digest)
+    }
+
+    /// Held while a manifest is checked, its layers ingested and it is
+    /// committed (and by in-place edits, which do the same): the garbage
+    /// collector takes [`Storage::gc_exclusive`], so it never decides on a
+    /// state in which a layer is half ingested or a manifest's blobs were
+    /// checked but the manifest not yet stored.
+    pub fn push_guard(&self) -> RwLockReadGuard<'_, ()> {
+        self.gc_lock.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Exclusive against [`Storage::push_guard`]: the garbage collector.
+    pub fn gc_exclusive(&self) -> RwLockWriteGuard<'_, ()> {
+        self.gc_lock.write().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The lock serialising the chunks of upload session `id`; it guards

@@ -7,6 +7,8 @@
 //! | `oci_repo_blobs` | (repository, blob digest) | blob size |
 //! | `oci_repositories` | repository | () |
 //! | `oci_uploads` | session id | (repository, start time) |
+//! | `oci_manifest_times` | (repository, digest) | last push, Unix seconds (GC grace) |
+//! | `oci_referrers` | (repository, subject, referrer) | the referrer's descriptor |
 
 use super::meta::{MetaCounts, MetadataStore, UploadSession};
 use super::StoredManifest;
@@ -23,6 +25,7 @@ const TAGS: TableDefinition<(&str, &str), &[u8; 32]> = TableDefinition::new("oci
 const REPO_BLOBS: TableDefinition<RepoDigest, u64> = TableDefinition::new("oci_repo_blobs");
 const REPOSITORIES: TableDefinition<&str, ()> = TableDefinition::new("oci_repositories");
 const UPLOADS: TableDefinition<&str, (&str, u64)> = TableDefinition::new("oci_uploads");
+const MANIFEST_TIMES: TableDefinition<RepoDigest, u64> = TableDefinition::new("oci_manifest_times");
 /// (repository, subject, referrer).
 type RepoSubjectReferrer<'a> = (&'a str, &'a [u8; 32], &'a [u8; 32]);
 /// (repository, subject, referrer) → the referrer's descriptor (JSON).
@@ -44,6 +47,7 @@ impl RedbMetadata {
         tx.open_table(REPOSITORIES)?;
         tx.open_table(UPLOADS)?;
         tx.open_table(REFERRERS)?;
+        tx.open_table(MANIFEST_TIMES)?;
         tx.commit().context("creating the oci_* tables")?;
         Ok(RedbMetadata { db })
     }
@@ -87,6 +91,8 @@ impl MetadataStore for RedbMetadata {
                 (repository, &manifest.digest.0),
                 (manifest.media_type.as_str(), manifest.bytes.as_slice()),
             )?;
+            tx.open_table(MANIFEST_TIMES)?
+                .insert((repository, &manifest.digest.0), crate::clock::now_secs())?;
             let mut b = tx.open_table(REPO_BLOBS)?;
             for (d, size) in blobs {
                 b.insert((repository, &d.0), size)?;
@@ -101,12 +107,28 @@ impl MetadataStore for RedbMetadata {
         Ok(())
     }
 
+    fn manifests_of(&self, repository: &str) -> anyhow::Result<Vec<(Digest, u64)>> {
+        let tx = self.db.begin_read()?;
+        let m = tx.open_table(MANIFESTS)?;
+        let times = tx.open_table(MANIFEST_TIMES)?;
+        let mut out = Vec::new();
+        for entry in m.range((repository, &[0u8; 32])..=(repository, &[0xffu8; 32]))? {
+            let (k, _) = entry?;
+            let (_, d) = k.value();
+            let at = times.get((repository, d))?.map(|v| v.value()).unwrap_or(0);
+            out.push((Digest(*d), at));
+        }
+        Ok(out)
+    }
+
     fn delete_manifest(&self, repository: &str, digest: &Digest) -> anyhow::Result<bool> {
         let tx = self.db.begin_write()?;
         let found;
         {
             let mut m = tx.open_table(MANIFESTS)?;
             found = m.remove((repository, &digest.0))?.is_some();
+            tx.open_table(MANIFEST_TIMES)?
+                .remove((repository, &digest.0))?;
             let mut t = tx.open_table(TAGS)?;
             let mut doomed = Vec::new();
             for entry in t.range((repository, "")..)? {
