@@ -160,6 +160,9 @@ run_big() {
 }
 
 # --- end to end against the native registry -----------------------------
+# The RECIPE="…" of scripts/SCRIPT: its cached output is $CACHE/<what>-RECIPE.
+script_recipe() { sed -n 's/^RECIPE="\(.*\)"$/\1/p' "$ROOT_DIR/scripts/$1"; }
+
 REG_READY=0 REG_URL=''
 # The native registry on loopback (device dev1/tok-dev1), started once for
 # the e2e and multi-arch parts.
@@ -186,7 +189,7 @@ TOML
   REG_PID=$!
   local i
   for ((i = 0; i < 600; i++)); do
-    REG_URL=$(grep -o 'http://127\.0\.0\.1:[0-9]*' "$WORK/reg/stdout" | head -1)
+    REG_URL=$(grep -so 'http://127\.0\.0\.1:[0-9]*' "$WORK/reg/stdout" | head -1)
     [[ -n $REG_URL ]] && break
     kill -0 "$REG_PID" 2>/dev/null || break
     sleep 0.1
@@ -199,13 +202,16 @@ TOML
 E2E_READY=0 BUNDLE=''
 IMAGE=base-a:v1
 e2e_setup() {
-  ((E2E_READY)) && return 0
+  ((E2E_READY == 1)) && return 0
   ((E2E_READY == 2)) && return 1
   E2E_READY=2
   registry_start || return 1
   log "test images (scripts/build-test-images.sh; a no-op when cached)"
   bash "$ROOT_DIR/scripts/build-test-images.sh" >"$WORK/images.log" 2>&1 || { tail -30 "$WORK/images.log" >&2; return 1; }
-  local images=${LAYERLINK_CACHE:-/var/cache/layerlink}/images
+  # The build of this tree's recipe ($CACHE/images is only the newest
+  # build of any tree, and may point at a pruned one).
+  local images
+  images=${LAYERLINK_CACHE:-/var/cache/layerlink}/images-$(script_recipe build-test-images.sh)
   log "pushing $IMAGE"
   skopeo --insecure-policy copy -q --dest-tls-verify=false "oci:$images/oci:$IMAGE" "docker://${REG_URL#http://}/$IMAGE" \
     >&2 || { log "skopeo push failed"; cat "$WORK/reg/stderr" >&2; return 1; }
@@ -262,9 +268,7 @@ multi_setup() {
   log "multi-arch image (scripts/build-multiarch-image.sh; a no-op when cached)"
   bash "$ROOT_DIR/scripts/build-multiarch-image.sh" >"$WORK/multiarch.log" 2>&1 ||
     { tail -30 "$WORK/multiarch.log" >&2; return 1; }
-  local recipe
-  recipe=$(sed -n 's/^RECIPE="\(.*\)"$/\1/p' "$ROOT_DIR/scripts/build-multiarch-image.sh")
-  MULTI_DIR=${LAYERLINK_CACHE:-/var/cache/layerlink}/multiarch-$recipe
+  MULTI_DIR=${LAYERLINK_CACHE:-/var/cache/layerlink}/multiarch-$(script_recipe build-multiarch-image.sh)
   [[ -f $MULTI_DIR/platforms.txt ]] || { log "no $MULTI_DIR/platforms.txt"; return 1; }
   log "pushing the index $MULTI_TAG (skopeo copy --all)"
   skopeo --insecure-policy copy -q --all --dest-tls-verify=false "oci:$MULTI_DIR/oci:$MULTI_TAG" \
