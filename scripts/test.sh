@@ -2,7 +2,8 @@
 # The project's test command (README "Tests"; CI runs it from .ci/run).
 #
 #   1. tools (scripts/install-deps.sh) and the cached real test images
-#      (scripts/build-test-images.sh; first run ~2 min, then instant)
+#      (scripts/build-test-images.sh; first run ~2 min, then instant;
+#      scripts/build-multiarch-image.sh: ~10 s, then instant)
 #   2. build every binary (the e2e tests run the real registry and agent)
 #   3. cargo fmt --check, cargo clippy -D warnings
 #   4. the ARM cross build + QEMU tests (cross/test.sh), when present, and
@@ -24,6 +25,7 @@ bash scripts/install-deps.sh
 
 step "test images"
 bash scripts/build-test-images.sh
+bash scripts/build-multiarch-image.sh
 
 step "build"
 cargo build --workspace --bins

@@ -1,4 +1,5 @@
-//! The cached real test images (see `scripts/build-test-images.sh`).
+//! The cached real test images (see `scripts/build-test-images.sh` and
+//! `scripts/build-multiarch-image.sh`).
 
 use crate::bins::workspace_root;
 use crate::oci::OciLayout;
@@ -80,18 +81,7 @@ fn recipe(script: &std::path::Path) -> String {
 pub fn test_images() -> &'static TestImages {
     static IMAGES: OnceLock<TestImages> = OnceLock::new();
     IMAGES.get_or_init(|| {
-        let script = workspace_root().join("scripts/build-test-images.sh");
-        let out = crate::run(Command::new("bash").arg(&script));
-        if !out.status.success() {
-            panic!(
-                "{} failed ({}):\n{}\n{}",
-                script.display(),
-                out.status,
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        let dir = cache_dir().join(format!("images-{}", recipe(&script)));
+        let dir = run_build_script("build-test-images.sh", "images");
         let manifest = std::fs::read_to_string(dir.join("manifest.txt"))
             .unwrap_or_else(|e| panic!("{}/manifest.txt: {e}", dir.display()));
         let images = manifest
@@ -110,6 +100,88 @@ pub fn test_images() -> &'static TestImages {
             .collect();
         TestImages {
             oci_dir: dir.join("oci"),
+            images,
+        }
+    })
+}
+
+/// Run `scripts/SCRIPT` (a no-op when its cache is current) and return its
+/// output dir, `$CACHE/<prefix>-<RECIPE>`; panics when the script fails.
+fn run_build_script(script: &str, prefix: &str) -> PathBuf {
+    let script = workspace_root().join("scripts").join(script);
+    let out = crate::run(Command::new("bash").arg(&script));
+    if !out.status.success() {
+        panic!(
+            "{} failed ({}):\n{}\n{}",
+            script.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    cache_dir().join(format!("{prefix}-{}", recipe(&script)))
+}
+
+/// One platform's image of the multi-arch test image (a `platforms.txt` line).
+#[derive(Debug, Clone)]
+pub struct PlatformImage {
+    /// `multi-arm64:v1`, …
+    pub tag: String,
+    /// `linux/arm64`, `linux/arm/v7`, …
+    pub platform: String,
+    /// Its manifest digest (what the index names).
+    pub manifest: String,
+    /// sha256 (hex) of its `/bin/busybox`.
+    pub busybox_sha256: String,
+}
+
+/// The multi-arch test image: Debian's busybox-static for linux/amd64,
+/// linux/arm64 and linux/arm/v7, and an OCI index of the three.
+#[derive(Debug, Clone)]
+pub struct MultiArchImages {
+    /// The layout dir (`$CACHE/multiarch-<RECIPE>/oci`).
+    pub oci_dir: PathBuf,
+    /// The index's tag in the layout.
+    pub index_tag: &'static str,
+    /// One entry per platform.
+    pub images: Vec<PlatformImage>,
+}
+
+impl MultiArchImages {
+    /// The image for `platform` (`linux/arm64`, …).
+    pub fn for_platform(&self, platform: &str) -> &PlatformImage {
+        self.images
+            .iter()
+            .find(|i| i.platform == platform)
+            .unwrap_or_else(|| panic!("the multi-arch test image has no {platform}"))
+    }
+}
+
+/// The multi-arch test image, built first if the cache lacks it (runs
+/// `scripts/build-multiarch-image.sh` once per process). Never skips.
+pub fn multiarch_images() -> &'static MultiArchImages {
+    static IMAGES: OnceLock<MultiArchImages> = OnceLock::new();
+    IMAGES.get_or_init(|| {
+        let dir = run_build_script("build-multiarch-image.sh", "multiarch");
+        let list = std::fs::read_to_string(dir.join("platforms.txt"))
+            .unwrap_or_else(|e| panic!("{}/platforms.txt: {e}", dir.display()));
+        let images = list
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                assert_eq!(f.len(), 5, "bad platforms.txt line: {l}");
+                PlatformImage {
+                    tag: f[0].into(),
+                    platform: f[1].into(),
+                    manifest: f[2].into(),
+                    busybox_sha256: f[3].into(),
+                }
+            })
+            .collect();
+        MultiArchImages {
+            oci_dir: dir.join("oci"),
+            index_tag: "multi:v1",
             images,
         }
     })

@@ -138,8 +138,29 @@ fn skopeo() -> Command {
 /// `skopeo copy oci:DIR:TAG docker://REGISTRY/DEST` (plain HTTP, with the
 /// registry's publisher credentials when it has some), returning the output.
 pub fn skopeo_push_output(oci_dir: &Path, tag: &str, registry: &Registry, dest: &str) -> Output {
+    skopeo_push_with(oci_dir, tag, registry, dest, &[])
+}
+
+/// `skopeo copy --all`: an image index with every manifest it names.
+pub fn skopeo_push_all(oci_dir: &Path, tag: &str, registry: &Registry, dest: &str) {
+    let out = skopeo_push_with(oci_dir, tag, registry, dest, &["--all"]);
+    assert!(
+        out.status.success(),
+        "skopeo copy --all {tag} → {dest} failed:\n{}\n--- registry log\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        registry.log()
+    );
+}
+
+fn skopeo_push_with(
+    oci_dir: &Path,
+    tag: &str,
+    registry: &Registry,
+    dest: &str,
+    extra: &[&str],
+) -> Output {
     let mut cmd = skopeo();
-    cmd.args(["copy", "--dest-tls-verify=false"]);
+    cmd.args(["copy", "--dest-tls-verify=false"]).args(extra);
     if let Some(creds) = registry.creds() {
         cmd.arg("--dest-creds").arg(creds);
     }
