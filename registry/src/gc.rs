@@ -573,3 +573,207 @@ fn sweep_caches(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ingest::testutil::{MemBlobs, TarBuilder};
+    use crate::oci::{OCI_INDEX, OCI_MANIFEST};
+
+    fn tar(files: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut b = TarBuilder::new();
+        for (p, c) in files {
+            b.file(p, c);
+        }
+        b.finish()
+    }
+
+    /// Push an image of `tars` to `repo` (tagged `tag` if given) as a
+    /// manifest PUT does: blobs, ingest, manifest. Returns its digest.
+    fn push(s: &Storage, repo: &str, tag: Option<&str>, tars: &[Vec<u8>]) -> Digest {
+        let mem = MemBlobs::default();
+        let (manifest, _, _) = mem.image(tars);
+        let mut links = Vec::new();
+        for (d, bytes) in mem.0.lock().unwrap().iter() {
+            links.push(s.put_blob(repo, &bytes[..], Some(d)).unwrap());
+        }
+        let _push = s.push_guard();
+        crate::ingest::ingest_manifest(s, &manifest, OCI_MANIFEST).unwrap();
+        s.put_manifest(repo, tag, OCI_MANIFEST, manifest, &links)
+            .unwrap()
+    }
+
+    fn now_only() -> Options {
+        Options {
+            grace: Duration::ZERO,
+            device_grace: None,
+            dry_run: false,
+        }
+    }
+
+    fn distinct(files: &[(&str, &[u8])]) -> HashSet<Digest> {
+        files.iter().map(|(_, c)| Digest::of(c)).collect()
+    }
+
+    const BASE: &[(&str, &[u8])] = &[("etc/os", b"debian 12\n"), ("bin/sh", b"\x7fELF shell")];
+    const APP1: &[(&str, &[u8])] = &[("app/one", b"first app"), ("app/lib", b"shared lib")];
+    const APP2: &[(&str, &[u8])] = &[("app/two", b"second app"), ("app/lib", b"shared lib")];
+
+    #[test]
+    fn an_untagged_image_goes_and_what_it_shares_stays() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Storage::open(dir.path()).unwrap();
+        let objects = index::object_store(&s);
+        let a = push(&s, "r", Some("a"), &[tar(BASE), tar(APP1)]);
+        let b = push(&s, "r", Some("b"), &[tar(BASE), tar(APP2)]);
+        assert!(s.meta().delete_tag("r", "b").unwrap());
+
+        let dry = run(
+            &s,
+            &Options {
+                dry_run: true,
+                ..now_only()
+            },
+        )
+        .unwrap();
+        assert!(
+            s.meta().manifest("r", &b).unwrap().is_some(),
+            "dry run deleted"
+        );
+        let r = run(&s, &now_only()).unwrap();
+        assert_eq!(
+            Report {
+                dry_run: false,
+                ..dry
+            },
+            r
+        );
+        assert_eq!(r.manifests_deleted, 1);
+        assert_eq!(r.blob_links_removed, 2, "APP2's layer and b's config");
+        assert_eq!(r.blobs_deleted, 2);
+        assert_eq!(r.layers_forgotten, 1);
+        let only_b: HashSet<Digest> = &distinct(APP2) - &(&distinct(APP1) | &distinct(BASE));
+        assert_eq!(r.objects_deleted, only_b.len() as u64);
+        for d in &only_b {
+            assert!(!objects.exists(d), "{d} survived");
+        }
+        for d in distinct(BASE).iter().chain(&distinct(APP1)) {
+            assert!(objects.exists(d), "live object {d} deleted");
+        }
+        assert!(s.meta().manifest("r", &b).unwrap().is_none());
+        assert!(s.meta().manifest("r", &a).unwrap().is_some());
+        let (layers, _) = index::all_layers(s.db()).unwrap();
+        assert_eq!(layers.len(), 2, "BASE and APP1 stay indexed");
+        // `shared lib` was used by two layers, now by one.
+        let lib = Digest::of(b"shared lib");
+        let meta = index::all_objects(s.db()).unwrap();
+        let lib_meta = meta.iter().find(|(d, _)| *d == lib).unwrap().1;
+        assert_eq!(lib_meta.layers, 1);
+        assert_eq!(run(&s, &now_only()).unwrap().bytes_freed, 0, "idempotent");
+    }
+
+    #[test]
+    fn young_blobs_and_manifests_are_spared() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Storage::open(dir.path()).unwrap();
+        let (blob, _) = s
+            .put_blob("r", &b"uploaded, manifest not yet pushed"[..], None)
+            .unwrap();
+        let m = push(&s, "r", None, &[tar(BASE)]);
+        let hour = Options {
+            grace: Duration::from_secs(3600),
+            ..now_only()
+        };
+        let r = run(&s, &hour).unwrap();
+        assert_eq!(
+            (r.manifests_deleted, r.blobs_deleted, r.bytes_freed),
+            (0, 0, 0)
+        );
+        assert!(s.meta().manifest("r", &m).unwrap().is_some());
+        let r = run(&s, &now_only()).unwrap();
+        assert_eq!((r.manifests_deleted, r.blobs_deleted), (1, 3), "{r:?}");
+        assert!(s.blob_size(&blob).unwrap().is_none());
+        // A blob pushed again is young again (its file is touched).
+        let (again, _) = s.put_blob("r", &b"pushed again"[..], None).unwrap();
+        let old = SystemTime::now() - Duration::from_secs(7200);
+        fs::File::options()
+            .write(true)
+            .open(s.blobs().path(&again))
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        s.put_blob("r", &b"pushed again"[..], None).unwrap();
+        assert_eq!(run(&s, &hour).unwrap().blobs_deleted, 0);
+    }
+
+    #[test]
+    fn index_children_and_referrers_live_as_long_as_their_parent() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Storage::open(dir.path()).unwrap();
+        let child = push(&s, "r", None, &[tar(BASE)]);
+        let child_len = s.meta().manifest("r", &child).unwrap().unwrap().bytes.len();
+        let index = serde_json::json!({
+            "schemaVersion": 2, "mediaType": OCI_INDEX,
+            "manifests": [{"mediaType": OCI_MANIFEST, "digest": child.to_string(), "size": child_len,
+                           "platform": {"os": "linux", "architecture": "amd64"}}],
+        });
+        s.put_manifest(
+            "r",
+            Some("v1"),
+            OCI_INDEX,
+            serde_json::to_vec(&index).unwrap(),
+            &[],
+        )
+        .unwrap();
+        let (empty, _) = s.put_blob("r", &b"{}"[..], None).unwrap();
+        let (sig, sig_len) = s.put_blob("r", &b"a signature"[..], None).unwrap();
+        let referrer = serde_json::json!({
+            "schemaVersion": 2, "mediaType": OCI_MANIFEST, "artifactType": "application/x-sig",
+            "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": empty.to_string(), "size": 2},
+            "layers": [{"mediaType": "application/x-sig", "digest": sig.to_string(), "size": sig_len}],
+            "subject": {"mediaType": OCI_MANIFEST, "digest": child.to_string(), "size": child_len},
+        });
+        let bytes = serde_json::to_vec(&referrer).unwrap();
+        let rd = s
+            .put_manifest(
+                "r",
+                None,
+                OCI_MANIFEST,
+                bytes.clone(),
+                &[(empty, 2), (sig, sig_len)],
+            )
+            .unwrap();
+        let desc = serde_json::json!({"mediaType": OCI_MANIFEST, "digest": rd.to_string(), "size": bytes.len()});
+        s.meta()
+            .add_referrer("r", &child, &rd, &serde_json::to_vec(&desc).unwrap())
+            .unwrap();
+
+        let r = run(&s, &now_only()).unwrap();
+        assert_eq!(r.manifests_kept, 3, "{r:?}");
+        assert_eq!(
+            (r.manifests_deleted, r.blobs_deleted, r.layers_forgotten),
+            (0, 0, 0)
+        );
+        assert!(s.meta().delete_tag("r", "v1").unwrap());
+        let r = run(&s, &now_only()).unwrap();
+        assert_eq!(r.manifests_deleted, 3, "{r:?}");
+        assert_eq!(
+            r.blobs_deleted, 4,
+            "layer, config, empty config, signature: {r:?}"
+        );
+        assert_eq!(r.layers_forgotten, 1);
+    }
+
+    #[test]
+    fn a_collection_waits_for_a_push_in_flight() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = std::sync::Arc::new(Storage::open(dir.path()).unwrap());
+        let push = s.push_guard();
+        let s2 = s.clone();
+        let t = std::thread::spawn(move || run(&s2, &now_only()).unwrap());
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(!t.is_finished(), "gc ran while a push held the store");
+        drop(push);
+        t.join().unwrap();
+    }
+}
