@@ -450,10 +450,22 @@ async fn collect_garbage(
         tick.tick().await;
         let s = storage.clone();
         let opts = gc_options(cfg.grace_minutes, cfg.device_grace_days, false);
-        match tokio::task::spawn_blocking(move || layerlink_registry::gc::run(&s, &opts)).await {
-            Ok(Ok(r)) => tracing::info!(bytes_freed = r.bytes_freed, "gc: {}", r.summary()),
-            Ok(Err(e)) => tracing::error!("gc failed: {e:#}"),
-            Err(e) => tracing::error!("gc failed: {e}"),
-        }
+        let result =
+            tokio::task::spawn_blocking(move || layerlink_registry::gc::run(&s, &opts)).await;
+        let freed = match result {
+            Ok(Ok(r)) => {
+                tracing::info!(bytes_freed = r.bytes_freed, "gc: {}", r.summary());
+                Some(r.bytes_freed)
+            }
+            Ok(Err(e)) => {
+                tracing::error!("gc failed: {e:#}");
+                None
+            }
+            Err(e) => {
+                tracing::error!("gc failed: {e}");
+                None
+            }
+        };
+        layerlink_registry::http::metrics::gc(freed);
     }
 }

@@ -82,6 +82,16 @@ pub fn reload(ok: bool) {
         .increment(1);
 }
 
+/// A garbage collection run inside `serve`: its outcome and, when it
+/// succeeded, the bytes it freed.
+pub fn gc(freed: Option<u64>) {
+    metrics::counter!("layerlink_gc_runs_total", "outcome" => if freed.is_some() { "ok" } else { "failed" })
+        .increment(1);
+    if let Some(b) = freed {
+        metrics::counter!("layerlink_gc_bytes_freed_total").increment(b);
+    }
+}
+
 /// Store-wide gauges (set at scrape time).
 pub fn store_gauges(logical: u64, stored: u64) {
     metrics::gauge!("layerlink_store_logical_bytes").set(logical as f64);
