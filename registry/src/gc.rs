@@ -249,6 +249,7 @@ fn mark(storage: &Storage, repos: &[String], young_after: u64) -> anyhow::Result
 
 /// Layers held by devices seen after `seen_after` (Unix seconds).
 fn device_layers(db: &redb::Database, seen_after: u64) -> anyhow::Result<HashSet<Digest>> {
+    devices::flush_seen(db)?;
     let txn = db.begin_read()?;
     let mut out = HashSet::new();
     let (Some(seen), Some(holdings)) = (

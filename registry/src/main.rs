@@ -374,6 +374,10 @@ async fn serve(
     let mut state = AppState::new(storage, config);
     state.metrics = Some(layerlink_registry::http::metrics::install()?);
     tokio::spawn(expire_uploads(state.storage.clone()));
+    tokio::spawn(flush_seen_every(
+        state.storage.clone(),
+        std::time::Duration::from_secs(5),
+    ));
     if gc_config.interval_hours > 0 {
         tokio::spawn(collect_garbage(state.storage.clone(), gc_config));
     }
@@ -384,9 +388,13 @@ async fn serve(
     let mut stdout = std::io::stdout();
     writeln!(stdout, "listening on {}://{addr}", transport.scheme())?;
     stdout.flush()?;
+    let storage = state.storage.clone();
     let served = server::serve(listener, transport, state, server::shutdown_signal())
         .await
         .context("serving");
+    if let Err(e) = layerlink_registry::sync::devices::flush_seen(storage.db()) {
+        tracing::warn!("writing devices' last-seen times: {e}");
+    }
     drop(lock);
     served
 }
@@ -467,5 +475,24 @@ async fn collect_garbage(
             }
         };
         layerlink_registry::http::metrics::gc(freed);
+    }
+}
+
+/// Write devices' last-seen times (kept in memory by the up-to-date path)
+/// every `every`.
+async fn flush_seen_every(storage: std::sync::Arc<Storage>, every: std::time::Duration) {
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tick.tick().await;
+        let s = storage.clone();
+        let r = tokio::task::spawn_blocking(move || {
+            layerlink_registry::sync::devices::flush_seen(s.db())
+        })
+        .await;
+        match r {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!("writing devices' last-seen times: {e}"),
+            Err(e) => tracing::warn!("writing devices' last-seen times: {e}"),
+        }
     }
 }

@@ -276,19 +276,70 @@ pub fn resolve_holdings(
             }
         },
     };
-    let txn = db.begin_write().map_err(SyncError::internal)?;
-    {
-        if write_set {
+    if write_set {
+        let txn = db.begin_write().map_err(SyncError::internal)?;
+        {
             let bytes = postcard::to_allocvec(&(hash, &set)).map_err(SyncError::internal)?;
             let mut t = txn.open_table(HOLDINGS).map_err(SyncError::internal)?;
             t.insert(device, bytes.as_slice())
                 .map_err(SyncError::internal)?;
+            let mut t = txn.open_table(SEEN).map_err(SyncError::internal)?;
+            t.insert(device, now_secs()).map_err(SyncError::internal)?;
         }
+        txn.commit().map_err(SyncError::internal)?;
+    } else {
+        // The path most requests take (holdings unchanged): no write
+        // transaction, whose fsync would serialise every device's check.
+        note_seen(db, device);
+    }
+    Ok((set, hash))
+}
+
+/// Last-seen times not yet written to [`SEEN`]: per database (by its
+/// address: a registry process has one; unit tests have several at once),
+/// device → Unix seconds.
+static PENDING_SEEN: std::sync::Mutex<BTreeMap<usize, BTreeMap<String, u64>>> =
+    std::sync::Mutex::new(BTreeMap::new());
+
+fn db_key(db: &redb::Database) -> usize {
+    std::ptr::from_ref(db) as usize
+}
+
+/// Record that `device` was seen now; [`flush_seen`] writes it.
+fn note_seen(db: &redb::Database, device: &str) {
+    let mut p = PENDING_SEEN.lock().unwrap_or_else(|e| e.into_inner());
+    p.entry(db_key(db))
+        .or_default()
+        .insert(device.to_owned(), now_secs());
+}
+
+/// Write the pending last-seen times in one transaction. `serve` calls it
+/// every few seconds and when it stops; readers of [`SEEN`] in the same
+/// process call it first. A process killed between flushes loses at most
+/// those seconds of last-seen times (nothing else).
+pub fn flush_seen(db: &redb::Database) -> Result<usize, SyncError> {
+    let pending = (PENDING_SEEN.lock().unwrap_or_else(|e| e.into_inner()))
+        .remove(&db_key(db))
+        .unwrap_or_default();
+    if pending.is_empty() {
+        return Ok(0);
+    }
+    let txn = db.begin_write().map_err(SyncError::internal)?;
+    {
         let mut t = txn.open_table(SEEN).map_err(SyncError::internal)?;
-        t.insert(device, now_secs()).map_err(SyncError::internal)?;
+        for (device, at) in &pending {
+            let newer = t
+                .get(device.as_str())
+                .map_err(SyncError::internal)?
+                .is_none_or(|v| v.value() < *at);
+            if newer {
+                t.insert(device.as_str(), *at)
+                    .map_err(SyncError::internal)?;
+            }
+        }
     }
     txn.commit().map_err(SyncError::internal)?;
-    Ok((set, hash))
+    Ok(pending.len())
 }
 
 fn recorded_hash(db: &redb::Database, device: &str) -> Result<Option<Digest>, SyncError> {
@@ -358,6 +409,7 @@ pub struct DeviceSummary {
 
 /// Every device with a record, sorted by id.
 pub fn device_summaries(db: &redb::Database) -> Result<Vec<DeviceSummary>, SyncError> {
+    flush_seen(db)?;
     let txn = db.begin_read().map_err(SyncError::internal)?;
     let mut map: BTreeMap<String, DeviceSummary> = BTreeMap::new();
     let blank = |id: &str| DeviceSummary {
@@ -524,6 +576,34 @@ mod tests {
         };
         let e = resolve_holdings(&ts.db, "gw", &Holdings::Full(big)).unwrap_err();
         assert_eq!(e.code, ErrorCode::TooLarge);
+    }
+
+    #[test]
+    fn unchanged_holdings_note_last_seen_without_a_write_until_flushed() {
+        let ts = TestStore::new();
+        let (_, h) = resolve_holdings(&ts.db, "gw-1", &Holdings::Full(set(&[1], &[]))).unwrap();
+        let seen = |db: &redb::Database| {
+            let txn = db.begin_read().unwrap();
+            open_read(&txn, SEEN)
+                .unwrap()
+                .and_then(|t| t.get("gw-1").unwrap().map(|v| v.value()))
+        };
+        let first = seen(&ts.db).expect("a new holdings set is written with its time");
+        // Make the recorded time old, then check with the hash: no write yet.
+        let txn = ts.db.begin_write().unwrap();
+        txn.open_table(SEEN).unwrap().insert("gw-1", 1).unwrap();
+        txn.commit().unwrap();
+        resolve_holdings(&ts.db, "gw-1", &Holdings::Hash(h)).unwrap();
+        assert_eq!(seen(&ts.db), Some(1), "the up-to-date path wrote");
+        let other = TestStore::new();
+        assert_eq!(
+            flush_seen(&other.db).unwrap(),
+            0,
+            "another database's times"
+        );
+        assert_eq!(flush_seen(&ts.db).unwrap(), 1);
+        assert!(seen(&ts.db).unwrap() >= first);
+        assert_eq!(flush_seen(&ts.db).unwrap(), 0);
     }
 
     #[test]

@@ -15,6 +15,12 @@
 //! prepared the pushed image (its log says so), as a fleet's cron would
 //! find it.
 //!
+//! With `--up-to-date` the devices measure the path a fleet's cron hits
+//! most: each device first reports (unmeasured, before the start line)
+//! full holdings that already contain every layer of the image, then each
+//! round is one plan request carrying only the holdings hash, which must
+//! answer "nothing needed"; no archive is fetched.
+//!
 //! Prints a header and one line: devices, rounds, failed syncs, plan and
 //! archive latency p50/p99, bytes per archive, the registry's peak RSS
 //! (`VmHWM` from `/proc/PID/status`) and the wall time. Exit code 0 when
@@ -42,13 +48,18 @@ use std::time::{Duration, Instant};
 
 const USAGE: &str = "\
 usage: layerlink-load [--devices N] [--rounds R] [--image TAG] [--time-limit SECS]
-                      [--registry-bin PATH]
+                      [--registry-bin PATH] [--up-to-date] [--spread SECS]
 
   --devices N         simulated devices, one thread each (default 200)
   --rounds R          plan+archive syncs per device (default 1)
   --image TAG         test image to sync (default tiny:v1; see scripts/build-test-images.sh)
   --time-limit SECS   stop after this long; unfinished syncs count as failed (default 300)
   --registry-bin P    registry binary (default: the debug build, built if needed)
+  --up-to-date        devices already hold the image: each round is one plan
+                      request with the holdings hash, which must need nothing
+  --spread SECS       each device starts each round at its own offset within
+                      SECS (as cron with a randomized delay spreads a fleet);
+                      0 (default): every device at once, a worst-case burst
 ";
 
 struct Opts {
@@ -57,6 +68,8 @@ struct Opts {
     image: String,
     time_limit: Duration,
     registry_bin: Option<PathBuf>,
+    up_to_date: bool,
+    spread: Duration,
 }
 
 fn parse_args() -> Result<Opts, String> {
@@ -66,6 +79,8 @@ fn parse_args() -> Result<Opts, String> {
         image: "tiny:v1".into(),
         time_limit: Duration::from_secs(300),
         registry_bin: None,
+        up_to_date: false,
+        spread: Duration::ZERO,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -80,6 +95,8 @@ fn parse_args() -> Result<Opts, String> {
             "--image" => o.image = value(&a)?,
             "--time-limit" => o.time_limit = Duration::from_secs(number(&a, value(&a)?)?),
             "--registry-bin" => o.registry_bin = Some(PathBuf::from(value(&a)?)),
+            "--up-to-date" => o.up_to_date = true,
+            "--spread" => o.spread = Duration::from_secs(number(&a, value(&a)?)?),
             "-h" | "--help" => {
                 print!("{USAGE}");
                 std::process::exit(0);
@@ -347,19 +364,19 @@ fn check_archive(
     Ok(counted.into_inner().n)
 }
 
-/// Plan, then receive and check the archive of the needed layers.
-fn sync_once(
+/// One plan request; its latency is recorded in `out.plan`.
+fn plan(
     agent: &ureq::Agent,
     base: &str,
     token: &str,
     image: &ImageRef,
-    expected: &BTreeSet<String>,
+    holdings: Holdings,
     out: &mut DeviceResult,
-) -> Result<(), String> {
+) -> Result<PlanResponse, String> {
     let plan_req = PlanRequest {
         platform: platform(),
         images: vec![image.clone()],
-        holdings: Holdings::Full(HeldSet::default()),
+        holdings,
     };
     let body = postcard::to_allocvec(&plan_req).map_err(|e| e.to_string())?;
     let t = Instant::now();
@@ -373,7 +390,43 @@ fn sync_once(
     let plan: PlanResponse =
         postcard::from_bytes(&bytes).map_err(|e| format!("decoding the plan: {e}"))?;
     out.plan.push(t.elapsed());
+    Ok(plan)
+}
 
+/// Whether a plan needs nothing (every layer of its one image held).
+fn needs_nothing(p: &PlanResponse) -> Result<(), String> {
+    let img = p.images.first().ok_or("the plan has no image")?;
+    let needed = img
+        .layers
+        .iter()
+        .filter(|l| matches!(l.state, LayerState::Needed(_)))
+        .count();
+    if needed > 0 || img.layers.is_empty() {
+        return Err(format!(
+            "a device holding the image was told {needed} of {} layers are needed",
+            img.layers.len()
+        ));
+    }
+    Ok(())
+}
+
+/// Plan, then receive and check the archive of the needed layers.
+fn sync_once(
+    agent: &ureq::Agent,
+    base: &str,
+    token: &str,
+    image: &ImageRef,
+    expected: &BTreeSet<String>,
+    out: &mut DeviceResult,
+) -> Result<(), String> {
+    let plan = plan(
+        agent,
+        base,
+        token,
+        image,
+        Holdings::Full(HeldSet::default()),
+        out,
+    )?;
     let img = plan.images.first().ok_or("the plan has no image")?;
     let layers: Vec<_> = img
         .layers
@@ -436,13 +489,19 @@ fn run(opts: &Opts) -> Result<bool, String> {
     );
     let rss_idle = proc_status_kib(pid, "VmRSS").unwrap_or(0);
     eprintln!(
-        "registry pid {pid} on {} ({} devices configured, RSS after push {} MiB); {} devices × {} round(s) of {}",
+        "registry pid {pid} on {} ({} devices configured, RSS after push {} MiB); {} devices × {} round(s) of {}{}{}",
         server.addr,
         opts.devices,
         rss_idle / 1024,
         opts.devices,
         opts.rounds,
-        opts.image
+        opts.image,
+        if opts.up_to_date { ", already held (plan only)" } else { "" },
+        if opts.spread.is_zero() {
+            ", all at once".to_owned()
+        } else {
+            format!(", each round spread over {} s", opts.spread.as_secs())
+        }
     );
 
     let (repo, reference) = opts
@@ -463,6 +522,17 @@ fn run(opts: &Opts) -> Result<bool, String> {
             .filter(|d| *d != empty)
             .collect(),
     );
+    // --up-to-date: the image's layers (diff_ids from the layout's config).
+    let held: Option<Arc<Vec<layerlink_proto::Digest>>> = if opts.up_to_date {
+        let ids = test_images().layout().diff_ids(&opts.image);
+        let ids: Result<Vec<_>, _> = ids
+            .iter()
+            .map(|d| layerlink_proto::Digest::parse(d))
+            .collect();
+        Some(Arc::new(ids.map_err(|e| format!("diff_id: {e:?}"))?))
+    } else {
+        None
+    };
     let start_line = Arc::new(Barrier::new(opts.devices + 1));
     let deadline = Instant::now() + opts.time_limit;
     let (tx, rx) = mpsc::channel();
@@ -475,14 +545,54 @@ fn run(opts: &Opts) -> Result<bool, String> {
             expected.clone(),
         );
         let rounds = opts.rounds;
+        let spread = opts.spread;
+        let held = held.clone();
         std::thread::Builder::new()
             .name(format!("device-{i}"))
             .stack_size(256 * 1024)
             .spawn(move || {
                 let token = token(i);
                 let mut out = DeviceResult::default();
+                // --up-to-date: report holdings that contain the image
+                // (not measured), keep the hash the registry recorded.
+                let mut held_hash = None;
+                if let Some(layers) = &held {
+                    let agent: ureq::Agent = ureq::Agent::config_builder()
+                        .http_status_as_error(false)
+                        .timeout_global(Some(Duration::from_secs(120)))
+                        .build()
+                        .into();
+                    let set = HeldSet {
+                        layers: layers.to_vec(),
+                        objects: Vec::new(),
+                    };
+                    let mut setup = DeviceResult::default();
+                    match plan(
+                        &agent,
+                        &base,
+                        &token,
+                        &image,
+                        Holdings::Full(set),
+                        &mut setup,
+                    )
+                    .and_then(|p| needs_nothing(&p).map(|()| p.holdings_hash))
+                    {
+                        Ok(h) => held_hash = Some(h),
+                        Err(e) => out.failures.push(format!("setup: {e}")),
+                    }
+                }
                 start_line.wait();
-                for _ in 0..rounds {
+                let t0 = Instant::now();
+                // A fixed pseudo-random offset per device within `spread`.
+                let offset = if spread.is_zero() {
+                    Duration::ZERO
+                } else {
+                    let h = (i as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 11;
+                    Duration::from_micros(h % spread.as_micros().max(1) as u64)
+                };
+                for round in 0..rounds {
+                    let at = offset + spread * round as u32;
+                    std::thread::sleep(at.saturating_sub(t0.elapsed()));
                     let left = deadline.saturating_duration_since(Instant::now());
                     if left.is_zero() {
                         out.failures
@@ -494,7 +604,15 @@ fn run(opts: &Opts) -> Result<bool, String> {
                         .timeout_global(Some(left.min(Duration::from_secs(120))))
                         .build()
                         .into();
-                    if let Err(e) = sync_once(&agent, &base, &token, &image, &expected, &mut out) {
+                    let result = match (&held, held_hash) {
+                        (Some(_), Some(h)) => {
+                            plan(&agent, &base, &token, &image, Holdings::Hash(h), &mut out)
+                                .and_then(|p| needs_nothing(&p))
+                        }
+                        (Some(_), None) => Err("no holdings recorded".into()),
+                        (None, _) => sync_once(&agent, &base, &token, &image, &expected, &mut out),
+                    };
+                    if let Err(e) = result {
                         out.failures.push(e);
                     }
                 }
