@@ -81,10 +81,19 @@ fn check_name(what: &str, s: &str) -> Result<(), SyncError> {
     Ok(())
 }
 
-/// Both names of an image reference are 1 to [`MAX_NAME_BYTES`] bytes.
-fn check_image_names(image: &ImageRef) -> Result<(), SyncError> {
-    check_name("repository", &image.repository)?;
-    check_name("reference", &image.reference)
+/// At most `max` images (`what`: "images in one plan"), each with both
+/// names 1 to [`MAX_NAME_BYTES`] bytes.
+fn check_images<'a>(
+    images: impl ExactSizeIterator<Item = &'a ImageRef>,
+    max: usize,
+    what: &str,
+) -> Result<(), SyncError> {
+    at_most(images.len(), max, what)?;
+    for i in images {
+        check_name("repository", &i.repository)?;
+        check_name("reference", &i.reference)?;
+    }
+    Ok(())
 }
 
 /// A request lists at most `max` things (`what`: "images in one plan").
@@ -104,10 +113,7 @@ pub fn plan_request(
     device: &Device,
     req: &PlanRequest,
 ) -> Result<PlanResponse, SyncError> {
-    at_most(req.images.len(), MAX_IMAGES_PER_PLAN, "images in one plan")?;
-    for i in &req.images {
-        check_image_names(i)?;
-    }
+    check_images(req.images.iter(), MAX_IMAGES_PER_PLAN, "images in one plan")?;
     for i in &req.images {
         check_read(device, &i.repository)?;
     }
@@ -248,10 +254,8 @@ pub fn report_request(
     device: &Device,
     req: &Report,
 ) -> Result<ReportAck, SyncError> {
-    at_most(req.images.len(), MAX_REPORTED_IMAGES, "images reported")?;
-    for i in &req.images {
-        check_image_names(&i.image)?;
-    }
+    let images = req.images.iter().map(|i| &i.image);
+    check_images(images, MAX_REPORTED_IMAGES, "images reported")?;
     let (_, holdings_hash) =
         devices::resolve_holdings(store.database(), &device.id, &req.holdings)?;
     // Images of repositories the device may not read (any more) are not
@@ -362,15 +366,21 @@ impl Asked {
     }
 }
 
-/// The start every sync handler shares: authenticate the device by its
+/// What every sync handler does first: authenticate the device by its
 /// bearer token, decode the body, check that the device may read every
-/// repository the request names; `asked` notes who and what on the way.
-async fn accept<T: SyncRequest>(
+/// repository the request names, then run the request's core function
+/// (`core`) on a blocking thread. `asked` notes who and what on the way.
+async fn accept<T, R>(
     st: &AppState,
     headers: &HeaderMap,
     body: Body,
     asked: &mut Asked,
-) -> Result<(Device, T), SyncError> {
+    core: fn(&dyn ImageStore, &Device, &T) -> Result<R, SyncError>,
+) -> Result<R, SyncError>
+where
+    T: SyncRequest + Send + 'static,
+    R: Send + 'static,
+{
     let device = authenticate(st, headers)?;
     asked.device = Some(device.id.clone());
     let req: T = read_body(headers, body, T::NAME).await?;
@@ -378,7 +388,8 @@ async fn accept<T: SyncRequest>(
     for repository in req.repositories() {
         check_read(&device, repository)?;
     }
-    Ok((device, req))
+    let storage = st.storage.clone();
+    blocking(move || core(&*storage, &device, &req)).await
 }
 
 fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Device, SyncError> {
@@ -509,12 +520,7 @@ fn postcard_response<T: serde::Serialize>(v: &T) -> Response {
 async fn plan_handler(State(st): State<AppState>, headers: HeaderMap, body: Body) -> Response {
     let start = std::time::Instant::now();
     let mut asked = Asked::default();
-    let r = async {
-        let (device, req) = accept::<PlanRequest>(&st, &headers, body, &mut asked).await?;
-        let storage = st.storage.clone();
-        blocking(move || plan_request(&*storage, &device, &req)).await
-    }
-    .await;
+    let r = accept(&st, &headers, body, &mut asked, plan_request).await;
     let secs = start.elapsed().as_secs_f64();
     match r {
         Ok(resp) => {
@@ -547,12 +553,7 @@ async fn plan_handler(State(st): State<AppState>, headers: HeaderMap, body: Body
 
 async fn report_handler(State(st): State<AppState>, headers: HeaderMap, body: Body) -> Response {
     let mut asked = Asked::default();
-    let r = async {
-        let (device, req) = accept::<Report>(&st, &headers, body, &mut asked).await?;
-        let storage = st.storage.clone();
-        blocking(move || report_request(&*storage, &device, &req)).await
-    }
-    .await;
+    let r = accept(&st, &headers, body, &mut asked, report_request).await;
     match r {
         Ok(ack) => {
             tracing::info!(
@@ -723,10 +724,8 @@ fn features_of(headers: &HeaderMap) -> archive::Features {
 async fn archive_handler(State(st): State<AppState>, headers: HeaderMap, body: Body) -> Response {
     let mut asked = Asked::default();
     let r = async {
-        let (device, req) = accept::<ArchiveRequest>(&st, &headers, body, &mut asked).await?;
+        let job = accept(&st, &headers, body, &mut asked, prepare_archive).await?;
         let features = features_of(&headers);
-        let storage = st.storage.clone();
-        let job = blocking(move || prepare_archive(&*storage, &device, &req)).await?;
         let target = asked.target(&st, "archive");
         let storage = target.storage.clone();
         Ok(streaming_response(
@@ -758,9 +757,7 @@ async fn archive_handler(State(st): State<AppState>, headers: HeaderMap, body: B
 async fn objects_handler(State(st): State<AppState>, headers: HeaderMap, body: Body) -> Response {
     let mut asked = Asked::default();
     let r = async {
-        let (device, req) = accept::<ObjectsRequest>(&st, &headers, body, &mut asked).await?;
-        let storage = st.storage.clone();
-        let (wanted, total) = blocking(move || prepare_objects(&*storage, &device, &req)).await?;
+        let (wanted, total) = accept(&st, &headers, body, &mut asked, prepare_objects).await?;
         let features = features_of(&headers);
         let target = asked.target(&st, "objects");
         let storage = target.storage.clone();
