@@ -10,6 +10,7 @@
 //! | [`config`] | the TOML config file: publishers, devices, TLS |
 //! | [`auth`] | publisher (push) and device (sync) authentication |
 //! | [`clock`], [`hashing`] | now in seconds and RFC 3339; readers and writers that hash what passes through |
+//! | [`compression`] | the one layer-blob codec: gzip / zstd / plain tar by magic bytes, the decompressor ingest and edit share, the compressor edit writes layers with |
 //! | [`tar`] | the one tar codec: header bytes (ustar blocks, PAX records) and the streaming reader ingest and edit share |
 //! | [`oci`] | the one OCI / Docker image model: media types, descriptors, manifests, indexes, configs (JSON kept whole) |
 //! | [`store`] | [`storage`](store::storage) (blobs, manifests, tags, uploads), [`objects`](store::objects) (the content-addressed object store), [`index`](store::index) (per-layer entry index) |
@@ -22,6 +23,7 @@
 
 pub mod auth;
 pub mod clock;
+pub mod compression;
 pub mod config;
 pub mod edit;
 pub mod gc;

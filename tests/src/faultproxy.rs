@@ -14,6 +14,7 @@
 //! bytes travelled twice.
 
 use crate::bins::agent_command;
+use crate::pump::{pump, After, Step, Tap};
 use crate::{compare_trees, test_images, umoci_unpack, CountingProxy, Registry};
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -259,80 +260,98 @@ fn serve(mut client: TcpStream, upstream: SocketAddr, fault: Fault, shared: &Arc
         server.try_clone().expect("clone"),
     );
     let sh = shared.clone();
-    let up = std::thread::spawn(move || pump(client, server, &sh, false, fault, (c3, s3)));
+    let up = std::thread::spawn(move || forward(client, server, &sh, false, fault, (c3, s3)));
     let (c4, s4) = (
         c2.try_clone().expect("clone"),
         s2.try_clone().expect("clone"),
     );
-    pump(s2, c2, shared, true, fault, (c4, s4));
+    forward(s2, c2, shared, true, fault, (c4, s4));
     let _ = up.join();
+}
+
+/// The tap of one direction: counts what it forwarded (after writing it)
+/// and applies `fault` when its byte offset is reached in this direction.
+/// `pair` is (client, server), for cutting both.
+struct Faulty<'a> {
+    shared: &'a Shared,
+    counter: &'a AtomicU64,
+    fault: Fault,
+    pair: (TcpStream, TcpStream),
+    /// Bytes forwarded so far.
+    sent: u64,
+    /// (offset, action) still to come in this direction: 0 cut, 1 stall,
+    /// 2 truncate.
+    trigger: Option<(u64, u8)>,
+    /// The action of the trigger whose offset was reached.
+    due: Option<u8>,
+}
+
+impl Tap for Faulty<'_> {
+    fn look(&mut self, chunk: &[u8]) -> Step {
+        match self.trigger {
+            Some((at, action)) if self.sent + chunk.len() as u64 >= at => {
+                self.due = Some(action);
+                Step::Split((at - self.sent) as usize)
+            }
+            _ => Step::Forward,
+        }
+    }
+
+    fn written(&mut self, n: usize) {
+        self.counter.fetch_add(n as u64, Ordering::SeqCst);
+        self.sent += n as u64;
+    }
+
+    fn at_split(&mut self) -> After {
+        self.trigger = None;
+        fired(self.shared, self.fault);
+        match self.due.take() {
+            Some(0) => {
+                let _ = self.pair.0.shutdown(Shutdown::Both);
+                let _ = self.pair.1.shutdown(Shutdown::Both);
+                After::Stop
+            }
+            Some(1) => {
+                if let Fault::Stall { secs, .. } = self.fault {
+                    std::thread::sleep(Duration::from_secs(secs));
+                }
+                After::Go
+            }
+            _ => {
+                let _ = self.pair.1.shutdown(Shutdown::Both);
+                let _ = self.pair.0.shutdown(Shutdown::Write);
+                After::Stop
+            }
+        }
+    }
 }
 
 /// Forward `from` → `to`, applying `fault` to this direction. `pair` is
 /// (client, server) for cutting both.
-fn pump(
-    mut from: TcpStream,
-    mut to: TcpStream,
+fn forward(
+    from: TcpStream,
+    to: TcpStream,
     shared: &Shared,
     down: bool,
     fault: Fault,
     pair: (TcpStream, TcpStream),
 ) {
-    let mut buf = vec![0u8; 32 * 1024];
-    let mut sent: u64 = 0;
-    // (offset, action) for this direction: 0 cut, 1 stall, 2 truncate.
-    let mut trigger: Option<(u64, u8)> = match fault {
+    let trigger = match fault {
         Fault::Cut { at, down: d } if d == down => Some((at, 0)),
         Fault::Stall { at, .. } if down => Some((at, 1)),
         Fault::Truncate { at } if down => Some((at, 2)),
         _ => None,
     };
-    let counter = if down { &shared.down } else { &shared.up };
-    loop {
-        let n = match from.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
-        };
-        let mut chunk = &buf[..n];
-        if let Some((at, action)) = trigger {
-            if sent + chunk.len() as u64 >= at {
-                let head = (at - sent) as usize;
-                if to.write_all(&chunk[..head]).is_err() {
-                    break;
-                }
-                counter.fetch_add(head as u64, Ordering::SeqCst);
-                sent += head as u64;
-                chunk = &chunk[head..];
-                trigger = None;
-                fired(shared, fault);
-                match action {
-                    0 => {
-                        let _ = pair.0.shutdown(Shutdown::Both);
-                        let _ = pair.1.shutdown(Shutdown::Both);
-                        return;
-                    }
-                    1 => {
-                        if let Fault::Stall { secs, .. } = fault {
-                            std::thread::sleep(Duration::from_secs(secs));
-                        }
-                    }
-                    _ => {
-                        let _ = pair.1.shutdown(Shutdown::Both);
-                        let _ = pair.0.shutdown(Shutdown::Write);
-                        return;
-                    }
-                }
-            }
-        }
-        if !chunk.is_empty() {
-            if to.write_all(chunk).is_err() {
-                break;
-            }
-            counter.fetch_add(chunk.len() as u64, Ordering::SeqCst);
-            sent += chunk.len() as u64;
-        }
-    }
-    let _ = to.shutdown(Shutdown::Write);
+    let mut tap = Faulty {
+        shared,
+        counter: if down { &shared.down } else { &shared.up },
+        fault,
+        pair,
+        sent: 0,
+        trigger,
+        due: None,
+    };
+    pump(from, to, 32 * 1024, &mut tap);
 }
 
 // ---------------------------------------------------------------------------

@@ -10,6 +10,7 @@
 //! | [`tree`] | [`compare_trees`]: the oracle for "this rootfs equals that one" |
 //! | [`layers`] | an independent count of the files and distinct contents in layer blobs |
 //! | [`proxy`] | [`CountingProxy`]: TCP bytes on the wire, both directions, optional cut |
+//! | [`pump`] | the one TCP pump of the proxies (counting, fault injection, the benchmark's), each with its own per-chunk [`Tap`](pump::Tap) |
 //! | [`args`] | flag parsing and MiB formatting for the harness binaries |
 //! | [`http`] | a raw HTTP/1.1 client for malformed and truncated requests |
 //! | [`fixture`] | a registry holding the test images; "checkout equals `umoci unpack`" |
@@ -27,6 +28,7 @@ pub mod images;
 pub mod layers;
 pub mod oci;
 pub mod proxy;
+pub mod pump;
 pub mod registry;
 pub mod tree;
 

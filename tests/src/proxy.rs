@@ -1,12 +1,13 @@
 //! A TCP proxy on loopback that counts the bytes on the wire in both
 //! directions and can cut the connection after a number of bytes.
 
+use crate::pump::{pump, After, Step, Tap};
 use std::collections::HashMap;
-use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::AtomicU8;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 #[derive(Default)]
 struct Shared {
@@ -71,7 +72,14 @@ impl CountingProxy {
                 for (from, to, down) in [(client, server, false), (s2, c2, true)] {
                     let (sh, left) = (s.clone(), pumps_left.clone());
                     std::thread::spawn(move || {
-                        pump(from, to, &sh, down);
+                        let mut tap = Counting {
+                            shared: &sh,
+                            down,
+                            started: Instant::now(),
+                            sent: 0,
+                            rate: 0,
+                        };
+                        pump(from, to, 32 * 1024, &mut tap);
                         if left.fetch_sub(1, Ordering::SeqCst) == 1 {
                             sh.open.lock().unwrap().remove(&id);
                         }
@@ -156,60 +164,76 @@ fn cut_all(shared: &Shared) {
     }
 }
 
-fn pump(mut from: TcpStream, mut to: TcpStream, shared: &Shared, down: bool) {
-    let mut buf = vec![0u8; 32 * 1024];
-    let started = std::time::Instant::now();
-    let mut sent: u64 = 0;
-    loop {
-        let rate = if down {
-            shared.down_rate.load(Ordering::SeqCst)
+/// The tap of one direction: counts what it forwards (before writing it:
+/// once the bytes are written the peer can answer, and a test reading the
+/// counters after that answer must see them; counting afterwards raced,
+/// and CI caught it), paces the server→client stream at
+/// [`limit_down`](CountingProxy::limit_down)'s rate and cuts every
+/// connection when the [`cut_after`](CountingProxy::cut_after) budget runs
+/// out. A failed write stays counted: some of it may have arrived, and
+/// overcounting only makes our figures look worse, never better.
+struct Counting<'a> {
+    shared: &'a Shared,
+    down: bool,
+    started: Instant,
+    /// Bytes forwarded so far (for the pace).
+    sent: u64,
+    /// The rate read for the current chunk (0 = unlimited).
+    rate: u64,
+}
+
+impl Tap for Counting<'_> {
+    fn read_size(&mut self) -> usize {
+        self.rate = if self.down {
+            self.shared.down_rate.load(Ordering::SeqCst)
         } else {
             0
         };
         // Small reads when limited, so the pace is even.
-        let chunk = if rate > 0 { 4096 } else { buf.len() };
-        let n = match from.read(&mut buf[..chunk]) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
-        };
-        let mut allowed = n;
-        let mut cut = false;
-        if down {
-            let mut budget = shared.cut_down_after.lock().unwrap();
-            if let Some(left) = *budget {
-                if (n as u64) >= left {
-                    allowed = left as usize;
-                    cut = true;
-                    *budget = None;
-                } else {
-                    *budget = Some(left - n as u64);
-                }
-            }
-        }
-        let counter = if down { &shared.down } else { &shared.up };
-        if allowed > 0 {
-            // Count before forwarding: once the bytes are written the peer
-            // can answer, and a test reading the counters after that answer
-            // must see them (counting afterwards raced, and CI caught it).
-            if rate > 0 {
-                let due = std::time::Duration::from_secs_f64(sent as f64 / rate as f64);
-                if let Some(wait) = due.checked_sub(started.elapsed()) {
-                    std::thread::sleep(wait);
-                }
-            }
-            sent += allowed as u64;
-            counter.fetch_add(allowed as u64, Ordering::SeqCst);
-            // A failed write stays counted: some of it may have arrived, and
-            // overcounting only makes our figures look worse, never better.
-            if to.write_all(&buf[..allowed]).is_err() {
-                break;
-            }
-        }
-        if cut {
-            cut_all(shared);
-            break;
+        if self.rate > 0 {
+            4096
+        } else {
+            usize::MAX
         }
     }
-    // Half-close: pass the EOF on, let the other direction finish.
-    let _ = to.shutdown(Shutdown::Write);
+
+    fn look(&mut self, chunk: &[u8]) -> Step {
+        if !self.down {
+            return Step::Forward;
+        }
+        let n = chunk.len() as u64;
+        let mut budget = self.shared.cut_down_after.lock().unwrap();
+        match *budget {
+            Some(left) if n >= left => {
+                *budget = None;
+                Step::Split(left as usize)
+            }
+            Some(left) => {
+                *budget = Some(left - n);
+                Step::Forward
+            }
+            None => Step::Forward,
+        }
+    }
+
+    fn before_write(&mut self, n: usize) {
+        if self.rate > 0 {
+            let due = Duration::from_secs_f64(self.sent as f64 / self.rate as f64);
+            if let Some(wait) = due.checked_sub(self.started.elapsed()) {
+                std::thread::sleep(wait);
+            }
+        }
+        self.sent += n as u64;
+        let counter = if self.down {
+            &self.shared.down
+        } else {
+            &self.shared.up
+        };
+        counter.fetch_add(n as u64, Ordering::SeqCst);
+    }
+
+    fn at_split(&mut self) -> After {
+        cut_all(self.shared);
+        After::Stop
+    }
 }

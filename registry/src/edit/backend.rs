@@ -2,6 +2,7 @@
 //! layout directory, the registry's store), what an edit hands them to
 //! commit, and reading small verified blobs.
 
+use super::image::{self, Doc};
 use super::stream::{NewBlob, Scratch};
 use super::EditError;
 use crate::oci;
@@ -95,6 +96,45 @@ pub trait Backend {
     fn blob_users(&self, blob: &Digest, skip_tags: &[&str]) -> Result<Vec<String>, EditError>;
     /// Store blobs and documents, then point the tag at the top document.
     fn commit(&self, commit: Commit) -> Result<(), EditError>;
+}
+
+/// A manifest or index by digest (and the media type it was named with):
+/// its bytes and media type, `None` when it is missing.
+pub(crate) type FetchDoc<'a, E> =
+    dyn Fn(&Digest, &str) -> Result<Option<(Vec<u8>, String)>, E> + 'a;
+
+/// The layer digests of the manifest `digest` (of `media_type`), or of
+/// every manifest of the index it is (through at most four nested
+/// indexes), for [`Backend::blob_users`]. `fetch` gives a document's bytes
+/// and media type (`None`: it is missing, which counts as no layers, as
+/// does a document that does not parse).
+pub(crate) fn layer_digests<E>(
+    digest: &Digest,
+    media_type: &str,
+    fetch: &FetchDoc<E>,
+) -> Result<Vec<Digest>, E> {
+    fn walk<E>(
+        digest: &Digest,
+        media_type: &str,
+        depth: u32,
+        fetch: &FetchDoc<E>,
+    ) -> Result<Vec<Digest>, E> {
+        let Some((bytes, media_type)) = fetch(digest, media_type)? else {
+            return Ok(Vec::new());
+        };
+        Ok(match image::parse_doc(&bytes, &media_type, "manifest") {
+            Ok(Doc::Image(m)) => m.layers.iter().map(|l| l.digest).collect(),
+            Ok(Doc::Index(idx)) if depth < 4 => {
+                let mut all = Vec::new();
+                for c in &idx.manifests {
+                    all.extend(walk(&c.digest, &c.media_type, depth + 1, fetch)?);
+                }
+                all
+            }
+            _ => Vec::new(),
+        })
+    }
+    walk(digest, media_type, 0, fetch)
 }
 
 /// Read a small blob (config, layout manifest) and check its digest.

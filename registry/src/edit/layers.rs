@@ -2,11 +2,12 @@
 //! their digest and diff_id, and inserted layers built.
 
 use super::request::{InsertOp, InsertSource};
-use super::stream::{self, Compression, LayerReader, LayerWriter, NewBlob, Scratch};
+use super::stream::{self, LayerReader, LayerWriter, NewBlob, Scratch};
 use super::tar::{self, TarReader};
 use super::tar_rewrite::{self, ChangeSet};
 use super::walk;
 use super::{Backend, EditError, Warning};
+use crate::compression::Compression;
 use crate::oci::Descriptor;
 use anyhow::Context;
 use layerlink_proto::Digest;

@@ -16,8 +16,7 @@
 //! stay until a `umoci gc`. Two edits of one layout at the same time are
 //! not coordinated (the last `index.json` write wins).
 
-use super::image::{self, Doc};
-use super::{Backend, Commit, EditError, NewDoc, Resolved, Scratch};
+use super::{layer_digests, Backend, Commit, EditError, NewDoc, Resolved, Scratch};
 use crate::oci::{self, Descriptor, REF_NAME};
 use anyhow::Context;
 use layerlink_proto::Digest;
@@ -87,23 +86,6 @@ impl Layout {
             entries
                 .iter()
                 .find(|e| Layout::ref_name(e) == Some(reference))
-        }
-    }
-
-    /// The layer digests of a manifest or of every manifest of an index.
-    fn layer_digests(&self, desc: &Descriptor, depth: u32) -> Vec<Digest> {
-        let Ok(bytes) = super::read_verified(&self.blob(&desc.digest), &desc.digest, "manifest")
-        else {
-            return Vec::new();
-        };
-        match image::parse_doc(&bytes, &desc.media_type, "manifest") {
-            Ok(Doc::Image(m)) => m.layers.iter().map(|l| l.digest).collect(),
-            Ok(Doc::Index(idx)) if depth < 4 => idx
-                .manifests
-                .iter()
-                .flat_map(|c| self.layer_digests(c, depth + 1))
-                .collect(),
-            _ => Vec::new(),
         }
     }
 
@@ -208,7 +190,15 @@ impl Backend for Layout {
             let Ok(desc) = Descriptor::from_json(&entry, "index.json entry") else {
                 continue;
             };
-            if self.layer_digests(&desc, 0).contains(blob) {
+            // A document that cannot be read (or is corrupt) has no layers.
+            let fetch = |d: &Digest, media_type: &str| {
+                Ok::<_, EditError>(
+                    super::read_verified(&self.blob(d), d, "manifest")
+                        .ok()
+                        .map(|bytes| (bytes, media_type.to_owned())),
+                )
+            };
+            if layer_digests(&desc.digest, &desc.media_type, &fetch)?.contains(blob) {
                 users.push(name.unwrap_or_else(|| desc.digest.to_string()));
             }
         }

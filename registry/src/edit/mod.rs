@@ -78,7 +78,7 @@ pub mod tar;
 pub mod tar_rewrite;
 mod walk;
 
-pub(crate) use backend::{read_small_blob, read_verified};
+pub(crate) use backend::{layer_digests, read_small_blob, read_verified};
 pub use backend::{Backend, Commit, NewDoc, Resolved};
 pub use cli::{cli_main, EditArgs};
 pub use image::Platform;

@@ -9,8 +9,7 @@
 //! through [`crate::ingest::ingest_manifest`] first so the dedup index
 //! learns the rebuilt layers.
 
-use super::image::{self, Doc};
-use super::{Backend, Commit, EditError, Resolved, Scratch};
+use super::{layer_digests, Backend, Commit, EditError, Resolved, Scratch};
 use crate::store::storage::Storage;
 use anyhow::Context;
 use layerlink_proto::limits::MAX_NAME_BYTES;
@@ -86,30 +85,6 @@ impl<'a> RegistryImage<'a> {
             repository: repository.to_owned(),
         })
     }
-
-    fn layer_digests(
-        &self,
-        repo: &str,
-        digest: &Digest,
-        depth: u32,
-    ) -> anyhow::Result<Vec<Digest>> {
-        let Some(m) = self.storage.meta().manifest(repo, digest)? else {
-            return Ok(Vec::new());
-        };
-        Ok(
-            match image::parse_doc(&m.bytes, &m.media_type, "manifest") {
-                Ok(Doc::Image(m)) => m.layers.iter().map(|l| l.digest).collect(),
-                Ok(Doc::Index(idx)) if depth < 4 => {
-                    let mut all = Vec::new();
-                    for c in idx.manifests {
-                        all.extend(self.layer_digests(repo, &c.digest, depth + 1)?);
-                    }
-                    all
-                }
-                _ => Vec::new(),
-            },
-        )
-    }
 }
 
 impl Backend for RegistryImage<'_> {
@@ -173,11 +148,20 @@ impl Backend for RegistryImage<'_> {
                 break;
             }
             for repo in &repos {
+                // The stored media type, not the one an index names.
+                let fetch = |d: &Digest, _: &str| {
+                    Ok::<_, EditError>(
+                        self.storage
+                            .meta()
+                            .manifest(repo, d)?
+                            .map(|m| (m.bytes, m.media_type)),
+                    )
+                };
                 for (tag, digest) in self.storage.meta().tagged(repo)? {
                     if *repo == self.repository && skip_tags.contains(&tag.as_str()) {
                         continue;
                     }
-                    if self.layer_digests(repo, &digest, 0)?.contains(blob) {
+                    if layer_digests(&digest, "", &fetch)?.contains(blob) {
                         users.push(format!("{repo}:{tag}"));
                     }
                 }

@@ -1,75 +1,16 @@
-//! Layer blobs as streams: decompress while hashing both the compressed
-//! and the uncompressed bytes (so a read layer is verified against its
+//! Layer blobs as streams: decompress (with the registry's one codec,
+//! [`crate::compression`]) while hashing both the compressed and the
+//! uncompressed bytes (so a read layer is verified against its
 //! digest and diff_id), and compress a new tar into a temp file while
 //! hashing both sides (its diff_id and blob digest come out at the end).
 //! Nothing is buffered beyond fixed-size buffers.
 
+use crate::compression::{Compression, Decoder, Encoder};
 pub use crate::hashing::{HashReader, HashWriter};
 use layerlink_proto::Digest;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
-
-/// How a layer blob is compressed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Compression {
-    /// Plain tar.
-    None,
-    /// gzip (possibly several members).
-    Gzip,
-    /// zstd.
-    Zstd,
-}
-
-impl Compression {
-    /// Recognise compressed data by its magic bytes.
-    pub fn sniff(head: &[u8]) -> Compression {
-        if head.starts_with(&[0x1f, 0x8b]) {
-            Compression::Gzip
-        } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-            Compression::Zstd
-        } else {
-            Compression::None
-        }
-    }
-
-    /// The compression a layer media type names.
-    pub fn of_media_type(media_type: &str) -> Compression {
-        if media_type.ends_with("zstd") {
-            Compression::Zstd
-        } else if media_type.ends_with(".tar") || media_type.ends_with("+tar") {
-            Compression::None
-        } else {
-            Compression::Gzip
-        }
-    }
-}
-
-enum Decoder<R: BufRead> {
-    Plain(R),
-    Gzip(flate2::bufread::MultiGzDecoder<R>),
-    Zstd(zstd::stream::read::Decoder<'static, R>),
-}
-
-impl<R: BufRead> Read for Decoder<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match self {
-            Decoder::Plain(r) => r.read(buf),
-            Decoder::Gzip(r) => r.read(buf),
-            Decoder::Zstd(r) => r.read(buf),
-        }
-    }
-}
-
-impl<R: BufRead> Decoder<R> {
-    fn into_inner(self) -> R {
-        match self {
-            Decoder::Plain(r) => r,
-            Decoder::Gzip(r) => r.into_inner(),
-            Decoder::Zstd(r) => r.finish(),
-        }
-    }
-}
 
 /// The compressed side: the blob's bytes, hashed, buffered.
 type RawSide = BufReader<HashReader<Box<dyn Read + Send>>>;
@@ -96,13 +37,8 @@ impl LayerReader {
     pub fn new(blob: Box<dyn Read + Send>) -> io::Result<LayerReader> {
         let mut raw = BufReader::with_capacity(64 * 1024, HashReader::new(blob));
         let compression = Compression::sniff(raw.fill_buf()?);
-        let dec = match compression {
-            Compression::None => Decoder::Plain(raw),
-            Compression::Gzip => Decoder::Gzip(flate2::bufread::MultiGzDecoder::new(raw)),
-            Compression::Zstd => Decoder::Zstd(zstd::stream::read::Decoder::with_buffer(raw)?),
-        };
         Ok(LayerReader {
-            tar: HashReader::new(dec),
+            tar: HashReader::new(Decoder::new(raw, compression)?),
             compression,
         })
     }
@@ -138,40 +74,6 @@ impl Read for LayerReader {
     }
 }
 
-enum Encoder<W: Write> {
-    Plain(W),
-    Gzip(flate2::write::GzEncoder<W>),
-    Zstd(zstd::stream::write::Encoder<'static, W>),
-}
-
-impl<W: Write> Write for Encoder<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match self {
-            Encoder::Plain(w) => w.write(buf),
-            Encoder::Gzip(w) => w.write(buf),
-            Encoder::Zstd(w) => w.write(buf),
-        }
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        match self {
-            Encoder::Plain(w) => w.flush(),
-            Encoder::Gzip(w) => w.flush(),
-            Encoder::Zstd(w) => w.flush(),
-        }
-    }
-}
-
-impl<W: Write> Encoder<W> {
-    fn finish(self) -> io::Result<W> {
-        match self {
-            Encoder::Plain(w) => Ok(w),
-            Encoder::Gzip(w) => w.finish(),
-            Encoder::Zstd(w) => w.finish(),
-        }
-    }
-}
-
 /// A new layer blob being written to a temp file.
 pub struct LayerWriter {
     tar: HashWriter<Encoder<HashWriter<BufWriter<File>>>>,
@@ -199,16 +101,8 @@ impl LayerWriter {
             .create_new(true)
             .open(&path)?;
         let sink = HashWriter::new(BufWriter::with_capacity(64 * 1024, file));
-        let enc = match compression {
-            Compression::None => Encoder::Plain(sink),
-            Compression::Gzip => Encoder::Gzip(flate2::write::GzEncoder::new(
-                sink,
-                flate2::Compression::default(),
-            )),
-            Compression::Zstd => Encoder::Zstd(zstd::stream::write::Encoder::new(sink, 3)?),
-        };
         Ok(LayerWriter {
-            tar: HashWriter::new(enc),
+            tar: HashWriter::new(Encoder::new(sink, compression)?),
             path,
         })
     }
@@ -335,25 +229,5 @@ mod tests {
                 (blob.digest, blob.size, blob.diff_id)
             );
         }
-    }
-
-    #[test]
-    fn media_types_name_compression() {
-        assert_eq!(
-            Compression::of_media_type("application/vnd.oci.image.layer.v1.tar"),
-            Compression::None
-        );
-        assert_eq!(
-            Compression::of_media_type("application/vnd.oci.image.layer.v1.tar+gzip"),
-            Compression::Gzip
-        );
-        assert_eq!(
-            Compression::of_media_type("application/vnd.oci.image.layer.v1.tar+zstd"),
-            Compression::Zstd
-        );
-        assert_eq!(
-            Compression::of_media_type("application/vnd.docker.image.rootfs.diff.tar.gzip"),
-            Compression::Gzip
-        );
     }
 }

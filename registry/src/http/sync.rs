@@ -1,9 +1,10 @@
 //! `/layerlink/v1/` handlers (see `proto/SPEC.md`).
 //!
-//! Each handler authenticates the device by its bearer token, checks that
-//! it may read every repository it names (a repository it may not read is
-//! answered exactly like a bad token: 401), decodes the postcard body
-//! (at most [`MAX_MESSAGE_BYTES`]) and runs the request's core function on
+//! Each handler starts the same way (`accept`): it authenticates the
+//! device by its bearer token, decodes the postcard body (at most
+//! [`MAX_MESSAGE_BYTES`]) and checks that the device may read every
+//! repository it names (a repository it may not read is answered exactly
+//! like a bad token: 401); then it runs the request's core function on
 //! a blocking thread. The core functions ([`plan_request`],
 //! [`prepare_archive`], [`prepare_objects`], [`report_request`]) take an
 //! [`ImageStore`] and the device id, so they are tested without HTTP.
@@ -32,8 +33,8 @@ use layerlink_proto::limits::{
     MAX_IMAGES_PER_PLAN, MAX_MESSAGE_BYTES, MAX_NAME_BYTES, MAX_REPAIR_OBJECTS,
 };
 use layerlink_proto::msg::{
-    ArchiveRequest, HeldSet, ObjectsRequest, PlanRequest, PlanResponse, Report, ReportAck,
-    CONTENT_TYPE, HEADER_NEW_BYTES,
+    ArchiveRequest, HeldSet, ImageRef, ObjectsRequest, PlanRequest, PlanResponse, Report,
+    ReportAck, CONTENT_TYPE, HEADER_NEW_BYTES,
 };
 use layerlink_proto::{Digest, ErrorCode};
 use redb::ReadableDatabase as _;
@@ -80,25 +81,39 @@ fn check_name(what: &str, s: &str) -> Result<(), SyncError> {
     Ok(())
 }
 
+/// At most `max` images (`what`: "images in one plan"), each with both
+/// names 1 to [`MAX_NAME_BYTES`] bytes.
+fn check_images<'a>(
+    images: impl ExactSizeIterator<Item = &'a ImageRef>,
+    max: usize,
+    what: &str,
+) -> Result<(), SyncError> {
+    at_most(images.len(), max, what)?;
+    for i in images {
+        check_name("repository", &i.repository)?;
+        check_name("reference", &i.reference)?;
+    }
+    Ok(())
+}
+
+/// A request lists at most `max` things (`what`: "images in one plan").
+fn at_most(n: usize, max: usize, what: &str) -> Result<(), SyncError> {
+    if n > max {
+        return Err(SyncError::new(
+            ErrorCode::TooLarge,
+            format!("{n} {what}; at most {max}"),
+        ));
+    }
+    Ok(())
+}
+
 /// `POST /plan`: record holdings, plan each image.
 pub fn plan_request(
     store: &dyn ImageStore,
     device: &Device,
     req: &PlanRequest,
 ) -> Result<PlanResponse, SyncError> {
-    if req.images.len() > MAX_IMAGES_PER_PLAN {
-        return Err(SyncError::new(
-            ErrorCode::TooLarge,
-            format!(
-                "{} images in one plan; at most {MAX_IMAGES_PER_PLAN}",
-                req.images.len()
-            ),
-        ));
-    }
-    for i in &req.images {
-        check_name("repository", &i.repository)?;
-        check_name("reference", &i.reference)?;
-    }
+    check_images(req.images.iter(), MAX_IMAGES_PER_PLAN, "images in one plan")?;
     for i in &req.images {
         check_read(device, &i.repository)?;
     }
@@ -205,15 +220,7 @@ pub fn prepare_objects(
 ) -> Result<(Vec<(Digest, u64)>, u64), SyncError> {
     check_name("repository", &req.repository)?;
     check_read(device, &req.repository)?;
-    if req.digests.len() > MAX_REPAIR_OBJECTS {
-        return Err(SyncError::new(
-            ErrorCode::TooLarge,
-            format!(
-                "{} objects asked for; at most {MAX_REPAIR_OBJECTS}",
-                req.digests.len()
-            ),
-        ));
-    }
+    at_most(req.digests.len(), MAX_REPAIR_OBJECTS, "objects asked for")?;
     access::check_objects_in(store, device, &req.repository, &req.digests)?;
     let txn = store.database().begin_read().map_err(SyncError::internal)?;
     let objects = store.objects();
@@ -247,19 +254,8 @@ pub fn report_request(
     device: &Device,
     req: &Report,
 ) -> Result<ReportAck, SyncError> {
-    if req.images.len() > MAX_REPORTED_IMAGES {
-        return Err(SyncError::new(
-            ErrorCode::TooLarge,
-            format!(
-                "{} images reported; at most {MAX_REPORTED_IMAGES}",
-                req.images.len()
-            ),
-        ));
-    }
-    for i in &req.images {
-        check_name("repository", &i.image.repository)?;
-        check_name("reference", &i.image.reference)?;
-    }
+    let images = req.images.iter().map(|i| &i.image);
+    check_images(images, MAX_REPORTED_IMAGES, "images reported")?;
     let (_, holdings_hash) =
         devices::resolve_holdings(store.database(), &device.id, &req.holdings)?;
     // Images of repositories the device may not read (any more) are not
@@ -283,6 +279,117 @@ pub fn router() -> Router<AppState> {
         .route("/layerlink/v1/archive", post(archive_handler))
         .route("/layerlink/v1/objects", post(objects_handler))
         .route("/layerlink/v1/report", post(report_handler))
+}
+
+/// A sync request body, as the handlers' shared start ([`accept`]) needs
+/// it: its name in errors, what it asks for (the `image` of the log lines
+/// and of the fleet view's last sync) and the repositories the device must
+/// be allowed to read before anything runs.
+trait SyncRequest: serde::de::DeserializeOwned {
+    /// The message's name in errors.
+    const NAME: &'static str;
+    /// What it asks for, for the log.
+    fn label(&self) -> String;
+    /// The repositories checked with [`check_read`] up front.
+    fn repositories(&self) -> Vec<&str>;
+}
+
+/// `repo:ref,repo:ref,…`
+fn image_list<'a>(images: impl Iterator<Item = &'a ImageRef>) -> String {
+    images
+        .map(|i| format!("{}:{}", i.repository, i.reference))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+impl SyncRequest for PlanRequest {
+    const NAME: &'static str = "PlanRequest";
+    fn label(&self) -> String {
+        image_list(self.images.iter())
+    }
+    fn repositories(&self) -> Vec<&str> {
+        self.images.iter().map(|i| i.repository.as_str()).collect()
+    }
+}
+
+impl SyncRequest for Report {
+    const NAME: &'static str = "Report";
+    fn label(&self) -> String {
+        image_list(self.images.iter().map(|i| &i.image))
+    }
+    /// None: images of repositories the device may not read (any more)
+    /// are left out of the record ([`report_request`]), not refused.
+    fn repositories(&self) -> Vec<&str> {
+        Vec::new()
+    }
+}
+
+impl SyncRequest for ArchiveRequest {
+    const NAME: &'static str = "ArchiveRequest";
+    fn label(&self) -> String {
+        format!("{}@{}", self.repository, self.manifest_digest)
+    }
+    fn repositories(&self) -> Vec<&str> {
+        vec![&self.repository]
+    }
+}
+
+impl SyncRequest for ObjectsRequest {
+    const NAME: &'static str = "ObjectsRequest";
+    fn label(&self) -> String {
+        self.repository.clone()
+    }
+    fn repositories(&self) -> Vec<&str> {
+        vec![&self.repository]
+    }
+}
+
+/// Who asked for what, filled in by [`accept`] as it learns it, so that a
+/// refusal is logged with whatever was known by then.
+#[derive(Default)]
+struct Asked {
+    /// The device id, once authenticated.
+    device: Option<String>,
+    /// [`SyncRequest::label`], once the body is decoded.
+    image: String,
+}
+
+impl Asked {
+    /// Where a streamed response of `kind` goes.
+    fn target(&self, st: &AppState, kind: &'static str) -> SyncTarget {
+        SyncTarget {
+            storage: st.storage.clone(),
+            kind,
+            device: self.device.clone().unwrap_or_default(),
+            image: self.image.clone(),
+        }
+    }
+}
+
+/// What every sync handler does first: authenticate the device by its
+/// bearer token, decode the body, check that the device may read every
+/// repository the request names, then run the request's core function
+/// (`core`) on a blocking thread. `asked` notes who and what on the way.
+async fn accept<T, R>(
+    st: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+    asked: &mut Asked,
+    core: fn(&dyn ImageStore, &Device, &T) -> Result<R, SyncError>,
+) -> Result<R, SyncError>
+where
+    T: SyncRequest + Send + 'static,
+    R: Send + 'static,
+{
+    let device = authenticate(st, headers)?;
+    asked.device = Some(device.id.clone());
+    let req: T = read_body(headers, body, T::NAME).await?;
+    asked.image = req.label();
+    for repository in req.repositories() {
+        check_read(&device, repository)?;
+    }
+    let storage = st.storage.clone();
+    blocking(move || core(&*storage, &device, &req)).await
 }
 
 fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Device, SyncError> {
@@ -412,25 +519,8 @@ fn postcard_response<T: serde::Serialize>(v: &T) -> Response {
 
 async fn plan_handler(State(st): State<AppState>, headers: HeaderMap, body: Body) -> Response {
     let start = std::time::Instant::now();
-    let mut who: Option<String> = None;
-    let mut images = String::new();
-    let r = async {
-        let device = authenticate(&st, &headers)?;
-        who = Some(device.id.clone());
-        let req: PlanRequest = read_body(&headers, body, "PlanRequest").await?;
-        images = req
-            .images
-            .iter()
-            .map(|i| format!("{}:{}", i.repository, i.reference))
-            .collect::<Vec<_>>()
-            .join(",");
-        for i in &req.images {
-            check_read(&device, &i.repository)?;
-        }
-        let storage = st.storage.clone();
-        blocking(move || plan_request(&*storage, &device, &req)).await
-    }
-    .await;
+    let mut asked = Asked::default();
+    let r = accept(&st, &headers, body, &mut asked, plan_request).await;
     let secs = start.elapsed().as_secs_f64();
     match r {
         Ok(resp) => {
@@ -444,8 +534,8 @@ async fn plan_handler(State(st): State<AppState>, headers: HeaderMap, body: Body
             let outcome = if needed == 0 { "up_to_date" } else { "update" };
             crate::http::metrics::plan_done(secs, outcome);
             tracing::info!(
-                device = who.as_deref().unwrap_or(""),
-                images,
+                device = asked.device.as_deref().unwrap_or(""),
+                images = asked.image,
                 outcome,
                 layers_needed = needed,
                 new_bytes = bytes,
@@ -456,38 +546,25 @@ async fn plan_handler(State(st): State<AppState>, headers: HeaderMap, body: Body
         }
         Err(e) => {
             crate::http::metrics::plan_done(secs, "refused");
-            refused(&st, "plan", who.as_deref(), &images, e)
+            refused(&st, "plan", asked.device.as_deref(), &asked.image, e)
         }
     }
 }
 
 async fn report_handler(State(st): State<AppState>, headers: HeaderMap, body: Body) -> Response {
-    let mut who: Option<String> = None;
-    let r = async {
-        let device = authenticate(&st, &headers)?;
-        who = Some(device.id.clone());
-        let req: Report = read_body(&headers, body, "Report").await?;
-        let images = req
-            .images
-            .iter()
-            .map(|i| format!("{}:{}", i.image.repository, i.image.reference))
-            .collect::<Vec<_>>()
-            .join(",");
-        let storage = st.storage.clone();
-        let ack = blocking(move || report_request(&*storage, &device, &req)).await?;
-        Ok((images, ack))
-    }
-    .await;
+    let mut asked = Asked::default();
+    let r = accept(&st, &headers, body, &mut asked, report_request).await;
     match r {
-        Ok((images, ack)) => {
+        Ok(ack) => {
             tracing::info!(
-                device = who.as_deref().unwrap_or(""),
-                images,
+                device = asked.device.as_deref().unwrap_or(""),
+                images = asked.image,
                 "device report"
             );
             postcard_response(&ack)
         }
-        Err(e) => refused(&st, "report", who.as_deref(), "", e),
+        // A refused report is recorded without its image list.
+        Err(e) => refused(&st, "report", asked.device.as_deref(), "", e),
     }
 }
 
@@ -645,25 +722,12 @@ fn features_of(headers: &HeaderMap) -> archive::Features {
 }
 
 async fn archive_handler(State(st): State<AppState>, headers: HeaderMap, body: Body) -> Response {
-    let mut who: Option<String> = None;
-    let mut image = String::new();
+    let mut asked = Asked::default();
     let r = async {
-        let device = authenticate(&st, &headers)?;
-        who = Some(device.id.clone());
-        let req: ArchiveRequest = read_body(&headers, body, "ArchiveRequest").await?;
-        image = format!("{}@{}", req.repository, req.manifest_digest);
-        check_read(&device, &req.repository)?;
+        let job = accept(&st, &headers, body, &mut asked, prepare_archive).await?;
         let features = features_of(&headers);
-        let id = device.id.clone();
-        let storage = st.storage.clone();
-        let job = blocking(move || prepare_archive(&*storage, &device, &req)).await?;
-        let storage: Arc<crate::store::storage::Storage> = st.storage.clone();
-        let target = SyncTarget {
-            storage: storage.clone(),
-            kind: "archive",
-            device: id,
-            image: image.clone(),
-        };
+        let target = asked.target(&st, "archive");
+        let storage = target.storage.clone();
         Ok(streaming_response(
             job.new_bytes,
             features,
@@ -687,29 +751,16 @@ async fn archive_handler(State(st): State<AppState>, headers: HeaderMap, body: B
         ))
     }
     .await;
-    r.unwrap_or_else(|e| refused(&st, "archive", who.as_deref(), &image, e))
+    r.unwrap_or_else(|e| refused(&st, "archive", asked.device.as_deref(), &asked.image, e))
 }
 
 async fn objects_handler(State(st): State<AppState>, headers: HeaderMap, body: Body) -> Response {
-    let mut who: Option<String> = None;
-    let mut image = String::new();
+    let mut asked = Asked::default();
     let r = async {
-        let device = authenticate(&st, &headers)?;
-        who = Some(device.id.clone());
-        let req: ObjectsRequest = read_body(&headers, body, "ObjectsRequest").await?;
-        image = req.repository.clone();
-        check_read(&device, &req.repository)?;
-        let id = device.id.clone();
-        let storage = st.storage.clone();
-        let (wanted, total) = blocking(move || prepare_objects(&*storage, &device, &req)).await?;
-        let storage = st.storage.clone();
+        let (wanted, total) = accept(&st, &headers, body, &mut asked, prepare_objects).await?;
         let features = features_of(&headers);
-        let target = SyncTarget {
-            storage: storage.clone(),
-            kind: "objects",
-            device: id,
-            image: image.clone(),
-        };
+        let target = asked.target(&st, "objects");
+        let storage = target.storage.clone();
         Ok(streaming_response(total, features, target, move |w| {
             archive::write_objects_archive_with(
                 &index::object_store(&storage),
@@ -721,7 +772,7 @@ async fn objects_handler(State(st): State<AppState>, headers: HeaderMap, body: B
         }))
     }
     .await;
-    r.unwrap_or_else(|e| refused(&st, "objects", who.as_deref(), &image, e))
+    r.unwrap_or_else(|e| refused(&st, "objects", asked.device.as_deref(), &asked.image, e))
 }
 
 #[cfg(test)]

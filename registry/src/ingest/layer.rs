@@ -4,10 +4,11 @@
 //! diff_id, then record the entry index and publish the objects together.
 
 use super::IngestError;
+use crate::compression::decompressor;
 use crate::hashing::HashReader;
 use crate::store::index::{
-    self, entry_key, layer_object_key, open_read, Compression, EntryKind, EntryRecord, LayerMeta,
-    RawHeader, Trailer,
+    self, entry_key, layer_object_key, open_read, EntryKind, EntryRecord, LayerMeta, RawHeader,
+    Trailer,
 };
 use crate::store::objects::{self, ObjectMeta, ObjectStore, Staging, OBJECTS_META};
 use crate::tar::{RawEntry, TarReader};
@@ -18,7 +19,7 @@ use redb::{ReadableDatabase as _, ReadableTable as _};
 use sha2::Digest as _;
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
+use std::io::{self, BufReader, BufWriter, Read, Write};
 
 /// Files up to this size are hashed in memory before being compressed
 /// (and only when new); larger ones stream through a compressor to a temp
@@ -36,40 +37,10 @@ pub enum LayerOutcome {
     AlreadyIngested,
 }
 
-/// Detect the compression of a layer stream by its magic bytes (the media
-/// type only decides when the bytes say nothing) and wrap a decompressor.
-pub fn decompressor<'a, R: Read + 'a>(
-    reader: R,
-    media_type: &str,
-) -> io::Result<(Compression, Box<dyn Read + 'a>)> {
-    let mut br = BufReader::with_capacity(256 * 1024, reader);
-    let head = br.fill_buf()?;
-    if head.starts_with(&[0x1f, 0x8b]) {
-        return Ok((
-            Compression::Gzip,
-            Box::new(flate2::bufread::MultiGzDecoder::new(br)),
-        ));
-    }
-    if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-        return Ok((
-            Compression::Zstd,
-            Box::new(zstd::stream::read::Decoder::with_buffer(br)?),
-        ));
-    }
-    if media_type.ends_with("gzip") || media_type.ends_with("+zstd") {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("media type {media_type} but the blob does not start with its magic bytes"),
-        ));
-    }
-    Ok((Compression::None, Box::new(br)))
-}
-
 /// sha256 and size of a layer's uncompressed content (to link a second
 /// blob of a known diff_id).
 pub fn uncompressed_digest(reader: impl Read, media_type: &str) -> io::Result<(Digest, u64)> {
-    let (_, r) = decompressor(reader, media_type)?;
-    let mut r = HashReader::new(r);
+    let mut r = HashReader::new(decompressor(reader, media_type)?);
     io::copy(&mut r, &mut io::sink())?;
     let (_, digest, len) = r.finish();
     Ok((digest, len))
@@ -204,8 +175,8 @@ pub fn ingest_layer(
 ) -> Result<LayerOutcome, IngestError> {
     let layer = *blob;
     let corrupt = |m: String| IngestError::Corrupt { layer, message: m };
-    let (compression, inner) =
-        decompressor(reader, media_type).map_err(|e| corrupt(e.to_string()))?;
+    let inner = decompressor(reader, media_type).map_err(|e| corrupt(e.to_string()))?;
+    let compression = inner.compression();
     let staging = store.stage().map_err(IngestError::store)?;
     let spill_path = staging.dir().join("entries.spill");
     let spill = BufWriter::new(File::create(&spill_path).map_err(IngestError::store)?);

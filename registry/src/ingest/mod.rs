@@ -2,7 +2,7 @@
 //!
 //! For each layer of a pushed image manifest that is not indexed yet: open
 //! the blob, detect its compression (gzip, zstd or plain tar, by magic
-//! bytes), decompress and walk the tar in one streaming pass while hashing
+//! bytes: [`crate::compression::decompressor`]), decompress and walk the tar in one streaming pass while hashing
 //! it; store every entry's content in the object store once (new objects
 //! are staged and only published with the index), record the entry index,
 //! and check the tar's sha256 against the config's `rootfs.diff_ids`.
@@ -17,7 +17,7 @@ mod tests;
 #[cfg(test)]
 pub(crate) mod testutil;
 
-pub use layer::{decompressor, ingest_layer, uncompressed_digest, LayerOutcome};
+pub use layer::{ingest_layer, uncompressed_digest, LayerOutcome};
 
 use crate::oci::{self, ParsedManifest};
 use crate::store::index;

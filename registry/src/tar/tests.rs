@@ -439,9 +439,7 @@ fn reader_agrees_with_the_tar_crate_on_real_layers() {
     }
     assert!(!layers.is_empty());
     let open = |d: &str, mt: &str| {
-        crate::ingest::decompressor(std::fs::File::open(blob(d)).unwrap(), mt)
-            .unwrap()
-            .1
+        crate::compression::decompressor(std::fs::File::open(blob(d)).unwrap(), mt).unwrap()
     };
     for (d, mt) in &layers {
         let a = ours(open(d, mt)).unwrap();

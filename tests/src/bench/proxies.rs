@@ -2,8 +2,8 @@
 //! ([`layerlink_tests::CountingProxy`]): one times manifest PUTs on the push
 //! path, one records what the registry sent during a sync.
 
-use std::io::{Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use layerlink_tests::pump::Inspect;
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -74,19 +74,9 @@ impl Drop for PutTimer {
     }
 }
 
-fn pump(mut from: TcpStream, mut to: TcpStream, mut on_chunk: impl FnMut(&[u8])) {
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        let n = match from.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
-        };
-        on_chunk(&buf[..n]);
-        if to.write_all(&buf[..n]).is_err() {
-            break;
-        }
-    }
-    let _ = to.shutdown(Shutdown::Write);
+/// Forward `from` → `to`, showing `on_chunk` every chunk first.
+fn pump(from: TcpStream, to: TcpStream, on_chunk: impl FnMut(&[u8])) {
+    layerlink_tests::pump::pump(from, to, 64 * 1024, &mut Inspect(on_chunk));
 }
 
 /// One connection's recorded bytes.

@@ -90,16 +90,8 @@ from_redb!(
     redb::CommitError
 );
 
-/// How a layer blob was compressed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Compression {
-    /// Plain tar.
-    None,
-    /// gzip.
-    Gzip,
-    /// zstd.
-    Zstd,
-}
+/// How a layer blob was compressed (recorded in [`LayerMeta`]).
+pub use crate::compression::Compression;
 
 /// Bytes after the last entry of a layer tar (end-of-archive blocks and
 /// any record padding).
