@@ -96,7 +96,11 @@ mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u | sed '/^$/d')
 mapfile -t optional < <(printf '%s\n' "${optional[@]}" | sort -u | sed '/^$/d')
 echo "install-deps: installing ${missing[*]} ${optional[*]}"
 
-"${SUDO[@]}" apt-get update -qq
+# A mirror caught mid-sync fails `apt-get update` for one index (seen: the
+# armhf security index the cross builds add) while the lists already here
+# still serve: go on, and let the install itself decide.
+"${SUDO[@]}" apt-get update -qq ||
+  echo "install-deps: apt-get update reported errors; installing from the package lists present"
 if ((${#missing[@]} > 0)); then
   "${SUDO[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
