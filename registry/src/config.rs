@@ -23,9 +23,9 @@
 //!
 //! # garbage collection inside `serve` (also: `layerlink-registry gc`)
 //! [gc]
-//! interval_hours = 24        # run every N hours (absent or 0: never by itself)
-//! grace_minutes = 60         # spare what was pushed or written this recently
-//! device_grace_days = 30     # layers held by devices seen this recently stay indexed (0: none)
+//! interval = "24h"          # run this often (units s, m, h, d; absent or "0": never by itself)
+//! grace = "1h"               # spare what was pushed or written this recently
+//! device_grace = "30d"       # layers held by devices seen this recently stay indexed ("0": none)
 //!
 //! # serve HTTPS (PEM files; relative paths are relative to this file)
 //! [tls]
@@ -80,26 +80,61 @@ pub struct Config {
 }
 
 /// `[gc]`: when `serve` collects garbage by itself, and what it spares.
+/// Durations are written `<number><unit>` with unit `s`, `m`, `h` or `d`
+/// (`"90s"`, `"24h"`, `"30d"`), or `"0"`.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct GcConfig {
-    /// Run every this many hours; 0 (the default): only `layerlink-registry gc`.
-    pub interval_hours: u64,
-    /// Spare manifests pushed and files written within this many minutes.
-    pub grace_minutes: u64,
-    /// Layers held by a device seen within this many days keep their index
-    /// rows and objects (0: device holdings protect nothing).
-    pub device_grace_days: u64,
+    /// Run this often; 0 (the default): only `layerlink-registry gc`.
+    #[serde(deserialize_with = "de_duration")]
+    pub interval: std::time::Duration,
+    /// Spare manifests pushed and files written within this long.
+    #[serde(deserialize_with = "de_duration")]
+    pub grace: std::time::Duration,
+    /// Layers held by a device seen within this long keep their index rows
+    /// and objects (0: device holdings protect nothing).
+    #[serde(deserialize_with = "de_duration")]
+    pub device_grace: std::time::Duration,
 }
 
 impl Default for GcConfig {
     fn default() -> Self {
         GcConfig {
-            interval_hours: 0,
-            grace_minutes: 60,
-            device_grace_days: 30,
+            interval: std::time::Duration::ZERO,
+            grace: std::time::Duration::from_secs(3600),
+            device_grace: std::time::Duration::from_secs(30 * 86400),
         }
     }
+}
+
+/// Parse `<number><unit>` (`s`, `m`, `h`, `d`) or `0`.
+pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let t = text.trim();
+    if t == "0" {
+        return Ok(std::time::Duration::ZERO);
+    }
+    let unit = match t.chars().last() {
+        Some('s') => 1,
+        Some('m') => 60,
+        Some('h') => 3600,
+        Some('d') => 86400,
+        _ => {
+            return Err(format!(
+                "{text:?}: a duration is a number and a unit (s, m, h, d), e.g. \"24h\""
+            ))
+        }
+    };
+    let n: u64 = t[..t.len() - 1].parse().map_err(|_| {
+        format!("{text:?}: a duration is a number and a unit (s, m, h, d), e.g. \"24h\"")
+    })?;
+    n.checked_mul(unit)
+        .map(std::time::Duration::from_secs)
+        .ok_or_else(|| format!("{text:?}: too long"))
+}
+
+fn de_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<std::time::Duration, D::Error> {
+    let s = String::deserialize(d)?;
+    parse_duration(&s).map_err(serde::de::Error::custom)
 }
 
 /// Log line format.
@@ -332,6 +367,26 @@ pub enum ConfigError {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn gc_durations() {
+        use std::time::Duration;
+        assert_eq!(super::parse_duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(super::parse_duration("24h"), Ok(Duration::from_secs(86400)));
+        assert_eq!(
+            super::parse_duration("30d"),
+            Ok(Duration::from_secs(30 * 86400))
+        );
+        assert_eq!(super::parse_duration("0"), Ok(Duration::ZERO));
+        for bad in ["", "h", "5", "5w", "-1h", "1.5h", "99999999999999999999d"] {
+            assert!(super::parse_duration(bad).is_err(), "{bad:?}");
+        }
+        let c: super::Config = toml::from_str("[gc]\ninterval = \"2s\"\ngrace = \"0\"\n").unwrap();
+        assert_eq!(c.gc.interval, Duration::from_secs(2));
+        assert_eq!(c.gc.grace, Duration::ZERO);
+        assert_eq!(c.gc.device_grace, Duration::from_secs(30 * 86400));
+        assert!(toml::from_str::<super::Config>("[gc]\ninterval = \"soon\"\n").is_err());
+    }
+
     use super::*;
 
     #[test]

@@ -71,7 +71,7 @@ enum Command {
     /// Collect garbage: delete manifests no tag reaches, and the blobs,
     /// index rows, file objects and caches nothing live needs. On a stopped
     /// registry (the database is locked while `serve` runs; `serve` collects
-    /// by itself with `[gc] interval_hours`). Exit 0 with a summary.
+    /// by itself with `[gc] interval`). Exit 0 with a summary.
     Gc {
         /// Data directory.
         #[arg(long)]
@@ -79,12 +79,13 @@ enum Command {
         /// Count what would be freed, delete nothing.
         #[arg(long)]
         dry_run: bool,
-        /// Spare manifests pushed and files written within this many minutes.
-        #[arg(long, default_value_t = 60)]
-        grace_minutes: u64,
-        /// Keep the layers held by devices seen within this many days (0: none).
-        #[arg(long, default_value_t = 30)]
-        device_grace_days: u64,
+        /// Spare manifests pushed and files written within this long
+        /// (`<n>s|m|h|d`, or 0).
+        #[arg(long, default_value = "1h", value_parser = layerlink_registry::config::parse_duration)]
+        grace: std::time::Duration,
+        /// Keep the layers held by devices seen within this long (0: none).
+        #[arg(long, default_value = "30d", value_parser = layerlink_registry::config::parse_duration)]
+        device_grace: std::time::Duration,
         /// JSON output.
         #[arg(long)]
         json: bool,
@@ -222,8 +223,8 @@ fn run(cli: Cli, loaded: Option<Config>) -> anyhow::Result<()> {
         Command::Gc {
             data,
             dry_run,
-            grace_minutes,
-            device_grace_days,
+            grace,
+            device_grace,
             json,
         } => {
             let storage = open_existing(&data)?;
@@ -232,12 +233,12 @@ fn run(cli: Cli, loaded: Option<Config>) -> anyhow::Result<()> {
             let lock = serve_lock(&data)?;
             if lock.try_lock().is_err() {
                 return Err(UsageError(anyhow::anyhow!(
-                    "a registry is serving {}: stop it first, or let it collect by itself ([gc] interval_hours)",
+                    "a registry is serving {}: stop it first, or let it collect by itself ([gc] interval)",
                     data.display()
                 ))
                 .into());
             }
-            let opts = gc_options(grace_minutes, device_grace_days, dry_run);
+            let opts = gc_options(grace, device_grace, dry_run);
             let report =
                 layerlink_registry::gc::run(&storage, &opts).context("collecting garbage")?;
             let out = if json {
@@ -308,15 +309,13 @@ fn serve_lock(data: &std::path::Path) -> anyhow::Result<std::fs::File> {
 }
 
 fn gc_options(
-    grace_minutes: u64,
-    device_grace_days: u64,
+    grace: std::time::Duration,
+    device_grace: std::time::Duration,
     dry_run: bool,
 ) -> layerlink_registry::gc::Options {
-    use std::time::Duration;
     layerlink_registry::gc::Options {
-        grace: Duration::from_secs(grace_minutes.saturating_mul(60)),
-        device_grace: (device_grace_days > 0)
-            .then(|| Duration::from_secs(device_grace_days.saturating_mul(86400))),
+        grace,
+        device_grace: (!device_grace.is_zero()).then_some(device_grace),
         dry_run,
     }
 }
@@ -378,7 +377,7 @@ async fn serve(
         state.storage.clone(),
         std::time::Duration::from_secs(5),
     ));
-    if gc_config.interval_hours > 0 {
+    if !gc_config.interval.is_zero() {
         tokio::spawn(collect_garbage(state.storage.clone(), gc_config));
     }
     if let Some(path) = config_path {
@@ -446,18 +445,18 @@ async fn expire_uploads(storage: std::sync::Arc<Storage>) {
     }
 }
 
-/// Every `[gc] interval_hours`: collect garbage (the first run one interval
+/// Every `[gc] interval`: collect garbage (the first run one interval
 /// after start-up).
 async fn collect_garbage(
     storage: std::sync::Arc<Storage>,
     cfg: layerlink_registry::config::GcConfig,
 ) {
-    let every = std::time::Duration::from_secs(cfg.interval_hours.saturating_mul(3600));
+    let every = cfg.interval;
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     loop {
         tick.tick().await;
         let s = storage.clone();
-        let opts = gc_options(cfg.grace_minutes, cfg.device_grace_days, false);
+        let opts = gc_options(cfg.grace, cfg.device_grace, false);
         let result =
             tokio::task::spawn_blocking(move || layerlink_registry::gc::run(&s, &opts)).await;
         let freed = match result {

@@ -121,7 +121,7 @@ fn gc_frees_exactly_what_no_tag_or_device_needs() {
     // one process): usage error, nothing deleted.
     let before = files(&data);
     let out = Command::new(registry_bin())
-        .args(["gc", "--grace-minutes", "0", "--data"])
+        .args(["gc", "--grace", "0", "--data"])
         .arg(&data)
         .output()
         .unwrap();
@@ -179,7 +179,7 @@ fn gc_frees_exactly_what_no_tag_or_device_needs() {
     //    objects; its original blobs go.
     let mut report = serde_json::Value::Null;
     let before = files(&data);
-    let reg = reg.restart_after(|d| report = gc(d, &["--grace-minutes", "0"]));
+    let reg = reg.restart_after(|d| report = gc(d, &["--grace", "0"]));
     let after = files(&data);
     assert_eq!(n(&report, "manifests_deleted"), 1, "{report}");
     assert_eq!(
@@ -207,18 +207,9 @@ fn gc_frees_exactly_what_no_tag_or_device_needs() {
     let mut real = serde_json::Value::Null;
     let before = files(&data);
     let reg = reg.restart_after(|d| {
-        dry = gc(
-            d,
-            &[
-                "--grace-minutes",
-                "0",
-                "--device-grace-days",
-                "0",
-                "--dry-run",
-            ],
-        );
+        dry = gc(d, &["--grace", "0", "--device-grace", "0", "--dry-run"]);
         assert_eq!(files(d), before, "a dry run deleted files");
-        real = gc(d, &["--grace-minutes", "0", "--device-grace-days", "0"]);
+        real = gc(d, &["--grace", "0", "--device-grace", "0"]);
     });
     let after = files(&data);
     let mut dry_as_real = dry.clone();
@@ -263,11 +254,99 @@ fn gc_frees_exactly_what_no_tag_or_device_needs() {
     // 4. A second collection finds nothing; the deleted image pushed again syncs to a new
     //    device.
     let mut again = serde_json::Value::Null;
-    let reg = reg.restart_after(|d| again = gc(d, &["--grace-minutes", "0"]));
+    let reg = reg.restart_after(|d| again = gc(d, &["--grace", "0"]));
     assert_eq!(n(&again, "bytes_freed"), 0, "{again}");
     assert_eq!(n(&again, "manifests_deleted"), 0, "{again}");
     skopeo_push(&images.oci_dir, gone_tag, &reg, &test_repo(gone_tag));
     let fresh = Agent::new(TOKEN);
     fresh.sync(&url(&reg), &[&test_repo(gone_tag)]);
     fixture::assert_checkout_matches_umoci(&fresh, &test_repo(gone_tag), &images.oci_dir, gone_tag);
+}
+
+/// The value of the metric line starting with `series ` in `/metrics`.
+fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[test]
+fn serve_collects_by_itself_on_its_interval() {
+    // Grace 5 s: longer than a tiny push's gap between its blobs and its
+    // manifest, so the pushes below are never cut short by a collection.
+    let config =
+        format!("{CONFIG}\n[gc]\ninterval = \"1s\"\ngrace = \"5s\"\ndevice_grace = \"0\"\n");
+    let images = test_images();
+    let layout = images.layout();
+    let reg = registry_with_test_images(&config, &["tiny:v1", "tiny:v2"]);
+    let v2 = layout.manifest_descriptor("tiny:v2").digest;
+    let only_v2: Vec<String> = layout
+        .layers("tiny:v2")
+        .into_iter()
+        .map(|l| l.digest)
+        .filter(|d| !layout.layers("tiny:v1").iter().any(|l| l.digest == *d))
+        .collect();
+    assert!(!only_v2.is_empty());
+    let r = request(reg.addr(), "DELETE", "/v2/test/tiny/manifests/v2", &[], b"");
+    assert_eq!(r.status, 202, "DELETE tag: {}", r.text());
+
+    // Within a few intervals after the grace period: the untagged manifest
+    // and its own layer blob are gone, logged and counted.
+    reg.wait_for_log("gc: deleted 1 manifest(s)", 1);
+    let r = request(
+        reg.addr(),
+        "GET",
+        &format!("/v2/test/tiny/manifests/{v2}"),
+        &[],
+        b"",
+    );
+    assert_eq!(r.status, 404, "collected manifest still served");
+    for d in &only_v2 {
+        // A blob is spared until its own file is older than the grace
+        // period, which can be one run after its manifest went (the
+        // manifest's push time is kept in whole seconds).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let head = || {
+            request(
+                reg.addr(),
+                "HEAD",
+                &format!("/v2/test/tiny/blobs/{d}"),
+                &[],
+                b"",
+            )
+        };
+        while head().status == 200 && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+        assert_eq!(
+            head().status,
+            404,
+            "blob {d} of the collected image still served"
+        );
+        let file = reg
+            .data_dir()
+            .join("blobs/sha256")
+            .join(d.trim_start_matches("sha256:"));
+        assert!(!file.exists(), "{} survived", file.display());
+    }
+    let m = request(reg.addr(), "GET", "/metrics", &[], b"").text();
+    assert!(
+        sample(&m, "layerlink_gc_runs_total{outcome=\"ok\"}") >= 1.0,
+        "no successful gc run counted:\n{m}"
+    );
+    assert!(
+        sample(&m, "layerlink_gc_bytes_freed_total") > 0.0,
+        "no freed bytes counted:\n{m}"
+    );
+
+    // The live image is whole.
+    let agent = Agent::new(TOKEN);
+    agent.sync(&url(&reg), &[&test_repo("tiny:v1")]);
+    fixture::assert_checkout_matches_umoci(
+        &agent,
+        &test_repo("tiny:v1"),
+        &images.oci_dir,
+        "tiny:v1",
+    );
 }
