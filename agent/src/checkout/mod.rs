@@ -41,7 +41,7 @@ use rustix::io::Errno;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::path::Path;
 
-pub use overlay::mounted_layers;
+pub use overlay::{mountinfo, mounts_layer};
 pub use runtime_spec::runtime_spec;
 pub use user::{resolve_user, ExecUser};
 

@@ -18,7 +18,7 @@
 //! one-layer image.
 //!
 //! `gc` keeps the layers a mounted overlay names (`/proc/self/mountinfo`,
-//! [`mounted_layers`]).
+//! [`mounts_layer`]).
 
 use crate::error::{Error, Result};
 use rustix::io::Errno;
@@ -93,14 +93,37 @@ pub(super) fn unmount(target: &Path) {
     let _ = rustix::mount::unmount(target, UnmountFlags::DETACH);
 }
 
-/// The text of the overlay mounts in `/proc/self/mountinfo` (empty when it
-/// cannot be read): `gc` keeps each layer whose `/layers/<hex>` it contains.
-pub fn mounted_layers() -> String {
-    let all = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let mut out = String::new();
-    for line in all.lines().filter(|l| l.contains(" - overlay ")) {
-        out.push_str(line);
-        out.push('\n');
+/// `/proc/self/mountinfo` (empty when it cannot be read), for
+/// [`mounts_layer`].
+pub fn mountinfo() -> Vec<u8> {
+    std::fs::read("/proc/self/mountinfo").unwrap_or_default()
+}
+
+/// Whether `mountinfo` names `/layers/<hex>` (a mount of a read-only
+/// checkout uses that layer; the digest makes a false match harmless: the
+/// layer is only kept longer). A byte search: `str::contains` would link
+/// the two-way searcher (~3 KB) for this one use.
+pub fn mounts_layer(mountinfo: &[u8], hex: &str) -> bool {
+    let needle = [b"/layers/", hex.as_bytes()].concat();
+    mountinfo
+        .windows(needle.len())
+        .any(|w| w == needle.as_slice())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_names_a_layer_by_its_path() {
+        let hex = "ab".repeat(32);
+        let line = format!(
+            "44 27 0:39 / /run/ro/rootfs ro,relatime - overlay overlay \
+             ro,lowerdir=/run/ro/.layerlink-dirs:/var/lib/layerlink/layers/{hex}\n"
+        );
+        assert!(mounts_layer(line.as_bytes(), &hex));
+        assert!(!mounts_layer(line.as_bytes(), &"cd".repeat(32)));
+        assert!(!mounts_layer(b"", &hex));
+        assert_eq!(escape(Path::new("/a:b,c\\d")), "/a\\:b\\,c\\\\d");
     }
-    out
 }

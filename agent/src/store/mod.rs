@@ -453,12 +453,12 @@ impl Store {
         let mut stats = GcStats::default();
         let mut used: Vec<Digest> = self.records()?.into_iter().flat_map(|r| r.layers).collect();
         used.sort_unstable();
-        let mounted = crate::checkout::mounted_layers();
+        let mounted = crate::checkout::mountinfo();
         for l in self.committed_layers()? {
             if used.binary_search(&l).is_ok() {
                 continue;
             }
-            if mounted.contains(&format!("/layers/{}", l.hex())) {
+            if crate::checkout::mounts_layer(&mounted, &l.hex()) {
                 stats.layers_mounted += 1;
                 continue;
             }
