@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install the tools the build, the test images, the end-to-end tests and the
-# benchmark (skopeo, umoci, ostree as peers) need, and the ORAS Python SDK
+# benchmark (skopeo, umoci, crun, ostree as peers) need, and the ORAS Python SDK
 # (the OCI artifact client of tests/tests/oras_e2e.rs) in a venv outside the
 # clone: ${LAYERLINK_CACHE:-/var/cache/layerlink}/oras-venv.
 #
@@ -29,6 +29,11 @@ declare -A PKG_FOR=(
   [cc]=gcc
   # scripts/bench.sh: OSTree as a peer (archive repo, pulls, static deltas).
   [ostree]=ostree
+  # tests/tests/readonly_e2e.rs: a real OCI runtime runs checked-out bundles
+  # (in a private mount namespace: unshare; without CAP_SYS_ADMIN: setpriv).
+  [crun]=crun
+  [unshare]=util-linux
+  [setpriv]=util-linux
 )
 # Optional: used for the podman push test when it works here.
 declare -A OPTIONAL_PKG_FOR=([podman]=podman)

@@ -12,6 +12,7 @@
 //! | 7 | authentication error (401) |
 //! | 8 | image or tag not found: every image that failed is unknown to the registry (or has no manifest for the device's platform); the others were synced |
 //! | 9 | some images failed, others were synced or up to date (`status --json` says which and why) |
+//! | 10 | `checkout --read-only`: the read-only mount is unavailable (not root, no overlayfs, too many layers); nothing was checked out |
 
 use std::fmt;
 use std::io;
@@ -40,6 +41,9 @@ pub mod exit {
     pub const NOT_FOUND: i32 = 8;
     /// `sync`: some images failed, others were synced or up to date.
     pub const PARTIAL: i32 = 9;
+    /// `checkout --read-only`: the overlayfs mount it needs is not
+    /// available (not root, no overlayfs, too many layers).
+    pub const UNAVAILABLE: i32 = 10;
 }
 
 /// Everything that can go wrong in the agent.
@@ -88,6 +92,9 @@ pub enum Error {
     /// for an index without the device's platform; `--force-platform`
     /// accepts it.
     WrongPlatform(String),
+    /// A read-only checkout cannot mount its overlay (exit
+    /// [`exit::UNAVAILABLE`]); never falls back to a writable tree.
+    Unavailable(String),
     /// Anything else.
     Other(String),
 }
@@ -128,6 +135,7 @@ impl Error {
             Error::Auth(_) => exit::AUTH,
             Error::Integrity(_) => exit::INTEGRITY,
             Error::WrongPlatform(_) => exit::NOT_FOUND,
+            Error::Unavailable(_) => exit::UNAVAILABLE,
             Error::DiskFull { .. } => exit::DISK_FULL,
             Error::Io { .. } | Error::Other(_) => exit::OTHER,
         }
@@ -154,6 +162,7 @@ impl fmt::Display for Error {
             Error::Auth(m) => write!(f, "authentication failed: {m}"),
             Error::Integrity(m) => write!(f, "integrity error: {m}"),
             Error::WrongPlatform(m) => write!(f, "not for this platform: {m}"),
+            Error::Unavailable(m) => write!(f, "unavailable: {m}"),
             Error::DiskFull {
                 needed,
                 available,

@@ -14,7 +14,7 @@ use layerlink_agent::store::record::{parse_image_ref, ImageRecord, FORMAT_VERSIO
 use layerlink_agent::store::{Access, Store};
 use layerlink_proto::Digest;
 use std::fs;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::process::Command;
 
 fn umoci() -> bool {
@@ -199,14 +199,56 @@ fn checkout_matches_umoci_unpack() {
     };
     assert_eq!(strip_created(&mine), strip_created(&theirs));
 
-    // Read-only: regular files are the store's inodes; tree otherwise equal.
+    // Read-only: a read-only overlayfs of the layers; the same tree as
+    // umoci's (directories from the skeleton, no implied marks), the files
+    // the store's, and no write through it reaches the store.
     let ro = t.path().join("ro");
     checkout(&store, &image, &ro, true).unwrap();
-    assert_eq!(describe_tree(&ro.join("rootfs")), got);
-    let tool_ro = fs::metadata(ro.join("rootfs/bin/tool")).unwrap();
-    let in_layer = fs::metadata(store.layer_path(&diff_ids[0]).join("bin/tool")).unwrap();
-    assert_eq!(tool_ro.ino(), in_layer.ino());
-    let ro_cfg = json::parse(&fs::read(ro.join("config.json")).unwrap()).unwrap();
+    let ro_tree = describe_tree(&ro.join("rootfs"));
+    let unmount = || {
+        let st = Command::new("umount")
+            .arg(ro.join("rootfs"))
+            .status()
+            .unwrap();
+        assert!(st.success());
+    };
+    if ro_tree != got {
+        unmount();
+        panic!("read-only checkout differs:\nro: {ro_tree:#?}\ncopy: {got:#?}");
+    }
+    let tool_path = ro.join("rootfs/bin/tool");
+    let before = fs::read(store.layer_path(&diff_ids[0]).join("bin/tool")).unwrap();
+    let attempts: Vec<std::io::Result<()>> = vec![
+        fs::OpenOptions::new()
+            .append(true)
+            .open(&tool_path)
+            .map(drop),
+        fs::OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(&tool_path)
+            .map(drop),
+        fs::set_permissions(&tool_path, fs::Permissions::from_mode(0o777)),
+        fs::rename(ro.join("rootfs/etc/motd"), &tool_path),
+        fs::write(ro.join("rootfs/new"), b"x"),
+        fs::remove_file(&tool_path),
+    ];
+    let cfg_text = fs::read(ro.join("config.json"));
+    unmount();
+    for (i, a) in attempts.iter().enumerate() {
+        let e = a
+            .as_ref()
+            .expect_err(&format!("write attempt {i} succeeded"));
+        assert_eq!(e.raw_os_error(), Some(30), "attempt {i}: {e}"); // EROFS
+    }
+    assert_eq!(
+        fs::read(store.layer_path(&diff_ids[0]).join("bin/tool")).unwrap(),
+        before
+    );
+    assert_eq!(store.verify(|p| panic!("{p}")).unwrap().problems, 0);
+    // Unmounted, the rootfs is an empty directory, not store links.
+    assert_eq!(fs::read_dir(ro.join("rootfs")).unwrap().count(), 0);
+    let ro_cfg = json::parse(&cfg_text.unwrap()).unwrap();
     assert_eq!(
         ro_cfg.get("root").and_then(|r| r.get("readonly")),
         Some(&json::Value::Bool(true))
@@ -408,6 +450,17 @@ fn restacked_layers_take_directory_metadata_from_their_new_parents() {
             got.len(),
             "image {tag}: umoci {want:#?}\nours {got:#?}"
         );
+        // The read-only checkout (an overlay of the restacked layers with
+        // the directory skeleton on top) shows the same tree.
+        let ro = t.path().join(format!("ro-{tag}"));
+        checkout(&store, &image, &ro, true).unwrap();
+        let ro_got = masked(&describe_tree(&ro.join("rootfs")), &listed);
+        let st = Command::new("umount")
+            .arg(ro.join("rootfs"))
+            .status()
+            .unwrap();
+        assert!(st.success());
+        assert_eq!(ro_got, got, "image {tag}: read-only checkout");
         compared += 1;
     }
     assert_eq!(compared, 4);

@@ -5,6 +5,11 @@
 //! `ARCHITECTURE.md` ("Store invariants", agent): the topmost layer that
 //! lists a directory wins; an implied directory keeps what the layers below
 //! made it; one no layer lists is 0755 with the checkout's owner and time.
+//!
+//! In [`Merger::dirs_only`] mode only the directories are made (the other
+//! entries still remove what they replace): the top lower dir of a
+//! read-only checkout's overlay, which gives every directory of the
+//! merged tree the metadata this rule defines (see `super::overlay`).
 
 use crate::error::{Error, Result};
 use crate::fsops::{self, file_type, has_opaque, is_whiteout, show, Meta};
@@ -15,11 +20,10 @@ use std::os::fd::{AsFd, BorrowedFd};
 /// Deepest directory nesting a checkout follows.
 const MAX_DEPTH: usize = 1024;
 
-/// Merges layers into one rootfs; counts what it copied and linked.
+/// Merges layers into one rootfs (or, `dirs_only`, into its directory
+/// skeleton).
 pub(super) struct Merger {
-    read_only: bool,
-    copied: u64,
-    linked: u64,
+    dirs_only: bool,
 }
 
 /// Metadata of a directory (`name` in `dir`, or `dir` itself).
@@ -39,12 +43,8 @@ pub(super) fn read_meta(dir: BorrowedFd<'_>, name: Option<&[u8]>) -> Result<Meta
 }
 
 impl Merger {
-    pub(super) fn new(read_only: bool) -> Self {
-        Merger {
-            read_only,
-            copied: 0,
-            linked: 0,
-        }
+    pub(super) fn new(dirs_only: bool) -> Self {
+        Merger { dirs_only }
     }
 
     /// Merge layer directory `src` onto rootfs directory `dst`; `fresh`
@@ -134,24 +134,11 @@ impl Merger {
             if !fresh {
                 fsops::remove_at(dst, &name).map_err(|e| ctx(&sub, e))?;
             }
+            if self.dirs_only {
+                continue;
+            }
             match ft {
                 FileType::RegularFile => {
-                    if self.read_only {
-                        match rfs::linkat(
-                            src,
-                            name.as_slice(),
-                            dst,
-                            name.as_slice(),
-                            rfs::AtFlags::empty(),
-                        ) {
-                            Ok(()) => {
-                                self.linked += 1;
-                                continue;
-                            }
-                            Err(Errno::XDEV) | Err(Errno::MLINK) => {}
-                            Err(e) => return Err(ctx(&sub, e)),
-                        }
-                    }
                     let from = fsops::open_file_at(src, &name).map_err(|e| ctx(&sub, e))?;
                     let to = fsops::create_file_at(dst, &name, 0o600).map_err(|e| ctx(&sub, e))?;
                     fsops::copy_data(&from, &to)
@@ -159,7 +146,6 @@ impl Merger {
                     let x = fsops::read_xattrs_fd(from.as_fd()).map_err(|e| ctx(&sub, e))?;
                     let meta = Meta::from_stat(&st, x);
                     fsops::set_meta_fd(to.as_fd(), &meta, false).map_err(|e| ctx(&sub, e))?;
-                    self.copied += 1;
                 }
                 FileType::Symlink => {
                     let target = rfs::readlinkat(src, name.as_slice(), Vec::new())

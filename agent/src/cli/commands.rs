@@ -136,5 +136,11 @@ fn gc_and_report(store: &Store) -> Result<i32> {
         human(s.bytes_freed),
         s.bytes_freed
     );
+    if s.layers_mounted > 0 {
+        println!(
+            "kept {} unused layer(s) a mounted read-only checkout uses (umount it, then gc)",
+            s.layers_mounted
+        );
+    }
     Ok(exit::OK)
 }

@@ -68,8 +68,12 @@ sync options:
   -q, --quiet         no progress lines on stderr
 
 checkout options:
-  --read-only         hard-link regular files into the store (mount the rootfs
-                      read-only!) instead of copying them
+  --read-only         rootfs/ is a read-only overlayfs mount of the store's layers
+                      instead of a copy: nothing copied, no write through it can
+                      reach the store (EROFS, root too). Needs root; exit 10 when
+                      it cannot mount (never a writable fallback). Undo with
+                      `umount DEST/rootfs && rm -r DEST`; gc keeps the layers of
+                      a mounted checkout. The mount does not survive a reboot.
 
 EXIT CODES:
   0 ok (synced or already up to date)   4 store locked (another sync is running)
@@ -82,6 +86,9 @@ EXIT CODES:
     (repository, tag, digest or platform) or made for another platform;
     the others were synced
   9 some images failed, others were synced or are up to date
+  checkout --read-only only:
+  10 the read-only mount is unavailable (not root, no overlayfs, too many
+     layers for one mount); nothing is left in DEST
 ";
 
 /// Run the agent with `args` (including the program name); returns the

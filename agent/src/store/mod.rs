@@ -446,13 +446,20 @@ impl Store {
         Ok(removed)
     }
 
-    /// Remove layers no record uses, then unused object variants.
+    /// Remove layers no record uses, then unused object variants. A layer
+    /// that a mounted read-only checkout uses (an overlay mount naming
+    /// `/layers/<hex>`) is kept until it is unmounted.
     pub fn gc(&self) -> Result<GcStats> {
         let mut stats = GcStats::default();
         let mut used: Vec<Digest> = self.records()?.into_iter().flat_map(|r| r.layers).collect();
         used.sort_unstable();
+        let mounted = crate::checkout::mountinfo();
         for l in self.committed_layers()? {
             if used.binary_search(&l).is_ok() {
+                continue;
+            }
+            if crate::checkout::mounts_layer(&mounted, &l.hex()) {
+                stats.layers_mounted += 1;
                 continue;
             }
             stats.bytes_freed += self.remove_layer(&l)?;
@@ -642,6 +649,8 @@ pub fn walk_tree(dir: BorrowedFd<'_>, path: &mut Vec<u8>, f: &mut WalkFn<'_>) ->
 pub struct GcStats {
     /// Layers removed.
     pub layers_removed: u64,
+    /// Unused layers kept because a read-only checkout has them mounted.
+    pub layers_mounted: u64,
     /// Object variants removed.
     pub objects_removed: u64,
     /// Bytes freed (file sizes).
