@@ -12,7 +12,7 @@ use layerlink_tests::bins::registry_bin;
 use layerlink_tests::fixture::{self, registry_with_test_images, test_repo};
 use layerlink_tests::http::request;
 use layerlink_tests::layers::tarfile_digests;
-use layerlink_tests::{skopeo_push, test_images, Agent, Registry};
+use layerlink_tests::{skopeo_push, test_images, Agent};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -24,10 +24,6 @@ id = "dev-gc"
 token = "tok-gc-dev"
 repositories = ["test/*"]
 "#;
-
-fn url(reg: &Registry) -> String {
-    format!("http://{}", reg.addr())
-}
 
 /// Every file under `dir` and its size (the redb file and the serve lock
 /// are rewritten, not freed: left out).
@@ -115,7 +111,7 @@ fn gc_frees_exactly_what_no_tag_or_device_needs() {
 
     // A device syncs the image about to be deleted: it holds its layer.
     let agent = Agent::new(TOKEN);
-    agent.sync(&url(&reg), &[&test_repo(gone_tag)]);
+    agent.sync(&reg.url, &[&test_repo(gone_tag)]);
 
     // gc refuses to run beside `serve` (its pushes are fenced only inside
     // one process): usage error, nothing deleted.
@@ -240,7 +236,7 @@ fn gc_frees_exactly_what_no_tag_or_device_needs() {
     assert_eq!(reg.stat("layers"), 1, "index: only the live image's layer");
 
     // 3. Nothing a live image needs was lost: the device moves to it.
-    agent.sync(&url(&reg), &[&test_repo(live_tag)]);
+    agent.sync(&reg.url, &[&test_repo(live_tag)]);
     fixture::assert_checkout_matches_umoci(&agent, &test_repo(live_tag), &images.oci_dir, live_tag);
     let r = request(
         reg.addr(),
@@ -259,7 +255,7 @@ fn gc_frees_exactly_what_no_tag_or_device_needs() {
     assert_eq!(n(&again, "manifests_deleted"), 0, "{again}");
     skopeo_push(&images.oci_dir, gone_tag, &reg, &test_repo(gone_tag));
     let fresh = Agent::new(TOKEN);
-    fresh.sync(&url(&reg), &[&test_repo(gone_tag)]);
+    fresh.sync(&reg.url, &[&test_repo(gone_tag)]);
     fixture::assert_checkout_matches_umoci(&fresh, &test_repo(gone_tag), &images.oci_dir, gone_tag);
 }
 
@@ -342,7 +338,7 @@ fn serve_collects_by_itself_on_its_interval() {
 
     // The live image is whole.
     let agent = Agent::new(TOKEN);
-    agent.sync(&url(&reg), &[&test_repo("tiny:v1")]);
+    agent.sync(&reg.url, &[&test_repo("tiny:v1")]);
     fixture::assert_checkout_matches_umoci(
         &agent,
         &test_repo("tiny:v1"),

@@ -8,7 +8,7 @@
 //! * lifecycle: `remove`, retention (`--keep`) and gc free the disk.
 
 use layerlink_tests::fixture::{self, registry_with_test_images, test_repo};
-use layerlink_tests::{test_images, Agent, Registry};
+use layerlink_tests::{test_images, Agent};
 use std::process::Output;
 
 const TOKEN: &str = "tok-dev1";
@@ -19,10 +19,6 @@ id = "dev1"
 token = "tok-dev1"
 repositories = ["test/*"]
 "#;
-
-fn url(reg: &Registry) -> String {
-    format!("http://{}", reg.addr())
-}
 
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
@@ -53,10 +49,7 @@ fn each_image_of_a_sync_succeeds_or_fails_on_its_own() {
 
     // An unknown repository and an unknown tag next to a real image: the
     // real one is synced, the exit code says "not found" (8), not network (3).
-    let out = agent.try_sync(
-        &url(&reg),
-        &["test/nope:v1", &tiny1, "test/tiny:no-such-tag"],
-    );
+    let out = agent.try_sync(&reg.url, &["test/nope:v1", &tiny1, "test/tiny:no-such-tag"]);
     assert_eq!(
         out.status.code(),
         Some(8),
@@ -79,12 +72,12 @@ fn each_image_of_a_sync_succeeds_or_fails_on_its_own() {
     assert_eq!(agent.status_json()["last_sync"]["exit_code"], 8);
 
     // Only missing images: still 8.
-    let out = agent.try_sync(&url(&reg), &["test/nope:v1"]);
+    let out = agent.try_sync(&reg.url, &["test/nope:v1"]);
     assert_eq!(out.status.code(), Some(8), "{}", stderr(&out));
 
     // A repository the device may not read (401, exit 7 on its own) next to
     // images it may: those are synced, the run exits 9 "some failed".
-    let out = agent.try_sync(&url(&reg), &[&tiny2, "other/secret:v1", &tiny1]);
+    let out = agent.try_sync(&reg.url, &[&tiny2, "other/secret:v1", &tiny1]);
     assert_eq!(
         out.status.code(),
         Some(9),
@@ -102,7 +95,7 @@ fn each_image_of_a_sync_succeeds_or_fails_on_its_own() {
     assert_checkout_matches_umoci(&agent, "tiny:v2");
 
     // Everything fine again: 0, and status says so.
-    let out = agent.try_sync(&url(&reg), &[&tiny1, &tiny2]);
+    let out = agent.try_sync(&reg.url, &[&tiny1, &tiny2]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert_eq!(agent.status_json()["last_sync"]["exit_code"], 0);
 
@@ -191,13 +184,13 @@ fn the_next_sync_repairs_a_damaged_store() {
     let agent = Agent::new(TOKEN);
     let images = [test_repo("tiny:v1"), test_repo("tiny:v2")];
     let images: Vec<&str> = images.iter().map(String::as_str).collect();
-    agent.sync(&url(&reg), &images);
+    agent.sync(&reg.url, &images);
     verify_clean(&agent, "after the first sync");
 
     // A no-op sync re-hashes nothing ("store check:" is printed when it
     // does): the store is unchanged since the watermark its first sync
     // wrote.
-    let out = agent.sync(&url(&reg), &images);
+    let out = agent.sync(&reg.url, &images);
     assert!(
         stderr(&out).contains("up to date") && !stderr(&out).contains("store check:"),
         "{}",
@@ -206,7 +199,7 @@ fn the_next_sync_repairs_a_damaged_store() {
 
     damage_store(&agent);
     // No manual step: the next plain sync finds and repairs all of it.
-    let out = agent.sync(&url(&reg), &images);
+    let out = agent.sync(&reg.url, &images);
     let err = stderr(&out);
     assert!(
         err.contains("damaged: "),
@@ -223,7 +216,7 @@ fn the_next_sync_repairs_a_damaged_store() {
     damage_store(&agent);
     let out = agent
         .command()
-        .args(["verify", "--repair", "--server", &url(&reg), "--store"])
+        .args(["verify", "--repair", "--server", &reg.url, "--store"])
         .arg(&agent.store)
         .args(["--token", TOKEN])
         .output()
@@ -277,7 +270,7 @@ fn remove_and_retention_free_the_disk() {
     );
     let agent = Agent::new(TOKEN);
     let [t1, t2, a1, a2] = ["tiny:v1", "tiny:v2", "base-a:v1", "base-a:v2"].map(test_repo);
-    agent.sync(&url(&reg), &[&t1, &t2, &a1]);
+    agent.sync(&reg.url, &[&t1, &t2, &a1]);
 
     // remove: the record goes, gc frees what only that image used (tiny:v2's
     // own layer; its base layer stays for tiny:v1).
@@ -299,7 +292,7 @@ fn remove_and_retention_free_the_disk() {
     let sync_keep = |n: &str| {
         let out = agent
             .command()
-            .args(["sync", "--keep", n, "--server", &url(&reg), "--store"])
+            .args(["sync", "--keep", n, "--server", &reg.url, "--store"])
             .arg(&agent.store)
             .args(["--token", TOKEN, &a2])
             .output()

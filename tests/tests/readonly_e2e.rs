@@ -25,9 +25,7 @@
 //! kept. Both settings also work on a plain cgroup v1 or v2 host.
 
 use layerlink_tests::fixture::{registry_with_test_images, test_repo};
-use layerlink_tests::{
-    assert_trees_equal, run, sha256_file, test_images, umoci_unpack, Agent, Registry,
-};
+use layerlink_tests::{assert_trees_equal, run, sha256_file, test_images, umoci_unpack, Agent};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -39,10 +37,6 @@ id = "dev1"
 token = "tok-dev1"
 repositories = ["test/*"]
 "#;
-
-fn url(reg: &Registry) -> String {
-    format!("http://{}", reg.addr())
-}
 
 fn text(o: &Output) -> String {
     format!(
@@ -239,7 +233,7 @@ fn read_only_checkout_cannot_damage_the_store() {
         test_repo("tiny:v2"),
         test_repo("base-b:v1"),
     );
-    agent.sync(&url(&reg), &[&tiny1, &tiny2, &baseb]);
+    agent.sync(&reg.url, &[&tiny1, &tiny2, &baseb]);
 
     // Read-only checkouts equal umoci unpack: tiny:v2 (a change and a
     // whiteout over tiny:v1's layer: hard link, symlink, xattr, empty
@@ -329,17 +323,11 @@ fn read_only_checkout_cannot_damage_the_store() {
     );
 
     // sync and verify --repair beside the mounted checkouts.
-    agent.sync(&url(&reg), &[&tiny1, &tiny2, &baseb]);
+    agent.sync(&reg.url, &[&tiny1, &tiny2, &baseb]);
     let out = agent_cmd(
         &agent,
         &[
-            "verify",
-            "--repair",
-            "--server",
-            &url(&reg),
-            "--token",
-            TOKEN,
-            "-q",
+            "verify", "--repair", "--server", &reg.url, "--token", TOKEN, "-q",
         ],
     );
     assert!(out.status.success(), "verify --repair: {}", text(&out));
@@ -380,7 +368,7 @@ fn read_only_checkout_cannot_damage_the_store() {
     assert_verify_clean(&agent, "after gc");
 
     // The checkout is done again after a sync brings tiny:v2 back.
-    agent.sync(&url(&reg), &[&tiny2]);
+    agent.sync(&reg.url, &[&tiny2]);
     let out = checkout_ro(&agent, &tiny2, &dest);
     assert!(out.status.success(), "checkout again: {}", text(&out));
     mounts.add(&dest);
@@ -454,7 +442,7 @@ fn crun_runs_copy_and_read_only_checkouts() {
     let agent = Agent::new(TOKEN);
     let mut mounts = Mounts::default();
     let image = test_repo("base-b:v1");
-    agent.sync(&url(&reg), &[&image]);
+    agent.sync(&reg.url, &[&image]);
     let state = agent.scratch("crun-state");
     std::fs::create_dir_all(&state).unwrap();
     let version = std::fs::read_to_string(
