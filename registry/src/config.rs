@@ -1,6 +1,10 @@
 //! The registry's TOML config file.
 //!
 //! ```toml
+//! # top-level keys first (TOML puts a key under the table above it)
+//! log_format = "json"        # or "text" (the default)
+//! metrics_auth = true        # /metrics needs publisher basic auth (default false)
+//!
 //! # publishers may push (docker-style basic auth on /v2/)
 //! [[publishers]]
 //! user = "ci"
@@ -17,9 +21,6 @@
 //! id = "gw-0002"
 //! token_sha256 = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
 //! repositories = ["edge/*"]
-//!
-//! log_format = "json"        # or "text" (the default)
-//! metrics_auth = true        # /metrics needs publisher basic auth (default false)
 //!
 //! # garbage collection inside `serve` (also: `layerlink-registry gc`)
 //! [gc]

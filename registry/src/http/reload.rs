@@ -1,6 +1,6 @@
 //! Swapping in a reloaded config (`SIGHUP`): devices, their tokens and
 //! repositories, and publishers take effect for the next request. Settings
-//! read once at start (`[tls]`, `precompute`, `zstd_level`, `log_format`)
+//! read once at start (`[tls]`, `precompute`, `zstd_level`, `log_format`, `[gc]`)
 //! need a restart; a change to them is applied to nothing and logged.
 
 use super::state::SharedConfig;
@@ -31,6 +31,9 @@ pub fn apply(shared: &SharedConfig, new: Config) -> Result<String, String> {
     }
     if old.log_format != new.log_format {
         restart_needed.push("log_format");
+    }
+    if old.gc != new.gc {
+        restart_needed.push("[gc]");
     }
     let old_ids: std::collections::BTreeSet<&str> =
         old.devices.iter().map(|d| d.id.as_str()).collect();
