@@ -295,16 +295,32 @@ impl Bench {
     fn unpack(&self, tool: Tool, dev: &mut Device, tag: &str) -> anyhow::Result<Cost> {
         let dest = dev.next_bundle();
         match tool {
-            Tool::Layerlink | Tool::LayerlinkNoDeltas => measured(
-                &format!("layerlink-agent checkout {tag}"),
-                Command::new(&self.agent_bin)
-                    .arg("checkout")
-                    .arg("--store")
-                    .arg(dev.path("store"))
-                    .arg("--read-only")
-                    .arg(remote(tag))
-                    .arg(dest),
-            ),
+            Tool::Layerlink | Tool::LayerlinkNoDeltas => {
+                let cost = measured(
+                    &format!("layerlink-agent checkout {tag}"),
+                    Command::new(&self.agent_bin)
+                        .arg("checkout")
+                        .arg("--store")
+                        .arg(dev.path("store"))
+                        .arg("--read-only")
+                        .arg(remote(tag))
+                        .arg(&dest),
+                )?;
+                // The read-only checkout is an overlayfs mount of the store's
+                // layers: it adds no file to the disk, and a mount left in
+                // the device directory would be copied as files when the
+                // device state is copied for the next run. Unmount it (not
+                // measured) before the disk is counted.
+                let rootfs = dest.join("rootfs");
+                let out = Command::new("umount").arg(&rootfs).output()?;
+                anyhow::ensure!(
+                    out.status.success(),
+                    "umount {}: {}",
+                    rootfs.display(),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
+                Ok(cost)
+            }
             Tool::Skopeo => measured(
                 &format!("umoci unpack {tag}"),
                 Command::new("umoci")

@@ -10,7 +10,8 @@
 //! directories:
 //!
 //! * **layerlink**: `layerlink-agent sync` through a TCP byte-counting proxy,
-//!   then `layerlink-agent checkout --read-only`;
+//!   then `layerlink-agent checkout --read-only` (an overlayfs mount,
+//!   unmounted after it is measured);
 //! * **skopeo + umoci**: `skopeo copy docker://PROXY/... oci:LAYOUT:TAG`
 //!   through a counting proxy to the same registry, into a layout already
 //!   holding the device's earlier image(s), then `umoci unpack`;

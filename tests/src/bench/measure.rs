@@ -136,27 +136,33 @@ fn stat_cpu_ticks(stat: &str) -> Option<u64> {
     Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
 }
 
-/// Disk blocks used under `dir`, each inode counted once (like `du -s`).
+/// Disk blocks used under `dir`, each inode counted once and mount points
+/// not crossed (like `du -sx`).
 pub fn disk_use(dir: &Path) -> u64 {
     use std::os::unix::fs::MetadataExt;
-    fn walk(p: &Path, seen: &mut HashSet<(u64, u64)>, total: &mut u64) {
+    fn walk(p: &Path, dev: u64, seen: &mut HashSet<(u64, u64)>, total: &mut u64) {
         let Ok(m) = std::fs::symlink_metadata(p) else {
             return;
         };
+        if m.dev() != dev {
+            return;
+        }
         if seen.insert((m.dev(), m.ino())) {
             *total += m.blocks() * 512;
         }
         if m.is_dir() {
             if let Ok(rd) = std::fs::read_dir(p) {
                 for e in rd.flatten() {
-                    walk(&e.path(), seen, total);
+                    walk(&e.path(), dev, seen, total);
                 }
             }
         }
     }
     let mut seen = HashSet::new();
     let mut total = 0;
-    walk(dir, &mut seen, &mut total);
+    if let Ok(m) = std::fs::symlink_metadata(dir) {
+        walk(dir, m.dev(), &mut seen, &mut total);
+    }
     total
 }
 

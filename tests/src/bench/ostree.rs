@@ -5,7 +5,8 @@
 //! --protocol HTTP/1.1`:
 //! OSTree needs nothing but static files). Devices are `bare` repos that
 //! `ostree pull` through the benchmark's counting proxy and `ostree checkout
-//! -H` (hard links into the repo, like the agent's `--read-only` checkout).
+//! -H` (hard links into the repo; the agent's `--read-only` checkout mounts
+//! an overlayfs of its store instead).
 
 use crate::measure::run_step;
 use std::net::{SocketAddr, TcpListener, TcpStream};

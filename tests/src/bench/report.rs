@@ -169,7 +169,7 @@ impl Report<'_> {
         let _ = writeln!(w, "- source: {}", self.source);
         let _ = writeln!(
             w,
-            "- registry: release build; agent: `{}` build; agent checkout: `--read-only` (hard links into the store)",
+            "- registry: release build; agent: `{}` build; agent checkout: `--read-only` (a read-only overlayfs of the store's layers, unmounted before the disk is counted)",
             self.agent_label
         );
         let _ = writeln!(
