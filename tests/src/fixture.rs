@@ -6,6 +6,18 @@ use crate::{assert_trees_equal, skopeo_push, test_images, umoci_unpack, Agent, R
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+/// The token of [`DEVICE_CONFIG`]'s device.
+pub const TOKEN: &str = "tok-dev1";
+
+/// A registry config with one device, `dev1`, that may read `test/*` only
+/// (where [`test_repo`] puts the test images).
+pub const DEVICE_CONFIG: &str = r#"
+[[devices]]
+id = "dev1"
+token = "tok-dev1"
+repositories = ["test/*"]
+"#;
+
 /// Where the suites push a cached test image: `base-a:v1` → `test/base-a:v1`.
 pub fn test_repo(tag: &str) -> String {
     format!("test/{tag}")

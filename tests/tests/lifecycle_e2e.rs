@@ -11,14 +11,7 @@ use layerlink_tests::fixture::{self, registry_with_test_images, test_repo};
 use layerlink_tests::{test_images, Agent};
 use std::process::Output;
 
-const TOKEN: &str = "tok-dev1";
-/// dev1 may read test/* only.
-const DEVICE_CONFIG: &str = r#"
-[[devices]]
-id = "dev1"
-token = "tok-dev1"
-repositories = ["test/*"]
-"#;
+use layerlink_tests::fixture::{DEVICE_CONFIG, TOKEN};
 
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()

@@ -13,13 +13,7 @@ use layerlink_tests::{sha256_hex, test_images, Agent, Registry};
 use std::path::Path;
 use std::process::Command;
 
-const TOKEN: &str = "tok-dev1";
-const DEVICE_CONFIG: &str = r#"
-[[devices]]
-id = "dev1"
-token = "tok-dev1"
-repositories = ["test/*"]
-"#;
+use layerlink_tests::fixture::{DEVICE_CONFIG, TOKEN};
 
 /// Every file below `dir` (relative paths), sorted.
 fn files(dir: &Path) -> Vec<String> {

@@ -30,13 +30,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-const TOKEN: &str = "tok-dev1";
-const DEVICE_CONFIG: &str = r#"
-[[devices]]
-id = "dev1"
-token = "tok-dev1"
-repositories = ["test/*"]
-"#;
+use layerlink_tests::fixture::{DEVICE_CONFIG, TOKEN};
 
 fn text(o: &Output) -> String {
     format!(

@@ -15,13 +15,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const TOKEN: &str = "tok-dev1";
-const DEVICE_CONFIG: &str = r#"
-[[devices]]
-id = "dev1"
-token = "tok-dev1"
-repositories = ["test/*"]
-"#;
+use layerlink_tests::fixture::{DEVICE_CONFIG, TOKEN};
 
 /// Incompressible files of the test image, and their size.
 const FILES: usize = 8;
