@@ -4,7 +4,7 @@
 
 use crate::error::{Error, Result};
 use layerlink_proto::archive::{
-    Encoding, FEATURES_HEADER, FEATURE_COMPACT_META, FEATURE_FILE_DELTA, FEATURE_LAYER_BASE,
+    Encoding, FEATURES_HEADER, FEATURE_COMPACT_META, FEATURE_FILE_DELTA2, FEATURE_LAYER_BASE,
     FEATURE_ZSTD,
 };
 use layerlink_proto::limits::MAX_MESSAGE_BYTES;
@@ -35,7 +35,7 @@ pub fn features(zstd: bool, deltas: bool) -> String {
     let mut f = format!("{FEATURE_LAYER_BASE},{FEATURE_COMPACT_META}");
     if deltas {
         f.push(',');
-        f.push_str(FEATURE_FILE_DELTA);
+        f.push_str(FEATURE_FILE_DELTA2);
     }
     if zstd {
         f.push(',');

@@ -27,6 +27,7 @@ pub mod digest;
 pub mod error;
 pub mod limits;
 pub mod msg;
+pub mod patch;
 pub mod time;
 
 pub use digest::{Digest, DigestParseError, Sha256};
