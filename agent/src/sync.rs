@@ -50,6 +50,8 @@ pub struct SyncOptions {
     pub allow_devices: bool,
     /// Sync an image whose config names another platform.
     pub force_platform: bool,
+    /// Apply only images signed with this key ([`crate::trust`]).
+    pub trust: Option<crate::trust::Policy>,
 }
 
 /// What a sync did.
@@ -301,6 +303,19 @@ fn sync_image(
     summary: &mut SyncSummary,
 ) -> Result<()> {
     let name = show_image_ref(want);
+    if let Some(policy) = &opts.trust {
+        // Before anything is fetched or committed (and for an image up to
+        // date too: its signature must still be there).
+        let held = store
+            .records()?
+            .into_iter()
+            .find(|r| r.manifest_digest == ip.manifest_digest)
+            .map(|r| (r.manifest, r.config));
+        crate::trust::verify_image(policy, remote, want, ip, held)?;
+        if opts.progress {
+            eprintln!("image {name}: signature verified ({})", ip.manifest_digest);
+        }
+    }
     let diff_ids: Vec<Digest> = ip.layers.iter().map(|l| l.diff_id).collect();
     let mut missing: Vec<Digest> = Vec::new();
     for d in &diff_ids {
