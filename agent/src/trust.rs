@@ -87,24 +87,28 @@ impl Policy {
     }
 }
 
-/// The body of the first `-----BEGIN <label>-----` block of `text`.
+/// The body of the first `-----BEGIN <label>-----` block of `text`
+/// (armor lines compared whole: no substring search is linked in).
 pub fn pem_decode(text: &[u8], label: &str) -> std::result::Result<Vec<u8>, String> {
     let text = std::str::from_utf8(text).map_err(|_| "the key file is not text")?;
-    let begin = format!("-----BEGIN {label}-----");
-    let end = format!("-----END {label}-----");
-    let start = text
-        .find(&begin)
-        .ok_or_else(|| format!("no {begin} block"))?
-        + begin.len();
-    let stop = start
-        + text[start..]
-            .find(&end)
-            .ok_or_else(|| format!("no {end}"))?;
-    let b64: String = text[start..stop]
-        .chars()
-        .filter(|c| !c.is_ascii_whitespace())
-        .collect();
-    base64_decode(&b64).ok_or_else(|| format!("bad base64 in the {label} block"))
+    let armor = |l: &str, kind: &str| {
+        l.strip_prefix("-----")
+            .and_then(|l| l.strip_prefix(kind))
+            .and_then(|l| l.strip_suffix("-----"))
+            == Some(label)
+    };
+    let mut lines = text.lines().map(str::trim);
+    if !lines.any(|l| armor(l, "BEGIN ")) {
+        return Err(format!("no -----BEGIN {label}----- line"));
+    }
+    let mut b64 = String::new();
+    for l in lines {
+        if armor(l, "END ") {
+            return base64_decode(&b64).ok_or_else(|| format!("bad base64 in the {label} block"));
+        }
+        b64.push_str(l);
+    }
+    Err(format!("no -----END {label}----- line"))
 }
 
 /// Strict standard base64 (`+/`, `=` padding, no whitespace, unused bits
