@@ -374,6 +374,11 @@ fn only_images_signed_with_the_trusted_key_are_applied() {
     let by_digest = format!("{repo}@{d2}");
     agent.sync(&reg.url, &[&by_digest]);
 
+    // An oversized signature artifact (over the agent's 256 KiB bound for
+    // one): refused without reading it all.
+    publisher.signature(repo, &d2, &p, &"A".repeat(300 * 1024), false);
+    assert_refused(&agent, &reg, &v2, "larger than");
+
     // Properly signed (cosign's sha256-<hex>.sig tag, -a tag=v2): synced.
     let (payload, sig) = sign(&key, &docker_ref, &d2, &["tag=v2"]);
     publisher.signature(repo, &d2, &payload, &sig, false);
