@@ -54,6 +54,14 @@ pub trait Remote {
     fn objects(&mut self, req: &ObjectsRequest) -> Result<Download>;
     /// `POST /report`.
     fn report(&mut self, req: &Report) -> Result<ReportAck>;
+    /// `GET` a path of the registry's OCI API (`/v2/…`, for signatures:
+    /// see [`crate::trust`]); `None` when it answers 404. An answer over
+    /// `limit` bytes is [`Error::Untrusted`].
+    fn oci_get(&mut self, path: &str, _accept: &str, _limit: u64) -> Result<Option<Vec<u8>>> {
+        Err(Error::Other(format!(
+            "GET {path}: this remote has no OCI API"
+        )))
+    }
 }
 
 /// How to reach the registry.
@@ -288,6 +296,36 @@ impl Remote for Client {
     }
     fn report(&mut self, req: &Report) -> Result<ReportAck> {
         self.call("/report", req)
+    }
+    fn oci_get(&mut self, path: &str, accept: &str, limit: u64) -> Result<Option<Vec<u8>>> {
+        let url = format!("{}{path}", self.base);
+        let mut req = self.agent.get(&url).header("accept", accept);
+        if let Some(a) = &self.auth {
+            req = req.header("authorization", a);
+        }
+        let mut resp = req.call().map_err(|e| transport_error(&url, e))?;
+        let status = resp.status().as_u16();
+        let message = format!("HTTP {status} from {url}");
+        match status {
+            200 => {}
+            404 => return Ok(None),
+            401 | 403 => return Err(Error::Auth(message)),
+            500..=599 | 429 | 408 => return Err(Error::Transient(message)),
+            _ => {
+                return Err(Error::Server {
+                    status,
+                    code: None,
+                    message,
+                })
+            }
+        }
+        match resp.body_mut().with_config().limit(limit).read_to_vec() {
+            Ok(b) => Ok(Some(b)),
+            Err(ureq::Error::BodyExceedsLimit(_)) => Err(Error::Untrusted(format!(
+                "{url}: answer larger than {limit} bytes"
+            ))),
+            Err(e) => Err(transport_error(&url, e)),
+        }
     }
 }
 

@@ -25,6 +25,7 @@ const VALUE_FLAGS: &[&str] = &[
     "--config",
     "--retry-for",
     "--keep",
+    "--trust-key",
 ];
 /// Flags without a value.
 const BOOL_FLAGS: &[&str] = &[

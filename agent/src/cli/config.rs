@@ -25,6 +25,8 @@ pub struct ConfigFile {
     pub force_platform: Option<bool>,
     /// `deltas = false`: do not ask for binary deltas.
     pub deltas: Option<bool>,
+    /// `trust_key`: PEM public key; only images signed with it are applied.
+    pub trust_key: Option<String>,
 }
 
 enum TomlValue {
@@ -135,6 +137,7 @@ pub fn parse_config(text: &str) -> std::result::Result<ConfigFile, String> {
             ("keep", TomlValue::Int(n)) => cfg.keep = Some(n),
             ("force_platform", TomlValue::Bool(b)) => cfg.force_platform = Some(b),
             ("deltas", TomlValue::Bool(b)) => cfg.deltas = Some(b),
+            ("trust_key", TomlValue::Str(s)) => cfg.trust_key = Some(s),
             (k, _) => return Err(err(&format!("unknown key or wrong type: {k}"))),
         }
     }

@@ -54,7 +54,7 @@ sync options:
                       an image whose config names another platform is refused
                       (exit 8) unless --force-platform (config: force_platform = true)
   --config FILE       read server, store, token_file, ca_file, platform, images,
-                      retry_for, keep, force_platform, deltas from FILE
+                      retry_for, keep, force_platform, deltas, trust_key from FILE
                       (TOML subset: key = \"value\" / [\"a\", \"b\"] / true);
                       flags override it, IMAGE arguments replace its images
   --retry-for SECS    keep retrying transient failures this long (default 300)
@@ -65,6 +65,10 @@ sync options:
   --no-zstd           do not ask for zstd archives (gzip, as agents before it)
   --no-deltas         do not ask for binary deltas: modified files come whole
                       (config: deltas = false)
+  --trust-key PEM     apply only images signed with this ECDSA P-256 key
+                      (cosign.pub; cosign key-pair signatures; an image asked
+                      by tag needs `cosign sign -a tag=TAG`); exit 11 otherwise
+                      (config: trust_key = \"/etc/layerlink/cosign.pub\")
   -q, --quiet         no progress lines on stderr
 
 checkout options:
@@ -86,6 +90,8 @@ EXIT CODES:
     (repository, tag, digest or platform) or made for another platform;
     the others were synced
   9 some images failed, others were synced or are up to date
+  11 not trusted (--trust-key): no valid signature by the key for the image's
+     manifest, repository and tag; nothing of it was stored
   checkout --read-only only:
   10 the read-only mount is unavailable (not root, no overlayfs, too many
      layers for one mount); nothing is left in DEST

@@ -43,6 +43,7 @@ pub(super) const SYNC_FLAGS: &[&str] = &[
     "--no-zstd",
     "--no-deltas",
     "--force-platform",
+    "--trust-key",
 ];
 
 /// Everything a sync run needs, from flags and the config file.
@@ -178,6 +179,16 @@ fn sync_setup(a: &Args, repair: bool) -> Result<SyncSetup> {
         (None, Some(f), _) | (None, None, Some(f)) => Some(read_token(f)?),
         _ => None,
     };
+    let trust = match a.value("--trust-key").or(cfg.trust_key.as_deref()) {
+        Some(p) => {
+            let pem = std::fs::read(p).map_err(|e| usage(format!("reading trust key {p}: {e}")))?;
+            Some(
+                crate::trust::Policy::from_pem(&pem)
+                    .map_err(|e| usage(format!("trust key {p}: {e}")))?,
+            )
+        }
+        None => None,
+    };
     let cfg_force_platform = cfg.force_platform.unwrap_or(false);
     let cfg_deltas = cfg.deltas.unwrap_or(true);
     let platform = match a.value("--platform").map(str::to_string).or(cfg.platform) {
@@ -235,6 +246,7 @@ fn sync_setup(a: &Args, repair: bool) -> Result<SyncSetup> {
         progress: !quiet,
         allow_devices: !a.has(&["--no-devices"]),
         force_platform: a.has(&["--force-platform"]) || cfg_force_platform,
+        trust,
     };
     let keep = match a.value("--keep") {
         Some(s) => Some(
