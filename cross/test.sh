@@ -81,7 +81,10 @@ run_unit() {
   cross_runner "$t"
   # Tests that spawn the agent binary themselves (agent/tests/cli.rs) must go
   # through qemu too: binfmt_misc is not mounted. Same variable as tests/.
-  if LAYERLINK_AGENT_RUNNER="${CROSS_RUNNER[*]}" \
+  # One test thread: qemu-user can deadlock a guest that forks while another
+  # of its threads holds a lock (seen 2026-12-01: a child of the aarch64
+  # `cli` test binary stuck between fork and exec for 17 min, 0 CPU).
+  if LAYERLINK_AGENT_RUNNER="${CROSS_RUNNER[*]}" RUST_TEST_THREADS=1 \
     cross_cargo "$t" unwind test --no-fail-fast -p layerlink-proto -p layerlink-agent >"$WORK/unit-$t.log" 2>&1; then
     local n
     n=$(grep -E '^test result: ok' "$WORK/unit-$t.log" | awk '{s += $4} END {print s + 0}')
