@@ -202,25 +202,38 @@ mod reader {
 
         /// A varint of the block header; `Ok(None)` at a clean end.
         fn header_varint(&mut self, first: bool) -> io::Result<Option<u64>> {
-            let mut v = 0u64;
-            for i in 0..10 {
-                let Some(b) = self.patch_byte()? else {
-                    return if first && i == 0 {
-                        Ok(None)
-                    } else {
-                        Err(bad("cut inside a block header"))
-                    };
+            let Some(b0) = self.patch_byte()? else {
+                return if first {
+                    Ok(None)
+                } else {
+                    Err(bad("cut inside a block header"))
                 };
-                let bits = u64::from(b & 0x7f);
-                if i == 9 && bits > 1 {
-                    return Err(bad("bad varint"));
+            };
+            // The rest through the shared varint decoder; an I/O error of
+            // the patch stream is kept aside and returned as it is.
+            let mut pending = Some(b0);
+            let mut io_error = None;
+            let mut byte = || {
+                if let Some(b) = pending.take() {
+                    return Some(b);
                 }
-                v |= bits << (7 * i);
-                if b & 0x80 == 0 {
-                    return Ok(Some(v));
+                match self.patch_byte() {
+                    Ok(b) => b,
+                    Err(e) => {
+                        io_error = Some(e);
+                        None
+                    }
                 }
+            };
+            let v = crate::compact::varint(&mut byte);
+            if let Some(e) = io_error {
+                return Err(e);
             }
-            Err(bad("bad varint"))
+            match v {
+                Ok(v) => Ok(Some(v)),
+                Err(crate::compact::MetaError::Truncated) => Err(bad("cut inside a block header")),
+                Err(_) => Err(bad("bad varint")),
+            }
         }
 
         fn ctrl_varint(&mut self) -> io::Result<u64> {
