@@ -37,5 +37,6 @@ pub mod progress;
 pub mod store;
 pub mod sync;
 pub mod tar;
+pub mod tarsplit;
 
 pub use error::{Error, Result};

@@ -25,6 +25,7 @@ const VALUE_FLAGS: &[&str] = &[
     "--config",
     "--retry-for",
     "--keep",
+    "--verify-layers",
 ];
 /// Flags without a value.
 const BOOL_FLAGS: &[&str] = &[

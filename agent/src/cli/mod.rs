@@ -54,7 +54,8 @@ sync options:
                       an image whose config names another platform is refused
                       (exit 8) unless --force-platform (config: force_platform = true)
   --config FILE       read server, store, token_file, ca_file, platform, images,
-                      retry_for, keep, force_platform, deltas from FILE
+                      retry_for, keep, force_platform, deltas, verify_layers
+                      from FILE
                       (TOML subset: key = \"value\" / [\"a\", \"b\"] / true);
                       flags override it, IMAGE arguments replace its images
   --retry-for SECS    keep retrying transient failures this long (default 300)
@@ -65,6 +66,11 @@ sync options:
   --no-zstd           do not ask for zstd archives (gzip, as agents before it)
   --no-deltas         do not ask for binary deltas: modified files come whole
                       (config: deltas = false)
+  --verify-layers M   on (default): before a new layer is committed, check that
+                      its tree hashes, with the registry's framing, to its diff_id
+                      (exit 5 if not); warn for a layer the registry has no
+                      framing for. require: refuse such a layer (exit 5).
+                      off: no check (config: verify_layers = \"on\")
   -q, --quiet         no progress lines on stderr
 
 checkout options:

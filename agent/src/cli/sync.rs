@@ -43,6 +43,7 @@ pub(super) const SYNC_FLAGS: &[&str] = &[
     "--no-zstd",
     "--no-deltas",
     "--force-platform",
+    "--verify-layers",
 ];
 
 /// Everything a sync run needs, from flags and the config file.
@@ -224,6 +225,15 @@ fn sync_setup(a: &Args, repair: bool) -> Result<SyncSetup> {
         no_zstd: a.has(&["--no-zstd"]),
         no_deltas: a.has(&["--no-deltas"]) || !cfg_deltas,
     };
+    let verify_layers = match a
+        .value("--verify-layers")
+        .map(str::to_string)
+        .or(cfg.verify_layers)
+    {
+        Some(v) => crate::tarsplit::VerifyLayers::parse(&v)
+            .ok_or_else(|| usage(format!("verify_layers {v:?}: expected on, off or require")))?,
+        None => Default::default(),
+    };
     let client = Client::new(&client_cfg)?;
     let store = Store::open(Path::new(&store_path), Access::Exclusive)?;
     let quiet = a.has(&["--quiet", "-q"]);
@@ -235,6 +245,7 @@ fn sync_setup(a: &Args, repair: bool) -> Result<SyncSetup> {
         progress: !quiet,
         allow_devices: !a.has(&["--no-devices"]),
         force_platform: a.has(&["--force-platform"]) || cfg_force_platform,
+        verify_layers,
     };
     let keep = match a.value("--keep") {
         Some(s) => Some(

@@ -831,6 +831,15 @@ async fn framing_handler(State(st): State<AppState>, headers: HeaderMap, body: B
         let layer = accept(&st, &headers, body, &mut asked, prepare_framing).await?;
         let storage = st.storage.clone();
         let bytes = blocking(move || framing_body(&*storage, &layer)).await?;
+        crate::http::metrics::sync_sent("framing", "complete", bytes.len() as u64);
+        tracing::info!(
+            device = asked.device.as_deref().unwrap_or_default(),
+            image = asked.image,
+            request = "framing",
+            layer = %layer,
+            bytes = bytes.len(),
+            "device sync"
+        );
         Ok::<_, SyncError>(
             (
                 [(
