@@ -305,8 +305,8 @@ fn layer_framing_records() {
         "00", // flags
         "0201",
         "0505050505050505050505050505050505050505050505050505050505050505",
-        "01",     // shadowed
-        "03800800", // end: 1024 zero bytes
+        "01",         // shadowed
+        "03800800",   // end: 1024 zero bytes
         "0302010078", // end: 2 bytes that follow
     );
     assert_eq!(hex(&out), expected);
