@@ -107,11 +107,11 @@ diff_id = hashlib.sha256(tar).digest()
 records = (
     b"\x01" + varint(len(d)) + d
     + b"\x01" + varint(len(a)) + a
-    + b"\x02" + varint(5) + hashlib.sha256(b"hello").digest() + b"\x00"
+    + b"\x02" + varint(5) + b"\x00"
     + b"\x03" + varint(1024) + b"\x00"
 )
 os.makedirs("seeds/layer_framing", exist_ok=True)
 open("seeds/layer_framing/honest-records", "wb").write(b"\x00" + records)
 open("seeds/layer_framing/honest-whole", "wb").write(b"\x01" + b"LLFRAME1" + diff_id + records)
-open("seeds/layer_framing/diagnose", "wb").write(b"\x02" + records)
-open("seeds/layer_framing/shadowed", "wb").write(b"\x00" + records.replace(b"\x00\x03", b"\x01\x03"))
+shadowed = records.replace(b"\x02\x05\x00", b"\x02\x05\x03" + hashlib.sha256(b"hello").digest())
+open("seeds/layer_framing/shadowed", "wb").write(b"\x00" + shadowed)

@@ -10,7 +10,8 @@
 # CARGO_TARGET_DIR (where the binaries are built), LAYERLINK_CACHE
 # (test images, default /var/cache/layerlink/images), AGENT (an agent binary
 # to measure instead of the native release-agent build; e.g. a cross build
-# run through qemu: AGENT="qemu-aarch64 cross/target/dist/.../layerlink-agent").
+# run through qemu: AGENT="qemu-aarch64 cross/target/dist/.../layerlink-agent"
+# AGENT_ARGS="--platform linux/amd64", as the test images are amd64).
 set -euo pipefail
 n=${1:-3}
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -44,7 +45,7 @@ sleep 2
 # sync STORE IMAGE MODE -> prints "user sys maxrss_kib"
 sync() {
   /usr/bin/time -f "%U %S %M" -o "$work/time" $agent sync -q --server "$url" --store "$1" \
-    --token tok --retry-for 0 --verify-layers "$3" "test/$2" >/dev/null
+    --token tok --retry-for 0 --verify-layers "$3" ${AGENT_ARGS:-} "test/$2" >/dev/null
   cat "$work/time"
 }
 # Warm the registry's caches (cold archives, frames) so runs are alike.

@@ -6,7 +6,7 @@
 //! itself proves that the tree is that tar. The registry therefore serves
 //! each layer's **framing** (`POST /layerlink/v1/framing`, `proto/SPEC.md`
 //! "Layer framing"): every byte of the tar except the contents of regular
-//! files, which it names by size and object. Before a layer is committed
+//! files, which it names by size. Before a layer is committed
 //! ([`crate::apply`] calls [`LayerCheck::verify`] from its commit) the agent
 //! recomputes the tar's sha256 from the framing and the **files of the
 //! built tree**, and refuses the layer (exit 5, nothing committed) when it
@@ -23,7 +23,9 @@
 //! is needed (a tree file is a hard link to its object). An entry that a
 //! later entry of the same path replaces (flag `shadowed`) is not in the
 //! tree: its content is read from the store by the object the framing
-//! names, and the claim is checked — a later header must have that path.
+//! names (the only contents the framing names by digest: 32 bytes a file
+//! would be two thirds of a compressed framing), and the claim is checked —
+//! a later header must have that path.
 //!
 //! What it does not prove: metadata (mode, owner, times, xattrs, link
 //! targets) of the tree against the headers, and the absence of extra
@@ -194,26 +196,14 @@ impl LayerCheck {
             fsops::open_file_at(store.tmp_fd(), name.as_bytes())
                 .map_err(|e| Error::errno(format!("opening tmp/{name}"), e))
         };
-        let r = verify_tree(store, diff_id, root, open()?, false)?;
+        let r = verify_tree(store, diff_id, root, open()?)?;
         if r.digest == *diff_id {
             let _ = fsops::remove_at(store.tmp_fd(), name.as_bytes());
             return Ok(Some(r));
         }
-        // Say which files disagree with the objects the framing names (a
-        // second pass, only on failure).
-        let diag = verify_tree(store, diff_id, root, open()?, true)
-            .map(|v| v.disagreeing)
-            .unwrap_or_default();
-        let detail = if diag.is_empty() {
-            "every file holds the object the framing names, so the registry's headers \
-             or its path-to-object mapping are not the layer's"
-                .to_string()
-        } else {
-            format!("files that differ from the framing: {}", diag.join("; "))
-        };
         Err(Error::integrity(format!(
-            "layer {diff_id}: the built tree hashes to {}, not to its diff_id; \
-             the layer is not committed ({detail})",
+            "layer {diff_id}: the built tree hashes to {}, not to its diff_id (the \
+             registry's files or headers are not the layer's); the layer is not committed",
             r.digest
         )))
     }
@@ -229,9 +219,6 @@ pub struct Verified {
     /// Content bytes read from the tree (or the store, for shadowed
     /// entries).
     pub content_bytes: u64,
-    /// With `diagnose`: files whose content is not the object the framing
-    /// names (path, found sha256, named object), at most 8.
-    pub disagreeing: Vec<String>,
 }
 
 /// Buffered source over the framing file: single bytes for the record
@@ -317,15 +304,12 @@ fn pad(size: u64) -> usize {
 }
 
 /// Recompute the tar of layer `diff_id` from `framing` (decompressed) and
-/// the tree `root`; returns its sha256 (the caller compares). With
-/// `diagnose`, also hash each file alone and list those that are not the
-/// object the framing names.
+/// the tree `root`; returns its sha256 (the caller compares).
 pub fn verify_tree(
     store: &Store,
     diff_id: &Digest,
     root: BorrowedFd<'_>,
     framing: impl Read,
-    diagnose: bool,
 ) -> Result<Verified> {
     let bad = |msg: String| Error::integrity(format!("layer {diff_id}: bad framing: {msg}"));
     let ferr = |e: FramingError, src_err: &mut Option<io::Error>| match src_err.take() {
@@ -351,7 +335,6 @@ pub fn verify_tree(
         digest: Digest([0; 32]),
         entries: 0,
         content_bytes: 0,
-        disagreeing: Vec::new(),
     };
     let mut buf = vec![0u8; READ_BUF];
     // The regular file whose content record must come next: (path, size).
@@ -406,11 +389,7 @@ pub fn verify_tree(
                     want = Some((path, h.size));
                 }
             }
-            Record::Content {
-                size,
-                object,
-                shadowed: is_shadowed,
-            } => {
+            Record::Content { size, shadowed: by } => {
                 let Some((path, wsize)) = want.take() else {
                     return Err(bad("a content record without a file header".into()));
                 };
@@ -420,7 +399,7 @@ pub fn verify_tree(
                         show(&path)
                     )));
                 }
-                let file = if is_shadowed {
+                let file = if let Some(object) = by {
                     if shadowed.len() >= MAX_SHADOWED {
                         return Err(bad("too many shadowed entries".into()));
                     }
@@ -447,7 +426,6 @@ pub fn verify_tree(
                         show(&path)
                     )));
                 }
-                let mut one = diagnose.then(Sha256::new);
                 let mut left = size;
                 let mut f = &file;
                 while left > 0 {
@@ -464,22 +442,10 @@ pub fn verify_tree(
                         Err(e) => return Err(Error::io(format!("reading {:?}", show(&path)), e)),
                     };
                     hasher.update(&buf[..got]);
-                    if let Some(o) = one.as_mut() {
-                        o.update(&buf[..got]);
-                    }
                     left -= got as u64;
                 }
                 hasher.update(&ZEROS[..pad(size)]);
                 out.content_bytes += size;
-                if let Some(o) = one {
-                    let found = Digest::from_hasher(o);
-                    if found != object && out.disagreeing.len() < 8 {
-                        out.disagreeing.push(format!(
-                            "{:?} holds {found}, the framing names {object}",
-                            show(&path)
-                        ));
-                    }
-                }
             }
             Record::End { len, data } => {
                 if let Some((p, _)) = &want {

@@ -1065,7 +1065,6 @@ fn fuzz_regressions_layer_framing() {
         &Digest::of(&tar),
         std::os::fd::AsFd::as_fd(&root),
         &framing[..],
-        false,
     )
     .unwrap();
     assert_eq!(v.digest, Digest::of(&tar));

@@ -79,7 +79,7 @@ fn framing(l: &Layer, diff_id: &Digest) -> Vec<u8> {
     for (h, c) in &l.entries {
         fr::write_header(&mut out, h);
         if let Some(c) = c {
-            fr::write_content(&mut out, c.len() as u64, &Digest::of(c), false);
+            fr::write_content(&mut out, c.len() as u64, None);
         }
     }
     let zero = l.trailer.iter().all(|&b| b == 0);
@@ -131,14 +131,7 @@ fn fx(long: bool) -> Fx {
 
 impl Fx {
     fn check(&self, framing: &[u8]) -> layerlink_agent::error::Result<Digest> {
-        verify_tree(
-            &self.store,
-            &self.diff_id,
-            self.root.as_fd(),
-            framing,
-            false,
-        )
-        .map(|v| v.digest)
+        verify_tree(&self.store, &self.diff_id, self.root.as_fd(), framing).map(|v| v.digest)
     }
 }
 
@@ -152,14 +145,11 @@ fn framing_plus_tree_hashes_to_the_diff_id() {
 }
 
 #[test]
-fn a_swapped_file_changes_the_digest_and_is_named() {
+fn a_swapped_file_changes_the_digest() {
     let f = fx(false);
     std::fs::write(f.dir.join("etc/a"), b"HELLO").unwrap();
     let fr = framing(&f.layer, &f.diff_id);
     assert_ne!(f.check(&fr).unwrap(), f.diff_id);
-    let v = verify_tree(&f.store, &f.diff_id, f.root.as_fd(), &fr[..], true).unwrap();
-    assert_eq!(v.disagreeing.len(), 1, "{:?}", v.disagreeing);
-    assert!(v.disagreeing[0].contains("etc/a"), "{:?}", v.disagreeing);
 }
 
 #[test]
@@ -187,7 +177,7 @@ fn lengths_that_disagree_with_the_headers_are_refused() {
     for (h, c) in &l.entries {
         fr::write_header(&mut out, h);
         if let Some(c) = c {
-            fr::write_content(&mut out, c.len() as u64 + 1, &Digest::of(c), false);
+            fr::write_content(&mut out, c.len() as u64 + 1, None);
         }
     }
     fr::write_end(&mut out, l.trailer.len() as u64, None);
@@ -266,7 +256,7 @@ fn hostile_records_are_refused() {
     assert_eq!(f.check(&v).unwrap_err().exit_code(), 5);
     // A content record with no header before it.
     let mut v = start(&f.diff_id);
-    fr::write_content(&mut v, 5, &Digest::of(b"hello"), false);
+    fr::write_content(&mut v, 5, None);
     assert!(f
         .check(&v)
         .unwrap_err()
@@ -300,7 +290,7 @@ fn a_false_shadowed_claim_is_refused() {
         fr::write_header(&mut out, h);
         if let Some(c) = c {
             // Claims no file of the tree: every content "replaced later".
-            fr::write_content(&mut out, c.len() as u64, &Digest::of(c), true);
+            fr::write_content(&mut out, c.len() as u64, Some(&Digest::of(c)));
         }
     }
     fr::write_end(&mut out, f.layer.trailer.len() as u64, None);

@@ -14,13 +14,14 @@
 //!                                       (PAX/GNU extension headers, preceding
 //!                                       global PAX headers with their data
 //!                                       and padding, and the ustar block)
-//!   02 varint(size) <32-byte digest> flags
+//!   02 varint(size) flags [<32-byte digest>]
 //!                                       content: `size` bytes of the regular
-//!                                       file the header before announced (the
-//!                                       object `digest`), then zero padding to
-//!                                       a 512-byte boundary; flags bit 0: a
-//!                                       later entry of the layer has the same
-//!                                       path (the tree does not hold it)
+//!                                       file the header before announced, then
+//!                                       zero padding to a 512-byte boundary;
+//!                                       flags bit 0 `shadowed`: a later entry of
+//!                                       the layer has the same path (the tree
+//!                                       does not hold it); bit 1: the object's
+//!                                       digest follows (always with bit 0)
 //!   03 varint(n) kind                   end: the n bytes after the last entry;
 //!                                       kind 0 = all zero, 1 = the n bytes follow
 //! ```
@@ -46,6 +47,11 @@ pub const TAG_CONTENT: u8 = 2;
 pub const TAG_END: u8 = 3;
 /// Content flag: a later entry of the layer has the same path.
 pub const FLAG_SHADOWED: u8 = 1;
+/// Content flag: the object's digest follows the flags. Set exactly for
+/// shadowed entries (the device reads their content from its store by
+/// digest; every other content is read from the built tree, so 32 bytes a
+/// file — two thirds of a compressed framing — are not sent).
+pub const FLAG_DIGEST: u8 = 2;
 /// End kind: the trailer is all zero bytes.
 pub const END_ZEROS: u8 = 0;
 /// End kind: the trailer's bytes follow.
@@ -94,12 +100,17 @@ pub fn write_header(out: &mut Vec<u8>, bytes: &[u8]) {
     out.extend_from_slice(bytes);
 }
 
-/// Append a content record.
-pub fn write_content(out: &mut Vec<u8>, size: u64, object: &Digest, shadowed: bool) {
+/// Append a content record; a shadowed entry names its object.
+pub fn write_content(out: &mut Vec<u8>, size: u64, shadowed: Option<&Digest>) {
     out.push(TAG_CONTENT);
     varint(out, size);
-    out.extend_from_slice(&object.0);
-    out.push(if shadowed { FLAG_SHADOWED } else { 0 });
+    match shadowed {
+        Some(d) => {
+            out.push(FLAG_SHADOWED | FLAG_DIGEST);
+            out.extend_from_slice(&d.0);
+        }
+        None => out.push(0),
+    }
 }
 
 /// Append the end record: `len` trailer bytes, all zero (`data` = `None`)
@@ -129,10 +140,9 @@ pub enum Record {
     Content {
         /// Its size (> 0).
         size: u64,
-        /// The object the registry names for it.
-        object: Digest,
-        /// A later entry has the same path.
-        shadowed: bool,
+        /// `Some(object)`: a later entry has the same path; the content is
+        /// this object.
+        shadowed: Option<Digest>,
     },
     /// The end: `len` trailer bytes, which follow when `data`.
     End {
@@ -222,19 +232,24 @@ pub fn read_record(byte: &mut dyn FnMut() -> Option<u8>) -> Result<Record, Frami
             if size == 0 {
                 return Err(FramingError::BadLength);
             }
-            let mut d = [0u8; 32];
-            for b in d.iter_mut() {
-                *b = byte().ok_or(FramingError::Truncated)?;
-            }
             let flags = byte().ok_or(FramingError::Truncated)?;
-            if flags & !FLAG_SHADOWED != 0 {
-                return Err(FramingError::BadFlags);
+            match flags {
+                0 => Ok(Record::Content {
+                    size,
+                    shadowed: None,
+                }),
+                f if f == FLAG_SHADOWED | FLAG_DIGEST => {
+                    let mut d = [0u8; 32];
+                    for b in d.iter_mut() {
+                        *b = byte().ok_or(FramingError::Truncated)?;
+                    }
+                    Ok(Record::Content {
+                        size,
+                        shadowed: Some(Digest(d)),
+                    })
+                }
+                _ => Err(FramingError::BadFlags),
             }
-            Ok(Record::Content {
-                size,
-                object: Digest(d),
-                shadowed: flags & FLAG_SHADOWED != 0,
-            })
         }
         TAG_END => {
             let len = read_varint(byte)?;
@@ -266,7 +281,8 @@ mod tests {
         let mut out = Vec::new();
         write_start(&mut out, &Digest([7; 32]));
         write_header(&mut out, &[0u8; 512]);
-        write_content(&mut out, 300, &Digest([9; 32]), true);
+        write_content(&mut out, 300, Some(&Digest([9; 32])));
+        write_content(&mut out, 5, None);
         write_end(&mut out, 1024, None);
         let mut r = reader(&out);
         assert_eq!(read_start(&mut r), Ok(Digest([7; 32])));
@@ -278,8 +294,14 @@ mod tests {
             read_record(&mut r),
             Ok(Record::Content {
                 size: 300,
-                object: Digest([9; 32]),
-                shadowed: true
+                shadowed: Some(Digest([9; 32]))
+            })
+        );
+        assert_eq!(
+            read_record(&mut r),
+            Ok(Record::Content {
+                size: 5,
+                shadowed: None
             })
         );
         assert_eq!(
@@ -307,11 +329,13 @@ mod tests {
         v.extend_from_slice(&[0xff; 11]);
         assert_eq!(bad(&v), FramingError::BadVarint);
         assert_eq!(bad(&[TAG_CONTENT, 0]), FramingError::BadLength);
-        assert_eq!(bad(&[TAG_CONTENT, 1, 0, 0]), FramingError::Truncated);
-        let mut c = vec![TAG_CONTENT, 1];
-        c.extend_from_slice(&[0; 32]);
-        c.push(2);
-        assert_eq!(bad(&c), FramingError::BadFlags);
+        assert_eq!(bad(&[TAG_CONTENT, 1, 3, 0]), FramingError::Truncated);
+        assert_eq!(bad(&[TAG_CONTENT, 1]), FramingError::Truncated);
+        // A digest without the shadowed flag, shadowed without a digest,
+        // unknown bits.
+        for f in [1, 2, 4, 0x83] {
+            assert_eq!(bad(&[TAG_CONTENT, 1, f]), FramingError::BadFlags);
+        }
         assert_eq!(
             bad(&[TAG_END, 0x80, 0x80, 0x80, 1, 0]),
             FramingError::BadLength

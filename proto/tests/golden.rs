@@ -292,8 +292,8 @@ fn layer_framing_records() {
     let mut out = Vec::new();
     write_start(&mut out, &d(3));
     write_header(&mut out, b"HDR");
-    write_content(&mut out, 300, &d(4), false);
-    write_content(&mut out, 1, &d(5), true);
+    write_content(&mut out, 300, None);
+    write_content(&mut out, 1, Some(&d(5)));
     write_end(&mut out, 1024, None);
     write_end(&mut out, 2, Some(b"\0x"));
     let expected = concat!(
@@ -301,11 +301,10 @@ fn layer_framing_records() {
         "0303030303030303030303030303030303030303030303030303030303030303",
         "0103484452", // header, 3 bytes
         "02ac02",     // content, 300 bytes
-        "0404040404040404040404040404040404040404040404040404040404040404",
-        "00", // flags
-        "0201",
+        "00",         // flags: read from the tree
+        "0201",       // content, 1 byte
+        "03",         // flags: shadowed, digest follows
         "0505050505050505050505050505050505050505050505050505050505050505",
-        "01",         // shadowed
         "03800800",   // end: 1024 zero bytes
         "0302010078", // end: 2 bytes that follow
     );
