@@ -13,8 +13,9 @@
 //!   image is intact (checkout ≡ umoci) and `verify` is clean; a later sync
 //!   from an honest registry succeeds;
 //! * a layer the registry has no framing for (its index cannot reproduce
-//!   the tar) syncs with a warning by default, and is refused (exit 5,
-//!   nothing committed) with `--verify-layers require`.
+//!   the tar) syncs with a warning with `--verify-layers on`, and is
+//!   refused (exit 5, nothing committed) with `--verify-layers require`;
+//!   the default (`off`) fetches no framing.
 //!
 //! The tampering edits the registry's redb index while it is stopped,
 //! through the registry's own row types.
@@ -133,6 +134,13 @@ fn mark_inexact(data: &Path, diff_id: &str) {
     txn.commit().unwrap();
 }
 
+/// A device that verifies layers (`--verify-layers on`; the default is off).
+fn verifying_agent() -> Agent {
+    let mut a = Agent::new(TOKEN);
+    a.sync_args.extend(["--verify-layers".into(), "on".into()]);
+    a
+}
+
 fn assert_verify_clean(agent: &Agent) {
     let v = agent.verify();
     assert!(v.status.success(), "verify is not clean: {}", text(&v));
@@ -141,7 +149,7 @@ fn assert_verify_clean(agent: &Agent) {
 #[test]
 fn normal_syncs_verify_every_layer_and_match_umoci() {
     let reg = registry_with_test_images(DEVICE_CONFIG, &["tiny:v2", "upd:v1", "upd:v2"]);
-    let agent = Agent::new(TOKEN);
+    let agent = verifying_agent();
     // Cold: both layers of tiny:v2.
     let out = agent.sync(&reg.url, &[&test_repo("tiny:v2")]);
     let err = stderr(&out);
@@ -188,7 +196,7 @@ fn normal_syncs_verify_every_layer_and_match_umoci() {
 #[test]
 fn a_registry_that_swaps_one_file_is_refused() {
     let reg = registry_with_test_images(DEVICE_CONFIG, &["tiny:v1", "tiny:v2"]);
-    let agent = Agent::new(TOKEN);
+    let agent = verifying_agent();
     agent.sync(&reg.url, &[&test_repo("tiny:v1")]);
     let ids = diff_ids("tiny:v2");
     let (base, top) = (ids[0].clone(), ids[1].clone());
@@ -263,8 +271,8 @@ fn a_layer_without_framing_warns_or_is_refused() {
         text(&out)
     );
     assert!(!layer_dir(&strict, &layer).exists());
-    // Default (on): synced, with a warning naming the layer.
-    let lax = Agent::new(TOKEN);
+    // on: synced, with a warning naming the layer.
+    let lax = verifying_agent();
     let out = lax.sync(&reg.url, &[&test_repo("tiny:v1")]);
     let err = stderr(&out);
     assert!(

@@ -66,11 +66,12 @@ sync options:
   --no-zstd           do not ask for zstd archives (gzip, as agents before it)
   --no-deltas         do not ask for binary deltas: modified files come whole
                       (config: deltas = false)
-  --verify-layers M   on (default): before a new layer is committed, check that
-                      its tree hashes, with the registry's framing, to its diff_id
-                      (exit 5 if not); warn for a layer the registry has no
-                      framing for. require: refuse such a layer (exit 5).
-                      off: no check (config: verify_layers = \"on\")
+  --verify-layers M   on: before a new layer is committed, check that its tree
+                      hashes, with the registry's framing, to its diff_id (exit 5
+                      if not); warn for a layer the registry has no framing for.
+                      require: also refuse such a layer (exit 5; use it with a
+                      trust policy). off (default): no check
+                      (config: verify_layers = \"require\")
   -q, --quiet         no progress lines on stderr
 
 checkout options:
