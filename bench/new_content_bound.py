@@ -1,6 +1,6 @@
 """How small can a sync's new file contents get, whatever the wire format?
 
-    python3 bench/new_content_bound.py OCI_LAYOUT HELD_TAG NEW_TAG [BUDGET_BYTES]
+    python3 bench/new_content_bound.py OCI_LAYOUT HELD_TAG NEW_TAG [BUDGET_BYTES] [--list N]
 
 Reads both images' layers with Python's `tarfile` (independently of the
 registry; `modified_files.image_files`), keeps the regular-file contents of
@@ -15,6 +15,10 @@ Used for issue 11's sibling target (≤ 0.80× layerlink before wire v2 =
 0.80 × 1.92 MiB): pass that budget as BUDGET_BYTES and each figure is
 printed with its ratio to it. A figure above the budget means no encoding
 of that family reaches the target, whatever it does with the metadata.
+
+`--list N` also prints the N largest new contents (zstd -19 each) with
+their path and whether HELD has a file at that path (only those can
+travel as patches against an old version).
 """
 
 import subprocess
@@ -28,14 +32,30 @@ def size(cmd, data):
 
 
 def main():
-    layout, held_tag, new_tag = sys.argv[1:4]
-    budget = int(float(sys.argv[4])) if len(sys.argv) > 4 else None
-    held = {h for h, _ in image_files(layout, held_tag).values()}
-    seen, contents = set(), []
-    for _, (h, data) in sorted(image_files(layout, new_tag).items()):
+    args = sys.argv[1:]
+    listing = 0
+    if "--list" in args:
+        i = args.index("--list")
+        listing = int(args[i + 1])
+        del args[i : i + 2]
+    layout, held_tag, new_tag = args[0:3]
+    budget = int(float(args[3])) if len(args) > 3 else None
+    held_files = image_files(layout, held_tag)
+    held = {h for h, _ in held_files.values()}
+    seen, contents, paths = set(), [], []
+    for path, (h, data) in sorted(image_files(layout, new_tag).items()):
         if h not in held and h not in seen:
             seen.add(h)
             contents.append(data)
+            paths.append(path)
+    if listing:
+        sizes = sorted(
+            ((size(["zstd", "-q", "-c", "-19"], d), len(d), p) for d, p in zip(contents, paths)),
+            reverse=True,
+        )
+        print(f"{'zstd -19':>10} {'raw':>10}  held path?  path")
+        for z, n, p in sizes[:listing]:
+            print(f"{z:10d} {n:10d}  {'yes' if p in held_files else 'no ':9}  {p}")
     solid = b"".join(contents)
     rows = [
         ("raw", len(solid)),

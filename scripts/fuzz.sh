@@ -4,7 +4,7 @@
 #   scripts/fuzz.sh [SECONDS] [TARGET...]
 #
 # Runs each target (default: postcard_msgs archive_apply registry_ingest delta_apply compact_meta
-# agent_json agent_config)
+# agent_json agent_config agent_trust)
 # for SECONDS (default 60) and prints executions and crashes per target.
 # Crash inputs are copied to fuzz/regressions/<target>/, which
 # `cargo test -p layerlink-agent --test hostile` (archive_apply, postcard_msgs,
@@ -19,7 +19,7 @@ set -euo pipefail
 secs="${1:-60}"
 shift || true
 targets=("$@")
-[ ${#targets[@]} -eq 0 ] && targets=(postcard_msgs archive_apply registry_ingest delta_apply compact_meta agent_json agent_config)
+[ ${#targets[@]} -eq 0 ] && targets=(postcard_msgs archive_apply registry_ingest delta_apply compact_meta agent_json agent_config agent_trust)
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root/fuzz"

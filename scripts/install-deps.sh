@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Install the tools the build, the test images, the end-to-end tests and the
-# benchmark (skopeo, umoci, crun, ostree as peers) need, and the ORAS Python SDK
-# (the OCI artifact client of tests/tests/oras_e2e.rs) in a venv outside the
-# clone: ${LAYERLINK_CACHE:-/var/cache/layerlink}/oras-venv.
+# benchmark (skopeo, umoci, crun, ostree as peers) need, and the Python tools
+# of the e2e tests in venvs outside the clone, under
+# ${LAYERLINK_CACHE:-/var/cache/layerlink}: oras-venv (the ORAS SDK, the OCI
+# artifact client of oras_e2e) and sign-venv (`cryptography`, the signer of
+# trust_e2e).
 #
 # Idempotent and fast when everything is present: each tool is checked with
 # `command -v`, and apt-get runs (update + install) only when something is
@@ -58,34 +60,42 @@ if ! command -v cargo-fuzz >/dev/null 2>&1 && ! [[ -x "$HOME/.cargo/bin/cargo-fu
   cargo install --locked cargo-fuzz
 fi
 
-# The ORAS Python SDK, pinned with its dependencies by
-# tests/oras/requirements.txt, in a venv the e2e test runs
-# (LAYERLINK_ORAS_PYTHON overrides where). Rebuilt only when the
-# requirements change or the venv does not import `oras`.
-install_oras_venv() {
-  local venv="${LAYERLINK_CACHE:-/var/cache/layerlink}/oras-venv"
+# Python tools of the e2e tests, each pinned with its dependencies by a
+# requirements file, each in a venv outside the clone, rebuilt only when its
+# requirements change or it does not import its module:
+# - oras-venv: the ORAS Python SDK (tests/oras/requirements.txt), the OCI
+#   artifact client of oras_e2e (LAYERLINK_ORAS_PYTHON overrides where);
+# - sign-venv: Python `cryptography` (tests/sign/requirements.txt), the
+#   independent ECDSA P-256 signer of trust_e2e (LAYERLINK_SIGN_PYTHON).
+install_venv() {
+  local venv="${LAYERLINK_CACHE:-/var/cache/layerlink}/$1"
   local req
-  req="$(dirname "$0")/../tests/oras/requirements.txt"
+  req="$(dirname "$0")/../tests/$2/requirements.txt"
+  local module="$3"
   mkdir -p "$(dirname "$venv")"
   # Work trees sharing the cache may run this at once.
   exec 9>"$venv.lock"
   flock 9
   if [[ -x "$venv/bin/python" ]] && cmp -s "$req" "$venv/layerlink-requirements.txt" &&
-    "$venv/bin/python" -c 'import oras.client' >/dev/null 2>&1; then
+    "$venv/bin/python" -c "import $module" >/dev/null 2>&1; then
     flock -u 9
     return
   fi
-  echo "install-deps: ORAS Python SDK venv at $venv"
+  echo "install-deps: $module venv at $venv"
   rm -rf "$venv"
   python3 -m venv "$venv"
   "$venv/bin/pip" install -q --disable-pip-version-check -r "$req"
-  "$venv/bin/python" -c 'import oras.client'
+  "$venv/bin/python" -c "import $module"
   cp "$req" "$venv/layerlink-requirements.txt"
   flock -u 9
 }
+install_python_tools() {
+  install_venv oras-venv oras oras.client
+  install_venv sign-venv sign cryptography.hazmat.primitives.asymmetric.ec
+}
 
 if ((${#missing[@]} == 0 && ${#optional[@]} == 0)); then
-  install_oras_venv
+  install_python_tools
   echo "install-deps: all tools present"
   exit 0
 fi
@@ -117,5 +127,5 @@ fi
 for cmd in "${!PKG_FOR[@]}"; do
   command -v "$cmd" >/dev/null 2>&1 || { echo "install-deps: $cmd still missing" >&2; exit 1; }
 done
-install_oras_venv
+install_python_tools
 echo "install-deps: done"

@@ -4,7 +4,7 @@
 
 use crate::error::{Error, Result};
 use layerlink_proto::archive::{
-    Encoding, FEATURES_HEADER, FEATURE_COMPACT_META, FEATURE_FILE_DELTA, FEATURE_LAYER_BASE,
+    Encoding, FEATURES_HEADER, FEATURE_COMPACT_META, FEATURE_FILE_DELTA2, FEATURE_LAYER_BASE,
     FEATURE_ZSTD,
 };
 use layerlink_proto::framing::FramingRequest;
@@ -36,7 +36,7 @@ pub fn features(zstd: bool, deltas: bool) -> String {
     let mut f = format!("{FEATURE_LAYER_BASE},{FEATURE_COMPACT_META}");
     if deltas {
         f.push(',');
-        f.push_str(FEATURE_FILE_DELTA);
+        f.push_str(FEATURE_FILE_DELTA2);
     }
     if zstd {
         f.push(',');
@@ -63,6 +63,14 @@ pub trait Remote {
             code: None,
             message: "this remote serves no layer framings".into(),
         })
+    }
+    /// `GET` a path of the registry's OCI API (`/v2/…`, for signatures:
+    /// see [`crate::trust`]); `None` when it answers 404. An answer over
+    /// `limit` bytes is [`Error::Untrusted`].
+    fn oci_get(&mut self, path: &str, _accept: &str, _limit: u64) -> Result<Option<Vec<u8>>> {
+        Err(Error::Other(format!(
+            "GET {path}: this remote has no OCI API"
+        )))
     }
 }
 
@@ -301,6 +309,36 @@ impl Remote for Client {
     }
     fn framing(&mut self, req: &FramingRequest) -> Result<Download> {
         self.download("/framing", req)
+    }
+    fn oci_get(&mut self, path: &str, accept: &str, limit: u64) -> Result<Option<Vec<u8>>> {
+        let url = format!("{}{path}", self.base);
+        let mut req = self.agent.get(&url).header("accept", accept);
+        if let Some(a) = &self.auth {
+            req = req.header("authorization", a);
+        }
+        let mut resp = req.call().map_err(|e| transport_error(&url, e))?;
+        let status = resp.status().as_u16();
+        let message = format!("HTTP {status} from {url}");
+        match status {
+            200 => {}
+            404 => return Ok(None),
+            401 | 403 => return Err(Error::Auth(message)),
+            500..=599 | 429 | 408 => return Err(Error::Transient(message)),
+            _ => {
+                return Err(Error::Server {
+                    status,
+                    code: None,
+                    message,
+                })
+            }
+        }
+        match resp.body_mut().with_config().limit(limit).read_to_vec() {
+            Ok(b) => Ok(Some(b)),
+            Err(ureq::Error::BodyExceedsLimit(_)) => Err(Error::Untrusted(format!(
+                "{url}: answer larger than {limit} bytes"
+            ))),
+            Err(e) => Err(transport_error(&url, e)),
+        }
     }
 }
 

@@ -1,13 +1,17 @@
-//! Binary deltas (archive feature `file-delta`, `proto/SPEC.md`): a new
+//! Binary deltas (archive feature `file-delta2`, `proto/SPEC.md`): a new
 //! object rebuilt from an object the store holds plus a patch.
 //!
-//! The patch is bidiff's format (magic `B1DF`, version `0x1000`, then
-//! `add_len, add bytes, copy_len, copy bytes, seek` records: `add` bytes are
-//! added byte-wise to the old file's bytes at the current position, `copy`
-//! bytes are literal, `seek` moves the old position), read with the
-//! `bipatch` crate, which streams: 4 KiB of its own state, the old file read
-//! through an 8 KiB buffer by offset, the patch read from the archive entry.
-//! What bipatch does not check is checked here, each with a clear error:
+//! The patch is format 2 (`layerlink_proto::patch`: magic `LLP2`, then
+//! blocks of bsdiff add/copy/seek controls whose literal and difference
+//! bytes sit in separate sections; `add` bytes are added byte-wise to the
+//! old file's bytes at the current position, `copy` bytes are literal,
+//! `seek` moves the old position), read with the proto crate's streaming
+//! reader: one block's controls and literal bytes (≤ 80 KiB) and 4 KiB of
+//! scratch, the old file read through an 8 KiB buffer by offset, the patch
+//! from the archive entry. The agent asks for format 2 only; bidiff's
+//! format 1 (`file-delta`, what the agent used to ask for) is no longer
+//! read: the `bipatch` crate it took is gone. What the reader does not
+//! check is checked here, each with a clear error:
 //!
 //! * the old position never leaves `[0, old length]` and no byte past the
 //!   old file's end is read ([`OldFile`]);
@@ -162,15 +166,7 @@ pub fn apply(
         read: patch,
         stream_error: None,
     };
-    let mut reader = match bipatch::Reader::new(&mut input, old) {
-        Ok(r) => r,
-        Err(e) => {
-            if let Some(se) = input.stream_error.take() {
-                return Err(se);
-            }
-            return Ok(Applied::Fallback(format!("bad patch header: {e}")));
-        }
-    };
+    let mut reader = layerlink_proto::patch::Reader::new(&mut input, old);
     let mut fault: Option<String> = None;
     let mut produced: u64 = 0;
     let stored = objects.insert(
@@ -237,40 +233,18 @@ mod tests {
     use super::*;
     use std::io::Cursor;
 
-    fn varint(mut v: u64, out: &mut Vec<u8>) {
-        loop {
-            let b = (v & 0x7f) as u8;
-            v >>= 7;
-            if v == 0 {
-                out.push(b);
-                return;
-            }
-            out.push(b | 0x80);
-        }
-    }
-
-    fn zigzag(v: i64) -> u64 {
-        ((v << 1) ^ (v >> 63)) as u64
-    }
-
     /// A patch from records (add bytes, copy bytes, seek).
     fn patch(records: &[(&[u8], &[u8], i64)]) -> Vec<u8> {
-        let mut p = Vec::new();
-        p.extend_from_slice(&0xB1DFu32.to_le_bytes());
-        p.extend_from_slice(&0x1000u32.to_le_bytes());
+        let mut e = layerlink_proto::patch::Encoder::new();
         for (add, copy, seek) in records {
-            varint(add.len() as u64, &mut p);
-            p.extend_from_slice(add);
-            varint(copy.len() as u64, &mut p);
-            p.extend_from_slice(copy);
-            varint(zigzag(*seek), &mut p);
+            e.push(add, copy, *seek);
         }
-        p
+        e.finish()
     }
 
     fn run(old: &[u8], p: &[u8]) -> io::Result<Vec<u8>> {
         let o = OldFile::new(Cursor::new(old.to_vec()), old.len() as u64);
-        let mut r = bipatch::Reader::new(Cursor::new(p.to_vec()), o).map_err(io::Error::other)?;
+        let mut r = layerlink_proto::patch::Reader::new(Cursor::new(p.to_vec()), o);
         let mut out = Vec::new();
         r.read_to_end(&mut out)?;
         Ok(out)
@@ -302,7 +276,7 @@ mod tests {
     }
 
     #[test]
-    fn applies_records_as_bidiff_writes_them() {
+    fn applies_records_as_the_registry_writes_them() {
         let old: Vec<u8> = (0..20000u32).flat_map(|i| (i * 7).to_le_bytes()).collect();
         let mut new = old.clone();
         new[100..110].copy_from_slice(b"0123456789");
@@ -362,7 +336,14 @@ mod tests {
             run(&mut w, &base, &nd, n, &patch(&[(&[0; 1], b"", -5)])),
             "seeks outside",
         );
-        fallback(run(&mut w, &base, &nd, n, b"not a patch at all"), "header");
+        fallback(
+            run(&mut w, &base, &nd, n, b"not a patch at all"),
+            "format-2",
+        );
+        // A bidiff (format 1) patch is not read: fetched whole.
+        let mut v1 = layerlink_proto::archive::DELTA_PATCH_HEADER.to_vec();
+        v1.extend_from_slice(&[11, 0]);
+        fallback(run(&mut w, &base, &nd, n, &v1), "format-2");
         let wrong = patch(&[(&[1; 11], b"!", 1), (&vec![0; old.len() - 12], b"", 0)]);
         fallback(run(&mut w, &base, &nd, n, &wrong), "hashes to");
         assert!(!w.has(&nd).unwrap(), "a failed delta stored something");

@@ -13,6 +13,7 @@
 //! | 8 | image or tag not found: every image that failed is unknown to the registry (or has no manifest for the device's platform); the others were synced |
 //! | 9 | some images failed, others were synced or up to date (`status --json` says which and why) |
 //! | 10 | `checkout --read-only`: the read-only mount is unavailable (not root, no overlayfs, too many layers); nothing was checked out |
+//! | 11 | not trusted: a trust key is configured and the image has no valid signature by it (missing, other key, tampered, for another manifest, repository or tag); nothing of it was stored |
 
 use std::fmt;
 use std::io;
@@ -44,6 +45,8 @@ pub mod exit {
     /// `checkout --read-only`: the overlayfs mount it needs is not
     /// available (not root, no overlayfs, too many layers).
     pub const UNAVAILABLE: i32 = 10;
+    /// `sync` with a trust key: an image has no valid signature by it.
+    pub const UNTRUSTED: i32 = 11;
 }
 
 /// Everything that can go wrong in the agent.
@@ -95,6 +98,10 @@ pub enum Error {
     /// A read-only checkout cannot mount its overlay (exit
     /// [`exit::UNAVAILABLE`]); never falls back to a writable tree.
     Unavailable(String),
+    /// The trust policy refuses the image (exit [`exit::UNTRUSTED`]): no
+    /// valid signature by the trusted key for this manifest, repository
+    /// and tag, or the signed manifest/config do not match the plan.
+    Untrusted(String),
     /// Anything else.
     Other(String),
 }
@@ -136,6 +143,7 @@ impl Error {
             Error::Integrity(_) => exit::INTEGRITY,
             Error::WrongPlatform(_) => exit::NOT_FOUND,
             Error::Unavailable(_) => exit::UNAVAILABLE,
+            Error::Untrusted(_) => exit::UNTRUSTED,
             Error::DiskFull { .. } => exit::DISK_FULL,
             Error::Io { .. } | Error::Other(_) => exit::OTHER,
         }
@@ -163,6 +171,7 @@ impl fmt::Display for Error {
             Error::Integrity(m) => write!(f, "integrity error: {m}"),
             Error::WrongPlatform(m) => write!(f, "not for this platform: {m}"),
             Error::Unavailable(m) => write!(f, "unavailable: {m}"),
+            Error::Untrusted(m) => write!(f, "not trusted: {m}"),
             Error::DiskFull {
                 needed,
                 available,

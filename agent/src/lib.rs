@@ -19,6 +19,7 @@
 //! | [`checkout`] | OCI runtime bundles and overlayfs lower dirs |
 //! | [`json`] | minimal JSON reader/writer |
 //! | [`platform`] | the device's platform, `--platform`, the image config check |
+//! | [`trust`] | the trust policy: cosign key-pair signatures checked before applying |
 //! | [`fsops`] | symlink-safe `*at` file-system primitives |
 //! | [`error`] | errors and exit codes |
 #![forbid(unsafe_code)]
@@ -38,5 +39,6 @@ pub mod store;
 pub mod sync;
 pub mod tar;
 pub mod tarsplit;
+pub mod trust;
 
 pub use error::{Error, Result};

@@ -52,6 +52,8 @@ pub struct SyncOptions {
     pub force_platform: bool,
     /// Verify each new layer against its diff_id ([`crate::tarsplit`]).
     pub verify_layers: crate::tarsplit::VerifyLayers,
+    /// Apply only images signed with this key ([`crate::trust`]).
+    pub trust: Option<crate::trust::Policy>,
 }
 
 /// What a sync did.
@@ -303,7 +305,30 @@ fn sync_image(
     summary: &mut SyncSummary,
 ) -> Result<()> {
     let name = show_image_ref(want);
-    let diff_ids: Vec<Digest> = ip.layers.iter().map(|l| l.diff_id).collect();
+    // With a trust key: the signature, manifest, config and diff_ids are
+    // checked before anything is fetched or committed (for an image up to
+    // date too: its signature must still be there).
+    let verified = match &opts.trust {
+        Some(policy) => {
+            let held = store
+                .records()?
+                .into_iter()
+                .find(|r| r.manifest_digest == ip.manifest_digest)
+                .map(|r| (r.manifest, r.config));
+            let v = crate::trust::verify_image(policy, remote, want, ip, held)?;
+            if opts.progress {
+                eprintln!("image {name}: signature verified ({})", ip.manifest_digest);
+            }
+            Some(v)
+        }
+        None => None,
+    };
+    // The layers to apply: the signed config's diff_ids when verified
+    // (equal to the plan's, checked), else the plan's.
+    let diff_ids: Vec<Digest> = match verified {
+        Some(v) => v.diff_ids,
+        None => ip.layers.iter().map(|l| l.diff_id).collect(),
+    };
     let mut missing: Vec<Digest> = Vec::new();
     for d in &diff_ids {
         if !store.has_layer(d)? && !missing.contains(d) {

@@ -60,7 +60,9 @@ use std::os::fd::{AsFd, BorrowedFd};
 /// ones), so the check only guards against the registry's own corruption,
 /// and a framing costs ~130 KB on the wire for a 6,700-entry layer — more
 /// than the whole update of some of the project's scenarios (README,
-/// "Layer verification cost"). With a trust policy, `require`.
+/// "Layer verification cost"). With a trust policy (`--trust-key`) the
+/// default is `require`: the signed config's diff_ids are then what each
+/// layer tree must hash to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum VerifyLayers {
     /// Do not fetch framings.

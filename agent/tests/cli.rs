@@ -238,7 +238,7 @@ fn the_client_sends_small_requests_and_maps_statuses() {
     assert!(head.contains("application/vnd.layerlink.v1+postcard"));
     assert!(
         head.to_ascii_lowercase()
-            .contains("layerlink-features: layer-base,compact-meta,file-delta,zstd\r\n"),
+            .contains("layerlink-features: layer-base,compact-meta,file-delta2,zstd\r\n"),
         "{head}"
     );
     assert!(!head.to_ascii_lowercase().contains("user-agent"), "{head}");

@@ -1226,6 +1226,7 @@ fn fuzz_regressions_agent_config() {
                         (cfg.keep, cfg.force_platform, cfg.deltas),
                         (Some(0), Some(true), Some(false))
                     );
+                    assert_eq!(cfg.trust_key.as_deref(), Some("/etc/layerlink/cosign.pub"));
                 }
             }
             Err(e) => {
@@ -1242,6 +1243,39 @@ fn fuzz_regressions_agent_config() {
                 assert!(n >= 1 && n <= text.lines().count().max(1), "{e}");
                 assert!(!e.contains('\n'), "{e}");
             }
+        }
+    }
+}
+
+/// Replays `fuzz/{seeds,regressions}/agent_trust/*` through the trust
+/// parsers: no panic; the seed key parses, the seed payload passes for
+/// what it names and for nothing else, the seed config gives its diff_id.
+#[test]
+fn fuzz_regressions_agent_trust() {
+    use layerlink_agent::trust::{
+        base64_decode, check_payload, config_diff_ids, parse_docker_reference, Policy,
+    };
+    let m = Digest::of(b"m");
+    for (path, data) in regressions("agent_trust") {
+        let file = path.file_name().unwrap().to_string_lossy().into_owned();
+        let text = String::from_utf8_lossy(&data);
+        let key = Policy::from_pem(&data);
+        assert_eq!(key.is_ok(), file == "cosign.pub", "{file}: {key:?}");
+        assert_eq!(
+            base64_decode(&text).is_some(),
+            file == "signature.b64",
+            "{file}"
+        );
+        let _ = parse_docker_reference(&text);
+        let ok = check_payload(&data, "test/tiny", Some("v1"), &m);
+        assert_eq!(ok.is_ok(), file == "payload.json", "{file}: {ok:?}");
+        if file == "payload.json" {
+            assert!(check_payload(&data, "test/tiny", Some("v2"), &m).is_err());
+            assert!(check_payload(&data, "test/tiny", None, &Digest::of(b"x")).is_err());
+        }
+        let ids = config_diff_ids(&data);
+        if file == "config.json" {
+            assert_eq!(ids, Ok(vec![m]));
         }
     }
 }

@@ -271,6 +271,7 @@ fn opts(images: &[&str]) -> SyncOptions {
         allow_devices: true,
         force_platform: false,
         verify_layers: Default::default(),
+        trust: None,
     }
 }
 

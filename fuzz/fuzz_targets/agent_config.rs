@@ -34,6 +34,7 @@ fn write(cfg: &ConfigFile) -> String {
         ("token_file", &cfg.token_file),
         ("ca_file", &cfg.ca_file),
         ("platform", &cfg.platform),
+        ("trust_key", &cfg.trust_key),
     ];
     for (k, v) in strs {
         if let Some(v) = v {

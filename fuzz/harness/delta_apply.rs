@@ -1,7 +1,7 @@
-// Binary-delta application (archive feature `file-delta`) on arbitrary
+// Binary-delta application (archive feature `file-delta2`) on arbitrary
 // patches: `agent::delta::apply` into a scratch store, against an old
 // object made from the input. Byte 0 picks the case: bit 0 prefixes the
-// patch with a valid header; bits 1-2 pick the declared result (the
+// patch with the format-2 magic; bits 1-2 pick the declared result (the
 // reference result, one byte longer, one byte shorter, or the base
 // itself); bit 3 leaves the base out of the store. Bytes 1-2: old length.
 //
@@ -18,7 +18,7 @@ use layerlink_agent::delta::{apply, Applied};
 use layerlink_agent::fsops::Meta;
 use layerlink_agent::store::objects::ObjectWriter;
 use layerlink_agent::store::{Access, Store};
-use layerlink_proto::archive::DELTA_PATCH_HEADER;
+use layerlink_proto::patch::{Reader, MAGIC};
 use layerlink_proto::Digest;
 use std::io::{Cursor, Read};
 
@@ -35,16 +35,19 @@ pub fn run(data: &[u8]) {
     let (old, body) = rest.split_at(old_len.min(rest.len()));
     let mut patch = Vec::new();
     if mode & 1 == 1 {
-        patch.extend_from_slice(&DELTA_PATCH_HEADER);
+        patch.extend_from_slice(&MAGIC);
     }
     patch.extend_from_slice(body);
-    // What a plain in-memory bipatch makes of it (bounded).
-    let reference = bipatch::Reader::new(&patch[..], Cursor::new(old))
-        .ok()
-        .and_then(|r| {
-            let mut out = Vec::new();
-            r.take(MAX_OUT).read_to_end(&mut out).ok().map(|_| out)
-        });
+    // What the patch reader makes of it in memory, without the agent's
+    // bounds on the old file (bounded output).
+    let reference = {
+        let mut out = Vec::new();
+        Reader::new(&patch[..], Cursor::new(old))
+            .take(MAX_OUT)
+            .read_to_end(&mut out)
+            .ok()
+            .map(|_| out)
+    };
     let base = Digest::of(old);
     let (new, size) = match ((mode >> 1) & 3, &reference) {
         (0, Some(r)) => (Digest::of(r), r.len() as u64),

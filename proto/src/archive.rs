@@ -157,6 +157,10 @@ pub fn has_feature(v: &str, name: &str) -> bool {
 /// binary patch against an object the device holds (`proto/SPEC.md`,
 /// "Binary deltas").
 pub const FEATURE_FILE_DELTA: &str = "file-delta";
+/// Archive feature: as [`FEATURE_FILE_DELTA`], with patches in format 2
+/// ([`crate::patch`]) instead of bidiff's. A registry that knows it sends
+/// format 2 to a device listing both.
+pub const FEATURE_FILE_DELTA2: &str = "file-delta2";
 /// PAX key of a delta entry: 64 hex chars, sha256 of the held object the
 /// patch applies to. The entry's [`PAX_DIGEST`] is the new object's digest.
 pub const PAX_DELTA_BASE: &str = "LAYERLINK.delta-base";
@@ -417,6 +421,7 @@ mod tests {
         assert_eq!(FEATURES_HEADER, "layerlink-features");
         assert_eq!(FEATURE_LAYER_BASE, "layer-base");
         assert_eq!(FEATURE_FILE_DELTA, "file-delta");
+        assert_eq!(FEATURE_FILE_DELTA2, "file-delta2");
         assert_eq!(FEATURE_COMPACT_META, "compact-meta");
         assert_eq!(PAX_META, "LAYERLINK.meta");
         assert_eq!(PAX_META_SIZE, "LAYERLINK.meta-size");

@@ -95,7 +95,7 @@ impl fmt::Display for MetaError {
 #[cfg(feature = "std")]
 impl std::error::Error for MetaError {}
 
-fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+pub(crate) fn put_varint(out: &mut Vec<u8>, mut v: u64) {
     while v >= 0x80 {
         out.push(v as u8 | 0x80);
         v >>= 7;
@@ -103,11 +103,11 @@ fn put_varint(out: &mut Vec<u8>, mut v: u64) {
     out.push(v as u8);
 }
 
-fn zigzag(v: i64) -> u64 {
+pub(crate) fn zigzag(v: i64) -> u64 {
     ((v << 1) ^ (v >> 63)) as u64
 }
 
-fn unzigzag(v: u64) -> i64 {
+pub(crate) fn unzigzag(v: u64) -> i64 {
     (v >> 1) as i64 ^ -((v & 1) as i64)
 }
 
@@ -236,7 +236,7 @@ impl MetaDecoder {
     }
 }
 
-fn varint(byte: &mut dyn FnMut() -> Option<u8>) -> Result<u64, MetaError> {
+pub(crate) fn varint(byte: &mut dyn FnMut() -> Option<u8>) -> Result<u64, MetaError> {
     let mut v = 0u64;
     for i in 0..10 {
         let b = byte().ok_or(MetaError::Truncated)?;

@@ -30,6 +30,7 @@ pub mod error;
 pub mod framing;
 pub mod limits;
 pub mod msg;
+pub mod patch;
 pub mod time;
 
 pub use digest::{Digest, DigestParseError, Sha256};

@@ -215,6 +215,51 @@ fn file_delta_names_and_patch_header() {
     );
 }
 
+/// Patch format 2 (`proto/SPEC.md`, "Binary deltas"): the feature name and
+/// the block layout are wire format.
+#[test]
+fn patch_format_2_bytes() {
+    use layerlink_proto::archive::FEATURE_FILE_DELTA2;
+    use layerlink_proto::patch::{Encoder, Reader, MAGIC, MAX_CTRL, MAX_EXTRA};
+    use std::io::Read;
+    assert_eq!(FEATURE_FILE_DELTA2, "file-delta2");
+    assert_eq!(&MAGIC, b"LLP2");
+    assert_eq!((MAX_CTRL, MAX_EXTRA), (16384, 65536));
+    // "hello world" -> "hello!world": add 5 (zero differences), copy "!",
+    // seek +1 over the space, add 5.
+    let mut e = Encoder::new();
+    e.push(&[0; 5], b"!", 1);
+    e.push(&[0; 5], b"", 0);
+    let p = e.finish();
+    assert_eq!(
+        hex(&p),
+        concat!(
+            "4c4c5032",             // LLP2
+            "06010a",               // ctrl_len 6, extra_len 1, diff_len 10
+            "050102",               // add 5, copy 1, seek +1 (zigzag 2)
+            "050000",               // add 5, copy 0, seek 0
+            "21",                   // extra: "!"
+            "00000000000000000000"  // diff: ten zeros
+        )
+    );
+    let mut out = Vec::new();
+    Reader::new(&p[..], std::io::Cursor::new(&b"hello world"[..]))
+        .read_to_end(&mut out)
+        .unwrap();
+    assert_eq!(out, b"hello!world");
+    // A literal run longer than a block's literal section spans blocks:
+    // the first pieces seek 0, the last carries the seek.
+    let mut e = Encoder::new();
+    e.push(&[], &vec![7u8; MAX_EXTRA + 1], -3);
+    let p = e.finish();
+    // Block 1: ctrl_len 5, extra_len 65536, diff_len 0; add 0, copy
+    // 65536, seek 0.
+    assert_eq!(hex(&p[..14]), "4c4c503205808004000080800400");
+    // Block 2: ctrl_len 3, extra_len 1, diff_len 0; add 0, copy 1, seek −3
+    // (zigzag 5); the byte.
+    assert_eq!(hex(&p[14 + MAX_EXTRA..]), "03010000010507");
+}
+
 /// Compact metadata (`proto/SPEC.md`, "Compact metadata"): names, the
 /// record encoding and the tree order are wire format.
 #[test]

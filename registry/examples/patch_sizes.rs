@@ -9,7 +9,8 @@
 //! with an old version the way the registry looks for one when it has no
 //! layer-base (same path, else the same name with its version digits
 //! masked, [`delta::stem_key`]). For every pair it runs the registry's own
-//! code: [`delta::diff`] (bidiff), the cached patch frame at the content
+//! code: [`delta::diff`] (bidiff's controls, in patch format 2 — or 1 with
+//! `PATCH_FORMAT=1`), the cached patch frame at the content
 //! frames' level ([`frame::frame_level`], window `ZSTD_MAX_WINDOW_LOG`),
 //! and [`delta::worth_it`]; the whole file is the frame the registry would
 //! splice instead. Printed per kind — ELF, `.pyc`, text (valid UTF-8),
@@ -96,6 +97,10 @@ fn main() {
         std::process::exit(2);
     };
     let layout = Path::new(layout);
+    let format = match std::env::var("PATCH_FORMAT").as_deref() {
+        Ok("1") => delta::PatchFormat::Bidiff,
+        _ => delta::PatchFormat::Blocks,
+    };
     let old = image_files(layout, old_tag);
     let new = image_files(layout, new_tag);
     let held: HashSet<[u8; 32]> = old.values().map(|d| Sha256::digest(d).into()).collect();
@@ -125,7 +130,7 @@ fn main() {
         let mut patch_bytes = 0;
         let mut patched = 0;
         if let (Some(base), "ELF" | ".pyc" | "text" | "data") = (base, k) {
-            let raw = delta::diff(base, data).expect("diff");
+            let raw = delta::diff(base, data, format).expect("diff");
             let p = frame_len(&raw);
             let whole3 = zstd::bulk::compress(data, 3).expect("zstd").len() as u64;
             if delta::worth_it(p, whole3) {
@@ -142,7 +147,8 @@ fn main() {
         r.4 += sent;
     }
     println!(
-        "{new_tag} over {old_tag}: contents the device lacks, by kind (zstd level {}, window 2^{})",
+        "{new_tag} over {old_tag}: contents the device lacks, by kind (patch format {}, zstd level {}, window 2^{})",
+        format.version(),
         frame::frame_level(),
         layerlink_proto::archive::ZSTD_MAX_WINDOW_LOG
     );

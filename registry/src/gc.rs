@@ -554,7 +554,8 @@ fn sweep_caches(
             }
         }
     }
-    let suffix = format!(".v{}-w{ZSTD_MAX_WINDOW_LOG}", delta::FORMAT);
+    let suffixes = [delta::PatchFormat::Bidiff, delta::PatchFormat::Blocks]
+        .map(|f| format!(".v{}-w{ZSTD_MAX_WINDOW_LOG}", f.version()));
     let mut files = Vec::new();
     walk(&delta::cache_dir(objects), &mut files)?;
     for (path, m) in files {
@@ -564,7 +565,9 @@ fn sweep_caches(
         let new = fname.get(65..).and_then(leading_digest);
         let live = match (old, new) {
             (Some(o), Some(d)) => {
-                kept.contains(&o) && kept.contains(&d) && fname.get(129..) == Some(&suffix[..])
+                kept.contains(&o)
+                    && kept.contains(&d)
+                    && suffixes.iter().any(|s| fname.get(129..) == Some(&s[..]))
             }
             _ => !older_than(&m, cutoff),
         };

@@ -735,3 +735,65 @@ fn identifiers_from_another_repository_are_treated_as_unknown() {
             .replace(&Digest::of(b"no layer").to_string(), "L")
     );
 }
+
+/// A device reads the OCI API (`GET`/`HEAD` of manifests, blobs and
+/// referrers: its agent checks cosign signatures there) only in the
+/// repositories it may sync; elsewhere the answer is the publisher-auth 401,
+/// the same whether the manifest exists or not.
+#[test]
+fn devices_read_the_oci_api_only_where_granted() {
+    let r = Registry::start();
+    let (app, _) = r.push_image("edge/app", "v1", b"a=1\n");
+    let (secret, _) = r.push_image("secret/x", "v1", b"s=1\n");
+    let get = |method: &str, path: &str, token: &str| {
+        let req = ureq::http::Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", r.base))
+            .header("Authorization", format!("Bearer {token}"))
+            .body(())
+            .unwrap();
+        let resp = r.http.run(req).unwrap();
+        let status = resp.status().as_u16();
+        let mut body = Vec::new();
+        resp.into_body()
+            .into_reader()
+            .read_to_end(&mut body)
+            .unwrap();
+        (status, body)
+    };
+    assert_eq!(
+        get("GET", &format!("/v2/edge/app/manifests/{app}"), TOKEN_A).0,
+        200
+    );
+    assert_eq!(get("HEAD", "/v2/edge/app/manifests/v1", TOKEN_A).0, 200);
+    assert_eq!(
+        get("GET", &format!("/v2/edge/app/referrers/{app}"), TOKEN_A).0,
+        200
+    );
+    assert_eq!(
+        get("GET", &format!("/v2/secret/x/manifests/{secret}"), TOKEN_B).0,
+        200
+    );
+    let forbidden = get("GET", &format!("/v2/secret/x/manifests/{secret}"), TOKEN_A);
+    let unknown = get(
+        "GET",
+        &format!("/v2/secret/x/manifests/{}", Digest::of(b"none")),
+        TOKEN_A,
+    );
+    assert_eq!(forbidden.0, 401);
+    assert_eq!(
+        forbidden, unknown,
+        "a forbidden manifest answers like an unknown one"
+    );
+    assert_eq!(
+        get("GET", &format!("/v2/secret/x/referrers/{secret}"), TOKEN_A).0,
+        401
+    );
+    // Reads only, and not the listings.
+    assert_eq!(
+        get("DELETE", &format!("/v2/edge/app/manifests/{app}"), TOKEN_A).0,
+        401
+    );
+    assert_eq!(get("GET", "/v2/edge/app/tags/list", TOKEN_A).0, 401);
+    assert_eq!(get("GET", "/v2/_catalog", TOKEN_B).0, 401);
+}

@@ -1,4 +1,5 @@
-//! Binary deltas end to end (issue 12, archive feature `file-delta`): a
+//! Binary deltas end to end (issue 12, archive features `file-delta` and
+//! `file-delta2`, the agent asking for the latter): a
 //! device holding base-a:v1 syncs the rebuilt base-a:v2 (the dpkg database
 //! and log change a little) through the real registry and agent. The oracle
 //! for the checkout is `umoci unpack`; for bytes, the same archive request
@@ -149,11 +150,17 @@ fn a_rebuilt_image_syncs_as_deltas_exactly_and_a_damaged_base_still_ends_right()
     // The same request with and without the feature.
     let without = archive_bytes(&reg, "layer-base");
     let with = archive_bytes(&reg, "layer-base,file-delta");
-    eprintln!("{OLD} -> {NEW} archive: {with} B with file-delta, {without} B without");
-    assert!(
-        with + 20 * 1024 < without,
-        "deltas should save the modified dpkg files' ~50 kB gzip'd: {with} vs {without} B"
+    let with2 = archive_bytes(&reg, "layer-base,file-delta2");
+    eprintln!(
+        "{OLD} -> {NEW} archive: {with} B with file-delta, {with2} B with file-delta2, \
+         {without} B without"
     );
+    for (f, b) in [("file-delta", with), ("file-delta2", with2)] {
+        assert!(
+            b + 20 * 1024 < without,
+            "{f}: deltas should save the modified dpkg files' ~50 kB gzip'd: {b} vs {without} B"
+        );
+    }
 
     // A device syncs the update with deltas: exact checkout.
     let agent = Agent::new(TOKEN);
@@ -312,8 +319,15 @@ fn patching_the_largest_file_of_the_test_images_stays_within_4_mib() {
     }
     new.splice(new.len() / 2..new.len() / 2, b"inserted block ".repeat(100));
     new.extend_from_slice(b"appended tail");
-    let mut patch = Vec::new();
-    bidiff::simple_diff(&old, &new, &mut patch).unwrap();
+    // bidiff's controls in patch format 2 (what the registry sends).
+    let mut enc = layerlink_proto::patch::Encoder::new();
+    let mut tr = bidiff::Translator::new(&old, &new, |c: &bidiff::Control| {
+        enc.push(c.add, c.copy, c.seek);
+        Ok::<(), std::io::Error>(())
+    });
+    bidiff::diff(&old, &new, &Default::default(), |m| tr.translate(m)).unwrap();
+    tr.close().unwrap();
+    let patch = enc.finish();
     let (old_hex, new_hex) = (
         layerlink_tests::sha256_hex(&old),
         layerlink_tests::sha256_hex(&new),
@@ -470,8 +484,8 @@ fn compact_metadata_makes_the_rebuilt_base_cheaper_and_stays_exact() {
     let reg = registry_with_test_images(DEVICE_CONFIG, &[OLD, NEW]);
     let proxy = CountingProxy::start(reg.addr());
     for enc in ["", ",zstd"] {
-        let plain = format!("layer-base,file-delta{enc}");
-        let compact = format!("layer-base,file-delta,compact-meta{enc}");
+        let plain = format!("layer-base,file-delta2{enc}");
+        let compact = format!("layer-base,file-delta2,compact-meta{enc}");
         let CompactComparison {
             before,
             after,
@@ -523,8 +537,8 @@ fn compact_metadata_on_the_upd_pair() {
     let (old, new) = ("upd:v1", "upd:v2");
     let reg = registry_with_test_images(DEVICE_CONFIG, &[old, new]);
     let proxy = CountingProxy::start(reg.addr());
-    let plain = "layer-base,file-delta,zstd";
-    let compact = "layer-base,file-delta,compact-meta,zstd";
+    let plain = "layer-base,file-delta2,zstd";
+    let compact = "layer-base,file-delta2,compact-meta,zstd";
     let CompactComparison {
         before,
         after,

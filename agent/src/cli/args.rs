@@ -26,6 +26,7 @@ const VALUE_FLAGS: &[&str] = &[
     "--retry-for",
     "--keep",
     "--verify-layers",
+    "--trust-key",
 ];
 /// Flags without a value.
 const BOOL_FLAGS: &[&str] = &[

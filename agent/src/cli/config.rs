@@ -28,6 +28,8 @@ pub struct ConfigFile {
     /// `verify_layers = "on" | "off" | "require"` (or true/false): check
     /// each new layer against its diff_id ([`crate::tarsplit`]).
     pub verify_layers: Option<String>,
+    /// `trust_key`: PEM public key; only images signed with it are applied.
+    pub trust_key: Option<String>,
 }
 
 enum TomlValue {
@@ -140,6 +142,7 @@ pub fn parse_config(text: &str) -> std::result::Result<ConfigFile, String> {
             ("deltas", TomlValue::Bool(b)) => cfg.deltas = Some(b),
             ("verify_layers", TomlValue::Str(s)) => cfg.verify_layers = Some(s),
             ("verify_layers", TomlValue::Bool(b)) => cfg.verify_layers = Some(b.to_string()),
+            ("trust_key", TomlValue::Str(s)) => cfg.trust_key = Some(s),
             (k, _) => return Err(err(&format!("unknown key or wrong type: {k}"))),
         }
     }

@@ -54,8 +54,8 @@ sync options:
                       an image whose config names another platform is refused
                       (exit 8) unless --force-platform (config: force_platform = true)
   --config FILE       read server, store, token_file, ca_file, platform, images,
-                      retry_for, keep, force_platform, deltas, verify_layers
-                      from FILE
+                      retry_for, keep, force_platform, deltas, trust_key,
+                      verify_layers from FILE
                       (TOML subset: key = \"value\" / [\"a\", \"b\"] / true);
                       flags override it, IMAGE arguments replace its images
   --retry-for SECS    keep retrying transient failures this long (default 300)
@@ -69,9 +69,13 @@ sync options:
   --verify-layers M   on: before a new layer is committed, check that its tree
                       hashes, with the registry's framing, to its diff_id (exit 5
                       if not); warn for a layer the registry has no framing for.
-                      require: also refuse such a layer (exit 5; use it with a
-                      trust policy). off (default): no check
-                      (config: verify_layers = \"require\")
+                      require (default with --trust-key): also refuse such a
+                      layer (exit 5). off (default without): no check
+                      (config: verify_layers = \"on\")
+  --trust-key PEM     apply only images signed with this ECDSA P-256 key
+                      (cosign.pub; cosign key-pair signatures; an image asked
+                      by tag needs `cosign sign -a tag=TAG`); exit 11 otherwise
+                      (config: trust_key = \"/etc/layerlink/cosign.pub\")
   -q, --quiet         no progress lines on stderr
 
 checkout options:
@@ -93,6 +97,8 @@ EXIT CODES:
     (repository, tag, digest or platform) or made for another platform;
     the others were synced
   9 some images failed, others were synced or are up to date
+  11 not trusted (--trust-key): no valid signature by the key for the image's
+     manifest, repository and tag; nothing of it was stored
   checkout --read-only only:
   10 the read-only mount is unavailable (not root, no overlayfs, too many
      layers for one mount); nothing is left in DEST

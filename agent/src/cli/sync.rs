@@ -44,6 +44,7 @@ pub(super) const SYNC_FLAGS: &[&str] = &[
     "--no-deltas",
     "--force-platform",
     "--verify-layers",
+    "--trust-key",
 ];
 
 /// Everything a sync run needs, from flags and the config file.
@@ -179,6 +180,16 @@ fn sync_setup(a: &Args, repair: bool) -> Result<SyncSetup> {
         (None, Some(f), _) | (None, None, Some(f)) => Some(read_token(f)?),
         _ => None,
     };
+    let trust = match a.value("--trust-key").or(cfg.trust_key.as_deref()) {
+        Some(p) => {
+            let pem = std::fs::read(p).map_err(|e| usage(format!("reading trust key {p}: {e}")))?;
+            Some(
+                crate::trust::Policy::from_pem(&pem)
+                    .map_err(|e| usage(format!("trust key {p}: {e}")))?,
+            )
+        }
+        None => None,
+    };
     let cfg_force_platform = cfg.force_platform.unwrap_or(false);
     let cfg_deltas = cfg.deltas.unwrap_or(true);
     let platform = match a.value("--platform").map(str::to_string).or(cfg.platform) {
@@ -232,6 +243,9 @@ fn sync_setup(a: &Args, repair: bool) -> Result<SyncSetup> {
     {
         Some(v) => crate::tarsplit::VerifyLayers::parse(&v)
             .ok_or_else(|| usage(format!("verify_layers {v:?}: expected on, off or require")))?,
+        // With a trust policy the signed config's diff_ids are what the
+        // layers must hash to: every layer is checked.
+        None if trust.is_some() => crate::tarsplit::VerifyLayers::Require,
         None => Default::default(),
     };
     let client = Client::new(&client_cfg)?;
@@ -246,6 +260,7 @@ fn sync_setup(a: &Args, repair: bool) -> Result<SyncSetup> {
         allow_devices: !a.has(&["--no-devices"]),
         force_platform: a.has(&["--force-platform"]) || cfg_force_platform,
         verify_layers,
+        trust,
     };
     let keep = match a.value("--keep") {
         Some(s) => Some(

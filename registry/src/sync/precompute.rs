@@ -29,7 +29,7 @@ use crate::store::index::{self, EntryKind};
 use crate::store::storage::Storage;
 use crate::sync::archive::zstd::{inline_below, open_frame};
 use crate::sync::archive::{cold, Metadata};
-use crate::sync::delta::DeltaPlanner;
+use crate::sync::delta::{DeltaPlanner, PatchFormat};
 use layerlink_proto::Digest;
 use redb::ReadableDatabase as _;
 use std::collections::HashSet;
@@ -238,7 +238,10 @@ pub fn run(storage: &Storage, job: &Job) -> anyhow::Result<Outcome> {
         .into_iter()
         .flatten()
         .collect();
-    let mut planner = DeltaPlanner::new(&txn, &objects, &previous)?.with_budget(DELTA_BUDGET);
+    // Agents that ask for deltas ask for format 2 since it exists; format-1
+    // patches are made on request for older agents.
+    let mut planner = DeltaPlanner::new(&txn, &objects, &previous, PatchFormat::Blocks)?
+        .with_budget(DELTA_BUDGET);
     for l in layers {
         for rec in index::layer_entries(&txn, l)? {
             let rec = rec?;

@@ -14,6 +14,11 @@
 //! | `/v2/<name>/manifests/<ref>` | GET HEAD PUT DELETE | [`manifests`] |
 //! | `/v2/<name>/blobs/<digest>` | GET HEAD DELETE | [`blobs`] |
 //! | `/v2/<name>/blobs/uploads/[<id>]` | POST PATCH PUT GET DELETE | [`blobs`] |
+//!
+//! With publishers configured every request needs a publisher's Basic
+//! credentials, except that a device's bearer token may `GET`/`HEAD` the
+//! manifests, blobs and referrers of the repositories it may sync (its agent
+//! reads cosign signatures there).
 
 pub mod blobs;
 pub mod error;
@@ -125,13 +130,40 @@ impl Ctx {
     }
 }
 
+/// A device reads signatures, manifests and blobs with its bearer token:
+/// `GET`/`HEAD` of `manifests`, `blobs` and `referrers` in a repository the
+/// device may read (its agent checks cosign signatures, `--trust-key`).
+fn device_may_read(
+    state: &AppState,
+    method: &Method,
+    headers: &HeaderMap,
+    route: Option<&route::Route<'_>>,
+) -> bool {
+    use route::Route::*;
+    let name = match route {
+        Some(Manifest { name, .. } | Blob { name, .. } | Referrers { name, .. }) => *name,
+        _ => return false,
+    };
+    let header = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    matches!(*method, Method::GET | Method::HEAD)
+        && crate::auth::device_for_authorization(&state.config(), header)
+            .is_some_and(|d| d.may_read(name))
+}
+
 async fn handle(state: AppState, req: Request) -> Reply {
     let (parts, body) = req.into_parts();
-    check_auth(&state, &parts.headers)?;
     let path = parts.uri.path().to_owned();
     let rest = path.strip_prefix("/v2/").unwrap_or("");
     let rest = rest.replace("%3A", ":").replace("%3a", ":");
-    let Some(route) = route::parse(&rest) else {
+    let route = route::parse(&rest);
+    if let Err(e) = check_auth(&state, &parts.headers) {
+        if !device_may_read(&state, &parts.method, &parts.headers, route.as_ref()) {
+            return Err(e);
+        }
+    }
+    let Some(route) = route else {
         return Err(OciError::new(
             StatusCode::NOT_FOUND,
             "NAME_UNKNOWN",

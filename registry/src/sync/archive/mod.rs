@@ -12,14 +12,14 @@ pub mod zstd;
 
 use crate::store::index::{self, EntryKind, EntryRecord, IndexError};
 use crate::store::objects::ObjectStore;
-use crate::sync::delta::{DeltaPlanner, Patch};
+use crate::sync::delta::{DeltaPlanner, Patch, PatchFormat};
 use crate::sync::plan::{Dedup, HeldObjects};
 use crate::tar::{self as tarfmt, Fields};
 use base::BaseDiff;
 use layerlink_proto::archive::{
-    reference_link, Marker, FEATURE_COMPACT_META, FEATURE_FILE_DELTA, FEATURE_LAYER_BASE,
-    FEATURE_ZSTD, MARKER_DIR, PAX_BASE_ORDER, PAX_DELTA_BASE, PAX_DELTA_SIZE, PAX_DIFF_ID,
-    PAX_DIGEST, PAX_ENTRIES, PAX_MARKER, PAX_META, PAX_META_SIZE,
+    reference_link, Marker, FEATURE_COMPACT_META, FEATURE_FILE_DELTA, FEATURE_FILE_DELTA2,
+    FEATURE_LAYER_BASE, FEATURE_ZSTD, MARKER_DIR, PAX_BASE_ORDER, PAX_DELTA_BASE, PAX_DELTA_SIZE,
+    PAX_DIFF_ID, PAX_DIGEST, PAX_ENTRIES, PAX_MARKER, PAX_META, PAX_META_SIZE,
 };
 use layerlink_proto::msg::HeldSet;
 use layerlink_proto::Digest;
@@ -381,8 +381,9 @@ pub struct Features {
     pub layer_base: bool,
     /// `zstd`: answer with a zstd archive (spliced content frames).
     pub zstd: bool,
-    /// `file-delta`: send modified files as patches against held ones.
-    pub file_delta: bool,
+    /// `file-delta` / `file-delta2`: send modified files as patches against
+    /// held ones, in this format (format 2 when both are listed).
+    pub file_delta: Option<PatchFormat>,
     /// `compact-meta`: entries that differ from the base's only in mtime,
     /// mode or owner travel as compact records (with `layer-base`).
     pub compact_meta: bool,
@@ -408,7 +409,9 @@ impl Features {
             } else if name == FEATURE_ZSTD {
                 f.zstd = true;
             } else if name == FEATURE_FILE_DELTA {
-                f.file_delta = true;
+                f.file_delta = f.file_delta.or(Some(PatchFormat::Bidiff));
+            } else if name == FEATURE_FILE_DELTA2 {
+                f.file_delta = Some(PatchFormat::Blocks);
             } else if name == FEATURE_COMPACT_META {
                 f.compact_meta = true;
             }
@@ -490,9 +493,9 @@ fn image_body<T: TarOut>(
     features: Features,
     dedup: &mut Dedup<'_>,
 ) -> Result<(), IndexError> {
-    if features.file_delta {
+    if let Some(format) = features.file_delta {
         let objects = w.objects.clone();
-        w.deltas = Some(DeltaPlanner::new(txn, &objects, &held.layers)?);
+        w.deltas = Some(DeltaPlanner::new(txn, &objects, &held.layers, format)?);
     }
     w.compact_meta = features.layer_base && features.compact_meta;
     if let Some(m) = metadata {

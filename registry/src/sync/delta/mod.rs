@@ -65,8 +65,64 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// Patch format version (in cache names): bidiff 1.0's format.
-pub const FORMAT: u32 = 1;
+/// A patch format, and the archive feature that asks for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PatchFormat {
+    /// bidiff 1.0's interleaved records (feature `file-delta`; agents
+    /// before format 2).
+    Bidiff,
+    /// The same controls in blocks with separate sections
+    /// (`layerlink_proto::patch`, feature `file-delta2`): ~5 % smaller
+    /// once compressed.
+    Blocks,
+}
+
+impl PatchFormat {
+    /// Version number in cache file names (`.v<N>`).
+    pub fn version(self) -> u32 {
+        match self {
+            PatchFormat::Bidiff => 1,
+            PatchFormat::Blocks => 2,
+        }
+    }
+}
+
+/// Writes bsdiff controls in one patch format.
+enum ControlWriter<'a> {
+    Bidiff(bidiff::enc::Writer<&'a mut dyn Write>),
+    Blocks(layerlink_proto::patch::Encoder, &'a mut dyn Write),
+}
+
+impl<'a> ControlWriter<'a> {
+    fn new(format: PatchFormat, out: &'a mut dyn Write) -> io::Result<Self> {
+        Ok(match format {
+            PatchFormat::Bidiff => ControlWriter::Bidiff(bidiff::enc::Writer::new(out)?),
+            PatchFormat::Blocks => {
+                ControlWriter::Blocks(layerlink_proto::patch::Encoder::new(), out)
+            }
+        })
+    }
+
+    fn push(&mut self, add: &[u8], copy: &[u8], seek: i64) -> io::Result<()> {
+        match self {
+            ControlWriter::Bidiff(w) => w.write(&bidiff::Control { add, copy, seek }),
+            ControlWriter::Blocks(e, out) => {
+                e.push(add, copy, seek);
+                out.write_all(&e.take_output())
+            }
+        }
+    }
+
+    fn finish(self) -> io::Result<()> {
+        match self {
+            ControlWriter::Bidiff(mut w) => w.flush(),
+            ControlWriter::Blocks(e, out) => {
+                out.write_all(&e.finish())?;
+                out.flush()
+            }
+        }
+    }
+}
 /// Smaller new files go whole (a delta entry's PAX records cost ~160 bytes).
 pub const MIN_DELTA_SIZE: u64 = 4 * 1024;
 /// Larger old or new files are diffed only between their common prefix and
@@ -161,6 +217,7 @@ pub struct DeltaPlanner {
     /// The current section's base layer, path -> held file.
     base: HashMap<Vec<u8>, Held>,
     base_id: Option<Digest>,
+    format: PatchFormat,
     started: Instant,
     budget: Duration,
     /// Counters so far.
@@ -227,12 +284,13 @@ fn layer_files(
 }
 
 impl DeltaPlanner {
-    /// A planner for a device holding `held_layers` (those not in the index
-    /// are ignored).
+    /// A planner of `format` patches for a device holding `held_layers`
+    /// (those not in the index are ignored).
     pub fn new(
         txn: &redb::ReadTransaction,
         objects: &ObjectStore,
         held_layers: &[Digest],
+        format: PatchFormat,
     ) -> Result<DeltaPlanner, IndexError> {
         let mut p = DeltaPlanner {
             objects: objects.clone(),
@@ -241,6 +299,7 @@ impl DeltaPlanner {
             by_stem: HashMap::new(),
             base: HashMap::new(),
             base_id: None,
+            format,
             started: Instant::now(),
             budget: REQUEST_BUDGET,
             stats: DeltaStats::default(),
@@ -331,7 +390,7 @@ impl DeltaPlanner {
         let t = Instant::now();
         let r = {
             let _one = COMPUTE.lock().unwrap_or_else(|e| e.into_inner());
-            compute(&self.objects, &old, new, size, &file)
+            compute(&self.objects, &old, new, size, &file, self.format)
         };
         self.stats.compute_time += t.elapsed();
         self.stats.computed += 1;
@@ -358,8 +417,9 @@ impl DeltaPlanner {
     fn cache_path(&self, old: &Digest, new: &Digest) -> PathBuf {
         let o = old.hex();
         self.dir.join(&o[..2]).join(format!(
-            "{o}-{}.v{FORMAT}-w{ZSTD_MAX_WINDOW_LOG}",
-            new.hex()
+            "{o}-{}.v{}-w{ZSTD_MAX_WINDOW_LOG}",
+            new.hex(),
+            self.format.version()
         ))
     }
 }
@@ -391,10 +451,16 @@ fn read_object(objects: &ObjectStore, d: &Digest) -> io::Result<Vec<u8>> {
     Ok(v)
 }
 
-/// The raw bidiff patch turning `old` into `new`.
-pub fn diff(old: &[u8], new: &[u8]) -> io::Result<Vec<u8>> {
+/// The raw patch in `format` turning `old` into `new` (bidiff's controls).
+pub fn diff(old: &[u8], new: &[u8], format: PatchFormat) -> io::Result<Vec<u8>> {
     let mut out = Vec::with_capacity(new.len() / 8 + 64);
-    bidiff::simple_diff(old, new, &mut out)?;
+    let mut w = ControlWriter::new(format, &mut out)?;
+    let mut tr = bidiff::Translator::new(old, new, |c: &bidiff::Control| {
+        w.push(c.add, c.copy, c.seek)
+    });
+    bidiff::diff(old, new, &Default::default(), |m| tr.translate(m))?;
+    tr.close()?;
+    w.finish()?;
     Ok(out)
 }
 
@@ -412,11 +478,12 @@ fn compute(
     new: &Digest,
     new_size: u64,
     file: &Path,
+    format: PatchFormat,
 ) -> io::Result<Option<Patch>> {
     let (raw_len, patch_z, worth) = if old.size <= MAX_DELTA_SIZE && new_size <= MAX_DELTA_SIZE {
         let o = read_object(objects, &old.object)?;
         let n = read_object(objects, new)?;
-        let raw = diff(&o, &n)?;
+        let raw = diff(&o, &n, format)?;
         drop(o);
         let whole_z = zstd::bulk::compress(&n, ZSTD_LEVEL)?.len() as u64;
         drop(n);
@@ -425,7 +492,7 @@ fn compute(
         let worth = worth_it(patch_z.len() as u64, whole_z);
         (raw.len() as u64, patch_z, worth)
     } else {
-        match trimmed_diff(objects, old, new, new_size)? {
+        match trimmed_diff(objects, old, new, new_size, format)? {
             // The stored object is what a whole entry would cost.
             Some((raw_len, patch_z)) => {
                 let whole_z = fs::metadata(objects.path(new))?.len();
@@ -544,15 +611,11 @@ fn read_range(mut r: impl Read, start: u64, len: u64) -> io::Result<Vec<u8>> {
 }
 
 /// Controls adding zeros to `n` bytes of the old file (they stay as they are).
-fn zero_adds<W: Write>(w: &mut bidiff::enc::Writer<W>, mut n: u64) -> io::Result<()> {
+fn zero_adds(w: &mut ControlWriter<'_>, mut n: u64) -> io::Result<()> {
     let zeros = vec![0u8; 1 << 20];
     while n > 0 {
         let k = n.min(zeros.len() as u64) as usize;
-        w.write(&bidiff::Control {
-            add: &zeros[..k],
-            copy: &[],
-            seek: 0,
-        })?;
+        w.push(&zeros[..k], &[], 0)?;
         n -= k as u64;
     }
     Ok(())
@@ -566,6 +629,7 @@ fn trimmed_diff(
     old: &Held,
     new: &Digest,
     new_size: u64,
+    format: PatchFormat,
 ) -> io::Result<Option<(u64, Vec<u8>)>> {
     let (lo, ln) = (old.size, new_size);
     let prefix = common_prefix(objects.open(&old.object)?, objects.open(new)?)?;
@@ -598,25 +662,17 @@ fn trimmed_diff(
     }
     drop((om, nm));
     let write = |out: &mut dyn Write| -> io::Result<()> {
-        let mut w = bidiff::enc::Writer::new(out)?;
+        let mut w = ControlWriter::new(format, out)?;
         zero_adds(&mut w, prefix)?;
         // The old file's read position, to seek to the suffix afterwards.
         let mut pos = prefix as i64;
         for (add, copy, seek) in &middle {
             pos += add.len() as i64 + seek;
-            w.write(&bidiff::Control {
-                add,
-                copy,
-                seek: *seek,
-            })?;
+            w.push(add, copy, *seek)?;
         }
-        w.write(&bidiff::Control {
-            add: &[],
-            copy: &[],
-            seek: (lo - suffix) as i64 - pos,
-        })?;
+        w.push(&[], &[], (lo - suffix) as i64 - pos)?;
         zero_adds(&mut w, suffix)?;
-        w.flush()
+        w.finish()
     };
     let mut counted = Counted {
         inner: io::sink(),
@@ -663,10 +719,28 @@ mod unit {
         assert!(!worth_it(10, 200)); // the entry overhead dominates
     }
 
-    /// Every shape of large-file change round-trips through bipatch, and an
+    /// The new file out of a raw patch of `format` (the agents' readers:
+    /// bipatch for format 1, `layerlink_proto::patch` for format 2).
+    fn apply(format: PatchFormat, raw: &[u8], old: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        match format {
+            PatchFormat::Bidiff => bipatch::Reader::new(raw, io::Cursor::new(old))
+                .unwrap()
+                .read_to_end(&mut out),
+            PatchFormat::Blocks => {
+                layerlink_proto::patch::Reader::new(raw, io::Cursor::new(old)).read_to_end(&mut out)
+            }
+        }
+        .unwrap();
+        out
+    }
+
+    const FORMATS: [PatchFormat; 2] = [PatchFormat::Bidiff, PatchFormat::Blocks];
+
+    /// Every shape of large-file change round-trips in both formats, and an
     /// edit in place costs about the edit once compressed.
     #[test]
-    fn trimmed_diffs_round_trip_through_bipatch() {
+    fn trimmed_diffs_round_trip() {
         let old: Vec<u8> = (0..600_000u32)
             .flat_map(|i| (i.wrapping_mul(2_654_435_761) >> 7).to_le_bytes())
             .collect();
@@ -709,41 +783,43 @@ mod unit {
             size: old.len() as u64,
         };
         for (name, new) in &cases {
-            let (len, z) = trimmed_diff(&objects, &held, &Digest::of(new), new.len() as u64)
-                .unwrap()
-                .unwrap();
-            let raw = zstd::stream::decode_all(&z[..]).unwrap();
-            assert_eq!(raw.len() as u64, len, "{name}");
-            let mut r = bipatch::Reader::new(&raw[..], io::Cursor::new(&old)).unwrap();
-            let mut out = Vec::new();
-            r.read_to_end(&mut out).unwrap();
-            assert!(out == *new, "{name}: the patch does not rebuild the file");
-            if *name == "edited" {
-                assert!(z.len() < 4096 + 1024, "{name}: {} B compressed", z.len());
+            for format in FORMATS {
+                let (len, z) =
+                    trimmed_diff(&objects, &held, &Digest::of(new), new.len() as u64, format)
+                        .unwrap()
+                        .unwrap();
+                let raw = zstd::stream::decode_all(&z[..]).unwrap();
+                assert_eq!(raw.len() as u64, len, "{name}");
+                assert!(
+                    apply(format, &raw, &old) == *new,
+                    "{name} ({format:?}): the patch does not rebuild the file"
+                );
+                if *name == "edited" {
+                    assert!(z.len() < 4096 + 1024, "{name}: {} B compressed", z.len());
+                }
             }
         }
     }
 
     #[test]
-    fn diff_round_trips_through_bipatch() {
+    fn diff_round_trips() {
         let old: Vec<u8> = (0..50_000u32)
             .flat_map(|i| (i % 977).to_le_bytes())
             .collect();
         let mut new = old.clone();
         new[1000..1010].copy_from_slice(b"0123456789");
         new.truncate(150_000);
-        let p = diff(&old, &new).unwrap();
-        let mut r = bipatch::Reader::new(&p[..], io::Cursor::new(&old)).unwrap();
-        let mut out = Vec::new();
-        r.read_to_end(&mut out).unwrap();
-        assert_eq!(out, new);
-        let z = zstd::bulk::compress(&p, 3).unwrap();
-        let w = zstd::bulk::compress(&new, 3).unwrap();
-        assert!(
-            worth_it(z.len() as u64, w.len() as u64),
-            "{} vs {}",
-            z.len(),
-            w.len()
-        );
+        for format in FORMATS {
+            let p = diff(&old, &new, format).unwrap();
+            assert_eq!(apply(format, &p, &old), new, "{format:?}");
+            let z = zstd::bulk::compress(&p, 3).unwrap();
+            let w = zstd::bulk::compress(&new, 3).unwrap();
+            assert!(
+                worth_it(z.len() as u64, w.len() as u64),
+                "{format:?}: {} vs {}",
+                z.len(),
+                w.len()
+            );
+        }
     }
 }

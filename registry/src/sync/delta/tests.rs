@@ -119,12 +119,26 @@ fn modified_files_go_as_patches_that_rebuild_them() {
         layers: v1.clone(),
         objects: vec![],
     };
-    assert!(Features::parse("layer-base, file-delta").file_delta);
+    assert_eq!(
+        Features::parse("layer-base, file-delta").file_delta,
+        Some(PatchFormat::Bidiff)
+    );
+    for both in ["file-delta,file-delta2", "file-delta2, file-delta"] {
+        assert_eq!(
+            Features::parse(both).file_delta,
+            Some(PatchFormat::Blocks),
+            "{both}"
+        );
+    }
     // The zstd archive splices cached patches of 16 KiB or more (the
     // programs' patches) and writes smaller ones (the text's) inline.
     let zstd = write(&r, &v2, &held, "layer-base,file-delta,zstd");
     let with = write(&r, &v2, &held, "layer-base,file-delta");
     let without = write(&r, &v2, &held, "layer-base");
+    // Format 2, as today's agents ask.
+    let zstd2 = write(&r, &v2, &held, "layer-base,file-delta,file-delta2,zstd");
+    let with2 = write(&r, &v2, &held, "layer-base,file-delta2");
+    assert!(with2.len() < without.len() / 3);
     assert!(
         with.len() * 3 < without.len(),
         "deltas: {} bytes, whole files: {}",
@@ -148,7 +162,9 @@ fn modified_files_go_as_patches_that_rebuild_them() {
         }
     };
     let mut deltas = Vec::new();
-    let all = entries(&with).into_iter().chain(entries(&zstd));
+    let all = [&with, &zstd, &with2, &zstd2]
+        .into_iter()
+        .flat_map(|a| entries(a));
     for (path, pax, data) in all {
         let Some(base) = get(&pax, PAX_DELTA_BASE) else {
             continue;
@@ -164,24 +180,31 @@ fn modified_files_go_as_patches_that_rebuild_them() {
             get(&pax, PAX_DELTA_SIZE).unwrap(),
             new.len().to_string().as_bytes()
         );
-        assert!(data.starts_with(&layerlink_proto::archive::DELTA_PATCH_HEADER));
         let mut rebuilt = Vec::new();
-        bipatch::Reader::new(&data[..], io::Cursor::new(&old))
-            .unwrap()
-            .read_to_end(&mut rebuilt)
-            .unwrap();
+        if data.starts_with(&layerlink_proto::archive::DELTA_PATCH_HEADER) {
+            bipatch::Reader::new(&data[..], io::Cursor::new(&old))
+                .unwrap()
+                .read_to_end(&mut rebuilt)
+                .unwrap();
+        } else {
+            assert!(data.starts_with(&layerlink_proto::patch::MAGIC), "{path}");
+            layerlink_proto::patch::Reader::new(&data[..], io::Cursor::new(&old))
+                .read_to_end(&mut rebuilt)
+                .unwrap();
+        }
         assert!(rebuilt == new, "{path}: patch does not rebuild the file");
         deltas.push(path);
     }
-    assert_eq!(deltas.len(), 6, "three delta entries in each archive");
+    assert_eq!(deltas.len(), 12, "three delta entries in each archive");
     deltas.sort();
     deltas.dedup();
     // Same path; versioned name (libfoo.so.1.1 -> 1.2); text. Not the
     // compressed doc.gz nor the small file.
     assert_eq!(deltas, ["usr/libfoo.so.1.2", "usr/notes.txt", "usr/prog"]);
-    // Cached: a second archive is the same and computes nothing new.
+    // Cached (per format): a second archive is the same and computes
+    // nothing new.
     let cached = cached_files(&r.ts.objects);
-    assert_eq!(cached, 3);
+    assert_eq!(cached, 6);
     assert_eq!(write(&r, &v2, &held, "layer-base,file-delta"), with);
     assert_eq!(cached_files(&r.ts.objects), cached);
     // Without the feature, or holding nothing, no delta entries.
@@ -223,7 +246,7 @@ fn the_request_budget_stops_computing() {
     let (_, v1) = r.push("app", "v1", &[layer(1)]);
     let (_, v2) = r.push("app", "v2", &[layer(2)]);
     let txn = r.ts.db.begin_read().unwrap();
-    let mut p = DeltaPlanner::new(&txn, &r.ts.objects, &v1)
+    let mut p = DeltaPlanner::new(&txn, &r.ts.objects, &v1, PatchFormat::Blocks)
         .unwrap()
         .with_budget(Duration::ZERO);
     let new = Digest::of(&program(2));
