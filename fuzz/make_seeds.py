@@ -64,3 +64,54 @@ os.makedirs("seeds/compact_meta", exist_ok=True)
 open("seeds/compact_meta/mtime-two", "wb").write(b"\x02\x21\x00\x01\x00")  # a/l, e: mtime 0
 open("seeds/compact_meta/mode", "wb").write(b"\x01\x12\xed\x03")  # a/f: mode 0755
 open("seeds/compact_meta/whiteout", "wb").write(b"\x01\x41\x02")  # w: rejected
+
+# layer_framing: first byte = mode (bit 0 set: the whole framing follows;
+# clear: magic + diff_id are prepended), then the framing records of the
+# harness's layer (d/, a = "hello"); see fuzz/harness/layer_framing.rs.
+import hashlib
+
+
+def ustar(name, kind, size):
+    h = bytearray(512)
+    h[: len(name)] = name.encode()
+    def octal(at, w, v):
+        s = ("%0" + str(w - 1) + "o") % v
+        h[at : at + w - 1] = s.encode()
+    octal(100, 8, 0o755 if kind == b"5" else 0o644)
+    octal(108, 8, 0)
+    octal(116, 8, 0)
+    octal(124, 12, size)
+    octal(136, 12, 1_600_000_000)
+    h[156] = kind[0]
+    h[257:263] = b"ustar\0"
+    h[263:265] = b"00"
+    h[148:156] = b"        "
+    h[148:156] = ("%06o\0 " % sum(h)).encode()
+    return bytes(h)
+
+
+def varint(v):
+    out = bytearray()
+    while True:
+        b = v & 0x7F
+        v >>= 7
+        if v == 0:
+            out.append(b)
+            return bytes(out)
+        out.append(b | 0x80)
+
+
+d, a = ustar("d/", b"5", 0), ustar("a", b"0", 5)
+tar = d + a + b"hello" + bytes(507 + 1024)
+diff_id = hashlib.sha256(tar).digest()
+records = (
+    b"\x01" + varint(len(d)) + d
+    + b"\x01" + varint(len(a)) + a
+    + b"\x02" + varint(5) + b"\x00"
+    + b"\x03" + varint(1024) + b"\x00"
+)
+os.makedirs("seeds/layer_framing", exist_ok=True)
+open("seeds/layer_framing/honest-records", "wb").write(b"\x00" + records)
+open("seeds/layer_framing/honest-whole", "wb").write(b"\x01" + b"LLFRAME1" + diff_id + records)
+shadowed = records.replace(b"\x02\x05\x00", b"\x02\x05\x03" + hashlib.sha256(b"hello").digest())
+open("seeds/layer_framing/shadowed", "wb").write(b"\x00" + shadowed)

@@ -7,6 +7,7 @@ use layerlink_proto::archive::{
     Encoding, FEATURES_HEADER, FEATURE_COMPACT_META, FEATURE_FILE_DELTA2, FEATURE_LAYER_BASE,
     FEATURE_ZSTD,
 };
+use layerlink_proto::framing::FramingRequest;
 use layerlink_proto::limits::MAX_MESSAGE_BYTES;
 use layerlink_proto::msg::{
     ArchiveRequest, ObjectsRequest, PlanRequest, PlanResponse, Report, ReportAck, API_PREFIX,
@@ -54,6 +55,15 @@ pub trait Remote {
     fn objects(&mut self, req: &ObjectsRequest) -> Result<Download>;
     /// `POST /report`.
     fn report(&mut self, req: &Report) -> Result<ReportAck>;
+    /// `POST /framing`: a layer's framing, zstd (see [`crate::tarsplit`]).
+    /// Default: the registry has none (404).
+    fn framing(&mut self, _req: &FramingRequest) -> Result<Download> {
+        Err(Error::Server {
+            status: 404,
+            code: None,
+            message: "this remote serves no layer framings".into(),
+        })
+    }
     /// `GET` a path of the registry's OCI API (`/v2/…`, for signatures:
     /// see [`crate::trust`]); `None` when it answers 404. An answer over
     /// `limit` bytes is [`Error::Untrusted`].
@@ -296,6 +306,9 @@ impl Remote for Client {
     }
     fn report(&mut self, req: &Report) -> Result<ReportAck> {
         self.call("/report", req)
+    }
+    fn framing(&mut self, req: &FramingRequest) -> Result<Download> {
+        self.download("/framing", req)
     }
     fn oci_get(&mut self, path: &str, accept: &str, limit: u64) -> Result<Option<Vec<u8>>> {
         let url = format!("{}{path}", self.base);

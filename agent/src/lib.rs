@@ -38,6 +38,7 @@ pub mod progress;
 pub mod store;
 pub mod sync;
 pub mod tar;
+pub mod tarsplit;
 pub mod trust;
 
 pub use error::{Error, Result};

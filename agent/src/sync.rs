@@ -50,6 +50,8 @@ pub struct SyncOptions {
     pub allow_devices: bool,
     /// Sync an image whose config names another platform.
     pub force_platform: bool,
+    /// Verify each new layer against its diff_id ([`crate::tarsplit`]).
+    pub verify_layers: crate::tarsplit::VerifyLayers,
     /// Apply only images signed with this key ([`crate::trust`]).
     pub trust: Option<crate::trust::Policy>,
 }
@@ -383,6 +385,15 @@ fn sync_image(
                 human(new_bytes)
             );
         }
+        // Layer framings first, so no layer is committed unverified.
+        let layer_check = crate::tarsplit::fetch(
+            store,
+            remote,
+            opts.verify_layers,
+            &want.repository,
+            ip.manifest_digest,
+            &missing,
+        )?;
         let held = store.held_set()?;
         let req = ArchiveRequest {
             repository: want.repository.clone(),
@@ -411,6 +422,7 @@ fn sync_image(
         aopts.allow_devices = opts.allow_devices;
         aopts.platform = (!opts.force_platform).then(|| (opts.platform.clone(), ip.config_digest));
         aopts.progress = opts.progress;
+        aopts.layer_check = layer_check;
         aopts.expected_new_bytes = dl.new_bytes.or(known_cost.then_some(new_bytes));
         if known_cost {
             let bound = new_bytes.max(dl.new_bytes.unwrap_or(0));

@@ -1037,6 +1037,38 @@ mod compact_meta_target {
 mod delta_apply_target {
     include!("../../fuzz/harness/delta_apply.rs");
 }
+mod layer_framing_target {
+    include!("../../fuzz/harness/layer_framing.rs");
+}
+
+/// Replays every seed and kept crash of `layer_framing` (no framing makes
+/// the tampered tree verify), and checks that the honest framing does
+/// verify the honest tree (so the seeds exercise a real match).
+#[test]
+fn fuzz_regressions_layer_framing() {
+    for (path, data) in regressions("layer_framing") {
+        eprintln!("{}", path.display());
+        layer_framing_target::run(&data);
+    }
+    let (tar, framing) = layer_framing_target::reference();
+    let t = common::TempDir::new("framing-honest");
+    std::fs::create_dir_all(t.path().join("tree/d")).unwrap();
+    std::fs::write(t.path().join("tree/a"), b"hello").unwrap();
+    let store = layerlink_agent::store::Store::open(
+        &t.path().join("store"),
+        layerlink_agent::store::Access::Exclusive,
+    )
+    .unwrap();
+    let root = layerlink_agent::fsops::open_dir_path(&t.path().join("tree")).unwrap();
+    let v = layerlink_agent::tarsplit::verify_tree(
+        &store,
+        &Digest::of(&tar),
+        std::os::fd::AsFd::as_fd(&root),
+        &framing[..],
+    )
+    .unwrap();
+    assert_eq!(v.digest, Digest::of(&tar));
+}
 
 /// Replays every seed and kept crash of `compact_meta` through the fuzz
 /// target's own body (the store must verify clean, the held layer stay

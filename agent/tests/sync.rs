@@ -270,6 +270,7 @@ fn opts(images: &[&str]) -> SyncOptions {
         progress: false,
         allow_devices: true,
         force_platform: false,
+        verify_layers: Default::default(),
         trust: None,
     }
 }

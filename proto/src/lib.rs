@@ -10,7 +10,9 @@
 //! * [`archive`] — the conventions of the dedup archive (PAX keys, marker
 //!   entries, reference entries) and pure path validation;
 //! * [`limits`] — the bounds both sides enforce;
-//! * [`error`] — the error body every failed request carries.
+//! * [`error`] — the error body every failed request carries;
+//! * [`framing`] — layer framing ("tar-split"): a layer tar without its
+//!   file contents, for the device to recompute the diff_id.
 //!
 //! The byte-level contract is written down in `proto/SPEC.md` and frozen by
 //! the golden tests in `proto/tests/golden.rs`.
@@ -25,6 +27,7 @@ pub mod archive;
 pub mod compact;
 pub mod digest;
 pub mod error;
+pub mod framing;
 pub mod limits;
 pub mod msg;
 pub mod patch;

@@ -313,3 +313,45 @@ fn compact_meta_records() {
         [&b"usr"[..], b"usr/bin", b"usr/bin/sh", b"usr/lib", b"usr-x"]
     );
 }
+
+/// Layer framing (`proto/SPEC.md`, "Layer framing"): the request, the
+/// content type and the record bytes are wire format.
+#[test]
+fn layer_framing_records() {
+    use layerlink_proto::framing::*;
+    assert_eq!(CONTENT_TYPE, "application/vnd.layerlink.framing.v1+zstd");
+    let req = FramingRequest {
+        repository: "edge/gw".into(),
+        manifest_digest: d(1),
+        layer: d(2),
+    };
+    let bytes = postcard::to_allocvec(&req).unwrap();
+    assert_eq!(
+        hex(&bytes),
+        concat!(
+            "07656467652f6777", // repository
+            "0101010101010101010101010101010101010101010101010101010101010101",
+            "0202020202020202020202020202020202020202020202020202020202020202",
+        )
+    );
+    let mut out = Vec::new();
+    write_start(&mut out, &d(3));
+    write_header(&mut out, b"HDR");
+    write_content(&mut out, 300, None);
+    write_content(&mut out, 1, Some(&d(5)));
+    write_end(&mut out, 1024, None);
+    write_end(&mut out, 2, Some(b"\0x"));
+    let expected = concat!(
+        "4c4c4652414d4531", // "LLFRAME1"
+        "0303030303030303030303030303030303030303030303030303030303030303",
+        "0103484452", // header, 3 bytes
+        "02ac02",     // content, 300 bytes
+        "00",         // flags: read from the tree
+        "0201",       // content, 1 byte
+        "03",         // flags: shadowed, digest follows
+        "0505050505050505050505050505050505050505050505050505050505050505",
+        "03800800",   // end: 1024 zero bytes
+        "0302010078", // end: 2 bytes that follow
+    );
+    assert_eq!(hex(&out), expected);
+}

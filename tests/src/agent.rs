@@ -75,6 +75,22 @@ impl Agent {
             .args(images))
     }
 
+    /// [`Agent::try_sync`] with extra sync arguments (after the usual ones).
+    pub fn try_sync_with(&self, server: &str, images: &[&str], extra: &[&str]) -> Output {
+        run(self
+            .command()
+            .arg("sync")
+            .arg("--server")
+            .arg(server)
+            .arg("--store")
+            .arg(&self.store)
+            .arg("--token")
+            .arg(&self.token)
+            .args(&self.sync_args)
+            .args(extra)
+            .args(images))
+    }
+
     /// Sync and panic with the agent's output if it fails.
     pub fn sync(&self, server: &str, images: &[&str]) -> Output {
         let out = self.try_sync(server, images);

@@ -90,6 +90,9 @@ pub struct ApplyOptions {
     /// read. `None`: no check here (`--force-platform`, `apply-archive`;
     /// the sync checks the digest after the apply).
     pub platform: Option<(Platform, Digest)>,
+    /// Framings to verify layers against before they are committed
+    /// ([`crate::tarsplit`]); empty: no check.
+    pub layer_check: crate::tarsplit::LayerCheck,
 }
 
 impl ApplyOptions {
@@ -106,6 +109,7 @@ impl ApplyOptions {
             progress: false,
             expected_new_bytes: None,
             platform: None,
+            layer_check: Default::default(),
         }
     }
 }
@@ -468,6 +472,21 @@ impl<'s> Applier<'s> {
     fn commit(&mut self, i: usize) -> Result<()> {
         self.objects.flush()?;
         let f = &self.finished[i];
+        // The tree must hash, with its framing, to its diff_id.
+        if let Some(v) = self
+            .opts
+            .layer_check
+            .verify(self.store, &f.diff_id, f.root.as_fd())?
+        {
+            if self.opts.progress {
+                eprintln!(
+                    "layer {}: verified: {} entries, {} hashed, sha256 = diff_id",
+                    f.diff_id,
+                    v.entries,
+                    human(v.content_bytes)
+                );
+            }
+        }
         dirtimes::apply(self.store.tmp_fd(), &f.staging, f.root.as_fd())?;
         self.store.commit_layer(&f.staging, &f.diff_id)?;
         let _ = rfs::unlinkat(

@@ -25,6 +25,7 @@ const VALUE_FLAGS: &[&str] = &[
     "--config",
     "--retry-for",
     "--keep",
+    "--verify-layers",
     "--trust-key",
 ];
 /// Flags without a value.

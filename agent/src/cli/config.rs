@@ -25,6 +25,9 @@ pub struct ConfigFile {
     pub force_platform: Option<bool>,
     /// `deltas = false`: do not ask for binary deltas.
     pub deltas: Option<bool>,
+    /// `verify_layers = "on" | "off" | "require"` (or true/false): check
+    /// each new layer against its diff_id ([`crate::tarsplit`]).
+    pub verify_layers: Option<String>,
     /// `trust_key`: PEM public key; only images signed with it are applied.
     pub trust_key: Option<String>,
 }
@@ -137,6 +140,8 @@ pub fn parse_config(text: &str) -> std::result::Result<ConfigFile, String> {
             ("keep", TomlValue::Int(n)) => cfg.keep = Some(n),
             ("force_platform", TomlValue::Bool(b)) => cfg.force_platform = Some(b),
             ("deltas", TomlValue::Bool(b)) => cfg.deltas = Some(b),
+            ("verify_layers", TomlValue::Str(s)) => cfg.verify_layers = Some(s),
+            ("verify_layers", TomlValue::Bool(b)) => cfg.verify_layers = Some(b.to_string()),
             ("trust_key", TomlValue::Str(s)) => cfg.trust_key = Some(s),
             (k, _) => return Err(err(&format!("unknown key or wrong type: {k}"))),
         }

@@ -54,7 +54,8 @@ sync options:
                       an image whose config names another platform is refused
                       (exit 8) unless --force-platform (config: force_platform = true)
   --config FILE       read server, store, token_file, ca_file, platform, images,
-                      retry_for, keep, force_platform, deltas, trust_key from FILE
+                      retry_for, keep, force_platform, deltas, trust_key,
+                      verify_layers from FILE
                       (TOML subset: key = \"value\" / [\"a\", \"b\"] / true);
                       flags override it, IMAGE arguments replace its images
   --retry-for SECS    keep retrying transient failures this long (default 300)
@@ -65,6 +66,12 @@ sync options:
   --no-zstd           do not ask for zstd archives (gzip, as agents before it)
   --no-deltas         do not ask for binary deltas: modified files come whole
                       (config: deltas = false)
+  --verify-layers M   on: before a new layer is committed, check that its tree
+                      hashes, with the registry's framing, to its diff_id (exit 5
+                      if not); warn for a layer the registry has no framing for.
+                      require (default with --trust-key): also refuse such a
+                      layer (exit 5). off (default without): no check
+                      (config: verify_layers = \"on\")
   --trust-key PEM     apply only images signed with this ECDSA P-256 key
                       (cosign.pub; cosign key-pair signatures; an image asked
                       by tag needs `cosign sign -a tag=TAG`); exit 11 otherwise

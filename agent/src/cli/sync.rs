@@ -43,6 +43,7 @@ pub(super) const SYNC_FLAGS: &[&str] = &[
     "--no-zstd",
     "--no-deltas",
     "--force-platform",
+    "--verify-layers",
     "--trust-key",
 ];
 
@@ -235,6 +236,18 @@ fn sync_setup(a: &Args, repair: bool) -> Result<SyncSetup> {
         no_zstd: a.has(&["--no-zstd"]),
         no_deltas: a.has(&["--no-deltas"]) || !cfg_deltas,
     };
+    let verify_layers = match a
+        .value("--verify-layers")
+        .map(str::to_string)
+        .or(cfg.verify_layers)
+    {
+        Some(v) => crate::tarsplit::VerifyLayers::parse(&v)
+            .ok_or_else(|| usage(format!("verify_layers {v:?}: expected on, off or require")))?,
+        // With a trust policy the signed config's diff_ids are what the
+        // layers must hash to: every layer is checked.
+        None if trust.is_some() => crate::tarsplit::VerifyLayers::Require,
+        None => Default::default(),
+    };
     let client = Client::new(&client_cfg)?;
     let store = Store::open(Path::new(&store_path), Access::Exclusive)?;
     let quiet = a.has(&["--quiet", "-q"]);
@@ -246,6 +259,7 @@ fn sync_setup(a: &Args, repair: bool) -> Result<SyncSetup> {
         progress: !quiet,
         allow_devices: !a.has(&["--no-devices"]),
         force_platform: a.has(&["--force-platform"]) || cfg_force_platform,
+        verify_layers,
         trust,
     };
     let keep = match a.value("--keep") {

@@ -117,6 +117,7 @@ pub fn route_of(path: &str) -> &'static str {
         "/layerlink/v1/archive" => return "archive",
         "/layerlink/v1/objects" => return "objects",
         "/layerlink/v1/report" => return "report",
+        "/layerlink/v1/framing" => return "framing",
         "/layerlink/v1/edit" => return "edit",
         "/layerlink/v1/fleet" => return "fleet",
         _ => {}

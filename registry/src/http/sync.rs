@@ -29,6 +29,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
 use layerlink_proto::archive::FEATURES_HEADER;
+use layerlink_proto::framing::FramingRequest;
 use layerlink_proto::limits::{
     MAX_IMAGES_PER_PLAN, MAX_MESSAGE_BYTES, MAX_NAME_BYTES, MAX_REPAIR_OBJECTS,
 };
@@ -279,6 +280,7 @@ pub fn router() -> Router<AppState> {
         .route("/layerlink/v1/archive", post(archive_handler))
         .route("/layerlink/v1/objects", post(objects_handler))
         .route("/layerlink/v1/report", post(report_handler))
+        .route("/layerlink/v1/framing", post(framing_handler))
 }
 
 /// A sync request body, as the handlers' shared start ([`accept`]) needs
@@ -773,6 +775,84 @@ async fn objects_handler(State(st): State<AppState>, headers: HeaderMap, body: B
     }
     .await;
     r.unwrap_or_else(|e| refused(&st, "objects", asked.device.as_deref(), &asked.image, e))
+}
+
+// ---- layer framing (`POST /framing`, `proto/SPEC.md` "Layer framing") ----
+
+/// `POST /framing`, before writing: the checks of an archive of this one
+/// layer ([`prepare_archive`]): the device may read the repository, the
+/// manifest is one of that repository, the layer one of that manifest
+/// (else 400, with the same words whether the layer exists elsewhere or
+/// nowhere). Returns the layer.
+pub fn prepare_framing(
+    store: &dyn ImageStore,
+    device: &Device,
+    req: &FramingRequest,
+) -> Result<Digest, SyncError> {
+    check_name("repository", &req.repository)?;
+    check_read(device, &req.repository)?;
+    let md = req.manifest_digest.to_string();
+    let img = plan::resolve_image(store, &req.repository, &md, None)?;
+    if !img.diff_ids.contains(&req.layer) {
+        return Err(SyncError::new(
+            ErrorCode::BadRequest,
+            format!(
+                "layer {} is not part of manifest {md} in {}",
+                req.layer, req.repository
+            ),
+        ));
+    }
+    plan::ensure_ingested(store, &img)?;
+    Ok(req.layer)
+}
+
+/// The compressed framing of `layer`; a layer without one is 404.
+pub fn framing_body(store: &dyn ImageStore, layer: &Digest) -> Result<Vec<u8>, SyncError> {
+    use crate::sync::framing::{framing_zstd, FramingError};
+    framing_zstd(store.database(), &store.objects(), layer).map_err(|e| match e {
+        FramingError::Unavailable(..) => SyncError::new(ErrorCode::NotFound, e.to_string()),
+        e => SyncError::internal(e),
+    })
+}
+
+impl SyncRequest for FramingRequest {
+    const NAME: &'static str = "FramingRequest";
+    fn label(&self) -> String {
+        format!("{}@{}", self.repository, self.manifest_digest)
+    }
+    fn repositories(&self) -> Vec<&str> {
+        vec![&self.repository]
+    }
+}
+
+async fn framing_handler(State(st): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+    let mut asked = Asked::default();
+    let r = async {
+        let layer = accept(&st, &headers, body, &mut asked, prepare_framing).await?;
+        let storage = st.storage.clone();
+        let bytes = blocking(move || framing_body(&*storage, &layer)).await?;
+        crate::http::metrics::sync_sent("framing", "complete", bytes.len() as u64);
+        tracing::info!(
+            device = asked.device.as_deref().unwrap_or_default(),
+            image = asked.image,
+            request = "framing",
+            layer = %layer,
+            bytes = bytes.len(),
+            "device sync"
+        );
+        Ok::<_, SyncError>(
+            (
+                [(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static(layerlink_proto::framing::CONTENT_TYPE),
+                )],
+                bytes,
+            )
+                .into_response(),
+        )
+    }
+    .await;
+    r.unwrap_or_else(|e| refused(&st, "framing", asked.device.as_deref(), &asked.image, e))
 }
 
 #[cfg(test)]

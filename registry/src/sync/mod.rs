@@ -10,6 +10,7 @@
 //! | [`devices`] | per-device holdings record (the mapping table) and the `devices` command |
 //! | [`error`] | [`SyncError`], the domain error of a sync request |
 //! | [`frame`] | the settings of every zstd frame an archive carries |
+//! | [`framing`] | layer framing ("tar-split"): a layer tar without file contents, for devices to recompute diff_ids |
 //!
 //! The `/layerlink/v1/` handlers that call these live in
 //! [`crate::http::sync`], which also maps [`SyncError`] to a response.
@@ -20,6 +21,7 @@ pub mod delta;
 pub mod devices;
 pub mod error;
 pub mod frame;
+pub mod framing;
 pub mod plan;
 pub mod precompute;
 

@@ -683,3 +683,44 @@ fn http_endpoints() {
     assert!(devs.iter().all(|d| d.id != "other" || d.layers == 0));
     drop(s.rt);
 }
+
+#[test]
+fn framing_requests_are_checked_like_archives() {
+    let r = MemRegistry::new();
+    let (base, app) = two_layers();
+    let (md, ids) = r.push("edge/app", "v1", &[base, app]);
+    let secret = TarBuilder::new()
+        .file("etc/secret", b"only the other tenant")
+        .finish_ref();
+    let (smd, sids) = r.push("secret/app", "v1", &[secret]);
+    let req = |repo: &str, m: Digest, layer: Digest| FramingRequest {
+        repository: repo.into(),
+        manifest_digest: m,
+        layer,
+    };
+    let only_edge = Device {
+        repositories: vec!["edge/*".into()],
+        ..dev("gw")
+    };
+    // Its own layer: a framing that decompresses to one for that layer.
+    let l = prepare_framing(&r, &only_edge, &req("edge/app", md, ids[1])).unwrap();
+    let body = framing_body(&r, &l).unwrap();
+    let raw = zstd::decode_all(&body[..]).unwrap();
+    assert_eq!(&raw[..8], &layerlink_proto::framing::MAGIC);
+    assert_eq!(&raw[8..40], &ids[1].0);
+    // Another tenant's repository: 401 as for a bad token.
+    let e = prepare_framing(&r, &only_edge, &req("secret/app", smd, sids[0])).unwrap_err();
+    assert_eq!(e.code, ErrorCode::Forbidden);
+    // Another tenant's layer through its own manifest: refused with the
+    // same words as a layer that exists nowhere.
+    let e1 = prepare_framing(&r, &only_edge, &req("edge/app", md, sids[0])).unwrap_err();
+    let e2 = prepare_framing(&r, &only_edge, &req("edge/app", md, Digest::of(b"x"))).unwrap_err();
+    assert_eq!(e1.code, ErrorCode::BadRequest);
+    assert_eq!(
+        e1.message.replace(&sids[0].to_string(), "L"),
+        e2.message.replace(&Digest::of(b"x").to_string(), "L")
+    );
+    // A manifest of another repository is not found in this one.
+    let e = prepare_framing(&r, &only_edge, &req("edge/app", smd, sids[0])).unwrap_err();
+    assert_eq!(e.code, ErrorCode::NotFound);
+}
