@@ -11,7 +11,7 @@ use layerlink_proto::framing::FramingRequest;
 use layerlink_proto::limits::MAX_MESSAGE_BYTES;
 use layerlink_proto::msg::{
     ArchiveRequest, ObjectsRequest, PlanRequest, PlanResponse, Report, ReportAck, API_PREFIX,
-    CONTENT_TYPE, HEADER_NEW_BYTES,
+    CONTENT_TYPE, HEADER_ARCHIVE_ID, HEADER_ARCHIVE_OFFSET, HEADER_NEW_BYTES, HEADER_RESUME,
 };
 use layerlink_proto::{ErrorBody, ErrorCode};
 use serde::de::DeserializeOwned;
@@ -29,6 +29,12 @@ pub struct Download {
     pub encoding: Option<Encoding>,
     /// The compressed archive.
     pub body: Box<dyn Read>,
+    /// `layerlink-archive-id`: the registry keeps this archive for a
+    /// resumption ([`crate::resume`]).
+    pub id: Option<String>,
+    /// `layerlink-archive-offset`: the body starts at this offset of the
+    /// archive `id` (a resumption was granted).
+    pub offset: Option<u64>,
 }
 
 /// The `layerlink-features` value this agent sends.
@@ -51,6 +57,12 @@ pub trait Remote {
     fn plan(&mut self, req: &PlanRequest) -> Result<PlanResponse>;
     /// `POST /archive`.
     fn archive(&mut self, req: &ArchiveRequest) -> Result<Download>;
+    /// `POST /archive` asking for the rest of a kept archive
+    /// (`layerlink-resume` value `resume`); the registry may answer with a
+    /// fresh one. Default: never resumes.
+    fn archive_resume(&mut self, req: &ArchiveRequest, _resume: &str) -> Result<Download> {
+        self.archive(req)
+    }
     /// `POST /objects`.
     fn objects(&mut self, req: &ObjectsRequest) -> Result<Download>;
     /// `POST /report`.
@@ -191,6 +203,15 @@ impl Client {
     }
 
     fn post(&self, path: &str, body: &[u8]) -> Result<ureq::http::Response<ureq::Body>> {
+        self.post_with(path, body, None)
+    }
+
+    fn post_with(
+        &self,
+        path: &str,
+        body: &[u8],
+        resume: Option<&str>,
+    ) -> Result<ureq::http::Response<ureq::Body>> {
         let url = format!("{}{API_PREFIX}{path}", self.base);
         let mut req = self
             .agent
@@ -199,6 +220,9 @@ impl Client {
             .header(FEATURES_HEADER, &self.features);
         if let Some(a) = &self.auth {
             req = req.header("authorization", a);
+        }
+        if let Some(r) = resume {
+            req = req.header(HEADER_RESUME, r);
         }
         let resp = req.send(body).map_err(|e| transport_error(&url, e))?;
         let status = resp.status().as_u16();
@@ -246,10 +270,23 @@ impl Client {
         })
     }
 
-    fn download<Q: Serialize>(&self, path: &str, req: &Q) -> Result<Download> {
+    fn download<Q: Serialize>(
+        &self,
+        path: &str,
+        req: &Q,
+        resume: Option<&str>,
+    ) -> Result<Download> {
         let body = postcard::to_allocvec(req)
             .map_err(|e| Error::Other(format!("encoding request: {e}")))?;
-        let resp = self.post(path, &body)?;
+        let resp = self.post_with(path, &body, resume)?;
+        let header = |name: &str| {
+            resp.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        let id = header(HEADER_ARCHIVE_ID).filter(|v| v.len() <= 64);
+        let offset = header(HEADER_ARCHIVE_OFFSET).and_then(|v| v.trim().parse().ok());
         let new_bytes = resp
             .headers()
             .get(HEADER_NEW_BYTES)
@@ -264,6 +301,8 @@ impl Client {
             new_bytes,
             encoding,
             body: Box::new(resp.into_body().into_reader()),
+            id,
+            offset,
         })
     }
 }
@@ -299,16 +338,19 @@ impl Remote for Client {
         self.call("/plan", req)
     }
     fn archive(&mut self, req: &ArchiveRequest) -> Result<Download> {
-        self.download("/archive", req)
+        self.download("/archive", req, None)
+    }
+    fn archive_resume(&mut self, req: &ArchiveRequest, resume: &str) -> Result<Download> {
+        self.download("/archive", req, Some(resume))
     }
     fn objects(&mut self, req: &ObjectsRequest) -> Result<Download> {
-        self.download("/objects", req)
+        self.download("/objects", req, None)
     }
     fn report(&mut self, req: &Report) -> Result<ReportAck> {
         self.call("/report", req)
     }
     fn framing(&mut self, req: &FramingRequest) -> Result<Download> {
-        self.download("/framing", req)
+        self.download("/framing", req, None)
     }
     fn oci_get(&mut self, path: &str, accept: &str, limit: u64) -> Result<Option<Vec<u8>>> {
         let url = format!("{}{path}", self.base);

@@ -35,6 +35,7 @@ pub mod fsops;
 pub mod json;
 pub mod platform;
 pub mod progress;
+pub mod resume;
 pub mod store;
 pub mod sync;
 pub mod tar;

@@ -402,7 +402,18 @@ fn sync_image(
             metadata: need_meta,
             holdings: holdings(store, &held),
         };
-        let dl = remote.archive(&req)?;
+        // The rest of an archive a cut left half-received (crate::resume),
+        // when it carries everything still missing.
+        let kept = crate::resume::find(store, &ip.manifest_digest).filter(|(k, _, _)| {
+            k.metadata == need_meta && missing.iter().all(|d| k.layers.contains(d))
+        });
+        let dl = match &kept {
+            Some((_, _, header)) => remote.archive_resume(&req, header)?,
+            None => remote.archive(&req)?,
+        };
+        let resumed = kept.filter(|(k, len, _)| {
+            dl.offset == Some(*len) && dl.id.as_deref() == Some(k.id.as_str())
+        });
         if let Some(n) = dl.new_bytes {
             // Content, plus room for directories, metadata and sync slack.
             let needed = n.saturating_add(n / 32).saturating_add(16 << 20);
@@ -416,7 +427,49 @@ fn sync_image(
                 });
             }
         }
-        let mut aopts = ApplyOptions::new(missing.clone());
+        // The stream: the kept bytes, then the network's, or a fresh archive
+        // kept as it arrives (when the disk has room for a second copy).
+        let (stream_layers, body): (Vec<Digest>, Box<dyn std::io::Read>) = match resumed {
+            Some((k, len, _)) => {
+                let Some((prefix, append)) = crate::resume::reopen(store) else {
+                    crate::resume::clear(store);
+                    return Err(Error::Transient("the kept archive went away".into()));
+                };
+                if opts.progress {
+                    eprintln!("image {name}: resuming the archive at {}", human(len));
+                }
+                let tee = crate::resume::Tee {
+                    inner: dl.body,
+                    out: Some(append),
+                };
+                (k.layers, Box::new(std::io::Read::chain(prefix, tee)))
+            }
+            None => {
+                let room = fsops::free_bytes(store.root_fd()).unwrap_or(0) / 2
+                    > dl.new_bytes.unwrap_or(0).saturating_add(64 << 20);
+                let out = match dl.id {
+                    Some(id) if room => crate::resume::start(
+                        store,
+                        &crate::resume::Kept {
+                            id,
+                            manifest: ip.manifest_digest,
+                            metadata: need_meta,
+                            layers: missing.clone(),
+                        },
+                    ),
+                    _ => {
+                        crate::resume::clear(store);
+                        None
+                    }
+                };
+                let tee = crate::resume::Tee {
+                    inner: dl.body,
+                    out,
+                };
+                (missing.clone(), Box::new(tee))
+            }
+        };
+        let mut aopts = ApplyOptions::new(stream_layers);
         aopts.image_layers = diff_ids.clone();
         aopts.metadata = need_meta;
         aopts.allow_devices = opts.allow_devices;
@@ -435,7 +488,11 @@ fn sync_image(
         }
         let mut applier = Applier::new(store, aopts)?;
         let announced = dl.new_bytes.unwrap_or(new_bytes);
-        let applied = applier.apply_encoded(dl.body, dl.encoding);
+        let applied = applier.apply_encoded(body, dl.encoding);
+        if matches!(applied, Err(Error::Integrity(_))) {
+            // Bad data is never replayed.
+            crate::resume::clear(store);
+        }
         applier.finish_progress();
         let stored = applier.stored_new_bytes();
         applied.map_err(|e| match e {
@@ -504,6 +561,7 @@ fn sync_image(
             return Err(bad_answer(format!("image {name}: layer {d} was not sent")));
         }
     }
+    crate::resume::clear(store);
     store.write_record(&ImageRecord {
         version: FORMAT_VERSION,
         image: want.clone(),

@@ -33,6 +33,16 @@ pub const ARCHIVE_CONTENT_TYPE_ZSTD: &str = "application/vnd.layerlink.archive.v
 /// Response header carrying the total uncompressed bytes of new file content
 /// in an archive, so the agent can check free space before applying.
 pub const HEADER_NEW_BYTES: &str = "x-layerlink-new-bytes";
+/// Response header of `POST /archive`: the registry keeps this archive so
+/// that a device cut off mid-way can ask for its rest (SPEC, "Resuming an
+/// archive").
+pub const HEADER_ARCHIVE_ID: &str = "layerlink-archive-id";
+/// Response header of `POST /archive`: the body is the kept archive from
+/// this byte offset.
+pub const HEADER_ARCHIVE_OFFSET: &str = "layerlink-archive-offset";
+/// Request header of `POST /archive`: `<id> <offset> <sha256 hex of the
+/// archive's first offset bytes>`.
+pub const HEADER_RESUME: &str = "layerlink-resume";
 
 /// The platform a device runs, matched against an image index.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -78,6 +78,31 @@ pub struct Config {
     /// Periodic garbage collection (see `gc`).
     #[serde(default)]
     pub gc: GcConfig,
+    /// Archives kept for devices to resume after a cut (`sync::resume`).
+    #[serde(default)]
+    pub resume: ResumeConfig,
+}
+
+/// `[resume]`: how many archive responses `serve` keeps so that a device
+/// cut off mid-way continues where it stopped instead of starting over.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ResumeConfig {
+    /// Most bytes kept (oldest dropped first); 0 turns resumption off.
+    /// Default 1 GiB.
+    pub max_bytes: u64,
+    /// How long an archive is kept (default `"1h"`).
+    #[serde(deserialize_with = "de_duration")]
+    pub keep: std::time::Duration,
+}
+
+impl Default for ResumeConfig {
+    fn default() -> Self {
+        ResumeConfig {
+            max_bytes: 1 << 30,
+            keep: std::time::Duration::from_secs(3600),
+        }
+    }
 }
 
 /// `[gc]`: when `serve` collects garbage by itself, and what it spares.

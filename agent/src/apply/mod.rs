@@ -202,6 +202,33 @@ impl<R: Read> Read for Bounded<R> {
     }
 }
 
+/// Read past the section of layer `diff_id`, which the store holds, up to
+/// its `layer-end` marker. What it skips does not count against the
+/// stream bound (it is read, never stored); at most
+/// [`MAX_LAYER_ENTRIES`] entries.
+fn skip_layer(tar: &mut Tar<'_>, diff_id: &Digest) -> Result<()> {
+    for _ in 0..=MAX_LAYER_ENTRIES {
+        let Some(h) = tar.next_header()? else {
+            break;
+        };
+        let left = &mut tar.get_mut().left;
+        *left = left.saturating_add(h.size.saturating_add(3 * 512));
+        match h.ll.marker {
+            Some(Marker::LayerEnd) if h.ll.diff_id == Some(*diff_id) => return Ok(()),
+            None | Some(Marker::Base) => {}
+            Some(m) => {
+                return Err(Error::integrity(format!(
+                    "unexpected {} marker inside layer {diff_id}",
+                    m.as_str()
+                )))
+            }
+        }
+    }
+    Err(Error::integrity(format!(
+        "layer {diff_id}: no layer-end marker"
+    )))
+}
+
 fn staging_name(d: &Digest) -> String {
     format!("layer-{}", d.hex())
 }
@@ -310,7 +337,13 @@ impl<'s> Applier<'s> {
                         )));
                     }
                     let diff_id = want.unwrap_or(self.empty);
-                    self.apply_layer(&mut tar, diff_id, next_layer)?;
+                    if !self.opts.any_layers && self.store.has_layer(&diff_id)? {
+                        // A resumed archive (crate::resume) replays layers
+                        // the cut run committed: read past them.
+                        skip_layer(&mut tar, &diff_id)?;
+                    } else {
+                        self.apply_layer(&mut tar, diff_id, next_layer)?;
+                    }
                     next_layer += 1;
                 }
                 Some(Marker::End) => {

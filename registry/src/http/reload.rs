@@ -35,6 +35,9 @@ pub fn apply(shared: &SharedConfig, new: Config) -> Result<String, String> {
     if old.gc != new.gc {
         restart_needed.push("[gc]");
     }
+    if new.resume != old.resume {
+        restart_needed.push("[resume]");
+    }
     let old_ids: std::collections::BTreeSet<&str> =
         old.devices.iter().map(|d| d.id.as_str()).collect();
     let new_ids: std::collections::BTreeSet<&str> =

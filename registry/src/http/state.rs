@@ -4,6 +4,7 @@
 use crate::config::Config;
 use crate::store::storage::Storage;
 use crate::sync::precompute::Precompute;
+use crate::sync::resume::ResumeCache;
 use std::sync::{Arc, RwLock};
 
 /// The config handlers read; [`SharedConfig::replace`] swaps it whole, so a
@@ -48,6 +49,9 @@ pub struct AppState {
     /// The Prometheus recorder's handle (`None`: `/metrics` answers 404;
     /// `serve` installs one, unit tests do not).
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    /// Archives kept for devices to resume (`[resume]` of the config at
+    /// start).
+    pub resume: Arc<ResumeCache>,
 }
 
 impl AppState {
@@ -60,7 +64,13 @@ impl AppState {
         let precompute = config
             .precompute()
             .then(|| Arc::new(Precompute::start(storage.clone())));
+        let resume = Arc::new(ResumeCache::new(
+            storage.data_dir().join("tmp").join("resume"),
+            config.resume.max_bytes,
+            config.resume.keep,
+        ));
         AppState {
+            resume,
             storage,
             shared_config: Arc::new(SharedConfig::new(config)),
             precompute,

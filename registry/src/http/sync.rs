@@ -21,6 +21,7 @@ use crate::sync::access;
 use crate::sync::archive::{self, Metadata};
 use crate::sync::devices;
 use crate::sync::plan::{self, Dedup, HeldObjects, ImageStore};
+use crate::sync::resume;
 pub use crate::sync::SyncError;
 use axum::body::{Body, Bytes};
 use axum::extract::State;
@@ -729,31 +730,81 @@ async fn archive_handler(State(st): State<AppState>, headers: HeaderMap, body: B
         let job = accept(&st, &headers, body, &mut asked, prepare_archive).await?;
         let features = features_of(&headers);
         let target = asked.target(&st, "archive");
-        let storage = target.storage.clone();
-        Ok(streaming_response(
-            job.new_bytes,
-            features,
-            target,
-            move |w| {
-                let meta = job.metadata.as_ref().map(|(m, c)| Metadata {
-                    manifest: m,
-                    config: c,
+        let device = target.device.clone();
+        // A retry after a cut: the kept archive from where the device stopped.
+        if let Some((id, offset, sha)) = resume_header(&headers) {
+            let cache = st.resume.clone();
+            let (image, device) = (asked.image.clone(), device.clone());
+            let kept = blocking(move || {
+                Ok(cache
+                    .get(&id, &device, &image)
+                    .filter(|k| k.prefix_matches(offset, &sha)))
+            })
+            .await?;
+            if let Some(kept) = kept {
+                tracing::info!(
+                    device = target.device,
+                    image = target.image,
+                    offset,
+                    "archive resumed"
+                );
+                let k = kept.clone();
+                let mut resp = streaming_response(kept.new_bytes, features, target, move |w| {
+                    k.serve(offset, w)
                 });
-                archive::write_image_archive_with(
-                    storage.db(),
-                    &index::object_store(&storage),
-                    meta,
-                    &job.layers,
-                    &job.held,
-                    features,
-                    w,
-                )
-                .map_err(|e| e.to_string())
-            },
-        ))
+                let h = resp.headers_mut();
+                h.insert(resume::HEADER_ARCHIVE_ID, header_value(kept.id()));
+                h.insert(resume::HEADER_ARCHIVE_OFFSET, HeaderValue::from(offset));
+                return Ok(resp);
+            }
+        }
+        let kept = st.resume.begin(&device, &asked.image, job.new_bytes);
+        let id = kept.as_ref().map(|(k, _)| k.id().to_owned());
+        let storage = target.storage.clone();
+        let mut resp = streaming_response(job.new_bytes, features, target, move |w| {
+            let meta = job.metadata.as_ref().map(|(m, c)| Metadata {
+                manifest: m,
+                config: c,
+            });
+            archive::write_image_archive_with(
+                storage.db(),
+                &index::object_store(&storage),
+                meta,
+                &job.layers,
+                &job.held,
+                features,
+                resume::Tee::new(w, kept),
+            )
+            .map_err(|e| e.to_string())?
+            .finish()
+        });
+        if let Some(id) = id {
+            resp.headers_mut()
+                .insert(resume::HEADER_ARCHIVE_ID, header_value(&id));
+        }
+        Ok(resp)
     }
     .await;
     r.unwrap_or_else(|e| refused(&st, "archive", asked.device.as_deref(), &asked.image, e))
+}
+
+/// `layerlink-resume: <id> <offset> <sha256 hex>`, when well formed.
+fn resume_header(headers: &HeaderMap) -> Option<(String, u64, String)> {
+    let v = headers.get(resume::HEADER_RESUME)?.to_str().ok()?;
+    let mut it = v.split_ascii_whitespace();
+    let id = it.next()?;
+    let offset = it.next()?.parse().ok()?;
+    let sha = it.next()?;
+    let ok = id.len() <= 64
+        && id.bytes().all(|b| b.is_ascii_hexdigit())
+        && sha.len() == 64
+        && sha.bytes().all(|b| b.is_ascii_hexdigit())
+        && it.next().is_none();
+    ok.then(|| (id.to_owned(), offset, sha.to_owned()))
+}
+
+fn header_value(s: &str) -> HeaderValue {
+    HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
 async fn objects_handler(State(st): State<AppState>, headers: HeaderMap, body: Body) -> Response {

@@ -24,5 +24,6 @@ pub mod frame;
 pub mod framing;
 pub mod plan;
 pub mod precompute;
+pub mod resume;
 
 pub use error::SyncError;
