@@ -219,3 +219,103 @@ fn a_cut_keeps_the_verified_objects_of_the_batch_in_flight() {
     );
     assert_checkout_matches_umoci(&agent, image, &oci, tag);
 }
+
+/// SIGKILL mid-archive: the next run sends `layerlink-resume` for the bytes
+/// it kept, the registry answers with the rest of the same archive, and
+/// the two runs together move the archive about once (what the kernel had
+/// buffered for the killed process and the second plan are all that
+/// travels twice); the kept bytes are gone after the sync, and the checkout
+/// equals umoci.
+#[test]
+fn a_cut_archive_is_resumed_from_where_it_stopped() {
+    let work = tempfile::Builder::new()
+        .prefix("layerlink-resume-")
+        .tempdir()
+        .unwrap();
+    let tag = "resume:v1";
+    make_image(work.path(), tag);
+    let oci = work.path().join("oci");
+    let reg = Registry::start(Some(DEVICE_CONFIG));
+    skopeo_push(&oci, tag, &reg, "test/resume:v1");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while reg.stat("layers") < 1 {
+        assert!(
+            Instant::now() < deadline,
+            "layer not ingested: {}",
+            reg.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let image = "test/resume:v1";
+    let reference = Agent::new(TOKEN);
+    let proxy = CountingProxy::start(reg.addr());
+    let out = sync_cmd(&reference, &proxy.url(), image).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let uncut = proxy.bytes_total();
+
+    // Killed half-way, in the middle of some file's content.
+    let agent = Agent::new(TOKEN);
+    let slow = CountingProxy::start(reg.addr());
+    slow.limit_down(RATE);
+    let mut child = sync_cmd(&agent, &slow.url(), image)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let half = uncut / 2 + (FILE_BYTES as u64) / 3;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while slow.bytes_total() < half {
+        assert!(
+            matches!(child.try_wait(), Ok(None)),
+            "the sync ended before half of the archive arrived"
+        );
+        assert!(Instant::now() < deadline, "half the archive took over 60 s");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let cut_bytes = slow.bytes_total();
+    drop(slow);
+    let part = agent.store.join("partial-archive");
+    let kept = std::fs::metadata(&part).map(|m| m.len()).unwrap_or(0);
+    assert!(kept > 0, "the cut run kept no bytes of the archive");
+
+    let proxy = CountingProxy::start(reg.addr());
+    let out = sync_cmd(&agent, &proxy.url(), image).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "rerun failed: {err}");
+    let rerun = proxy.bytes_total();
+    eprintln!("uncut {uncut} B; cut run {cut_bytes} B (kept {kept} B); rerun {rerun} B");
+    assert!(
+        reg.log().contains("archive resumed"),
+        "the registry did not resume the archive:\n{}",
+        reg.log()
+    );
+    // Twice over the wire: what the killed process had not read yet, and
+    // the rerun's plan and headers; a regenerated archive would also resend
+    // the metadata and the file that was half-received.
+    let slack = 128 * 1024;
+    assert!(
+        cut_bytes + rerun <= uncut + slack,
+        "cut run {cut_bytes} B + rerun {rerun} B > uncut {uncut} B + {slack} B\n{err}"
+    );
+    assert!(!part.exists(), "the kept bytes outlived the sync");
+    assert!(!agent.store.join("partial-archive.info").exists());
+    assert_eq!(
+        objects_of_size(&agent.store, FILE_BYTES as u64),
+        FILES,
+        "every big file is stored once"
+    );
+    let v = agent.verify();
+    assert!(
+        v.status.success(),
+        "verify after the rerun: {}{}",
+        String::from_utf8_lossy(&v.stdout),
+        String::from_utf8_lossy(&v.stderr)
+    );
+    assert_checkout_matches_umoci(&agent, image, &oci, tag);
+}
