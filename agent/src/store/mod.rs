@@ -23,6 +23,9 @@
 //! │                                     opaque dirs carry trusted.overlay.opaque=y
 //! ├── images/<sha256 of "repo:ref">.rec postcard ImageRecord: manifest, config,
 //! │                                     diff_ids, sync time
+//! ├── partial-archive[.info]            the compressed bytes of an archive a cut
+//! │                                     interrupted, for its resumption
+//! │                                     (`crate::resume`)
 //! └── tmp/                              staging (layer-<hex>/, staged objects
 //!                                       <64 hex>.<vkey>~<n>, local copies
 //!                                       obj-<n>, gc-…); at start-up sound
