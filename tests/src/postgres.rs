@@ -77,15 +77,22 @@ impl TestPostgres {
                 "--no-sync".as_ref(),
             ],
         );
+        pg.start_server();
+        pg
+    }
+
+    /// Start the (stopped) server again, on the same socket and data.
+    pub fn start_server(&mut self) {
         // Only the socket; no fsync (throwaway data); enough connections
         // for several pools.
         let options = format!(
             "-k {} -c listen_addresses='' -c fsync=off -c synchronous_commit=off \
              -c full_page_writes=off -c max_connections=200 -c shared_buffers=32MB",
-            pg.socket_dir().display()
+            self.socket_dir().display()
         );
-        let log = pg.root.join("server.log");
-        pg.run(
+        let data = self.root.join("data");
+        let log = self.root.join("server.log");
+        self.run(
             "pg_ctl",
             &[
                 "-D".as_ref(),
@@ -100,8 +107,25 @@ impl TestPostgres {
                 "start".as_ref(),
             ],
         );
-        pg.started = true;
-        pg
+        self.started = true;
+    }
+
+    /// Stop the server (`pg_ctl stop -m fast`: clients are disconnected);
+    /// [`TestPostgres::start_server`] brings it back with its data.
+    pub fn stop_server(&mut self) {
+        let data = self.root.join("data");
+        self.run(
+            "pg_ctl",
+            &[
+                "-D".as_ref(),
+                data.as_os_str(),
+                "-m".as_ref(),
+                "fast".as_ref(),
+                "-w".as_ref(),
+                "stop".as_ref(),
+            ],
+        );
+        self.started = false;
     }
 
     /// The directory holding the server's socket (`.s.PGSQL.5432`).
@@ -117,18 +141,22 @@ impl TestPostgres {
     /// Connection URL of database `db` (user `postgres`, over the socket).
     pub fn url(&self, db: &str) -> String {
         format!(
-            "postgresql://postgres@localhost/{db}?host={}",
+            "postgresql://postgres@/{db}?host={}",
             self.socket_dir().display()
         )
     }
 
-    /// Create a new, empty database and return its URL.
+    /// Create a new, empty database (named `test0`, `test1`, …; default
+    /// collation ICU `en`) and return its URL.
     pub fn create_database(&self) -> String {
         let n = self
             .next_db
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let name = format!("test{n}");
         let sock = self.socket_dir();
+        // An ICU default collation where "a" sorts before "B" (unlike the
+        // byte order of the C locale): code that relies on the database's
+        // default collation for its ordering is caught.
         self.run(
             "createdb",
             &[
@@ -136,6 +164,9 @@ impl TestPostgres {
                 sock.as_os_str(),
                 "-U".as_ref(),
                 "postgres".as_ref(),
+                "--template=template0".as_ref(),
+                "--locale-provider=icu".as_ref(),
+                "--icu-locale=en".as_ref(),
                 name.as_ref(),
             ],
         );
