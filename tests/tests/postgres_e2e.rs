@@ -131,6 +131,31 @@ fn push_pull_restart_with_metadata_in_postgres() {
         err.contains("PostgreSQL") && err.contains("--config"),
         "{err}"
     );
+    // `edit --data` refuses too; `gc --config` reads the same database
+    // (both images are tagged: nothing to collect, nothing kept back).
+    let config_path = reg.config_path().expect("config file").to_owned();
+    let _reg = reg.restart_after(|data| {
+        let out = layerlink_tests::run(
+            Command::new(registry_bin())
+                .args(["edit", "--data"])
+                .arg(data)
+                .args(["pg/tiny:v1", "--tag", "v1-edited", "--rm", "/nothing"]),
+        );
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("PostgreSQL"), "{err}");
+        let out = layerlink_tests::run(
+            Command::new(registry_bin())
+                .args(["gc", "--dry-run", "--json", "--data"])
+                .arg(data)
+                .arg("--config")
+                .arg(&config_path),
+        );
+        assert!(out.status.success(), "{out:?}");
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(report["manifests_deleted"].as_u64(), Some(0), "{report}");
+        assert_eq!(report["manifests_kept"].as_u64(), Some(2), "{report}");
+    });
 }
 
 /// `GET /readyz`: status and body.
