@@ -332,4 +332,16 @@ fn storage_selects_postgres_and_guards_the_data_dir() {
         s.resolve_manifest("a/b", "v1").unwrap().unwrap().bytes,
         b"{}"
     );
+    // A data dir with embedded metadata is not silently switched over.
+    let embedded = tempfile::tempdir().unwrap();
+    Storage::open(embedded.path())
+        .unwrap()
+        .put_blob("old/repo", &b"x"[..], None)
+        .unwrap();
+    let e = format!(
+        "{:#}",
+        Storage::open_with(embedded.path(), &config).err().unwrap()
+    );
+    assert!(e.contains("embedded metadata (1 repositories)"), "{e}");
+    assert!(!embedded.path().join(super::POSTGRES_MARKER).exists());
 }

@@ -112,6 +112,18 @@ impl Storage {
         let marker = data_dir.join(POSTGRES_MARKER);
         let meta: Box<dyn MetadataStore> = match config.postgres() {
             Some(url) => {
+                if !marker.exists() {
+                    // A directory that already has embedded metadata would
+                    // look empty: its images are not copied over (yet).
+                    let embedded = RedbMetadata::new(db.clone())?.counts()?;
+                    anyhow::ensure!(
+                        embedded.repositories == 0,
+                        "{} holds embedded metadata ({} repositories): moving it into \
+                         PostgreSQL is not supported; start from an empty data directory",
+                        data_dir.display(),
+                        embedded.repositories
+                    );
+                }
                 let meta = PgMetadata::connect(url).context("opening the PostgreSQL metadata")?;
                 if !marker.exists() {
                     std::fs::write(
