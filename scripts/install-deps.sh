@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install the tools the build, the test images, the end-to-end tests and the
-# benchmark (skopeo, umoci, crun, ostree as peers) need, and the Python tools
+# benchmark (skopeo, umoci, crun, ostree as peers) need, the PostgreSQL
+# server the metadata tests start throwaway clusters of, and the Python tools
 # of the e2e tests in venvs outside the clone, under
 # ${LAYERLINK_CACHE:-/var/cache/layerlink}: oras-venv (the ORAS SDK, the OCI
 # artifact client of oras_e2e) and sign-venv (`cryptography`, the signer of
@@ -47,6 +48,13 @@ done
 # `python3 -m venv` needs ensurepip, which Debian ships in python3-venv.
 if command -v python3 >/dev/null 2>&1 && ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
   missing+=(python3-venv)
+fi
+# PostgreSQL server (the metadata backend's tests: tests/src/postgres.rs
+# starts throwaway clusters with initdb/pg_ctl from /usr/lib/postgresql/*/bin,
+# which are not on PATH, hence not in PKG_FOR).
+pg_server_present() { compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null; }
+if ! pg_server_present; then
+  missing+=(postgresql)
 fi
 optional=()
 for cmd in "${!OPTIONAL_PKG_FOR[@]}"; do
@@ -117,6 +125,13 @@ echo "install-deps: installing ${missing[*]} ${optional[*]}"
 "${SUDO[@]}" apt-get update -qq ||
   echo "install-deps: apt-get update reported errors; installing from the package lists present"
 if ((${#missing[@]} > 0)); then
+  if [[ " ${missing[*]} " == *" postgresql "* ]]; then
+    # The tests start their own clusters: no system cluster running on
+    # port 5432 (postgresql-common reads createcluster.d at install).
+    "${SUDO[@]}" mkdir -p /etc/postgresql-common/createcluster.d
+    echo 'create_main_cluster = false' |
+      "${SUDO[@]}" tee /etc/postgresql-common/createcluster.d/layerlink.conf >/dev/null
+  fi
   "${SUDO[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 if ((${#optional[@]} > 0)); then
@@ -127,5 +142,6 @@ fi
 for cmd in "${!PKG_FOR[@]}"; do
   command -v "$cmd" >/dev/null 2>&1 || { echo "install-deps: $cmd still missing" >&2; exit 1; }
 done
+pg_server_present || { echo "install-deps: PostgreSQL server (initdb) still missing" >&2; exit 1; }
 install_python_tools
 echo "install-deps: done"

@@ -28,6 +28,10 @@
 //! grace = "1h"               # spare what was pushed or written this recently
 //! device_grace = "30d"       # layers held by devices seen this recently stay indexed ("0": none)
 //!
+//! # where the metadata lives (absent: the embedded redb database in the data dir)
+//! [storage]
+//! metadata = "postgres://layerlink:secret@db.example:5432/layerlink"
+//!
 //! # serve HTTPS (PEM files; relative paths are relative to this file)
 //! [tls]
 //! cert = "/etc/layerlink/cert.pem"     # certificate chain, server cert first
@@ -81,6 +85,9 @@ pub struct Config {
     /// Archives kept for devices to resume after a cut (`sync::resume`).
     #[serde(default)]
     pub resume: ResumeConfig,
+    /// Storage backends (see [`StorageConfig`]).
+    #[serde(default)]
+    pub storage: StorageConfig,
 }
 
 /// `[resume]`: how many archive responses `serve` keeps so that a device
@@ -102,6 +109,50 @@ impl Default for ResumeConfig {
             max_bytes: 1 << 30,
             keep: std::time::Duration::from_secs(3600),
         }
+    }
+}
+
+/// `[storage]`: where the registry keeps what it stores.
+#[derive(Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct StorageConfig {
+    /// `postgres://user:password@host:port/database` (or `postgresql://`;
+    /// `?host=/run/postgresql` for a unix socket): repositories, manifests,
+    /// tags, blob links, referrers and upload sessions in that PostgreSQL
+    /// database, shared by every registry process that names it. Absent:
+    /// the embedded redb database in the data directory. The layer index,
+    /// device holdings and caches stay in the data directory either way
+    /// (for now).
+    #[serde(default)]
+    pub metadata: Option<String>,
+}
+
+impl std::fmt::Debug for StorageConfig {
+    // The URL may carry a password: never print it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StorageConfig")
+            .field(
+                "metadata",
+                &self.metadata.as_ref().map(|_| "postgres://(redacted)"),
+            )
+            .finish()
+    }
+}
+
+impl StorageConfig {
+    /// The PostgreSQL URL when metadata lives there.
+    pub fn postgres(&self) -> Option<&str> {
+        self.metadata.as_deref()
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        if let Some(url) = &self.metadata {
+            anyhow::ensure!(
+                url.starts_with("postgres://") || url.starts_with("postgresql://"),
+                "[storage] metadata must be a postgres:// or postgresql:// URL"
+            );
+        }
+        Ok(())
     }
 }
 
@@ -247,6 +298,7 @@ impl Config {
         if let Some(l) = self.zstd_level {
             anyhow::ensure!((1..=22).contains(&l), "zstd_level must be 1..=22, not {l}");
         }
+        self.storage.validate()?;
         let mut users: HashMap<&str, usize> = HashMap::new();
         for (i, p) in self.publishers.iter().enumerate() {
             if let Some(first) = users.insert(&p.user, i) {
@@ -414,6 +466,28 @@ mod tests {
     }
 
     use super::*;
+
+    #[test]
+    fn storage_section() {
+        let c: Config = toml::from_str("").unwrap();
+        assert_eq!(c.storage.postgres(), None);
+        let c: Config =
+            toml::from_str("[storage]\nmetadata = \"postgres://u:hunter2@db/layerlink\"\n")
+                .unwrap();
+        c.validate().unwrap();
+        assert_eq!(
+            c.storage.postgres(),
+            Some("postgres://u:hunter2@db/layerlink")
+        );
+        assert!(
+            !format!("{c:?}").contains("hunter2"),
+            "the password is printed"
+        );
+        let c: Config = toml::from_str("[storage]\nmetadata = \"mysql://db/x\"\n").unwrap();
+        let e = format!("{:#}", c.validate().unwrap_err());
+        assert!(e.contains("postgres://"), "{e}");
+        assert!(toml::from_str::<Config>("[storage]\nmetdata = \"postgres://x\"\n").is_err());
+    }
 
     #[test]
     fn globs() {

@@ -44,6 +44,10 @@ enum Command {
         /// Data directory.
         #[arg(long)]
         data: PathBuf,
+        /// Registry config file: its `[storage]` section says where the
+        /// metadata is (needed when it is in PostgreSQL).
+        #[arg(long)]
+        config: Option<PathBuf>,
         /// JSON output.
         #[arg(long)]
         json: bool,
@@ -76,6 +80,10 @@ enum Command {
         /// Data directory.
         #[arg(long)]
         data: PathBuf,
+        /// Registry config file: its `[storage]` section says where the
+        /// metadata is (needed when it is in PostgreSQL).
+        #[arg(long)]
+        config: Option<PathBuf>,
         /// Count what would be freed, delete nothing.
         #[arg(long)]
         dry_run: bool,
@@ -95,6 +103,10 @@ enum Command {
         /// Data directory.
         #[arg(long)]
         data: PathBuf,
+        /// Registry config file: its `[storage]` section says where the
+        /// metadata is (needed when it is in PostgreSQL).
+        #[arg(long)]
+        config: Option<PathBuf>,
         /// JSON output.
         #[arg(long)]
         json: bool,
@@ -201,16 +213,17 @@ fn run(cli: Cli, loaded: Option<Config>) -> anyhow::Result<()> {
                 .filter(|d| d.token_sha256.is_some())
                 .count();
             println!(
-                "{}: ok: {} publisher(s), {} device(s) ({hashed} with hashed tokens), tls {}",
+                "{}: ok: {} publisher(s), {} device(s) ({hashed} with hashed tokens), tls {}, metadata {}",
                 file.display(),
                 config.publishers.len(),
                 config.devices.len(),
-                if config.tls.is_some() { "on" } else { "off" }
+                if config.tls.is_some() { "on" } else { "off" },
+                if config.storage.postgres().is_some() { "postgres" } else { "embedded" }
             );
             Ok(())
         }
-        Command::Stats { data, json } => {
-            let storage = open_existing(&data)?;
+        Command::Stats { data, config, json } => {
+            let storage = open_existing(&data, config.as_deref())?;
             let stats = layerlink_registry::stats::collect(&storage).context("collecting stats")?;
             let out = if json {
                 serde_json::to_string_pretty(&stats)? + "\n"
@@ -222,12 +235,13 @@ fn run(cli: Cli, loaded: Option<Config>) -> anyhow::Result<()> {
         }
         Command::Gc {
             data,
+            config,
             dry_run,
             grace,
             device_grace,
             json,
         } => {
-            let storage = open_existing(&data)?;
+            let storage = open_existing(&data, config.as_deref())?;
             // Serving processes hold this lock shared; their pushes are
             // fenced from a collection only inside one process.
             let lock = serve_lock(&data)?;
@@ -250,8 +264,8 @@ fn run(cli: Cli, loaded: Option<Config>) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Fleet { server, user, json } => fleet(&server, user.as_deref(), json),
-        Command::Devices { data, json } => {
-            let storage = open_existing(&data)?;
+        Command::Devices { data, config, json } => {
+            let storage = open_existing(&data, config.as_deref())?;
             layerlink_registry::sync::devices::print_devices(&storage, json)
         }
         Command::Edit(args) => {
@@ -320,7 +334,12 @@ fn gc_options(
     }
 }
 
-fn open_existing(data: &std::path::Path) -> anyhow::Result<Storage> {
+/// Open the store of an offline command, with the `[storage]` backends of
+/// `config` when given.
+fn open_existing(
+    data: &std::path::Path,
+    config: Option<&std::path::Path>,
+) -> anyhow::Result<Storage> {
     if !data.is_dir() {
         return Err(UsageError(anyhow::anyhow!(
             "data directory {} does not exist",
@@ -328,7 +347,11 @@ fn open_existing(data: &std::path::Path) -> anyhow::Result<Storage> {
         ))
         .into());
     }
-    Storage::open(data)
+    let storage = match config {
+        Some(path) => Config::load(path).map_err(UsageError)?.storage,
+        None => Default::default(),
+    };
+    Storage::open_with(data, &storage)
 }
 
 async fn serve(
@@ -349,8 +372,9 @@ async fn serve(
             data.display()
         );
     }
+    let storage_config = config.storage.clone();
     let storage = tokio::task::spawn_blocking(move || {
-        let s = Storage::open(&data)?;
+        let s = Storage::open_with(&data, &storage_config)?;
         // Leftovers of a crash: temp blobs, orphan upload files, and the
         // staging dirs of layer ingests that died with their process.
         s.clean_tmp()?;

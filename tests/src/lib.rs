@@ -14,6 +14,7 @@
 //! | [`args`] | flag parsing and MiB formatting for the harness binaries |
 //! | [`http`] | a raw HTTP/1.1 client for malformed and truncated requests |
 //! | [`fixture`] | a registry holding the test images; "checkout equals `umoci unpack`" |
+//! | [`postgres`] | [`TestPostgres`](postgres::TestPostgres): a throwaway PostgreSQL cluster on a unix socket, removed on drop |
 //!
 //! Nothing here stands in for a part under test: the oracles are skopeo,
 //! umoci, the file system and code written independently of the registry.
@@ -27,6 +28,7 @@ pub mod http;
 pub mod images;
 pub mod layers;
 pub mod oci;
+pub mod postgres;
 pub mod proxy;
 pub mod pump;
 pub mod registry;

@@ -235,6 +235,7 @@ impl Registry {
                 .arg("stats")
                 .arg("--data")
                 .arg(&self.data)
+                .args(self.storage_config_arg())
                 .arg("--json"),
         );
         assert!(
@@ -260,6 +261,7 @@ impl Registry {
                 .arg("devices")
                 .arg("--data")
                 .arg(&self.data)
+                .args(self.storage_config_arg())
                 .arg("--json"),
         );
         assert!(
@@ -274,6 +276,17 @@ impl Registry {
                 String::from_utf8_lossy(&out.stdout)
             )
         })
+    }
+
+    /// `--config FILE` for offline commands when the config has a
+    /// `[storage]` section (metadata elsewhere than the data dir).
+    pub fn storage_config_arg(&self) -> Vec<std::ffi::OsString> {
+        match &self.config {
+            Some(path) if std::fs::read_to_string(path).is_ok_and(|t| t.contains("[storage]")) => {
+                vec!["--config".into(), path.into()]
+            }
+            _ => Vec::new(),
+        }
     }
 
     /// One number from `stats --json` (panics naming the field if absent).

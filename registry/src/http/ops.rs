@@ -39,6 +39,10 @@ pub fn check_ready(storage: &Storage) -> Result<(), String> {
         .db()
         .begin_read()
         .map_err(|e| format!("metadata database: {e}"))?;
+    storage
+        .meta()
+        .check()
+        .map_err(|e| format!("metadata store: {e:#}"))?;
     let dir = storage.data_dir();
     let probe = dir.join(format!(
         ".readyz-{}-{}",

@@ -115,4 +115,7 @@ pub trait MetadataStore: Send + Sync {
 
     /// Counts for `stats`.
     fn counts(&self) -> anyhow::Result<MetaCounts>;
+
+    /// A trivial read: whether the store answers (`/readyz`).
+    fn check(&self) -> anyhow::Result<()>;
 }

@@ -27,8 +27,8 @@
 //! transaction.
 //!
 //! **Interfaces.** Handlers reach metadata only through [`MetadataStore`]
-//! (embedded: [`RedbMetadata`]); a distributed backend implements that
-//! trait. Blob bytes go through [`FsBlobs`]. Deleting a manifest or a blob
+//! (embedded: [`RedbMetadata`]; in PostgreSQL with `[storage] metadata`:
+//! [`PgMetadata`], and the data dir then holds [`POSTGRES_MARKER`]). Blob bytes go through [`FsBlobs`]. Deleting a manifest or a blob
 //! link never deletes bytes by itself: [`crate::gc`] does, later.
 //!
 //! **Concurrency.** redb serialises writers; the database is opened in
@@ -37,11 +37,19 @@
 
 mod blobs;
 mod meta;
+mod pg_meta;
 mod redb_meta;
 
 pub use blobs::{BlobError, BlobWriter, FsBlobs};
 pub use meta::{MetaCounts, MetadataStore, UploadSession};
+pub use pg_meta::PgMetadata;
 pub use redb_meta::RedbMetadata;
+
+/// Left in a data directory whose metadata is in PostgreSQL, so a command
+/// run on it without the config (`gc`, `stats`, `edit` …) refuses instead
+/// of reading the empty embedded metadata (and, for `gc`, deleting every
+/// blob as unreachable).
+pub const POSTGRES_MARKER: &str = "metadata-in-postgres";
 
 use anyhow::Context;
 use layerlink_proto::Digest;
@@ -79,8 +87,18 @@ pub struct Storage {
 }
 
 impl Storage {
-    /// Open (creating if needed) the store under `data_dir`.
+    /// Open (creating if needed) the store under `data_dir`, metadata in
+    /// the embedded database.
     pub fn open(data_dir: &Path) -> anyhow::Result<Storage> {
+        Self::open_with(data_dir, &crate::config::StorageConfig::default())
+    }
+
+    /// Open (creating if needed) the store under `data_dir` with the
+    /// backends `config` names (`[storage]`).
+    pub fn open_with(
+        data_dir: &Path,
+        config: &crate::config::StorageConfig,
+    ) -> anyhow::Result<Storage> {
         std::fs::create_dir_all(data_dir)
             .with_context(|| format!("creating data directory {}", data_dir.display()))?;
         let db_path = data_dir.join("registry.redb");
@@ -91,12 +109,47 @@ impl Storage {
         let db = Arc::new(db);
         let blobs = FsBlobs::open(data_dir)
             .with_context(|| format!("preparing blob directories under {}", data_dir.display()))?;
-        let meta = RedbMetadata::new(db.clone())?;
+        let marker = data_dir.join(POSTGRES_MARKER);
+        let meta: Box<dyn MetadataStore> = match config.postgres() {
+            Some(url) => {
+                if !marker.exists() {
+                    // A directory that already has embedded metadata would
+                    // look empty: its images are not copied over (yet).
+                    let embedded = RedbMetadata::new(db.clone())?.counts()?;
+                    anyhow::ensure!(
+                        embedded.repositories == 0,
+                        "{} holds embedded metadata ({} repositories): moving it into \
+                         PostgreSQL is not supported; start from an empty data directory",
+                        data_dir.display(),
+                        embedded.repositories
+                    );
+                }
+                let meta = PgMetadata::connect(url).context("opening the PostgreSQL metadata")?;
+                if !marker.exists() {
+                    std::fs::write(
+                        &marker,
+                        "This data directory's metadata is in PostgreSQL ([storage] metadata \
+                         of the registry config): give that config to every command.\n",
+                    )
+                    .with_context(|| format!("writing {}", marker.display()))?;
+                }
+                Box::new(meta)
+            }
+            None => {
+                anyhow::ensure!(
+                    !marker.exists(),
+                    "the metadata of {} is in PostgreSQL: give the registry config \
+                     ([storage] metadata) with --config",
+                    data_dir.display()
+                );
+                Box::new(RedbMetadata::new(db.clone())?)
+            }
+        };
         let storage = Storage {
             data_dir: data_dir.to_owned(),
             db,
             blobs,
-            meta: Box::new(meta),
+            meta,
             upload_locks: Mutex::new(HashMap::new()),
             gc_lock: RwLock::new(()),
         };
@@ -275,6 +328,9 @@ impl Storage {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod contract_tests;
 
 #[cfg(test)]
 mod tests {

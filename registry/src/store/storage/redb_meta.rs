@@ -351,4 +351,9 @@ impl MetadataStore for RedbMetadata {
             tagged_images: tagged.len() as u64,
         })
     }
+
+    fn check(&self) -> anyhow::Result<()> {
+        self.db.begin_read()?;
+        Ok(())
+    }
 }
