@@ -278,25 +278,22 @@ impl Client {
     ) -> Result<Download> {
         let body = postcard::to_allocvec(req)
             .map_err(|e| Error::Other(format!("encoding request: {e}")))?;
-        let resp = self.post_with(path, &body, resume)?;
+        // Not generic from here on: one copy for the three request types.
+        self.download_body(path, &body, resume)
+    }
+
+    fn download_body(&self, path: &str, body: &[u8], resume: Option<&str>) -> Result<Download> {
+        let resp = self.post_with(path, body, resume)?;
         let header = |name: &str| {
             resp.headers()
                 .get(name)
                 .and_then(|v| v.to_str().ok())
-                .map(str::to_owned)
+                .map(|v| v.trim().to_owned())
         };
         let id = header(HEADER_ARCHIVE_ID).filter(|v| v.len() <= 64);
-        let offset = header(HEADER_ARCHIVE_OFFSET).and_then(|v| v.trim().parse().ok());
-        let new_bytes = resp
-            .headers()
-            .get(HEADER_NEW_BYTES)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse().ok());
-        let encoding = resp
-            .headers()
-            .get("content-type")
-            .and_then(|v| v.to_str().ok())
-            .and_then(Encoding::from_content_type);
+        let offset = header(HEADER_ARCHIVE_OFFSET).and_then(|v| v.parse().ok());
+        let new_bytes = header(HEADER_NEW_BYTES).and_then(|v| v.parse().ok());
+        let encoding = header("content-type").and_then(|v| Encoding::from_content_type(&v));
         Ok(Download {
             new_bytes,
             encoding,

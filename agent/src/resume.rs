@@ -22,7 +22,6 @@ use crate::store::Store;
 use layerlink_proto::Digest;
 use rustix::fs::{self as rfs, Mode, OFlags};
 use sha2::{Digest as _, Sha256};
-use std::fmt::Write as _;
 use std::fs::File;
 use std::io::{self, Read, Write};
 
@@ -46,7 +45,8 @@ impl Kept {
     fn encode(&self) -> String {
         let mut s = format!("{}\n{}\n{}\n", self.id, self.manifest, self.metadata as u8);
         for l in &self.layers {
-            let _ = writeln!(s, "{l}");
+            s.push_str(&l.to_string());
+            s.push('\n');
         }
         s
     }
@@ -88,11 +88,7 @@ pub fn find(store: &Store, manifest: &Digest) -> Option<(Kept, u64, String)> {
             Err(_) => return None,
         }
     }
-    let mut hex = String::with_capacity(64);
-    for b in h.finalize() {
-        let _ = write!(hex, "{b:02x}");
-    }
-    let header = format!("{} {n} {hex}", k.id);
+    let header = format!("{} {n} {}", k.id, Digest::from_hasher(h).hex());
     (n > 0).then_some((k, n, header))
 }
 
@@ -124,17 +120,28 @@ pub fn clear(store: &Store) {
     }
 }
 
-/// A reader that appends what it reads to a file, and stops appending
-/// (keeping a shorter, still exact, prefix) when the file cannot take more.
-pub struct Tee<R> {
+/// The archive stream: the kept bytes to replay (if any), then the
+/// network's, appended to the kept file as they are read (appending stops,
+/// keeping a shorter but still exact prefix, when the file cannot take
+/// more). One type, so the agent carries one more `Read` vtable, not three.
+pub struct Stream {
+    /// Kept bytes replayed first.
+    pub prefix: Option<File>,
     /// The network body.
-    pub inner: R,
-    /// The kept file.
+    pub inner: Box<dyn Read>,
+    /// The kept file, appended to.
     pub out: Option<File>,
 }
 
-impl<R: Read> Read for Tee<R> {
+impl Read for Stream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if let Some(p) = &mut self.prefix {
+            let n = p.read(buf)?;
+            if n > 0 {
+                return Ok(n);
+            }
+            self.prefix = None;
+        }
         let n = self.inner.read(buf)?;
         if let Some(f) = &mut self.out {
             if f.write_all(&buf[..n]).is_err() {

@@ -429,20 +429,21 @@ fn sync_image(
         }
         // The stream: the kept bytes, then the network's, or a fresh archive
         // kept as it arrives (when the disk has room for a second copy).
-        let (stream_layers, body): (Vec<Digest>, Box<dyn std::io::Read>) = match resumed {
+        let (stream_layers, body) = match resumed {
             Some((k, len, _)) => {
                 let Some((prefix, append)) = crate::resume::reopen(store) else {
                     crate::resume::clear(store);
                     return Err(Error::Transient("the kept archive went away".into()));
                 };
                 if opts.progress {
-                    eprintln!("image {name}: resuming the archive at {}", human(len));
+                    eprintln!("image {name}: resuming the archive at byte {len}");
                 }
-                let tee = crate::resume::Tee {
+                let body = crate::resume::Stream {
+                    prefix: Some(prefix),
                     inner: dl.body,
                     out: Some(append),
                 };
-                (k.layers, Box::new(std::io::Read::chain(prefix, tee)))
+                (k.layers, body)
             }
             None => {
                 let room = fsops::free_bytes(store.root_fd()).unwrap_or(0) / 2
@@ -462,11 +463,12 @@ fn sync_image(
                         None
                     }
                 };
-                let tee = crate::resume::Tee {
+                let body = crate::resume::Stream {
+                    prefix: None,
                     inner: dl.body,
                     out,
                 };
-                (missing.clone(), Box::new(tee))
+                (missing.clone(), body)
             }
         };
         let mut aopts = ApplyOptions::new(stream_layers);
