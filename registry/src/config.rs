@@ -32,6 +32,18 @@
 //! [tls]
 //! cert = "/etc/layerlink/cert.pem"     # certificate chain, server cert first
 //! key = "/etc/layerlink/key.pem"       # PKCS#8, PKCS#1 (RSA) or SEC1 (EC) key
+//!
+//! # where original blobs live (default: the data directory, DATA/blobs/sha256)
+//! [storage]
+//! blobs = "s3://layerlink/prod"          # s3://bucket[/prefix], or "local"
+//!
+//! # the S3-compatible server; keys left out come from AWS_* environment variables
+//! [storage.s3]
+//! endpoint = "http://127.0.0.1:3900"     # absent: AWS S3 (http:// allows plain HTTP)
+//! region = "garage"
+//! access_key_id = "GK…"
+//! secret_access_key = "…"
+//! virtual_hosted_style = false           # true: https://bucket.endpoint/key
 //! ```
 
 use serde::Deserialize;
@@ -78,6 +90,55 @@ pub struct Config {
     /// Periodic garbage collection (see `gc`).
     #[serde(default)]
     pub gc: GcConfig,
+    /// Where blobs are stored (default: the data directory).
+    #[serde(default)]
+    pub storage: StorageConfig,
+}
+
+/// `[storage]`: the backends behind the data directory.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageConfig {
+    /// Original blobs: absent or `"local"`: `DATA/blobs/sha256/`;
+    /// `"s3://bucket[/prefix]"`: an S3-compatible object store
+    /// (configured in `[storage.s3]`). Uploads in flight stay in `DATA/tmp/`.
+    #[serde(default)]
+    pub blobs: Option<String>,
+    /// The S3-compatible server.
+    #[serde(default)]
+    pub s3: S3Config,
+}
+
+impl StorageConfig {
+    /// The S3 URL of the blob store, `None` for the local default.
+    pub fn s3_blobs(&self) -> Option<&str> {
+        self.blobs.as_deref().filter(|b| *b != "local")
+    }
+}
+
+/// `[storage.s3]`: how to reach the object store. Every key left out is
+/// taken from the environment (`AWS_ENDPOINT`, `AWS_REGION`,
+/// `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`), so secrets need not be in
+/// the file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3Config {
+    /// Server URL, e.g. `http://127.0.0.1:3900` (plain HTTP is allowed
+    /// when the URL says `http://`). Absent: AWS S3.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// Region the server expects in signatures (Garage: its `s3_region`).
+    #[serde(default)]
+    pub region: Option<String>,
+    /// Access key id.
+    #[serde(default)]
+    pub access_key_id: Option<String>,
+    /// Secret access key.
+    #[serde(default)]
+    pub secret_access_key: Option<String>,
+    /// Address buckets as `bucket.endpoint` instead of `endpoint/bucket`.
+    #[serde(default)]
+    pub virtual_hosted_style: bool,
 }
 
 /// `[gc]`: when `serve` collects garbage by itself, and what it spares.
@@ -218,9 +279,14 @@ impl Config {
     /// token and another device's hash of it collide too), no two
     /// publishers share a user name.
     pub fn validate(&self) -> anyhow::Result<()> {
+        use anyhow::Context;
         use std::collections::HashMap;
         if let Some(l) = self.zstd_level {
             anyhow::ensure!((1..=22).contains(&l), "zstd_level must be 1..=22, not {l}");
+        }
+        if let Some(url) = self.storage.s3_blobs() {
+            crate::store::storage::s3_blobs::parse_url(url)
+                .context("[storage] blobs must be \"local\" or \"s3://bucket[/prefix]\"")?;
         }
         let mut users: HashMap<&str, usize> = HashMap::new();
         for (i, p) in self.publishers.iter().enumerate() {

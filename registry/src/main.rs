@@ -44,6 +44,10 @@ enum Command {
         /// Data directory.
         #[arg(long)]
         data: PathBuf,
+        /// TOML config file of the registry (its `[storage]` section says
+        /// where blobs are; other sections are ignored here).
+        #[arg(long)]
+        config: Option<PathBuf>,
         /// JSON output.
         #[arg(long)]
         json: bool,
@@ -76,6 +80,10 @@ enum Command {
         /// Data directory.
         #[arg(long)]
         data: PathBuf,
+        /// TOML config file of the registry (its `[storage]` section says
+        /// where blobs are; other sections are ignored here).
+        #[arg(long)]
+        config: Option<PathBuf>,
         /// Count what would be freed, delete nothing.
         #[arg(long)]
         dry_run: bool,
@@ -95,6 +103,10 @@ enum Command {
         /// Data directory.
         #[arg(long)]
         data: PathBuf,
+        /// TOML config file of the registry (its `[storage]` section says
+        /// where blobs are; other sections are ignored here).
+        #[arg(long)]
+        config: Option<PathBuf>,
         /// JSON output.
         #[arg(long)]
         json: bool,
@@ -133,10 +145,14 @@ fn main() -> ExitCode {
     // `serve` reads its config first: it names the log format.
     let mut format = LogFormat::Text;
     let mut loaded = None;
-    if let Command::Serve {
-        config: Some(path), ..
-    } = &cli.command
-    {
+    let config_path = match &cli.command {
+        Command::Serve { config, .. }
+        | Command::Stats { config, .. }
+        | Command::Gc { config, .. }
+        | Command::Devices { config, .. } => config.as_ref(),
+        _ => None,
+    };
+    if let Some(path) = config_path {
         match Config::load(path) {
             Ok(c) => {
                 format = c.log_format;
@@ -209,8 +225,8 @@ fn run(cli: Cli, loaded: Option<Config>) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::Stats { data, json } => {
-            let storage = open_existing(&data)?;
+        Command::Stats { data, json, .. } => {
+            let storage = open_existing(&data, loaded.as_ref())?;
             let stats = layerlink_registry::stats::collect(&storage).context("collecting stats")?;
             let out = if json {
                 serde_json::to_string_pretty(&stats)? + "\n"
@@ -226,8 +242,9 @@ fn run(cli: Cli, loaded: Option<Config>) -> anyhow::Result<()> {
             grace,
             device_grace,
             json,
+            ..
         } => {
-            let storage = open_existing(&data)?;
+            let storage = open_existing(&data, loaded.as_ref())?;
             // Serving processes hold this lock shared; their pushes are
             // fenced from a collection only inside one process.
             let lock = serve_lock(&data)?;
@@ -250,8 +267,8 @@ fn run(cli: Cli, loaded: Option<Config>) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Fleet { server, user, json } => fleet(&server, user.as_deref(), json),
-        Command::Devices { data, json } => {
-            let storage = open_existing(&data)?;
+        Command::Devices { data, json, .. } => {
+            let storage = open_existing(&data, loaded.as_ref())?;
             layerlink_registry::sync::devices::print_devices(&storage, json)
         }
         Command::Edit(args) => {
@@ -320,7 +337,7 @@ fn gc_options(
     }
 }
 
-fn open_existing(data: &std::path::Path) -> anyhow::Result<Storage> {
+fn open_existing(data: &std::path::Path, config: Option<&Config>) -> anyhow::Result<Storage> {
     if !data.is_dir() {
         return Err(UsageError(anyhow::anyhow!(
             "data directory {} does not exist",
@@ -328,7 +345,7 @@ fn open_existing(data: &std::path::Path) -> anyhow::Result<Storage> {
         ))
         .into());
     }
-    Storage::open(data)
+    Storage::open_with(data, &config.map(|c| c.storage.clone()).unwrap_or_default())
 }
 
 async fn serve(
@@ -349,8 +366,9 @@ async fn serve(
             data.display()
         );
     }
+    let storage_config = config.storage.clone();
     let storage = tokio::task::spawn_blocking(move || {
-        let s = Storage::open(&data)?;
+        let s = Storage::open_with(&data, &storage_config)?;
         // Leftovers of a crash: temp blobs, orphan upload files, and the
         // staging dirs of layer ingests that died with their process.
         s.clean_tmp()?;
@@ -367,6 +385,7 @@ async fn serve(
         publishers = config.publishers.len(),
         devices = config.devices.len(),
         tls = transport.is_tls(),
+        blobs = %storage.blobs().store().location(),
         "registry ready"
     );
     let gc_config = config.gc.clone();

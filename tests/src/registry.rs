@@ -228,15 +228,19 @@ impl Registry {
             .sum()
     }
 
-    /// `layerlink-registry stats --data DIR --json`, parsed.
+    /// `layerlink-registry stats --data DIR --json` (with the registry's
+    /// `--config`, which says where blobs are), parsed.
     pub fn stats(&self) -> serde_json::Value {
-        let out = crate::run(
-            Command::new(registry_bin())
-                .arg("stats")
-                .arg("--data")
-                .arg(&self.data)
-                .arg("--json"),
-        );
+        let mut cmd = Command::new(registry_bin());
+        cmd.arg("stats").arg("--data").arg(&self.data).arg("--json");
+        // Only a config with `[storage]` matters to `stats` (other tests
+        // rewrite theirs, even into invalid files, to test reloads).
+        if let Some(c) = &self.config {
+            if std::fs::read_to_string(c).is_ok_and(|t| t.contains("[storage")) {
+                cmd.arg("--config").arg(c);
+            }
+        }
+        let out = crate::run(&mut cmd);
         assert!(
             out.status.success(),
             "layerlink-registry stats failed ({}):\n{}\n--- registry log\n{}",

@@ -39,6 +39,10 @@ pub struct EditArgs {
     /// Edit the registry store in this data directory.
     #[arg(long, value_name = "DIR")]
     pub data: Option<PathBuf>,
+    /// With `--data`: the registry's config file (its `[storage]` section
+    /// says where blobs are).
+    #[arg(long, value_name = "FILE", requires = "data")]
+    pub config: Option<PathBuf>,
     /// The image. Layout: its ref name (tag) or a sha256: digest. Registry: REPO:TAG or REPO@sha256:….
     #[arg(value_name = "IMAGE")]
     pub image: String,
@@ -180,7 +184,12 @@ impl EditArgs {
             (Some(dir), _) => edit_layout(dir, &self.image, &req),
             (None, Some(data)) => {
                 let (repo, reference) = parse_image_ref(&self.image)?;
-                let storage = Storage::open(data)?;
+                let storage = match &self.config {
+                    Some(file) => {
+                        Storage::open_with(data, &crate::config::Config::load(file)?.storage)?
+                    }
+                    None => Storage::open(data)?,
+                };
                 edit_image(&RegistryImage::new(&storage, &repo)?, &reference, &req)
             }
             (None, None) => Err(EditError::Invalid("give --layout DIR or --data DIR".into())),

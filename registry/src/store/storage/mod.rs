@@ -28,7 +28,9 @@
 //!
 //! **Interfaces.** Handlers reach metadata only through [`MetadataStore`]
 //! (embedded: [`RedbMetadata`]); a distributed backend implements that
-//! trait. Blob bytes go through [`FsBlobs`]. Deleting a manifest or a blob
+//! trait. Blob bytes go through [`Blobs`]: finished blobs in a [`BlobStore`]
+//! ([`FsBlobStore`] by default, [`S3BlobStore`] with `[storage] blobs =
+//! "s3://…"`), uploads in flight always in `tmp/`. Deleting a manifest or a blob
 //! link never deletes bytes by itself: [`crate::gc`] does, later.
 //!
 //! **Concurrency.** redb serialises writers; the database is opened in
@@ -38,16 +40,17 @@
 mod blobs;
 mod meta;
 mod redb_meta;
+pub mod s3_blobs;
 
-pub use blobs::{BlobError, BlobWriter, FsBlobs};
+pub use blobs::{BlobError, BlobRead, BlobStore, BlobWriter, Blobs, FsBlobStore};
 pub use meta::{MetaCounts, MetadataStore, UploadSession};
 pub use redb_meta::RedbMetadata;
+pub use s3_blobs::S3BlobStore;
 
 use anyhow::Context;
 use layerlink_proto::Digest;
 use sha2::Sha256;
 use std::collections::HashMap;
-use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -72,15 +75,25 @@ pub type UploadCursor = Option<(u64, Sha256)>;
 pub struct Storage {
     data_dir: PathBuf,
     db: Arc<redb::Database>,
-    blobs: FsBlobs,
+    blobs: Blobs,
     meta: Box<dyn MetadataStore>,
     upload_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<UploadCursor>>>>,
     gc_lock: RwLock<()>,
 }
 
 impl Storage {
-    /// Open (creating if needed) the store under `data_dir`.
+    /// Open (creating if needed) the store under `data_dir`, every part
+    /// embedded (blobs in `data_dir/blobs/`).
     pub fn open(data_dir: &Path) -> anyhow::Result<Storage> {
+        Storage::open_with(data_dir, &crate::config::StorageConfig::default())
+    }
+
+    /// Open (creating if needed) the store under `data_dir`, with the
+    /// backends `config` selects (`[storage]`).
+    pub fn open_with(
+        data_dir: &Path,
+        config: &crate::config::StorageConfig,
+    ) -> anyhow::Result<Storage> {
         std::fs::create_dir_all(data_dir)
             .with_context(|| format!("creating data directory {}", data_dir.display()))?;
         let db_path = data_dir.join("registry.redb");
@@ -89,8 +102,14 @@ impl Storage {
             .create(&db_path)
             .with_context(|| format!("opening database {}", db_path.display()))?;
         let db = Arc::new(db);
-        let blobs = FsBlobs::open(data_dir)
-            .with_context(|| format!("preparing blob directories under {}", data_dir.display()))?;
+        let blobs = match config.s3_blobs() {
+            None => Blobs::open(data_dir),
+            Some(url) => {
+                let store = S3BlobStore::open(url, &config.s3)?;
+                Blobs::with_store(data_dir, Box::new(store))
+            }
+        }
+        .with_context(|| format!("preparing blob directories under {}", data_dir.display()))?;
         let meta = RedbMetadata::new(db.clone())?;
         let storage = Storage {
             data_dir: data_dir.to_owned(),
@@ -120,13 +139,13 @@ impl Storage {
         &*self.meta
     }
 
-    /// The blob files.
-    pub fn blobs(&self) -> &FsBlobs {
+    /// The blobs.
+    pub fn blobs(&self) -> &Blobs {
         &self.blobs
     }
 
     /// Open a stored blob for reading, `None` if absent.
-    pub fn open_blob(&self, digest: &Digest) -> std::io::Result<Option<File>> {
+    pub fn open_blob(&self, digest: &Digest) -> std::io::Result<Option<BlobRead>> {
         self.blobs.open_blob(digest)
     }
 
