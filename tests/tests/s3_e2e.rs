@@ -158,3 +158,81 @@ fn registry_refuses_to_start_when_the_bucket_is_wrong() {
         "error does not name the store: {err}"
     );
 }
+
+/// `layerlink-registry gc` with `--config` collects blobs in the bucket:
+/// what only the deleted image used goes (bytes counted from the source
+/// layout, independently of the registry), everything the live image needs
+/// stays, and the registry still serves it afterwards.
+#[test]
+fn gc_frees_blobs_in_the_bucket() {
+    let g = Garage::start("gc-test");
+    let images = test_images();
+    let src = images.layout();
+    let (gone, live) = ("tiny:v1", "tiny:v2");
+    let reg = Registry::start(Some(&g.storage_toml("gc")));
+    for tag in [gone, live] {
+        skopeo_push(&images.oci_dir, tag, &reg, &format!("gc/{tag}"));
+    }
+    let blobs_of = |tag: &str| -> std::collections::BTreeMap<String, u64> {
+        let mut m: BTreeMap<String, u64> = src
+            .layers(tag)
+            .into_iter()
+            .map(|l| (l.digest, l.size))
+            .collect();
+        let c = src.config_descriptor(tag);
+        m.insert(c.digest, c.size);
+        m
+    };
+    let (gone_blobs, live_blobs) = (blobs_of(gone), blobs_of(live));
+    let only_gone: BTreeMap<String, u64> = gone_blobs
+        .iter()
+        .filter(|(d, _)| !live_blobs.contains_key(*d))
+        .map(|(d, s)| (d.clone(), *s))
+        .collect();
+    assert!(!only_gone.is_empty(), "tiny:v1 and v2 no longer differ");
+    let mut all = live_blobs.clone();
+    all.extend(gone_blobs.clone());
+    assert_eq!(bucket_blobs(&g, "gc"), all);
+
+    let r = layerlink_tests::http::request(
+        reg.addr(),
+        "DELETE",
+        &format!("/v2/gc/tiny/manifests/{}", &gone[5..]),
+        &[],
+        b"",
+    );
+    assert_eq!(r.status, 202, "DELETE tag: {}", r.text());
+    let cfg = reg.config_path().unwrap().to_owned();
+    let mut report = serde_json::Value::Null;
+    let reg = reg.restart_after(|data| {
+        let out = layerlink_tests::run(
+            std::process::Command::new(layerlink_tests::bins::registry_bin())
+                .args(["gc", "--json", "--grace", "0", "--data"])
+                .arg(data)
+                .arg("--config")
+                .arg(&cfg),
+        );
+        assert!(
+            out.status.success(),
+            "gc failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        report = serde_json::from_slice(&out.stdout).unwrap();
+    });
+    assert_eq!(
+        report["blobs_deleted"].as_u64(),
+        Some(only_gone.len() as u64),
+        "{report}"
+    );
+    assert_eq!(
+        report["blob_bytes"].as_u64(),
+        Some(only_gone.values().sum::<u64>()),
+        "{report}"
+    );
+    assert_eq!(bucket_blobs(&g, "gc"), live_blobs, "bucket after gc");
+
+    let tmp = tempfile::tempdir().unwrap();
+    skopeo_pull(&reg, &format!("gc/{live}"), &tmp.path().join("p"), "x");
+    let pulled = OciLayout::open(tmp.path().join("p"));
+    assert_eq!(pulled.manifest_bytes("x"), src.manifest_bytes(live));
+}

@@ -41,9 +41,11 @@ use anyhow::Context;
 use bytes::Bytes;
 use futures_util::stream::{BoxStream, StreamExt};
 use layerlink_proto::Digest;
-use object_store::aws::{AmazonS3, AmazonS3Builder};
+use object_store::aws::{AmazonS3, AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::path::Path as ObjPath;
-use object_store::{GetOptions, GetRange, ObjectStore, PutPayload, WriteMultipart};
+use object_store::{
+    ClientConfigKey, GetOptions, GetRange, ObjectStore, PutPayload, WriteMultipart,
+};
 use std::collections::HashMap;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
@@ -108,7 +110,12 @@ impl S3BlobStore {
     /// `AWS_ENDPOINT`, …). Checks that the bucket answers.
     pub fn open(url: &str, config: &S3Config) -> anyhow::Result<S3BlobStore> {
         let (bucket, prefix) = parse_url(url)?;
-        let mut b = AmazonS3Builder::from_env().with_bucket_name(&bucket);
+        // The client's default 30 s limit covers a whole request, body
+        // included: a layer streamed to a slow client (the channel applies
+        // backpressure) must not be cut after 30 s.
+        let mut b = AmazonS3Builder::from_env()
+            .with_bucket_name(&bucket)
+            .with_config(AmazonS3ConfigKey::Client(ClientConfigKey::Timeout), "1h");
         if let Some(e) = &config.endpoint {
             b = b.with_endpoint(e).with_allow_http(e.starts_with("http://"));
         }
