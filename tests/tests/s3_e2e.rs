@@ -236,3 +236,45 @@ fn gc_frees_blobs_in_the_bucket() {
     let pulled = OciLayout::open(tmp.path().join("p"));
     assert_eq!(pulled.manifest_bytes("x"), src.manifest_bytes(live));
 }
+
+/// The object store unreachable: `serve` refuses to start (exit 1, the
+/// error names the store, after the client's retries: ~5 s for a refused
+/// connection); a running registry whose store goes away answers blob
+/// reads with 500 and keeps serving.
+#[test]
+fn unreachable_object_store() {
+    let g = Garage::start("gone");
+    let toml = g.storage_toml("u");
+    let images = test_images();
+    let src = images.layout();
+    let mut reg = Registry::start(Some(&toml));
+    skopeo_push(&images.oci_dir, "tiny:v1", &reg, "u/tiny:v1");
+    let layer = src.layers("tiny:v1")[0].digest.clone();
+    let path = format!("/v2/u/tiny/blobs/{layer}");
+    assert_eq!(
+        layerlink_tests::http::request(reg.addr(), "GET", &path, &[], b"").status,
+        200
+    );
+    let endpoint = g.endpoint.clone();
+    drop(g);
+    let r = layerlink_tests::http::request(reg.addr(), "GET", &path, &[], b"");
+    assert_eq!(r.status, 500, "blob read with the store gone: {}", r.text());
+    assert!(reg.is_running(), "the registry died with its object store");
+
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("registry.toml");
+    std::fs::write(&cfg, &toml).unwrap();
+    let out = layerlink_tests::run(
+        std::process::Command::new(layerlink_tests::bins::registry_bin())
+            .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+            .arg(dir.path().join("data"))
+            .arg("--config")
+            .arg(&cfg),
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("listing blob store s3://gone/u") && err.contains(&endpoint[7..]),
+        "{err}"
+    );
+}
