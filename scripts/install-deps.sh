@@ -68,6 +68,20 @@ if ! command -v cargo-fuzz >/dev/null 2>&1 && ! [[ -x "$HOME/.cargo/bin/cargo-fu
   cargo install --locked cargo-fuzz
 fi
 
+# Garage (a real S3-compatible object store; the tests' S3 server, started
+# per test by tests/src/garage.rs): from crates.io, built once into the
+# cache (sqlite metadata engine, libraries bundled: no system sqlite or
+# zstd needed). Its build is long (see README); the cached binary is what
+# CI uses afterwards. LAYERLINK_GARAGE overrides the binary the tests use.
+GARAGE_VERSION=2.5.0
+GARAGE_ROOT="${LAYERLINK_CACHE:-/var/cache/layerlink}/garage-$GARAGE_VERSION"
+if ! [[ -x "$GARAGE_ROOT/bin/garage" ]]; then
+  echo "install-deps: cargo install garage $GARAGE_VERSION into $GARAGE_ROOT"
+  CARGO_TARGET_DIR="${LAYERLINK_CACHE:-/var/cache/layerlink}/garage-build/target" \
+    cargo install garage --version "$GARAGE_VERSION" --locked \
+    --no-default-features --features bundled-libs,sqlite --root "$GARAGE_ROOT"
+fi
+
 # Python tools of the e2e tests, each pinned with its dependencies by a
 # requirements file, each in a venv outside the clone, rebuilt only when its
 # requirements change or it does not import its module:

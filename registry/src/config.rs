@@ -36,6 +36,18 @@
 //! [tls]
 //! cert = "/etc/layerlink/cert.pem"     # certificate chain, server cert first
 //! key = "/etc/layerlink/key.pem"       # PKCS#8, PKCS#1 (RSA) or SEC1 (EC) key
+//!
+//! # where original blobs live (default: the data directory, DATA/blobs/sha256)
+//! [storage]
+//! blobs = "s3://layerlink/prod"          # s3://bucket[/prefix], or "local"
+//!
+//! # the S3-compatible server; keys left out come from AWS_* environment variables
+//! [storage.s3]
+//! endpoint = "http://127.0.0.1:3900"     # absent: AWS S3 (http:// allows plain HTTP)
+//! region = "garage"
+//! access_key_id = "GK…"
+//! secret_access_key = "…"
+//! virtual_hosted_style = false           # true: https://bucket.endpoint/key
 //! ```
 
 use serde::Deserialize;
@@ -112,7 +124,7 @@ impl Default for ResumeConfig {
     }
 }
 
-/// `[storage]`: where the registry keeps what it stores.
+/// `[storage]`: the backends behind the data directory.
 #[derive(Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct StorageConfig {
@@ -125,17 +137,28 @@ pub struct StorageConfig {
     /// (for now).
     #[serde(default)]
     pub metadata: Option<String>,
+    /// Original blobs: absent or `"local"`: `DATA/blobs/sha256/`;
+    /// `"s3://bucket[/prefix]"`: an S3-compatible object store
+    /// (configured in `[storage.s3]`). Uploads in flight stay in `DATA/tmp/`.
+    #[serde(default)]
+    pub blobs: Option<String>,
+    /// The S3-compatible server.
+    #[serde(default)]
+    pub s3: S3Config,
 }
 
 impl std::fmt::Debug for StorageConfig {
-    // The URL may carry a password: never print it.
+    // The URL and the secret key are credentials: never print them.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("StorageConfig")
             .field(
                 "metadata",
                 &self.metadata.as_ref().map(|_| "postgres://(redacted)"),
             )
-            .finish()
+            .field("blobs", &self.blobs)
+            .field("s3.endpoint", &self.s3.endpoint)
+            .field("s3.region", &self.s3.region)
+            .finish_non_exhaustive()
     }
 }
 
@@ -145,6 +168,11 @@ impl StorageConfig {
         self.metadata.as_deref()
     }
 
+    /// The S3 URL of the blob store, `None` for the local default.
+    pub fn s3_blobs(&self) -> Option<&str> {
+        self.blobs.as_deref().filter(|b| *b != "local")
+    }
+
     fn validate(&self) -> anyhow::Result<()> {
         if let Some(url) = &self.metadata {
             anyhow::ensure!(
@@ -152,8 +180,38 @@ impl StorageConfig {
                 "[storage] metadata must be a postgres:// or postgresql:// URL"
             );
         }
+        if let Some(url) = self.s3_blobs() {
+            use anyhow::Context;
+            crate::store::storage::s3_blobs::parse_url(url)
+                .context("[storage] blobs must be \"local\" or \"s3://bucket[/prefix]\"")?;
+        }
         Ok(())
     }
+}
+
+/// `[storage.s3]`: how to reach the object store. Every key left out is
+/// taken from the environment (`AWS_ENDPOINT`, `AWS_REGION`,
+/// `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`), so secrets need not be in
+/// the file.
+#[derive(Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct S3Config {
+    /// Server URL, e.g. `http://127.0.0.1:3900` (plain HTTP is allowed
+    /// when the URL says `http://`). Absent: AWS S3.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// Region the server expects in signatures (Garage: its `s3_region`).
+    #[serde(default)]
+    pub region: Option<String>,
+    /// Access key id.
+    #[serde(default)]
+    pub access_key_id: Option<String>,
+    /// Secret access key.
+    #[serde(default)]
+    pub secret_access_key: Option<String>,
+    /// Address buckets as `bucket.endpoint` instead of `endpoint/bucket`.
+    #[serde(default)]
+    pub virtual_hosted_style: bool,
 }
 
 /// `[gc]`: when `serve` collects garbage by itself, and what it spares.

@@ -25,7 +25,7 @@
 //! checks its blobs, ingests its layers and commits, so the collector never
 //! sees half an ingest. Blobs uploaded (or pushed again, or mounted) but not
 //! yet named by a manifest are kept while their file is younger than the
-//! grace period (`FsBlobs::commit` and mounts touch the file); so are object
+//! grace period (`Blobs::commit` and mounts touch the blob); so are object
 //! and cache files. A manifest PUT that names a blob the collector removed
 //! (a client that checked the blob before the collection and pushed the
 //! manifest long after) gets `MANIFEST_BLOB_UNKNOWN` and pushes the blob
@@ -422,16 +422,16 @@ pub fn run(storage: &Storage, opts: &Options) -> anyhow::Result<Report> {
     }
 
     // --- then files -------------------------------------------------------
-    for (d, _, t) in &blob_files {
+    for (d, size, t) in &blob_files {
         if !kept_blobs.contains(d) && *t < cutoff {
-            let mut n = 0;
-            free_file(
-                &storage.blobs().path(d),
-                dry,
-                &mut n,
-                &mut report.blob_bytes,
-            )?;
-            report.blobs_deleted += n;
+            if !dry {
+                storage
+                    .blobs()
+                    .remove(d)
+                    .with_context(|| format!("removing blob {d}"))?;
+            }
+            report.blobs_deleted += 1;
+            report.blob_bytes += size;
         }
     }
 
@@ -702,7 +702,7 @@ mod tests {
         let old = SystemTime::now() - Duration::from_secs(7200);
         fs::File::options()
             .write(true)
-            .open(s.blobs().path(&again))
+            .open(s.blobs().local_path(&again).unwrap())
             .unwrap()
             .set_modified(old)
             .unwrap();

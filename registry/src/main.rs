@@ -45,7 +45,8 @@ enum Command {
         #[arg(long)]
         data: PathBuf,
         /// Registry config file: its `[storage]` section says where the
-        /// metadata is (needed when it is in PostgreSQL).
+        /// metadata (PostgreSQL) and the blobs (S3) are; other sections are
+        /// ignored here.
         #[arg(long)]
         config: Option<PathBuf>,
         /// JSON output.
@@ -81,7 +82,8 @@ enum Command {
         #[arg(long)]
         data: PathBuf,
         /// Registry config file: its `[storage]` section says where the
-        /// metadata is (needed when it is in PostgreSQL).
+        /// metadata (PostgreSQL) and the blobs (S3) are; other sections are
+        /// ignored here.
         #[arg(long)]
         config: Option<PathBuf>,
         /// Count what would be freed, delete nothing.
@@ -104,7 +106,8 @@ enum Command {
         #[arg(long)]
         data: PathBuf,
         /// Registry config file: its `[storage]` section says where the
-        /// metadata is (needed when it is in PostgreSQL).
+        /// metadata (PostgreSQL) and the blobs (S3) are; other sections are
+        /// ignored here.
         #[arg(long)]
         config: Option<PathBuf>,
         /// JSON output.
@@ -145,10 +148,14 @@ fn main() -> ExitCode {
     // `serve` reads its config first: it names the log format.
     let mut format = LogFormat::Text;
     let mut loaded = None;
-    if let Command::Serve {
-        config: Some(path), ..
-    } = &cli.command
-    {
+    let config_path = match &cli.command {
+        Command::Serve { config, .. }
+        | Command::Stats { config, .. }
+        | Command::Gc { config, .. }
+        | Command::Devices { config, .. } => config.as_ref(),
+        _ => None,
+    };
+    if let Some(path) = config_path {
         match Config::load(path) {
             Ok(c) => {
                 format = c.log_format;
@@ -222,8 +229,8 @@ fn run(cli: Cli, loaded: Option<Config>) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::Stats { data, config, json } => {
-            let storage = open_existing(&data, config.as_deref())?;
+        Command::Stats { data, json, .. } => {
+            let storage = open_existing(&data, loaded.as_ref())?;
             let stats = layerlink_registry::stats::collect(&storage).context("collecting stats")?;
             let out = if json {
                 serde_json::to_string_pretty(&stats)? + "\n"
@@ -235,13 +242,13 @@ fn run(cli: Cli, loaded: Option<Config>) -> anyhow::Result<()> {
         }
         Command::Gc {
             data,
-            config,
             dry_run,
             grace,
             device_grace,
             json,
+            ..
         } => {
-            let storage = open_existing(&data, config.as_deref())?;
+            let storage = open_existing(&data, loaded.as_ref())?;
             // Serving processes hold this lock shared; their pushes are
             // fenced from a collection only inside one process.
             let lock = serve_lock(&data)?;
@@ -264,8 +271,8 @@ fn run(cli: Cli, loaded: Option<Config>) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Fleet { server, user, json } => fleet(&server, user.as_deref(), json),
-        Command::Devices { data, config, json } => {
-            let storage = open_existing(&data, config.as_deref())?;
+        Command::Devices { data, json, .. } => {
+            let storage = open_existing(&data, loaded.as_ref())?;
             layerlink_registry::sync::devices::print_devices(&storage, json)
         }
         Command::Edit(args) => {
@@ -334,12 +341,7 @@ fn gc_options(
     }
 }
 
-/// Open the store of an offline command, with the `[storage]` backends of
-/// `config` when given.
-fn open_existing(
-    data: &std::path::Path,
-    config: Option<&std::path::Path>,
-) -> anyhow::Result<Storage> {
+fn open_existing(data: &std::path::Path, config: Option<&Config>) -> anyhow::Result<Storage> {
     if !data.is_dir() {
         return Err(UsageError(anyhow::anyhow!(
             "data directory {} does not exist",
@@ -347,11 +349,7 @@ fn open_existing(
         ))
         .into());
     }
-    let storage = match config {
-        Some(path) => Config::load(path).map_err(UsageError)?.storage,
-        None => Default::default(),
-    };
-    Storage::open_with(data, &storage)
+    Storage::open_with(data, &config.map(|c| c.storage.clone()).unwrap_or_default())
 }
 
 async fn serve(
@@ -391,6 +389,7 @@ async fn serve(
         publishers = config.publishers.len(),
         devices = config.devices.len(),
         tls = transport.is_tls(),
+        blobs = %storage.blobs().store().location(),
         "registry ready"
     );
     let gc_config = config.gc.clone();

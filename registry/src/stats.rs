@@ -58,13 +58,9 @@ pub fn collect(storage: &Storage) -> anyhow::Result<Stats> {
     let counts = storage.meta().counts()?;
     let dedup = crate::store::index::dedup_stats(storage)?;
     let (mut blobs, mut blob_bytes) = (0, 0);
-    let dir = storage.data_dir().join("blobs").join("sha256");
-    for entry in std::fs::read_dir(&dir)? {
-        let m = entry?.metadata()?;
-        if m.is_file() {
-            blobs += 1;
-            blob_bytes += m.len();
-        }
+    for (_, size, _) in storage.blobs().list()? {
+        blobs += 1;
+        blob_bytes += size;
     }
     Ok(Stats {
         images: counts.tagged_images,

@@ -15,6 +15,7 @@
 //! | [`http`] | a raw HTTP/1.1 client for malformed and truncated requests |
 //! | [`fixture`] | a registry holding the test images; "checkout equals `umoci unpack`" |
 //! | [`postgres`] | [`TestPostgres`](postgres::TestPostgres): a throwaway PostgreSQL cluster on a unix socket, removed on drop |
+//! | [`garage`] | [`Garage`](garage::Garage): a throwaway single-node Garage S3 server with a key and a bucket |
 //!
 //! Nothing here stands in for a part under test: the oracles are skopeo,
 //! umoci, the file system and code written independently of the registry.
@@ -24,6 +25,7 @@ pub mod args;
 pub mod bins;
 pub mod faultproxy;
 pub mod fixture;
+pub mod garage;
 pub mod http;
 pub mod images;
 pub mod layers;

@@ -228,7 +228,8 @@ impl Registry {
             .sum()
     }
 
-    /// `layerlink-registry stats --data DIR --json`, parsed.
+    /// `layerlink-registry stats --data DIR --json` (with the registry's
+    /// `--config`, which says where blobs are), parsed.
     pub fn stats(&self) -> serde_json::Value {
         let out = crate::run(
             Command::new(registry_bin())

@@ -40,7 +40,7 @@ pub struct EditArgs {
     #[arg(long, value_name = "DIR")]
     pub data: Option<PathBuf>,
     /// Registry config file (with `--data`): its `[storage]` section says
-    /// where the metadata is (needed when it is in PostgreSQL).
+    /// where the metadata (PostgreSQL) and the blobs (S3) are.
     #[arg(long, value_name = "FILE", requires = "data")]
     pub config: Option<PathBuf>,
     /// The image. Layout: its ref name (tag) or a sha256: digest. Registry: REPO:TAG or REPO@sha256:….

@@ -122,10 +122,7 @@ impl Backend for RegistryImage<'_> {
     }
 
     fn blob_path(&self, digest: &Digest) -> Result<Option<PathBuf>, EditError> {
-        Ok(self
-            .storage
-            .blob_size(digest)?
-            .map(|_| self.storage.blobs().path(digest)))
+        Ok(self.storage.blobs().local_file(digest)?)
     }
 
     fn scratch(&self) -> Result<Scratch, EditError> {

@@ -8,8 +8,6 @@ use axum::body::Body;
 use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use layerlink_proto::Digest;
-use std::io::SeekFrom;
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 fn parse_digest(s: &str) -> Result<Digest, OciError> {
     Digest::parse(s).map_err(|e| OciError::digest_invalid(format!("invalid digest {s:?}: {e}")))
@@ -24,14 +22,10 @@ pub async fn get(ctx: Ctx, name: &str, digest: &str) -> Reply {
         if !storage.meta().blob_linked(&repo, &digest)? {
             return Ok(None);
         }
-        let Some(file) = storage.open_blob(&digest)? else {
-            return Ok(None);
-        };
-        let size = file.metadata()?.len();
-        Ok(Some((file, size)))
+        Ok(storage.blob_size(&digest)?)
     })
     .await?;
-    let Some((file, size)) = found else {
+    let Some(size) = found else {
         return Err(OciError::blob_unknown(&digest.to_string()));
     };
 
@@ -68,12 +62,16 @@ pub async fn get(ctx: Ctx, name: &str, digest: &str) -> Reply {
     let body = if ctx.method == Method::HEAD || len == 0 {
         Body::empty()
     } else {
-        let mut file = tokio::fs::File::from_std(file);
-        file.seek(SeekFrom::Start(start)).await?;
-        Body::from_stream(tokio_util::io::ReaderStream::with_capacity(
-            file.take(len),
-            64 * 1024,
-        ))
+        // Streamed from the blob store (a file, or a ranged object GET),
+        // never buffered whole.
+        let storage = ctx.storage();
+        let Some(read) =
+            blocking(move || Ok(storage.blobs().open_range(&digest, start, len)?)).await?
+        else {
+            // Collected between the size check and the read.
+            return Err(OciError::blob_unknown(&digest.to_string()));
+        };
+        Body::from_stream(read.into_stream())
     };
     resp.body(body).map_err(OciError::internal)
 }

@@ -1,11 +1,12 @@
-//! Blob bytes on the filesystem: `blobs/sha256/<hex>` for finished blobs,
-//! `tmp/` for bytes on their way in.
+//! Blob bytes: finished blobs in a [`BlobStore`] (`blobs/sha256/<hex>` on
+//! the filesystem by default, or an S3-compatible bucket), `tmp/` (always
+//! local) for bytes on their way in.
 //!
 //! A blob is written to a temp file while it is hashed ([`BlobWriter`]),
-//! then verified, fsync'd and renamed into place ([`FsBlobs::commit`]). A
-//! blob already in place is success: the bytes are the same by definition,
-//! so two clients pushing the same layer at once both succeed and it is
-//! stored once.
+//! then verified and stored ([`Blobs::commit`]: fsync'd and renamed into
+//! place, or uploaded). A blob already stored is success: the bytes are the
+//! same by definition, so two clients pushing the same layer at once both
+//! succeed and it is stored once.
 
 use layerlink_proto::Digest;
 use sha2::{Digest as _, Sha256};
@@ -37,27 +38,207 @@ pub enum BlobError {
     Io(#[from] io::Error),
 }
 
-/// The filesystem half of the store: finished blobs and temp files.
+/// Where finished blobs live: a local directory ([`FsBlobStore`], the
+/// embedded default) or an S3-compatible bucket ([`super::S3BlobStore`]).
+///
+/// Every method blocks: call from a blocking thread (`spawn_blocking`, a CLI
+/// command), never from an async task.
+pub trait BlobStore: Send + Sync + std::fmt::Debug {
+    /// Where the blobs are, for messages (`/data/blobs/sha256`, `s3://bucket/prefix`).
+    fn location(&self) -> String;
+
+    /// Size of a stored blob, `None` if absent.
+    fn size(&self, digest: &Digest) -> io::Result<Option<u64>>;
+
+    /// Read `len` bytes (`None`: to the end) of blob `digest` from byte
+    /// `start`, streaming; `None` if the blob is absent.
+    fn open(&self, digest: &Digest, start: u64, len: Option<u64>) -> io::Result<Option<BlobRead>>;
+
+    /// Store the verified bytes of `staged` (`size` bytes hashing to
+    /// `digest`) as blob `digest`. A blob already stored is success (same
+    /// name, same bytes) and is touched. The staged file may be consumed
+    /// (renamed) or left for the caller to remove.
+    fn put_staged(&self, digest: &Digest, staged: &Path, size: u64) -> io::Result<()>;
+
+    /// Mark blob `digest` as just used (see [`Blobs::touch`]); absent is fine.
+    fn touch(&self, digest: &Digest) -> io::Result<()>;
+
+    /// Every stored blob with its size and last write or touch time.
+    fn list(&self) -> io::Result<Vec<(Digest, u64, std::time::SystemTime)>>;
+
+    /// Delete blob `digest` (absent is fine).
+    fn remove(&self, digest: &Digest) -> io::Result<()>;
+
+    /// The blob's file when the store is a local directory.
+    fn local_path(&self, digest: &Digest) -> Option<PathBuf>;
+}
+
+/// A stored blob being read: a local file, or the body of an object-store
+/// GET arriving through a bounded channel (at most a few chunks buffered,
+/// never the whole blob).
 #[derive(Debug)]
-pub struct FsBlobs {
+pub enum BlobRead {
+    /// Part of a local file.
+    File(io::Take<File>),
+    /// An object-store response body.
+    Remote(super::s3_blobs::RemoteRead),
+}
+
+impl Read for BlobRead {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            BlobRead::File(f) => f.read(buf),
+            BlobRead::Remote(r) => r.read(buf),
+        }
+    }
+}
+
+impl BlobRead {
+    /// The bytes as an async stream (for HTTP response bodies).
+    pub fn into_stream(self) -> futures_util::stream::BoxStream<'static, io::Result<bytes::Bytes>> {
+        use futures_util::StreamExt;
+        match self {
+            BlobRead::File(f) => {
+                let limit = f.limit();
+                let file = tokio::fs::File::from_std(f.into_inner());
+                tokio_util::io::ReaderStream::with_capacity(
+                    tokio::io::AsyncReadExt::take(file, limit),
+                    64 * 1024,
+                )
+                .boxed()
+            }
+            BlobRead::Remote(r) => r.into_stream(),
+        }
+    }
+}
+
+/// Finished blobs as files `<dir>/<hex>` (the embedded default,
+/// `DATA/blobs/sha256/`).
+#[derive(Debug)]
+pub struct FsBlobStore {
     blobs: PathBuf,
+}
+
+impl FsBlobStore {
+    /// Use (creating) directory `blobs`.
+    pub fn open(blobs: PathBuf) -> io::Result<FsBlobStore> {
+        fs::create_dir_all(&blobs)?;
+        Ok(FsBlobStore { blobs })
+    }
+
+    /// Where the blob `digest` lives once stored.
+    pub fn path(&self, digest: &Digest) -> PathBuf {
+        self.blobs.join(digest.hex())
+    }
+}
+
+impl BlobStore for FsBlobStore {
+    fn location(&self) -> String {
+        self.blobs.display().to_string()
+    }
+
+    fn size(&self, digest: &Digest) -> io::Result<Option<u64>> {
+        match fs::metadata(self.path(digest)) {
+            Ok(m) => Ok(Some(m.len())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn open(&self, digest: &Digest, start: u64, len: Option<u64>) -> io::Result<Option<BlobRead>> {
+        let mut f = match File::open(self.path(digest)) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        if start > 0 {
+            f.seek(SeekFrom::Start(start))?;
+        }
+        Ok(Some(BlobRead::File(f.take(len.unwrap_or(u64::MAX)))))
+    }
+
+    fn put_staged(&self, digest: &Digest, staged: &Path, _size: u64) -> io::Result<()> {
+        let target = self.path(digest);
+        if target.exists() {
+            // Same name, same bytes: already stored is success (and the blob
+            // is in use again: see `touch`).
+            return self.touch(digest);
+        }
+        File::open(staged)?.sync_all()?;
+        fs::rename(staged, &target)?;
+        File::open(&self.blobs)?.sync_all()?;
+        Ok(())
+    }
+
+    fn touch(&self, digest: &Digest) -> io::Result<()> {
+        match File::options().write(true).open(self.path(digest)) {
+            Ok(f) => f.set_modified(std::time::SystemTime::now()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn list(&self) -> io::Result<Vec<(Digest, u64, std::time::SystemTime)>> {
+        let mut out = Vec::new();
+        for entry in fs::read_dir(&self.blobs)? {
+            let entry = entry?;
+            let name = entry.file_name();
+            let Ok(d) = Digest::parse(&format!("sha256:{}", name.to_string_lossy())) else {
+                continue;
+            };
+            let m = entry.metadata()?;
+            if m.is_file() {
+                out.push((d, m.len(), m.modified()?));
+            }
+        }
+        out.sort_by_key(|(d, _, _)| *d);
+        Ok(out)
+    }
+
+    fn remove(&self, digest: &Digest) -> io::Result<()> {
+        match fs::remove_file(self.path(digest)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    fn local_path(&self, digest: &Digest) -> Option<PathBuf> {
+        Some(self.path(digest))
+    }
+}
+
+/// The blob half of the store: finished blobs in a [`BlobStore`] and, always
+/// local, the temp files of blobs on their way in (`DATA/tmp/`).
+#[derive(Debug)]
+pub struct Blobs {
+    store: Box<dyn BlobStore>,
     tmp: PathBuf,
     uploads: PathBuf,
 }
 
-impl FsBlobs {
-    /// Use (creating) `blobs/sha256/` and `tmp/uploads/` under `data_dir`.
-    pub fn open(data_dir: &Path) -> io::Result<FsBlobs> {
-        let blobs = data_dir.join("blobs").join("sha256");
+impl Blobs {
+    /// Finished blobs in `DATA/blobs/sha256/` (the embedded default), temp
+    /// files in `DATA/tmp/`.
+    pub fn open(data_dir: &Path) -> io::Result<Blobs> {
+        let store = FsBlobStore::open(data_dir.join("blobs").join("sha256"))?;
+        Blobs::with_store(data_dir, Box::new(store))
+    }
+
+    /// Finished blobs in `store`, temp files in `DATA/tmp/`.
+    pub fn with_store(data_dir: &Path, store: Box<dyn BlobStore>) -> io::Result<Blobs> {
         let tmp = data_dir.join("tmp");
         let uploads = tmp.join("uploads");
-        fs::create_dir_all(&blobs)?;
         fs::create_dir_all(&uploads)?;
-        Ok(FsBlobs {
-            blobs,
+        Ok(Blobs {
+            store,
             tmp,
             uploads,
         })
+    }
+
+    /// The finished-blob store.
+    pub fn store(&self) -> &dyn BlobStore {
+        &*self.store
     }
 
     /// Remove temp files of one-request uploads a previous run left. Only
@@ -75,9 +256,49 @@ impl FsBlobs {
         Ok(())
     }
 
-    /// Where the blob `digest` lives once stored.
-    pub fn path(&self, digest: &Digest) -> PathBuf {
-        self.blobs.join(digest.hex())
+    /// The blob's file when blobs are kept in a local directory.
+    pub fn local_path(&self, digest: &Digest) -> Option<PathBuf> {
+        self.store.local_path(digest)
+    }
+
+    /// A local file holding blob `digest`, `None` if the blob is absent:
+    /// the blob's own file in a local store, else a copy downloaded once
+    /// into `DATA/tmp/blob-cache/` (for image editing, which reads blobs
+    /// as files).
+    pub fn local_file(&self, digest: &Digest) -> io::Result<Option<PathBuf>> {
+        if let Some(p) = self.store.local_path(digest) {
+            return Ok(p.exists().then_some(p));
+        }
+        let dir = self.tmp.join("blob-cache");
+        let path = dir.join(digest.hex());
+        if path.exists() {
+            return Ok(Some(path));
+        }
+        let Some(mut r) = self.store.open(digest, 0, None)? else {
+            return Ok(None);
+        };
+        fs::create_dir_all(&dir)?;
+        let mut w = BlobWriter::create(
+            self.tmp
+                .join(format!("blob-{:032x}", rand::random::<u128>())),
+        )?;
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = r.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            w.write_all(&buf[..n])?;
+        }
+        if Digest::from_hasher(w.hasher.clone()) != *digest {
+            return Err(io::Error::other(format!(
+                "blob {digest} read from {} does not hash to its name",
+                self.store.location()
+            )));
+        }
+        fs::rename(&w.path, &path)?;
+        w.keep = true;
+        Ok(Some(path))
     }
 
     /// Mark blob `digest` as just used (its modification time becomes now):
@@ -85,57 +306,41 @@ impl FsBlobs {
     /// so a blob pushed again, or mounted into a repository, survives a
     /// collection that runs before the manifest naming it arrives.
     pub fn touch(&self, digest: &Digest) -> io::Result<()> {
-        match File::options().write(true).open(self.path(digest)) {
-            Ok(f) => f.set_modified(std::time::SystemTime::now()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(e),
-        }
+        self.store.touch(digest)
     }
 
     /// Every stored blob with its size and modification time (the garbage
-    /// collector's view). Files whose name is not a digest are skipped.
+    /// collector's view). Names that are not digests are skipped.
     pub fn list(&self) -> io::Result<Vec<(Digest, u64, std::time::SystemTime)>> {
-        let mut out = Vec::new();
-        for entry in fs::read_dir(&self.blobs)? {
-            let entry = entry?;
-            let name = entry.file_name();
-            let Ok(d) = Digest::parse(&format!("sha256:{}", name.to_string_lossy())) else {
-                continue;
-            };
-            let m = entry.metadata()?;
-            if m.is_file() {
-                out.push((d, m.len(), m.modified()?));
-            }
-        }
-        out.sort_by_key(|(d, _, _)| *d);
-        Ok(out)
+        self.store.list()
     }
 
     /// Delete blob `digest` (absent is fine). Only the garbage collector
     /// calls this, after the metadata stopped naming it.
     pub fn remove(&self, digest: &Digest) -> io::Result<()> {
-        match fs::remove_file(self.path(digest)) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
-        }
+        self.store.remove(digest)?;
+        let _ = fs::remove_file(self.tmp.join("blob-cache").join(digest.hex()));
+        Ok(())
     }
 
     /// Size of a stored blob, `None` if absent.
     pub fn size(&self, digest: &Digest) -> io::Result<Option<u64>> {
-        match fs::metadata(self.path(digest)) {
-            Ok(m) => Ok(Some(m.len())),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e),
-        }
+        self.store.size(digest)
     }
 
     /// Open a stored blob, `None` if absent.
-    pub fn open_blob(&self, digest: &Digest) -> io::Result<Option<File>> {
-        match File::open(self.path(digest)) {
-            Ok(f) => Ok(Some(f)),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e),
-        }
+    pub fn open_blob(&self, digest: &Digest) -> io::Result<Option<BlobRead>> {
+        self.store.open(digest, 0, None)
+    }
+
+    /// Open `len` bytes of a stored blob from byte `start`, `None` if absent.
+    pub fn open_range(
+        &self,
+        digest: &Digest,
+        start: u64,
+        len: u64,
+    ) -> io::Result<Option<BlobRead>> {
+        self.store.open(digest, start, Some(len))
     }
 
     /// A fresh temp file for a blob arriving in one request.
@@ -213,9 +418,10 @@ impl FsBlobs {
     }
 
     /// Verify a finished writer against `expected` (digest, and size when
-    /// given), fsync it and rename it to `blobs/sha256/<hex>`. Returns the
-    /// digest and size. On any error the temp file is removed and nothing
-    /// is stored.
+    /// given) and store it ([`BlobStore::put_staged`]: locally fsync +
+    /// rename to `blobs/sha256/<hex>`, or an upload to the bucket). Returns
+    /// the digest and size. On any error the temp file is removed and
+    /// nothing is stored.
     pub fn commit(
         &self,
         writer: BlobWriter,
@@ -241,17 +447,10 @@ impl FsBlobs {
                 });
             }
         }
-        let target = self.path(&found);
-        if target.exists() {
-            // Same name, same bytes: already stored is success (and the blob
-            // is in use again: see `touch`).
-            self.touch(&found)?;
-            return Ok((found, writer.len));
+        self.store.put_staged(&found, &writer.path, writer.len)?;
+        if !writer.path.exists() {
+            writer.keep = true; // renamed into place: nothing left to remove
         }
-        writer.file.sync_all()?;
-        fs::rename(&writer.path, &target)?;
-        writer.keep = true; // nothing left to remove
-        File::open(&self.blobs)?.sync_all()?;
         Ok((found, writer.len))
     }
 }
@@ -331,7 +530,7 @@ mod tests {
     #[test]
     fn commit_verifies_and_dedups() {
         let dir = tempfile::tempdir().unwrap();
-        let blobs = FsBlobs::open(dir.path()).unwrap();
+        let blobs = Blobs::open(dir.path()).unwrap();
         let d = Digest::of(b"hello");
 
         let mut w = blobs.temp_writer().unwrap();
@@ -353,14 +552,14 @@ mod tests {
             w.write_all(b"lo").unwrap();
             assert_eq!(blobs.commit(w, Some(&d), Some(5)).unwrap(), (d, 5));
         }
-        assert_eq!(fs::read(blobs.path(&d)).unwrap(), b"hello");
+        assert_eq!(fs::read(blobs.local_path(&d).unwrap()).unwrap(), b"hello");
         assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 1);
     }
 
     #[test]
     fn upload_resumes_without_hash_state() {
         let dir = tempfile::tempdir().unwrap();
-        let blobs = FsBlobs::open(dir.path()).unwrap();
+        let blobs = Blobs::open(dir.path()).unwrap();
         blobs.create_upload("u1").unwrap();
         let mut w = blobs.resume_upload("u1", None).unwrap().unwrap();
         w.write_all(b"abc").unwrap();

@@ -312,6 +312,7 @@ fn storage_selects_postgres_and_guards_the_data_dir() {
     let dir = tempfile::tempdir().unwrap();
     let config = crate::config::StorageConfig {
         metadata: Some(url.clone()),
+        ..Default::default()
     };
     let s = Storage::open_with(dir.path(), &config).unwrap();
     let (blob, size) = s.put_blob("a/b", &b"layer"[..], None).unwrap();

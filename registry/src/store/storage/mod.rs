@@ -28,7 +28,10 @@
 //!
 //! **Interfaces.** Handlers reach metadata only through [`MetadataStore`]
 //! (embedded: [`RedbMetadata`]; in PostgreSQL with `[storage] metadata`:
-//! [`PgMetadata`], and the data dir then holds [`POSTGRES_MARKER`]). Blob bytes go through [`FsBlobs`]. Deleting a manifest or a blob
+//! [`PgMetadata`], and the data dir then holds [`POSTGRES_MARKER`]). Blob
+//! bytes go through [`Blobs`]: finished blobs in a [`BlobStore`]
+//! ([`FsBlobStore`] by default, [`S3BlobStore`] with `[storage] blobs =
+//! "s3://…"`), uploads in flight always in `tmp/`. Deleting a manifest or a blob
 //! link never deletes bytes by itself: [`crate::gc`] does, later.
 //!
 //! **Concurrency.** redb serialises writers; the database is opened in
@@ -39,11 +42,13 @@ mod blobs;
 mod meta;
 mod pg_meta;
 mod redb_meta;
+pub mod s3_blobs;
 
-pub use blobs::{BlobError, BlobWriter, FsBlobs};
+pub use blobs::{BlobError, BlobRead, BlobStore, BlobWriter, Blobs, FsBlobStore};
 pub use meta::{MetaCounts, MetadataStore, UploadSession};
 pub use pg_meta::PgMetadata;
 pub use redb_meta::RedbMetadata;
+pub use s3_blobs::S3BlobStore;
 
 /// Left in a data directory whose metadata is in PostgreSQL, so a command
 /// run on it without the config (`gc`, `stats`, `edit` …) refuses instead
@@ -55,7 +60,6 @@ use anyhow::Context;
 use layerlink_proto::Digest;
 use sha2::Sha256;
 use std::collections::HashMap;
-use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -80,7 +84,7 @@ pub type UploadCursor = Option<(u64, Sha256)>;
 pub struct Storage {
     data_dir: PathBuf,
     db: Arc<redb::Database>,
-    blobs: FsBlobs,
+    blobs: Blobs,
     meta: Box<dyn MetadataStore>,
     upload_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<UploadCursor>>>>,
     gc_lock: RwLock<()>,
@@ -107,8 +111,14 @@ impl Storage {
             .create(&db_path)
             .with_context(|| format!("opening database {}", db_path.display()))?;
         let db = Arc::new(db);
-        let blobs = FsBlobs::open(data_dir)
-            .with_context(|| format!("preparing blob directories under {}", data_dir.display()))?;
+        let blobs = match config.s3_blobs() {
+            None => Blobs::open(data_dir),
+            Some(url) => {
+                let store = S3BlobStore::open(url, &config.s3)?;
+                Blobs::with_store(data_dir, Box::new(store))
+            }
+        }
+        .with_context(|| format!("preparing blob directories under {}", data_dir.display()))?;
         let marker = data_dir.join(POSTGRES_MARKER);
         let meta: Box<dyn MetadataStore> = match config.postgres() {
             Some(url) => {
@@ -173,13 +183,13 @@ impl Storage {
         &*self.meta
     }
 
-    /// The blob files.
-    pub fn blobs(&self) -> &FsBlobs {
+    /// The blobs.
+    pub fn blobs(&self) -> &Blobs {
         &self.blobs
     }
 
     /// Open a stored blob for reading, `None` if absent.
-    pub fn open_blob(&self, digest: &Digest) -> std::io::Result<Option<File>> {
+    pub fn open_blob(&self, digest: &Digest) -> std::io::Result<Option<BlobRead>> {
         self.blobs.open_blob(digest)
     }
 
