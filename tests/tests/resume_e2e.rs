@@ -117,20 +117,27 @@ fn objects_of_size(store: &Path, size: u64) -> usize {
     n
 }
 
-/// SIGKILL the agent while a batch of verified objects sits in `tmp/`:
-/// the next sync keeps them (promoted, held) and its bytes are less than a
-/// full resend by at least two of those objects; the checkout equals umoci.
-#[test]
-fn a_cut_keeps_the_verified_objects_of_the_batch_in_flight() {
+const TAG: &str = "resume:v1";
+const IMAGE: &str = "test/resume:v1";
+
+/// The test image in a temp dir, pushed to a fresh registry and ingested.
+struct Setup {
+    work: tempfile::TempDir,
+    oci: std::path::PathBuf,
+    reg: Registry,
+    /// Bytes one uncut sync moves (measured on another device).
+    uncut: u64,
+}
+
+fn setup() -> Setup {
     let work = tempfile::Builder::new()
         .prefix("layerlink-resume-")
         .tempdir()
         .unwrap();
-    let tag = "resume:v1";
-    make_image(work.path(), tag);
+    make_image(work.path(), TAG);
     let oci = work.path().join("oci");
     let reg = Registry::start(Some(DEVICE_CONFIG));
-    skopeo_push(&oci, tag, &reg, "test/resume:v1");
+    skopeo_push(&oci, TAG, &reg, IMAGE);
     let deadline = Instant::now() + Duration::from_secs(120);
     while reg.stat("layers") < 1 {
         assert!(
@@ -140,12 +147,9 @@ fn a_cut_keeps_the_verified_objects_of_the_batch_in_flight() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    let image = "test/resume:v1";
-
-    // The cost of one uncut sync, on another device.
     let reference = Agent::new(TOKEN);
     let proxy = CountingProxy::start(reg.addr());
-    let out = sync_cmd(&reference, &proxy.url(), image).output().unwrap();
+    let out = sync_cmd(&reference, &proxy.url(), IMAGE).output().unwrap();
     assert!(
         out.status.success(),
         "{}",
@@ -156,13 +160,49 @@ fn a_cut_keeps_the_verified_objects_of_the_batch_in_flight() {
         uncut > (FILES * FILE_BYTES) as u64,
         "uncut sync moved only {uncut} B"
     );
+    Setup {
+        work,
+        oci,
+        reg,
+        uncut,
+    }
+}
+
+/// Every big file stored once, `verify` clean, checkout == umoci.
+fn assert_sound(agent: &Agent, oci: &Path) {
+    assert_eq!(
+        objects_of_size(&agent.store, FILE_BYTES as u64),
+        FILES,
+        "every big file is stored once"
+    );
+    let v = agent.verify();
+    assert!(
+        v.status.success(),
+        "verify after the rerun: {}{}",
+        String::from_utf8_lossy(&v.stdout),
+        String::from_utf8_lossy(&v.stderr)
+    );
+    assert_checkout_matches_umoci(agent, IMAGE, oci, TAG);
+}
+
+/// SIGKILL the agent while a batch of verified objects sits in `tmp/`:
+/// the next sync keeps them (promoted, held) and its bytes are less than a
+/// full resend by at least two of those objects; the checkout equals umoci.
+#[test]
+fn a_cut_keeps_the_verified_objects_of_the_batch_in_flight() {
+    let Setup {
+        work: _work,
+        oci,
+        reg,
+        uncut,
+    } = setup();
 
     // The cut: a slow link, killed once three files are staged (the batch
     // is flushed 5 s after its first object, i.e. after the fourth).
     let agent = Agent::new(TOKEN);
     let slow = CountingProxy::start(reg.addr());
     slow.limit_down(RATE);
-    let mut child = sync_cmd(&agent, &slow.url(), image)
+    let mut child = sync_cmd(&agent, &slow.url(), IMAGE)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -191,7 +231,7 @@ fn a_cut_keeps_the_verified_objects_of_the_batch_in_flight() {
 
     // The next run: nothing to download twice beyond the file in flight.
     let proxy = CountingProxy::start(reg.addr());
-    let out = sync_cmd(&agent, &proxy.url(), image).output().unwrap();
+    let out = sync_cmd(&agent, &proxy.url(), IMAGE).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "rerun failed: {err}");
     let rerun = proxy.bytes_total();
@@ -205,19 +245,7 @@ fn a_cut_keeps_the_verified_objects_of_the_batch_in_flight() {
         "rerun moved {rerun} B, uncut sync {uncut} B: the staged files were sent again \
          (cut run {cut_bytes} B)\n{err}"
     );
-    assert_eq!(
-        objects_of_size(&agent.store, FILE_BYTES as u64),
-        FILES,
-        "every big file is stored once"
-    );
-    let v = agent.verify();
-    assert!(
-        v.status.success(),
-        "verify after the rerun: {}{}",
-        String::from_utf8_lossy(&v.stdout),
-        String::from_utf8_lossy(&v.stderr)
-    );
-    assert_checkout_matches_umoci(&agent, image, &oci, tag);
+    assert_sound(&agent, &oci);
 }
 
 /// SIGKILL mid-archive: the next run sends `layerlink-resume` for the bytes
@@ -228,40 +256,18 @@ fn a_cut_keeps_the_verified_objects_of_the_batch_in_flight() {
 /// equals umoci.
 #[test]
 fn a_cut_archive_is_resumed_from_where_it_stopped() {
-    let work = tempfile::Builder::new()
-        .prefix("layerlink-resume-")
-        .tempdir()
-        .unwrap();
-    let tag = "resume:v1";
-    make_image(work.path(), tag);
-    let oci = work.path().join("oci");
-    let reg = Registry::start(Some(DEVICE_CONFIG));
-    skopeo_push(&oci, tag, &reg, "test/resume:v1");
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while reg.stat("layers") < 1 {
-        assert!(
-            Instant::now() < deadline,
-            "layer not ingested: {}",
-            reg.log()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let image = "test/resume:v1";
-    let reference = Agent::new(TOKEN);
-    let proxy = CountingProxy::start(reg.addr());
-    let out = sync_cmd(&reference, &proxy.url(), image).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let uncut = proxy.bytes_total();
+    let Setup {
+        work: _work,
+        oci,
+        reg,
+        uncut,
+    } = setup();
 
     // Killed half-way, in the middle of some file's content.
     let agent = Agent::new(TOKEN);
     let slow = CountingProxy::start(reg.addr());
     slow.limit_down(RATE);
-    let mut child = sync_cmd(&agent, &slow.url(), image)
+    let mut child = sync_cmd(&agent, &slow.url(), IMAGE)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -285,7 +291,7 @@ fn a_cut_archive_is_resumed_from_where_it_stopped() {
     assert!(kept > 0, "the cut run kept no bytes of the archive");
 
     let proxy = CountingProxy::start(reg.addr());
-    let out = sync_cmd(&agent, &proxy.url(), image).output().unwrap();
+    let out = sync_cmd(&agent, &proxy.url(), IMAGE).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "rerun failed: {err}");
     let rerun = proxy.bytes_total();
@@ -305,17 +311,5 @@ fn a_cut_archive_is_resumed_from_where_it_stopped() {
     );
     assert!(!part.exists(), "the kept bytes outlived the sync");
     assert!(!agent.store.join("partial-archive.info").exists());
-    assert_eq!(
-        objects_of_size(&agent.store, FILE_BYTES as u64),
-        FILES,
-        "every big file is stored once"
-    );
-    let v = agent.verify();
-    assert!(
-        v.status.success(),
-        "verify after the rerun: {}{}",
-        String::from_utf8_lossy(&v.stdout),
-        String::from_utf8_lossy(&v.stderr)
-    );
-    assert_checkout_matches_umoci(&agent, image, &oci, tag);
+    assert_sound(&agent, &oci);
 }
