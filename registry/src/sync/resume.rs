@@ -1,7 +1,7 @@
 //! Resumable archive responses (`proto/SPEC.md`, "Resuming an archive").
 //!
 //! Every archive response is also written, as it is produced, to a file
-//! under `DATA/tmp/resume/` and announced with a random id
+//! under `DATA/resume/` and announced with a random id
 //! (`layerlink-archive-id`). A device cut off mid-way kept the bytes it
 //! received; it asks again with `layerlink-resume: <id> <offset> <sha256 of
 //! its offset bytes>`, and when the id is known, belongs to the same device

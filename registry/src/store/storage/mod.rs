@@ -9,6 +9,8 @@
 //! │                             index_*…  entry index, objects, devices (ingest, devices)
 //! ├── blobs/sha256/<hex>      original blobs (layers, configs), byte-identical to the push
 //! ├── objects/                file objects of the dedup store (see `objects`)
+//! ├── resume/<id>             archive responses kept for devices to resume
+//! │                             (`sync::resume`; emptied when `serve` starts)
 //! └── tmp/
 //!     ├── blob-<random>       a one-request upload in flight (removed when `serve` starts)
 //!     └── uploads/<id>        the bytes an upload session received so far
