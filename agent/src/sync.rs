@@ -491,8 +491,8 @@ fn sync_image(
         let mut applier = Applier::new(store, aopts)?;
         let announced = dl.new_bytes.unwrap_or(new_bytes);
         let applied = applier.apply_encoded(body, dl.encoding);
-        if matches!(applied, Err(Error::Integrity(_))) {
-            // Bad data is never replayed.
+        if applied.as_ref().is_err_and(|e| !e.is_transient()) {
+            // Only a cut is resumed: bad data or a refusal is never replayed.
             crate::resume::clear(store);
         }
         applier.finish_progress();

@@ -181,9 +181,13 @@ impl StorageConfig {
             );
         }
         if let Some(url) = self.s3_blobs() {
-            use anyhow::Context;
-            crate::store::storage::s3_blobs::parse_url(url)
-                .context("[storage] blobs must be \"local\" or \"s3://bucket[/prefix]\"")?;
+            // The store parses the URL fully when it opens (`s3_blobs`); the
+            // config module does not import the store.
+            let bucket = url.strip_prefix("s3://").unwrap_or_default();
+            anyhow::ensure!(
+                !bucket.is_empty() && !bucket.starts_with('/'),
+                "[storage] blobs must be \"local\" or \"s3://bucket[/prefix]\""
+            );
         }
         Ok(())
     }

@@ -21,7 +21,6 @@
 //! Per replica: a device resuming through another replica gets a fresh
 //! archive too.
 
-use crate::http::sync::ChannelWriter;
 use rand::Rng;
 use sha2::{Digest as _, Sha256};
 use std::collections::HashMap;
@@ -197,7 +196,7 @@ impl Kept {
 
     /// Copy the archive from `offset` to `out`, following it while it is
     /// still being written.
-    pub fn serve(&self, offset: u64, mut out: ChannelWriter) -> Result<ChannelWriter, String> {
+    pub fn serve<W: Write>(&self, offset: u64, mut out: W) -> Result<W, String> {
         let mut f = File::open(&self.path).map_err(|e| format!("opening a kept archive: {e}"))?;
         f.seek(SeekFrom::Start(offset))
             .map_err(|e| format!("reading a kept archive: {e}"))?;
@@ -234,15 +233,15 @@ fn hex(b: &[u8]) -> String {
 
 /// A writer that keeps what it is given in a file and passes it on to the
 /// device while the device is there.
-pub struct Tee {
-    out: Option<ChannelWriter>,
+pub struct Tee<W: Write> {
+    out: Option<W>,
     file: Option<(File, Arc<Kept>)>,
     gone: bool,
 }
 
-impl Tee {
+impl<W: Write> Tee<W> {
     /// Tee `out` into `kept`'s `file` (`None`: pass through only).
-    pub fn new(out: ChannelWriter, kept: Option<(Arc<Kept>, File)>) -> Tee {
+    pub fn new(out: W, kept: Option<(Arc<Kept>, File)>) -> Tee<W> {
         Tee {
             out: Some(out),
             file: kept.map(|(k, f)| (f, k)),
@@ -253,7 +252,7 @@ impl Tee {
     /// End of the archive: mark it complete and give back the device's
     /// writer; an error when the device went away before the end (the
     /// archive is kept for its retry).
-    pub fn finish(mut self) -> Result<ChannelWriter, String> {
+    pub fn finish(mut self) -> Result<W, String> {
         // Not synced: a restart forgets kept archives anyway.
         if let Some((_, k)) = self.file.take() {
             k.update(|s| s.done = true);
@@ -265,7 +264,7 @@ impl Tee {
     }
 }
 
-impl Drop for Tee {
+impl<W: Write> Drop for Tee<W> {
     fn drop(&mut self) {
         // Not finished: the archive failed part-way.
         if let Some((_, k)) = self.file.take() {
@@ -274,7 +273,7 @@ impl Drop for Tee {
     }
 }
 
-impl Write for Tee {
+impl<W: Write> Write for Tee<W> {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
         if let Some((f, k)) = &mut self.file {
             match f.write_all(data) {
