@@ -62,17 +62,7 @@ impl Agent {
 
     /// `sync --server URL --store DIR --token T IMAGE...`, whatever it returns.
     pub fn try_sync(&self, server: &str, images: &[&str]) -> Output {
-        run(self
-            .command()
-            .arg("sync")
-            .arg("--server")
-            .arg(server)
-            .arg("--store")
-            .arg(&self.store)
-            .arg("--token")
-            .arg(&self.token)
-            .args(&self.sync_args)
-            .args(images))
+        self.try_sync_with(server, images, &[])
     }
 
     /// [`Agent::try_sync`] with extra sync arguments (after the usual ones).
