@@ -66,6 +66,11 @@ pub struct Options {
     pub device_grace: Option<Duration>,
     /// Only count what would be freed.
     pub dry_run: bool,
+    /// No registry serves the data directory (the `gc` command): the
+    /// archives a registry kept for resumption (`DATA/resume/`) are dead —
+    /// the next start clears them — and are deleted too. A serving
+    /// registry's own collection leaves them to its eviction.
+    pub offline: bool,
 }
 
 impl Default for Options {
@@ -74,6 +79,7 @@ impl Default for Options {
             grace: Duration::from_secs(3600),
             device_grace: Some(Duration::from_secs(30 * 86400)),
             dry_run: false,
+            offline: false,
         }
     }
 }
@@ -101,7 +107,8 @@ pub struct Report {
     pub objects_deleted: u64,
     /// Their bytes on disk.
     pub object_bytes: u64,
-    /// Cache files deleted: content frames, binary deltas, cold archives.
+    /// Cache files deleted: content frames, binary deltas, cold archives,
+    /// and (offline) archives kept for resumption.
     pub cache_files_deleted: u64,
     /// Their bytes.
     pub cache_bytes: u64,
@@ -453,6 +460,18 @@ pub fn run(storage: &Storage, opts: &Options) -> anyhow::Result<Report> {
         dry,
         &mut report,
     )?;
+    if opts.offline {
+        let mut files = Vec::new();
+        walk(&storage.data_dir().join("resume"), &mut files)?;
+        for (path, _) in files {
+            free_file(
+                &path,
+                dry,
+                &mut report.cache_files_deleted,
+                &mut report.cache_bytes,
+            )?;
+        }
+    }
 
     report.bytes_freed = report.blob_bytes + report.object_bytes + report.cache_bytes;
     Ok(report)
@@ -612,6 +631,7 @@ mod tests {
             grace: Duration::ZERO,
             device_grace: None,
             dry_run: false,
+            offline: false,
         }
     }
 
@@ -674,6 +694,35 @@ mod tests {
         let lib_meta = meta.iter().find(|(d, _)| *d == lib).unwrap().1;
         assert_eq!(lib_meta.layers, 1);
         assert_eq!(run(&s, &now_only()).unwrap().bytes_freed, 0, "idempotent");
+    }
+
+    #[test]
+    fn only_an_offline_collection_deletes_kept_archives() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Storage::open(dir.path()).unwrap();
+        let kept = dir.path().join("resume/0123abcd");
+        fs::create_dir_all(kept.parent().unwrap()).unwrap();
+        fs::write(&kept, [7u8; 1000]).unwrap();
+        // A serving registry's collection: its archives are its own.
+        let r = run(&s, &now_only()).unwrap();
+        assert_eq!((r.cache_files_deleted, r.bytes_freed), (0, 0));
+        let offline = Options {
+            offline: true,
+            ..now_only()
+        };
+        let dry = run(
+            &s,
+            &Options {
+                dry_run: true,
+                ..offline.clone()
+            },
+        )
+        .unwrap();
+        assert_eq!((dry.cache_files_deleted, dry.bytes_freed), (1, 1000));
+        assert!(kept.exists(), "dry run deleted");
+        let r = run(&s, &offline).unwrap();
+        assert_eq!((r.cache_files_deleted, r.bytes_freed), (1, 1000));
+        assert!(!kept.exists());
     }
 
     #[test]

@@ -259,7 +259,10 @@ fn run(cli: Cli, loaded: Option<Config>) -> anyhow::Result<()> {
                 ))
                 .into());
             }
-            let opts = gc_options(grace, device_grace, dry_run);
+            let opts = layerlink_registry::gc::Options {
+                offline: true,
+                ..gc_options(grace, device_grace, dry_run)
+            };
             let report =
                 layerlink_registry::gc::run(&storage, &opts).context("collecting garbage")?;
             let out = if json {
@@ -338,6 +341,7 @@ fn gc_options(
         grace,
         device_grace: (!device_grace.is_zero()).then_some(device_grace),
         dry_run,
+        offline: false,
     }
 }
 

@@ -247,11 +247,23 @@ fn gc_frees_exactly_what_no_tag_or_device_needs() {
     );
     assert_eq!(r.status, 404, "deleted manifest still served");
 
-    // 4. A second collection finds nothing; the deleted image pushed again syncs to a new
-    //    device.
+    // 4. A second collection finds nothing but the archive step 3's sync kept for a
+    //    resumption (dead once nothing serves: the next start would clear it); the deleted
+    //    image pushed again syncs to a new device.
     let mut again = serde_json::Value::Null;
-    let reg = reg.restart_after(|d| again = gc(d, &["--grace", "0"]));
-    assert_eq!(n(&again, "bytes_freed"), 0, "{again}");
+    let mut kept = (0, 0);
+    let reg = reg.restart_after(|d| {
+        let archives: Vec<u64> = files(&d.join("resume")).into_values().collect();
+        kept = (archives.len() as u64, archives.iter().sum::<u64>());
+        again = gc(d, &["--grace", "0"]);
+        assert!(
+            files(&d.join("resume")).is_empty(),
+            "kept archives survived gc"
+        );
+    });
+    assert!(kept.1 > 0, "step 3's sync kept no archive");
+    assert_eq!(n(&again, "cache_files_deleted"), kept.0, "{again}");
+    assert_eq!(n(&again, "bytes_freed"), kept.1, "{again}");
     assert_eq!(n(&again, "manifests_deleted"), 0, "{again}");
     skopeo_push(&images.oci_dir, gone_tag, &reg, &test_repo(gone_tag));
     let fresh = Agent::new(TOKEN);
