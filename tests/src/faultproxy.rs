@@ -775,9 +775,10 @@ impl ResumeReport {
 ///
 /// `rate` (bytes/s, 0 = unlimited) limits the registry→device direction of
 /// every run, the uncut reference run included ([`prepare_limited`]), as on
-/// a device's WAN link; unlimited loopback instead fills kernel socket
-/// buffers megabytes ahead of what the agent has applied, and a cut loses
-/// them whatever the agent keeps.
+/// a device's WAN link; unlimited loopback instead lets the agent's kernel
+/// receive buffer fill ahead of what the agent has applied, and a cut
+/// loses it whatever the agent keeps (the proxy's own send buffer is kept
+/// small, so bytes it never delivered are not counted: [`CountingProxy`]).
 pub fn resume_cuts(p: &Prepared, cuts: u64, seed: u64, rate: u64) -> ResumeReport {
     let mut rng = Rng::new(seed);
     let mut rep = ResumeReport {
