@@ -181,16 +181,28 @@ impl StorageConfig {
             );
         }
         if let Some(url) = self.s3_blobs() {
-            // The store parses the URL fully when it opens (`s3_blobs`); the
-            // config module does not import the store.
-            let bucket = url.strip_prefix("s3://").unwrap_or_default();
-            anyhow::ensure!(
-                !bucket.is_empty() && !bucket.starts_with('/'),
-                "[storage] blobs must be \"local\" or \"s3://bucket[/prefix]\""
-            );
+            use anyhow::Context;
+            parse_s3_url(url)
+                .context("[storage] blobs must be \"local\" or \"s3://bucket[/prefix]\"")?;
         }
         Ok(())
     }
+}
+
+/// Split `s3://bucket[/prefix]` into bucket and prefix (without slashes at
+/// either end): checked when the config loads, used by the S3 blob store
+/// when it opens.
+pub fn parse_s3_url(url: &str) -> anyhow::Result<(String, String)> {
+    use anyhow::Context;
+    let rest = url
+        .strip_prefix("s3://")
+        .with_context(|| format!("blob store {url:?}: expected s3://bucket[/prefix]"))?;
+    let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+    anyhow::ensure!(
+        !bucket.is_empty(),
+        "blob store {url:?}: no bucket name (expected s3://bucket[/prefix])"
+    );
+    Ok((bucket.to_owned(), prefix.trim_matches('/').to_owned()))
 }
 
 /// `[storage.s3]`: how to reach the object store. Every key left out is
@@ -530,6 +542,17 @@ mod tests {
     use super::*;
 
     #[test]
+    fn s3_urls() {
+        assert_eq!(parse_s3_url("s3://b").unwrap(), ("b".into(), "".into()));
+        assert_eq!(
+            parse_s3_url("s3://b/p/q/").unwrap(),
+            ("b".into(), "p/q".into())
+        );
+        assert!(parse_s3_url("s3:///p").is_err());
+        assert!(parse_s3_url("/data/blobs").is_err());
+    }
+
+    #[test]
     fn storage_section() {
         let c: Config = toml::from_str("").unwrap();
         assert_eq!(c.storage.postgres(), None);
@@ -548,6 +571,19 @@ mod tests {
         let c: Config = toml::from_str("[storage]\nmetadata = \"mysql://db/x\"\n").unwrap();
         let e = format!("{:#}", c.validate().unwrap_err());
         assert!(e.contains("postgres://"), "{e}");
+        for (blobs, ok) in [
+            ("local", true),
+            ("s3://b/p", true),
+            ("s3:///p", false),
+            ("/srv", false),
+        ] {
+            let c: Config = toml::from_str(&format!("[storage]\nblobs = \"{blobs}\"\n")).unwrap();
+            let r = c.validate().map_err(|e| format!("{e:#}"));
+            assert_eq!(r.is_ok(), ok, "{blobs}: {r:?}");
+            if let Err(e) = r {
+                assert!(e.contains("[storage] blobs must be"), "{e}");
+            }
+        }
         assert!(toml::from_str::<Config>("[storage]\nmetdata = \"postgres://x\"\n").is_err());
     }
 

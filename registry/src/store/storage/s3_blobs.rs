@@ -89,27 +89,13 @@ fn not_found(e: &object_store::Error) -> bool {
     matches!(e, object_store::Error::NotFound { .. })
 }
 
-/// Split `s3://bucket[/prefix]` into bucket and prefix (without slashes at
-/// either end).
-pub fn parse_url(url: &str) -> anyhow::Result<(String, String)> {
-    let rest = url
-        .strip_prefix("s3://")
-        .with_context(|| format!("blob store {url:?}: expected s3://bucket[/prefix]"))?;
-    let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-    anyhow::ensure!(
-        !bucket.is_empty(),
-        "blob store {url:?}: no bucket name (expected s3://bucket[/prefix])"
-    );
-    Ok((bucket.to_owned(), prefix.trim_matches('/').to_owned()))
-}
-
 impl S3BlobStore {
     /// Connect to `url` (`s3://bucket[/prefix]`) with `config`; settings it
     /// leaves out come from the usual `AWS_*` environment variables
     /// (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`,
     /// `AWS_ENDPOINT`, …). Checks that the bucket answers.
     pub fn open(url: &str, config: &S3Config) -> anyhow::Result<S3BlobStore> {
-        let (bucket, prefix) = parse_url(url)?;
+        let (bucket, prefix) = crate::config::parse_s3_url(url)?;
         // The client's default 30 s limit covers a whole request, body
         // included: a layer streamed to a slow client (the channel applies
         // backpressure) must not be cut after 30 s.
@@ -446,21 +432,5 @@ impl Read for RemoteRead {
                 None => return Ok(0),
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn urls() {
-        assert_eq!(parse_url("s3://b").unwrap(), ("b".into(), "".into()));
-        assert_eq!(
-            parse_url("s3://b/p/q/").unwrap(),
-            ("b".into(), "p/q".into())
-        );
-        assert!(parse_url("s3:///p").is_err());
-        assert!(parse_url("/data/blobs").is_err());
     }
 }
