@@ -462,7 +462,7 @@ pub fn run(storage: &Storage, opts: &Options) -> anyhow::Result<Report> {
     )?;
     if opts.offline {
         let mut files = Vec::new();
-        walk(&storage.data_dir().join("resume"), &mut files)?;
+        walk(&storage.resume_dir(), &mut files)?;
         for (path, _) in files {
             free_file(
                 &path,

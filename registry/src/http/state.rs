@@ -65,7 +65,7 @@ impl AppState {
             .precompute()
             .then(|| Arc::new(Precompute::start(storage.clone())));
         let resume = Arc::new(ResumeCache::new(
-            storage.data_dir().join("resume"),
+            storage.resume_dir(),
             config.resume.max_bytes,
             config.resume.keep,
         ));

@@ -174,6 +174,13 @@ impl Storage {
         &self.data_dir
     }
 
+    /// `DATA/resume/`: archive responses kept for devices to resume
+    /// (`sync::resume`, which empties it when `serve` starts; `gc` deletes
+    /// what is in it when nothing serves).
+    pub fn resume_dir(&self) -> PathBuf {
+        self.data_dir.join("resume")
+    }
+
     /// The shared embedded database. Other modules define their own tables
     /// in it (names prefixed by module: `index_*`, `device_*`, …).
     pub fn db(&self) -> &redb::Database {
