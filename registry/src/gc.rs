@@ -39,16 +39,15 @@
 //! its objects go; the device retries and is told the image is gone.
 
 use crate::oci::{self, ParsedManifest};
-use crate::store::index::{self, open_read};
+use crate::store::index;
 use crate::store::objects::ObjectStore;
 use crate::store::storage::Storage;
 use crate::sync::archive::{cold, Metadata};
-use crate::sync::{delta, devices};
+use crate::sync::delta;
 use anyhow::Context;
 use layerlink_proto::archive::ZSTD_MAX_WINDOW_LOG;
-use layerlink_proto::msg::HeldSet;
 use layerlink_proto::Digest;
-use redb::{ReadableDatabase as _, ReadableTable as _};
+use redb::ReadableDatabase as _;
 use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::io;
@@ -254,31 +253,6 @@ fn mark(storage: &Storage, repos: &[String], young_after: u64) -> anyhow::Result
     Ok(live)
 }
 
-/// Layers held by devices seen after `seen_after` (Unix seconds).
-fn device_layers(db: &redb::Database, seen_after: u64) -> anyhow::Result<HashSet<Digest>> {
-    devices::flush_seen(db)?;
-    let txn = db.begin_read()?;
-    let mut out = HashSet::new();
-    let (Some(seen), Some(holdings)) = (
-        open_read(&txn, devices::SEEN)?,
-        open_read(&txn, devices::HOLDINGS)?,
-    ) else {
-        return Ok(out);
-    };
-    for item in holdings.iter()? {
-        let (k, v) = item?;
-        let device = k.value();
-        let at = seen.get(device)?.map(|v| v.value()).unwrap_or(0);
-        if at <= seen_after {
-            continue;
-        }
-        if let Ok((_, set)) = postcard::from_bytes::<(Digest, HeldSet)>(v.value()) {
-            out.extend(set.layers);
-        }
-    }
-    Ok(out)
-}
-
 fn older_than(m: &fs::Metadata, cutoff: SystemTime) -> bool {
     m.modified().map(|t| t < cutoff).unwrap_or(true)
 }
@@ -384,7 +358,10 @@ pub fn run(storage: &Storage, opts: &Options) -> anyhow::Result<Report> {
         }
     }
     if let Some(g) = opts.device_grace {
-        let held = device_layers(db, now_secs.saturating_sub(g.as_secs()))?;
+        let held = storage
+            .devices()
+            .layers_held_since(now_secs.saturating_sub(g.as_secs()))
+            .context("reading the layers devices hold")?;
         for l in held {
             if all_layers.binary_search(&l).is_ok() && kept_layers.insert(l) {
                 report.layers_kept_for_devices += 1;

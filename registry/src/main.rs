@@ -418,8 +418,8 @@ async fn serve(
     let served = server::serve(listener, transport, state, server::shutdown_signal())
         .await
         .context("serving");
-    if let Err(e) = layerlink_registry::sync::devices::flush_seen(storage.db()) {
-        tracing::warn!("writing devices' last-seen times: {e}");
+    if let Err(e) = storage.devices().flush_seen() {
+        tracing::warn!("writing devices' last-seen times: {e:#}");
     }
     drop(lock);
     served
@@ -511,13 +511,10 @@ async fn flush_seen_every(storage: std::sync::Arc<Storage>, every: std::time::Du
     loop {
         tick.tick().await;
         let s = storage.clone();
-        let r = tokio::task::spawn_blocking(move || {
-            layerlink_registry::sync::devices::flush_seen(s.db())
-        })
-        .await;
+        let r = tokio::task::spawn_blocking(move || s.devices().flush_seen()).await;
         match r {
             Ok(Ok(_)) => {}
-            Ok(Err(e)) => tracing::warn!("writing devices' last-seen times: {e}"),
+            Ok(Err(e)) => tracing::warn!("writing devices' last-seen times: {e:#}"),
             Err(e) => tracing::warn!("writing devices' last-seen times: {e}"),
         }
     }

@@ -39,7 +39,7 @@ async fn fleet(State(st): State<AppState>, headers: HeaderMap) -> Response {
     let storage = st.storage.clone();
     let result = tokio::task::spawn_blocking(move || {
         let ids: Vec<&str> = config.devices.iter().map(|d| d.id.as_str()).collect();
-        crate::sync::devices::fleet(storage.db(), &ids)
+        crate::sync::devices::fleet(storage.devices(), &ids)
     })
     .await;
     match result {

@@ -120,12 +120,25 @@ pub fn plan_request(
         check_read(device, &i.repository)?;
     }
     let (held, holdings_hash) =
-        devices::resolve_holdings(store.database(), &device.id, &req.holdings)?;
+        devices::resolve_holdings(store.devices(), &device.id, &req.holdings)?;
+    // Ingest the requested images before the held layers are filtered: a
+    // replica that has not served an image yet would otherwise not know its
+    // layers, count the device's copies as unreadable and resend them.
+    let resolved = req
+        .images
+        .iter()
+        .map(|i| {
+            let img = plan::resolve_image(store, &i.repository, &i.reference, Some(&req.platform))?;
+            plan::ensure_ingested(store, &img)?;
+            Ok(img)
+        })
+        .collect::<Result<Vec<_>, SyncError>>()?;
     let held = access::readable_holdings(store, device, &held)?;
     let images = req
         .images
         .iter()
-        .map(|i| plan::plan_image(store, i, &req.platform, &held))
+        .zip(&resolved)
+        .map(|(i, img)| plan::plan_resolved(store, i, img, &held))
         .collect::<Result<Vec<_>, _>>()?;
     Ok(PlanResponse {
         holdings_hash,
@@ -155,10 +168,12 @@ pub fn prepare_archive(
 ) -> Result<ArchiveJob, SyncError> {
     check_name("repository", &req.repository)?;
     check_read(device, &req.repository)?;
-    let (held, _) = devices::resolve_holdings(store.database(), &device.id, &req.holdings)?;
-    let held = access::readable_holdings(store, device, &held)?;
+    let (held, _) = devices::resolve_holdings(store.devices(), &device.id, &req.holdings)?;
     let md = req.manifest_digest.to_string();
     let img = plan::resolve_image(store, &req.repository, &md, None)?;
+    // Before the held layers are filtered (see `plan_request`).
+    plan::ensure_ingested(store, &img)?;
+    let held = access::readable_holdings(store, device, &held)?;
     let wanted: HashSet<Digest> = req.layers.iter().copied().collect();
     for l in &wanted {
         if !img.diff_ids.contains(l) {
@@ -178,7 +193,6 @@ pub fn prepare_archive(
         .filter(|d| wanted.contains(d) && seen.insert(**d))
         .copied()
         .collect();
-    plan::ensure_ingested(store, &img)?;
     let new_bytes = stream_new_bytes(store.database(), &layers, &held)?;
     Ok(ArchiveJob {
         metadata: req
@@ -258,8 +272,7 @@ pub fn report_request(
 ) -> Result<ReportAck, SyncError> {
     let images = req.images.iter().map(|i| &i.image);
     check_images(images, MAX_REPORTED_IMAGES, "images reported")?;
-    let (_, holdings_hash) =
-        devices::resolve_holdings(store.database(), &device.id, &req.holdings)?;
+    let (_, holdings_hash) = devices::resolve_holdings(store.devices(), &device.id, &req.holdings)?;
     // Images of repositories the device may not read (any more) are not
     // recorded: the fleet view only shows what the grant allows.
     let images: Vec<_> = req
@@ -268,7 +281,7 @@ pub fn report_request(
         .filter(|i| device.may_read(&i.image.repository))
         .cloned()
         .collect();
-    devices::record_images(store.database(), &device.id, &images)?;
+    devices::record_images(store.devices(), &device.id, &images)?;
     Ok(ReportAck { holdings_hash })
 }
 
@@ -420,9 +433,14 @@ fn refused(st: &AppState, kind: &str, device: Option<&str>, image: &str, e: Sync
             );
             let outcome = format!("refused ({}): {}", e.code.http_status(), e.message);
             tokio::task::spawn_blocking(move || {
-                if let Err(e) =
-                    devices::record_last_sync(storage.db(), &device, &image, &kind, &outcome, 0)
-                {
+                if let Err(e) = devices::record_last_sync(
+                    storage.devices(),
+                    &device,
+                    &image,
+                    &kind,
+                    &outcome,
+                    0,
+                ) {
                     tracing::warn!(device, "recording the last sync: {}", e.message);
                 }
             });
@@ -687,7 +705,7 @@ where
             ),
         }
         if let Err(e) = devices::record_last_sync(
-            target.storage.db(),
+            target.storage.devices(),
             &target.device,
             &target.image,
             target.kind,

@@ -11,20 +11,23 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::Mutex;
 
-/// A temp directory with a redb database and an object store.
+/// A temp directory with a redb database, the device records in it and an
+/// object store.
 pub(crate) struct TestStore {
     pub _dir: tempfile::TempDir,
-    pub db: redb::Database,
+    pub db: std::sync::Arc<redb::Database>,
+    pub devices: crate::store::storage::RedbDevices,
     pub objects: ObjectStore,
 }
 
 impl TestStore {
     pub fn new() -> TestStore {
         let dir = tempfile::tempdir().unwrap();
-        let db = redb::Database::create(dir.path().join("test.redb")).unwrap();
+        let db = std::sync::Arc::new(redb::Database::create(dir.path().join("test.redb")).unwrap());
         let objects = ObjectStore::new(dir.path().join("objects"));
         TestStore {
             _dir: dir,
+            devices: crate::store::storage::RedbDevices::new(db.clone()),
             db,
             objects,
         }

@@ -33,6 +33,8 @@ pub trait ImageStore: BlobSource + Send + Sync {
         -> anyhow::Result<Option<StoredManifest>>;
     /// The shared database.
     fn database(&self) -> &redb::Database;
+    /// The device records.
+    fn devices(&self) -> &dyn crate::store::storage::DeviceStore;
     /// The object store.
     fn objects(&self) -> ObjectStore;
     /// Every repository name.
@@ -51,6 +53,9 @@ impl ImageStore for Storage {
     }
     fn database(&self) -> &redb::Database {
         self.db()
+    }
+    fn devices(&self) -> &dyn crate::store::storage::DeviceStore {
+        Storage::devices(self)
     }
     fn objects(&self) -> ObjectStore {
         index::object_store(self)
@@ -432,6 +437,17 @@ pub fn plan_image(
 ) -> Result<ImagePlan, SyncError> {
     let img = resolve_image(store, &image.repository, &image.reference, Some(platform))?;
     ensure_ingested(store, &img)?;
+    plan_resolved(store, image, &img, held)
+}
+
+/// Plan an image already resolved and ingested ([`resolve_image`],
+/// [`ensure_ingested`]) for a device holding `held`.
+pub fn plan_resolved(
+    store: &dyn ImageStore,
+    image: &ImageRef,
+    img: &ResolvedImage,
+    held: &HeldSet,
+) -> Result<ImagePlan, SyncError> {
     let layers = plan_layers(store.database(), &img.diff_ids, held)?;
     Ok(ImagePlan {
         image: image.clone(),
@@ -523,6 +539,9 @@ mod tests {
         }
         fn database(&self) -> &redb::Database {
             &self.ts.db
+        }
+        fn devices(&self) -> &dyn crate::store::storage::DeviceStore {
+            &self.ts.devices
         }
         fn objects(&self) -> ObjectStore {
             self.ts.objects.clone()

@@ -676,7 +676,7 @@ fn http_endpoints() {
     };
     expect.canonicalize();
     assert_eq!(ack.holdings_hash, expect.hash());
-    let devs = devices::device_summaries(s.storage.db()).unwrap();
+    let devs = devices::device_summaries(s.storage.devices()).unwrap();
     let gw = devs.iter().find(|d| d.id == "gw-1").unwrap();
     assert_eq!(gw.layers, 2);
     assert_eq!(gw.images, vec![format!("edge/app:v1@{md}")]);

@@ -1,10 +1,17 @@
-//! One contract for every [`MetadataStore`]: the same tests run against
-//! [`RedbMetadata`] and against [`PgMetadata`] on a real PostgreSQL server
+//! One contract for every [`MetadataStore`] and every [`DeviceStore`]: the
+//! same tests run against [`RedbMetadata`]/[`RedbDevices`] and against
+//! [`PgMetadata`]/[`PgDevices`] on a real PostgreSQL server
 //! the harness starts (`tests/src/postgres.rs`; installed by
 //! `scripts/install-deps.sh`, so a missing server fails, never skips).
 
-use super::{MetadataStore, PgMetadata, RedbMetadata, Storage, StoredManifest, UploadSession};
+use super::devices::{HoldingsSummary, ImagesRecord, LastSync};
+use super::{
+    DeviceStore, MetadataStore, Pg, PgDevices, PgMetadata, RedbDevices, RedbMetadata, Storage,
+    StoredManifest, UploadSession,
+};
+use layerlink_proto::msg::{HeldImage, HeldSet, ImageRef};
 use layerlink_proto::Digest;
+use std::collections::HashSet;
 use std::sync::Arc;
 
 #[allow(dead_code)]
@@ -345,4 +352,187 @@ fn storage_selects_postgres_and_guards_the_data_dir() {
     );
     assert!(e.contains("embedded metadata (1 repositories)"), "{e}");
     assert!(!embedded.path().join(super::POSTGRES_MARKER).exists());
+    // The device records are in PostgreSQL too (one pool for both).
+    let set = held(&[1], &[]);
+    s.devices()
+        .record_holdings("gw-1", &set.hash(), &set, 5)
+        .unwrap();
+    assert_eq!(
+        pg.psql("test0", "SELECT device, layers FROM devices_holdings")
+            .trim(),
+        "gw-1|1"
+    );
+    assert_eq!(
+        pg.psql(
+            "test0",
+            "SELECT component, version FROM layerlink_schema ORDER BY 1"
+        )
+        .trim(),
+        "devices|1\noci|1"
+    );
+}
+
+fn held(layers: &[u8], objects: &[u8]) -> HeldSet {
+    let mut s = HeldSet {
+        layers: layers.iter().map(|&b| Digest([b; 32])).collect(),
+        objects: objects.iter().map(|&b| Digest([b; 32])).collect(),
+    };
+    s.canonicalize();
+    s
+}
+
+fn layer_set(layers: &[u8]) -> HashSet<Digest> {
+    layers.iter().map(|&b| Digest([b; 32])).collect()
+}
+
+/// Everything [`DeviceStore`] promises, on an empty database that `a` and
+/// `b` share (two replicas).
+fn device_contract(a: &dyn DeviceStore, b: &dyn DeviceStore) {
+    assert!(a.holdings_hash("gw-1").unwrap().is_none());
+    assert!(a.holdings("gw-1").unwrap().is_none());
+    assert!(a.records().unwrap().is_empty());
+    assert!(a.layers_held_since(0).unwrap().is_empty());
+
+    let s1 = held(&[2, 1], &[9]);
+    a.record_holdings("gw-1", &s1.hash(), &s1, 1000).unwrap();
+    // The other replica sees it at once: no caches.
+    assert_eq!(b.holdings_hash("gw-1").unwrap(), Some(s1.hash()));
+    assert_eq!(b.holdings("gw-1").unwrap(), Some((s1.hash(), s1.clone())));
+    // A noted time is written only by a flush.
+    a.note_seen("gw-1", 2000);
+    let r = b.records().unwrap();
+    assert_eq!(r.len(), 1);
+    assert_eq!((r[0].id.as_str(), r[0].seen), ("gw-1", Some(1000)));
+    assert_eq!(
+        r[0].holdings,
+        Some(HoldingsSummary {
+            hash: s1.hash(),
+            layers: 2,
+            loose_objects: 1
+        })
+    );
+    assert_eq!(a.flush_seen().unwrap(), 1);
+    assert_eq!(a.flush_seen().unwrap(), 0);
+    assert_eq!(b.records().unwrap()[0].seen, Some(2000));
+    // An earlier time — a replica flushing late, or a holdings write with
+    // an older clock — never moves the recorded one back.
+    b.note_seen("gw-1", 1500);
+    assert_eq!(b.flush_seen().unwrap(), 1);
+    let s2 = held(&[3], &[]);
+    b.record_holdings("gw-1", &s2.hash(), &s2, 1700).unwrap();
+    let r = a.records().unwrap();
+    assert_eq!(r[0].seen, Some(2000));
+    assert_eq!(r[0].holdings.map(|h| h.hash), Some(s2.hash()));
+    assert_eq!(a.holdings("gw-1").unwrap(), Some((s2.hash(), s2.clone())));
+
+    // The garbage collector's view: layers of devices seen after T.
+    a.record_holdings("gw-old", &s1.hash(), &s1, 500).unwrap();
+    assert_eq!(a.layers_held_since(1999).unwrap(), layer_set(&[3]));
+    assert_eq!(a.layers_held_since(499).unwrap(), layer_set(&[1, 2, 3]));
+    assert!(b.layers_held_since(2000).unwrap().is_empty());
+    // It flushes the store's own noted times first.
+    a.note_seen("gw-old", 3000);
+    assert_eq!(a.layers_held_since(2500).unwrap(), layer_set(&[1, 2]));
+
+    // Reported images and last syncs, replaced by the next ones.
+    let images = ImagesRecord {
+        reported_at: 10,
+        images: vec![HeldImage {
+            image: ImageRef {
+                repository: "edge/app".into(),
+                reference: "v1".into(),
+            },
+            manifest_digest: Digest([7; 32]),
+        }],
+    };
+    a.record_images("gw-2", &images).unwrap();
+    let mut last = LastSync {
+        at: 11,
+        image: "edge/app@sha256:x".into(),
+        request: "archive".into(),
+        outcome: "complete".into(),
+        bytes: 42,
+    };
+    b.record_last_sync("gw-3", &last).unwrap();
+    last.outcome = "refused (401): no".into();
+    last.bytes = 0;
+    a.record_last_sync("gw-3", &last).unwrap();
+    let r = b.records().unwrap();
+    let ids: Vec<&str> = r.iter().map(|d| d.id.as_str()).collect();
+    assert_eq!(ids, ["gw-1", "gw-2", "gw-3", "gw-old"]);
+    assert_eq!(r[1].images.as_ref(), Some(&images));
+    assert_eq!(
+        (r[1].seen, r[1].holdings, &r[1].last_sync),
+        (None, None, &None)
+    );
+    assert_eq!(r[2].last_sync.as_ref(), Some(&last));
+    assert_eq!(r[3].seen, Some(3000));
+}
+
+/// Replicas flushing the same devices at once leave each device's latest
+/// time, whatever order the flushes commit in.
+fn seen_flush_race(stores: &[Arc<dyn DeviceStore>]) {
+    let n = stores.len() as u64;
+    std::thread::scope(|s| {
+        for (i, st) in stores.iter().enumerate() {
+            s.spawn(move || {
+                for round in 0..20u64 {
+                    for dev in 0..10 {
+                        st.note_seen(&format!("gw-{dev}"), 10_000 + round * n + i as u64);
+                    }
+                    st.flush_seen().unwrap();
+                }
+            });
+        }
+    });
+    let r = stores[0].records().unwrap();
+    assert_eq!(r.len(), 10);
+    for d in r {
+        assert_eq!(d.seen, Some(10_000 + 19 * n + n - 1), "{}", d.id);
+    }
+}
+
+#[test]
+fn redb_devices_meet_the_contract() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = redb_store(dir.path());
+    device_contract(&RedbDevices::new(db.clone()), &RedbDevices::new(db));
+    let dir = tempfile::tempdir().unwrap();
+    let db = redb_store(dir.path());
+    let stores: Vec<Arc<dyn DeviceStore>> = (0..6)
+        .map(|_| Arc::new(RedbDevices::new(db.clone())) as Arc<dyn DeviceStore>)
+        .collect();
+    seen_flush_race(&stores);
+}
+
+#[test]
+fn postgres_devices_meet_the_contract() {
+    let pg = TestPostgres::start();
+    let url = pg.create_database();
+    // Two replicas: two pools on one database.
+    let a = PgDevices::open(Pg::connect(&url).unwrap()).unwrap();
+    let b = PgDevices::open(Pg::connect(&url).unwrap()).unwrap();
+    device_contract(&a, &b);
+    let url = pg.create_database();
+    let stores: Vec<Arc<dyn DeviceStore>> = (0..6)
+        .map(|_| {
+            Arc::new(PgDevices::open(Pg::connect(&url).unwrap()).unwrap()) as Arc<dyn DeviceStore>
+        })
+        .collect();
+    seen_flush_race(&stores);
+    // A holdings record that does not decode: the set is an error for that
+    // device, and the collector counts it as holding nothing.
+    drop(stores);
+    let c = PgDevices::open(Pg::connect(&url).unwrap()).unwrap();
+    let (ok, bad) = (held(&[4], &[]), held(&[5], &[]));
+    c.record_holdings("gw-ok", &ok.hash(), &ok, 20_000).unwrap();
+    c.record_holdings("gw-bad", &bad.hash(), &bad, 20_000)
+        .unwrap();
+    pg.psql(
+        "test1",
+        "UPDATE devices_holdings SET held = '\\xff' WHERE device = 'gw-bad'",
+    );
+    assert!(c.holdings("gw-ok").unwrap().is_some());
+    assert!(c.holdings("gw-bad").is_err());
+    assert_eq!(c.layers_held_since(0).unwrap(), layer_set(&[4]));
 }

@@ -29,8 +29,10 @@
 //! transaction.
 //!
 //! **Interfaces.** Handlers reach metadata only through [`MetadataStore`]
-//! (embedded: [`RedbMetadata`]; in PostgreSQL with `[storage] metadata`:
-//! [`PgMetadata`], and the data dir then holds [`POSTGRES_MARKER`]). Blob
+//! and device records only through [`DeviceStore`] (embedded:
+//! [`RedbMetadata`], [`RedbDevices`]; in PostgreSQL with `[storage]
+//! metadata`: [`PgMetadata`], [`PgDevices`] sharing one [`Pg`] pool, and
+//! the data dir then holds [`POSTGRES_MARKER`]). Blob
 //! bytes go through [`Blobs`]: finished blobs in a [`BlobStore`]
 //! ([`FsBlobStore`] by default, [`S3BlobStore`] with `[storage] blobs =
 //! "s3://…"`), uploads in flight always in `tmp/`. Deleting a manifest or a blob
@@ -41,14 +43,22 @@
 //! upload session takes its chunks one at a time ([`Storage::upload_lock`]).
 
 mod blobs;
+pub mod devices;
 mod meta;
+mod pg;
+mod pg_devices;
 mod pg_meta;
+mod redb_devices;
 mod redb_meta;
 pub mod s3_blobs;
 
 pub use blobs::{BlobError, BlobRead, BlobStore, BlobWriter, Blobs, FsBlobStore};
+pub use devices::DeviceStore;
 pub use meta::{MetaCounts, MetadataStore, UploadSession};
+pub use pg::Pg;
+pub use pg_devices::PgDevices;
 pub use pg_meta::PgMetadata;
+pub use redb_devices::RedbDevices;
 pub use redb_meta::RedbMetadata;
 pub use s3_blobs::S3BlobStore;
 
@@ -88,6 +98,7 @@ pub struct Storage {
     db: Arc<redb::Database>,
     blobs: Blobs,
     meta: Box<dyn MetadataStore>,
+    devices: Box<dyn DeviceStore>,
     upload_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<UploadCursor>>>>,
     gc_lock: RwLock<()>,
 }
@@ -122,46 +133,56 @@ impl Storage {
         }
         .with_context(|| format!("preparing blob directories under {}", data_dir.display()))?;
         let marker = data_dir.join(POSTGRES_MARKER);
-        let meta: Box<dyn MetadataStore> = match config.postgres() {
-            Some(url) => {
-                if !marker.exists() {
-                    // A directory that already has embedded metadata would
-                    // look empty: its images are not copied over (yet).
-                    let embedded = RedbMetadata::new(db.clone())?.counts()?;
-                    anyhow::ensure!(
-                        embedded.repositories == 0,
-                        "{} holds embedded metadata ({} repositories): moving it into \
+        let (meta, devices): (Box<dyn MetadataStore>, Box<dyn DeviceStore>) =
+            match config.postgres() {
+                Some(url) => {
+                    if !marker.exists() {
+                        // A directory that already has embedded metadata would
+                        // look empty: its images are not copied over (yet).
+                        let embedded = RedbMetadata::new(db.clone())?.counts()?;
+                        anyhow::ensure!(
+                            embedded.repositories == 0,
+                            "{} holds embedded metadata ({} repositories): moving it into \
                          PostgreSQL is not supported; start from an empty data directory",
-                        data_dir.display(),
-                        embedded.repositories
-                    );
-                }
-                let meta = PgMetadata::connect(url).context("opening the PostgreSQL metadata")?;
-                if !marker.exists() {
-                    std::fs::write(
-                        &marker,
-                        "This data directory's metadata is in PostgreSQL ([storage] metadata \
+                            data_dir.display(),
+                            embedded.repositories
+                        );
+                    }
+                    // One pool for both stores.
+                    let pg = Pg::connect(url).context("connecting to the PostgreSQL metadata")?;
+                    let meta =
+                        PgMetadata::open(pg.clone()).context("opening the PostgreSQL metadata")?;
+                    let devices =
+                        PgDevices::open(pg).context("opening the PostgreSQL device records")?;
+                    if !marker.exists() {
+                        std::fs::write(
+                            &marker,
+                            "This data directory's metadata is in PostgreSQL ([storage] metadata \
                          of the registry config): give that config to every command.\n",
-                    )
-                    .with_context(|| format!("writing {}", marker.display()))?;
+                        )
+                        .with_context(|| format!("writing {}", marker.display()))?;
+                    }
+                    (Box::new(meta), Box::new(devices))
                 }
-                Box::new(meta)
-            }
-            None => {
-                anyhow::ensure!(
-                    !marker.exists(),
-                    "the metadata of {} is in PostgreSQL: give the registry config \
+                None => {
+                    anyhow::ensure!(
+                        !marker.exists(),
+                        "the metadata of {} is in PostgreSQL: give the registry config \
                      ([storage] metadata) with --config",
-                    data_dir.display()
-                );
-                Box::new(RedbMetadata::new(db.clone())?)
-            }
-        };
+                        data_dir.display()
+                    );
+                    (
+                        Box::new(RedbMetadata::new(db.clone())?),
+                        Box::new(RedbDevices::new(db.clone())),
+                    )
+                }
+            };
         let storage = Storage {
             data_dir: data_dir.to_owned(),
             db,
             blobs,
             meta,
+            devices,
             upload_locks: Mutex::new(HashMap::new()),
             gc_lock: RwLock::new(()),
         };
@@ -190,6 +211,12 @@ impl Storage {
     /// The metadata store (manifests, tags, blob links, uploads).
     pub fn meta(&self) -> &dyn MetadataStore {
         &*self.meta
+    }
+
+    /// The device records (holdings, last seen, reported images, last
+    /// sync).
+    pub fn devices(&self) -> &dyn DeviceStore {
+        &*self.devices
     }
 
     /// The blobs.
