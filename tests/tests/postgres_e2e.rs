@@ -2,13 +2,19 @@
 //! metadata`): a cluster started by the harness (`tests/src/postgres.rs`),
 //! the real registry process, skopeo pushing and pulling. The oracles are
 //! the OCI layout skopeo pushed from and `psql` reading the tables — not
-//! the registry's code. (The layer index and device records stay in the
-//! data directory for now; see the README.)
+//! the registry's code. Device records are in PostgreSQL too, so a device
+//! may move between replicas (two registry processes on one database and
+//! one bucket). (The layer index stays in each data directory for now; see
+//! the README.)
 
 use layerlink_tests::bins::registry_bin;
+use layerlink_tests::fixture::{assert_checkout_matches_umoci, test_repo, DEVICE_CONFIG, TOKEN};
+use layerlink_tests::garage::Garage;
 use layerlink_tests::http::request;
 use layerlink_tests::postgres::TestPostgres;
-use layerlink_tests::{skopeo_pull, skopeo_push, test_images, OciLayout, Registry};
+use layerlink_tests::{
+    skopeo_pull, skopeo_push, test_images, Agent, CountingProxy, OciLayout, Registry,
+};
 use std::process::Command;
 
 #[test]
@@ -185,4 +191,105 @@ fn serve_refuses_an_unreachable_database() {
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("PostgreSQL"), "{err}");
+}
+
+/// The registry's JSON log lines whose message is `message`.
+fn log_lines(reg: &Registry, message: &str) -> Vec<serde_json::Value> {
+    reg.log()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|l| l["message"] == message)
+        .collect()
+}
+
+/// Two replicas — two registry processes sharing one PostgreSQL database
+/// and one Garage bucket, each with its own data directory — and one real
+/// device. It syncs through A, then through B: B knows the holdings A
+/// recorded (the agent's hash is accepted: no 409), plans up to date and
+/// sends no archive; the next update through B costs about the change, not
+/// the image; A's fleet view shows the sync B served.
+#[test]
+fn a_device_moves_between_replicas() {
+    let g = Garage::start("replicas");
+    let pg = TestPostgres::start();
+    let url = pg.create_database();
+    let storage = g.storage_toml("fleet").replacen(
+        "[storage]\n",
+        &format!("[storage]\nmetadata = \"{url}\"\n"),
+        1,
+    );
+    let config = format!("log_format = \"json\"\n{DEVICE_CONFIG}\n{storage}");
+    let a = Registry::start(Some(&config));
+    let b = Registry::start(Some(&config));
+    assert_ne!(a.data_dir(), b.data_dir());
+    let images = test_images();
+    let (v1, v2) = (test_repo("tiny:v1"), test_repo("tiny:v2"));
+    // Pushed through A only: B learns of them from the shared stores.
+    skopeo_push(&images.oci_dir, "tiny:v1", &a, &v1);
+    skopeo_push(&images.oci_dir, "tiny:v2", &a, &v2);
+
+    let agent = Agent::new(TOKEN);
+    agent.sync(&a.url, &[&v1]);
+    assert_checkout_matches_umoci(&agent, &v1, &images.oci_dir, "tiny:v1");
+    let first = log_lines(&a, "device sync");
+    assert_eq!(first.len(), 1, "{first:?}");
+    let first_bytes = first[0]["bytes"].as_u64().unwrap();
+
+    // Through B: up to date, nothing but the plan on the wire.
+    let proxy = CountingProxy::start(b.addr());
+    agent.sync(&proxy.url(), &[&v1]);
+    let plans = log_lines(&b, "device plan");
+    assert_eq!(plans.len(), 1, "{}", b.log());
+    assert_eq!(plans[0]["outcome"], "up_to_date", "{plans:?}");
+    assert!(
+        log_lines(&b, "request refused").is_empty(),
+        "B refused a request (a 409 would mean A's holdings were unknown to it):\n{}",
+        b.log()
+    );
+    assert!(log_lines(&b, "device sync").is_empty(), "{}", b.log());
+    assert!(
+        proxy.bytes_total() < 4096,
+        "an up-to-date check through B cost {} bytes",
+        proxy.bytes_total()
+    );
+
+    // The update through B costs the change, not the image.
+    proxy.reset();
+    agent.sync(&proxy.url(), &[&v2]);
+    assert_checkout_matches_umoci(&agent, &v2, &images.oci_dir, "tiny:v2");
+    let synced = log_lines(&b, "device sync");
+    assert_eq!(synced.len(), 1, "{}", b.log());
+    let update_bytes = synced[0]["bytes"].as_u64().unwrap();
+    assert!(
+        update_bytes < 16 * 1024 && update_bytes * 4 < first_bytes,
+        "tiny:v1 -> v2 through B sent {update_bytes} B (the first sync of v1: {first_bytes} B)"
+    );
+    assert!(proxy.bytes_total() < update_bytes + 16 * 1024);
+
+    // A's fleet view shows what B served (one set of device records).
+    let f = request(a.addr(), "GET", "/layerlink/v1/fleet", &[], b"").json();
+    let dev = f["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["id"] == "dev1")
+        .unwrap_or_else(|| panic!("dev1 missing: {f}"));
+    assert_eq!(
+        dev["last_sync"]["image"]
+            .as_str()
+            .map(|i| i.contains("tiny")),
+        Some(true),
+        "{f}"
+    );
+    assert_eq!(
+        dev["last_sync"]["bytes"].as_u64(),
+        Some(update_bytes),
+        "{f}"
+    );
+    assert_eq!(dev["last_sync"]["outcome"], "complete", "{f}");
+    assert_eq!(
+        pg.psql("test0", "SELECT count(*) FROM devices_holdings")
+            .trim(),
+        "1"
+    );
 }
