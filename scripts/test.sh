@@ -11,7 +11,10 @@
 #   5. the fuzz targets (scripts/fuzz.sh, short fixed time each)
 #   6. the slower tier: the #[ignore]d tests, in a release build (real
 #      layers ingest and rebuild byte-exactly; the held-set check on 10k files)
-#   7. cargo test --workspace — last, so the output ends with its summary
+#   7. the end-to-end suites that exercise storage again on the production
+#      backends (LAYERLINK_TEST_BACKEND=postgres-s3: each registry gets a
+#      PostgreSQL cluster and a Garage bucket of its own)
+#   8. cargo test --workspace — last, so the output ends with its summary
 #
 # Environment: LAYERLINK_CACHE (image cache dir), LAYERLINK_SKIP_CROSS=1
 # (skip step 4), CARGO_TARGET_DIR as usual.
@@ -66,6 +69,21 @@ LAYERLINK_TEST_OCI="${LAYERLINK_CACHE:-/var/cache/layerlink}/images/oci" \
   cargo test --release -p layerlink-registry --lib -- --ignored
 
 # The e2e tests find the binaries built above; no need to rebuild them.
-step "tests"
 export LAYERLINK_SKIP_BUILD=1
+
+# `--workspace` keeps the features of the main run below (a `-p` run would
+# rebuild the registry library with the tests crate's feature set).
+step "e2e suites on PostgreSQL + S3 (LAYERLINK_TEST_BACKEND=postgres-s3)"
+# (The suites whose checks look only through the registry's API, the agent
+# and the peers; gc_e2e, s3_e2e, postgres_e2e … inspect the storage itself
+# and pick their backends explicitly.)
+pg_s3_failed=0
+LAYERLINK_TEST_BACKEND=postgres-s3 cargo test --workspace --no-fail-fast \
+  --test sync_e2e --test edit_e2e --test delta_e2e --test lifecycle_e2e || pg_s3_failed=1
+
+step "tests"
 cargo test --workspace --all-targets --no-fail-fast
+if ((pg_s3_failed)); then
+  echo "FAILED: the e2e suites on PostgreSQL + S3 (see the step above)" >&2
+  exit 1
+fi

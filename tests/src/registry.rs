@@ -12,6 +12,48 @@ use tempfile::TempDir;
 /// How long `Registry::start` waits for the "listening on" line.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// `LAYERLINK_TEST_BACKEND=postgres-s3`: every registry started without a
+/// `[storage]` section of its own gets its metadata and device records in a
+/// PostgreSQL cluster and its blobs in a Garage bucket, both started for it
+/// (and stopped with it), so a suite written for the embedded default runs
+/// unchanged on the production backends (`scripts/test.sh` runs a set of
+/// suites both ways). Unset or `embedded`: the embedded default.
+pub const BACKEND_VAR: &str = "LAYERLINK_TEST_BACKEND";
+
+/// The servers behind a registry started on the production backends.
+struct Backends {
+    _postgres: crate::postgres::TestPostgres,
+    _garage: crate::garage::Garage,
+}
+
+/// With [`BACKEND_VAR`] = `postgres-s3` and no `[storage]` in `config`:
+/// start the servers and return the `[storage]` section naming them.
+fn production_backends(config: Option<&str>) -> Option<(Backends, String)> {
+    match std::env::var(BACKEND_VAR).as_deref() {
+        Err(_) | Ok("" | "embedded") => return None,
+        Ok("postgres-s3") => {}
+        Ok(other) => panic!("{BACKEND_VAR}={other}: expected `embedded` or `postgres-s3`"),
+    }
+    if config.is_some_and(|c| c.contains("[storage")) {
+        return None;
+    }
+    let postgres = crate::postgres::TestPostgres::start();
+    let url = postgres.create_database();
+    let garage = crate::garage::Garage::start("registry");
+    let storage = garage.storage_toml("e2e").replacen(
+        "[storage]\n",
+        &format!("[storage]\nmetadata = \"{url}\"\n"),
+        1,
+    );
+    Some((
+        Backends {
+            _postgres: postgres,
+            _garage: garage,
+        },
+        storage,
+    ))
+}
+
 /// A running `layerlink-registry serve` on `127.0.0.1:<ephemeral port>` with
 /// its own data dir. Killed (and its temp data dir removed) on drop.
 pub struct Registry {
@@ -26,6 +68,8 @@ pub struct Registry {
     output: Arc<Mutex<Vec<String>>>,
     stderr_path: PathBuf,
     tmp: Option<TempDir>,
+    /// Declared last: dropped after the process is killed.
+    backends: Option<Backends>,
 }
 
 impl Registry {
@@ -38,7 +82,15 @@ impl Registry {
             .expect("temp dir");
         let data = tmp.path().join("data");
         std::fs::create_dir(&data).expect("create data dir");
-        Self::start_at(tmp, &data, config)
+        match production_backends(config) {
+            None => Self::start_at(tmp, &data, config, None),
+            Some((backends, storage)) => {
+                // The storage tables go last: a config's own top-level keys
+                // must come before any table.
+                let config = format!("{}\n{storage}", config.unwrap_or(""));
+                Self::start_at(tmp, &data, Some(&config), Some(backends))
+            }
+        }
     }
 
     /// Start another registry process on the same data dir as `self` after
@@ -51,7 +103,8 @@ impl Registry {
             .as_ref()
             .map(|p| std::fs::read_to_string(p).expect("config"));
         let tmp = self.tmp.take().expect("temp dir present until drop");
-        Self::start_at(tmp, &self.data, config_text.as_deref())
+        let backends = self.backends.take();
+        Self::start_at(tmp, &self.data, config_text.as_deref(), backends)
     }
 
     /// Stop `self`, run `f` on its data dir (offline commands such as
@@ -63,7 +116,12 @@ impl Registry {
         self.restart()
     }
 
-    fn start_at(tmp: TempDir, data: &Path, config: Option<&str>) -> Registry {
+    fn start_at(
+        tmp: TempDir,
+        data: &Path,
+        config: Option<&str>,
+        backends: Option<Backends>,
+    ) -> Registry {
         let mut cmd = Command::new(registry_bin());
         cmd.arg("serve")
             .arg("--listen")
@@ -148,6 +206,7 @@ impl Registry {
             output,
             stderr_path,
             tmp: Some(tmp),
+            backends,
         }
     }
 

@@ -21,9 +21,19 @@
 //! round is one plan request carrying only the holdings hash, which must
 //! answer "nothing needed"; no archive is fetched.
 //!
+//! With `--backend postgres-s3` the registry keeps its metadata and device
+//! records in a PostgreSQL cluster and its blobs in a Garage bucket, both
+//! started for the run (as the e2e tests start them); `--replicas N` then
+//! starts N registry processes on that one database and bucket, each with
+//! its own data dir, and device `i` talks to replica `i mod N` (the image
+//! is pushed through replica 0; the others ingest it from the shared blobs
+//! on the first, unmeasured request).
+//!
 //! Prints a header and one line: devices, rounds, failed syncs, plan and
-//! archive latency p50/p99, bytes per archive, the registry's peak RSS
-//! (`VmHWM` from `/proc/PID/status`) and the wall time. Exit code 0 when
+//! archive latency p50/p99, bytes per archive, the registries' peak RSS
+//! (`VmHWM` from `/proc/PID/status`, the largest replica) and the wall
+//! time; then, per replica, its CPU time (user + system, from
+//! `/proc/PID/stat`) during the measured rounds and its peak RSS. Exit code 0 when
 //! every sync succeeded, 1 otherwise, 2 on bad arguments.
 //!
 //! ```text
@@ -49,6 +59,7 @@ use std::time::{Duration, Instant};
 const USAGE: &str = "\
 usage: layerlink-load [--devices N] [--rounds R] [--image TAG] [--time-limit SECS]
                       [--registry-bin PATH] [--up-to-date] [--spread SECS]
+                      [--backend embedded|postgres-s3] [--replicas N]
 
   --devices N         simulated devices, one thread each (default 200)
   --rounds R          plan+archive syncs per device (default 1)
@@ -60,6 +71,10 @@ usage: layerlink-load [--devices N] [--rounds R] [--image TAG] [--time-limit SEC
   --spread SECS       each device starts each round at its own offset within
                       SECS (as cron with a randomized delay spreads a fleet);
                       0 (default): every device at once, a worst-case burst
+  --backend B         embedded (default: redb + the data dir) or postgres-s3
+                      (PostgreSQL + a Garage bucket, started for the run)
+  --replicas N        registry processes sharing the backend (default 1;
+                      more than 1 needs --backend postgres-s3)
 ";
 
 struct Opts {
@@ -70,6 +85,8 @@ struct Opts {
     registry_bin: Option<PathBuf>,
     up_to_date: bool,
     spread: Duration,
+    shared: bool,
+    replicas: usize,
 }
 
 fn parse_args() -> Result<Opts, String> {
@@ -81,6 +98,8 @@ fn parse_args() -> Result<Opts, String> {
         registry_bin: None,
         up_to_date: false,
         spread: Duration::ZERO,
+        shared: false,
+        replicas: 1,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -97,6 +116,14 @@ fn parse_args() -> Result<Opts, String> {
             "--registry-bin" => o.registry_bin = Some(PathBuf::from(value(&a)?)),
             "--up-to-date" => o.up_to_date = true,
             "--spread" => o.spread = Duration::from_secs(number(&a, value(&a)?)?),
+            "--backend" => {
+                o.shared = match value(&a)?.as_str() {
+                    "embedded" => false,
+                    "postgres-s3" => true,
+                    other => return Err(format!("--backend {other:?}: embedded or postgres-s3")),
+                }
+            }
+            "--replicas" => o.replicas = number(&a, value(&a)?)? as usize,
             "-h" | "--help" => {
                 print!("{USAGE}");
                 std::process::exit(0);
@@ -106,6 +133,9 @@ fn parse_args() -> Result<Opts, String> {
     }
     if o.devices == 0 || o.rounds == 0 || o.devices > 10_000 {
         return Err("--devices must be 1..=10000 and --rounds at least 1".into());
+    }
+    if o.replicas == 0 || o.replicas > 8 || (o.replicas > 1 && !o.shared) {
+        return Err("--replicas must be 1..=8, and above 1 needs --backend postgres-s3".into());
     }
     Ok(o)
 }
@@ -134,7 +164,31 @@ fn token(i: usize) -> String {
     )
 }
 
-fn start_registry(opts: &Opts) -> Result<Server, String> {
+/// The servers behind `--backend postgres-s3`, stopped on drop.
+struct Shared {
+    _postgres: layerlink_tests::postgres::TestPostgres,
+    _garage: layerlink_tests::garage::Garage,
+    /// The config's `[storage]` section naming them.
+    storage: String,
+}
+
+fn start_shared() -> Shared {
+    let postgres = layerlink_tests::postgres::TestPostgres::start();
+    let url = postgres.create_database();
+    let garage = layerlink_tests::garage::Garage::start("load");
+    let storage = garage.storage_toml("load").replacen(
+        "[storage]\n",
+        &format!("[storage]\nmetadata = \"{url}\"\n"),
+        1,
+    );
+    Shared {
+        _postgres: postgres,
+        _garage: garage,
+        storage,
+    }
+}
+
+fn start_registry(opts: &Opts, storage: &str) -> Result<Server, String> {
     let dir = tempfile::Builder::new()
         .prefix("layerlink-load-")
         .tempdir()
@@ -146,6 +200,7 @@ fn start_registry(opts: &Opts) -> Result<Server, String> {
             token(i)
         ));
     }
+    config.push_str(storage);
     let config_path = dir.path().join("registry.toml");
     std::fs::write(&config_path, config).map_err(|e| e.to_string())?;
     let bin = opts.registry_bin.clone().unwrap_or_else(registry_bin);
@@ -477,11 +532,43 @@ fn main() -> ExitCode {
     }
 }
 
+/// User + system CPU time of a process so far (`/proc/PID/stat`).
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces): state is
+    // field 3, utime 14, stime 15.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    Duration::from_millis((ticks(11) + ticks(12)) * 1000 / clock_ticks())
+}
+
+/// Clock ticks per second of `/proc` times (`getconf CLK_TCK`; 100 on
+/// Linux unless it says otherwise).
+fn clock_ticks() -> u64 {
+    static HZ: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *HZ.get_or_init(|| {
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .and_then(|s| s.trim().parse().ok())
+            .filter(|&hz| hz > 0)
+            .unwrap_or(100)
+    })
+}
+
 fn run(opts: &Opts) -> Result<bool, String> {
-    let server = start_registry(opts)?;
+    let shared = opts.shared.then(start_shared);
+    let storage = shared.as_ref().map_or("", |s| s.storage.as_str());
+    let servers = (0..opts.replicas)
+        .map(|_| start_registry(opts, storage))
+        .collect::<Result<Vec<_>, _>>()?;
+    let server = &servers[0];
     let pid = server.child.id();
-    push_image(&server, &opts.image)?;
-    let prepared = wait_prepared(&server, Duration::from_secs(900))?;
+    push_image(server, &opts.image)?;
+    let prepared = wait_prepared(server, Duration::from_secs(900))?;
     eprintln!(
         "{} prepared by the registry {:.1} s after the push",
         opts.image,
@@ -512,7 +599,10 @@ fn run(opts: &Opts) -> Result<bool, String> {
         repository: format!("load/{repo}"),
         reference: reference.to_owned(),
     };
-    let base = format!("http://{}", server.addr);
+    let bases: Vec<String> = servers
+        .iter()
+        .map(|s| format!("http://{}", s.addr))
+        .collect();
     // What every device must receive, counted from the layout.
     let empty = layerlink_tests::sha256_hex(b"");
     let expected: Arc<BTreeSet<String>> = Arc::new(
@@ -540,7 +630,7 @@ fn run(opts: &Opts) -> Result<bool, String> {
         let (tx, start_line, base, image, expected) = (
             tx.clone(),
             start_line.clone(),
-            base.clone(),
+            bases[i % bases.len()].clone(),
             image.clone(),
             expected.clone(),
         );
@@ -623,6 +713,7 @@ fn run(opts: &Opts) -> Result<bool, String> {
     drop(tx);
     start_line.wait();
     let t0 = Instant::now();
+    let cpu0: Vec<Duration> = servers.iter().map(|s| cpu_time(s.child.id())).collect();
 
     let mut results = Vec::new();
     let grace = Duration::from_secs(5);
@@ -634,7 +725,16 @@ fn run(opts: &Opts) -> Result<bool, String> {
         }
     }
     let wall = t0.elapsed();
-    let peak_kib = proc_status_kib(pid, "VmHWM").unwrap_or(0);
+    let cpu: Vec<Duration> = servers
+        .iter()
+        .zip(&cpu0)
+        .map(|(s, c0)| cpu_time(s.child.id()).saturating_sub(*c0))
+        .collect();
+    let peaks: Vec<u64> = servers
+        .iter()
+        .map(|s| proc_status_kib(s.child.id(), "VmHWM").unwrap_or(0))
+        .collect();
+    let peak_kib = peaks.iter().copied().max().unwrap_or(0);
 
     let unfinished = opts.devices - results.len();
     let mut plan: Vec<Duration> = results
@@ -687,5 +787,19 @@ fn run(opts: &Opts) -> Result<bool, String> {
         peak_kib as f64 / 1024.0,
         wall.as_secs_f64()
     );
+    for (k, (c, p)) in cpu.iter().zip(&peaks).enumerate() {
+        println!(
+            "replica {k}: cpu {:.2} s during the rounds, peak RSS {:.1} MiB ({} backend)",
+            c.as_secs_f64(),
+            *p as f64 / 1024.0,
+            if opts.shared {
+                "postgres-s3"
+            } else {
+                "embedded"
+            }
+        );
+    }
+    drop(servers);
+    drop(shared);
     Ok(failed == 0)
 }
