@@ -62,6 +62,7 @@ impl Fixture {
             .arg("edit")
             .arg("--data")
             .arg(self.reg.data_dir())
+            .args(self.reg.storage_config_arg())
             .arg(IMAGE)
             .args(args));
         assert!(
@@ -492,6 +493,7 @@ impl Fixture {
             .arg("edit")
             .arg("--data")
             .arg(self.reg.data_dir())
+            .args(self.reg.storage_config_arg())
             .arg(image)
             .args(args));
         assert!(
