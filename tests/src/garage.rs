@@ -190,6 +190,16 @@ api_bind_addr = "127.0.0.1:{admin}"
         self.dir.path()
     }
 
+    /// [`Self::storage_toml`] with the metadata (and device records) in the
+    /// PostgreSQL database at `metadata_url`: the production backends.
+    pub fn storage_toml_with_metadata(&self, prefix: &str, metadata_url: &str) -> String {
+        self.storage_toml(prefix).replacen(
+            "[storage]\n",
+            &format!("[storage]\nmetadata = \"{metadata_url}\"\n"),
+            1,
+        )
+    }
+
     /// A registry `[storage]` section keeping blobs in `s3://BUCKET/prefix`.
     pub fn storage_toml(&self, prefix: &str) -> String {
         format!(

@@ -40,11 +40,7 @@ fn production_backends(config: Option<&str>) -> Option<(Backends, String)> {
     let postgres = crate::postgres::TestPostgres::start();
     let url = postgres.create_database();
     let garage = crate::garage::Garage::start("registry");
-    let storage = garage.storage_toml("e2e").replacen(
-        "[storage]\n",
-        &format!("[storage]\nmetadata = \"{url}\"\n"),
-        1,
-    );
+    let storage = garage.storage_toml_with_metadata("e2e", &url);
     Some((
         Backends {
             _postgres: postgres,

@@ -213,11 +213,7 @@ fn a_device_moves_between_replicas() {
     let g = Garage::start("replicas");
     let pg = TestPostgres::start();
     let url = pg.create_database();
-    let storage = g.storage_toml("fleet").replacen(
-        "[storage]\n",
-        &format!("[storage]\nmetadata = \"{url}\"\n"),
-        1,
-    );
+    let storage = g.storage_toml_with_metadata("fleet", &url);
     let config = format!("log_format = \"json\"\n{DEVICE_CONFIG}\n{storage}");
     let a = Registry::start(Some(&config));
     let b = Registry::start(Some(&config));
@@ -304,11 +300,7 @@ fn replicas_survive_concurrent_pushes_and_a_kill_mid_ingest() {
     let g = Garage::start("races");
     let pg = TestPostgres::start();
     let url = pg.create_database();
-    let storage = g.storage_toml("fleet").replacen(
-        "[storage]\n",
-        &format!("[storage]\nmetadata = \"{url}\"\n"),
-        1,
-    );
+    let storage = g.storage_toml_with_metadata("fleet", &url);
     let config = format!("{DEVICE_CONFIG}\n{storage}");
     let a = Registry::start(Some(&config));
     let b = Registry::start(Some(&config));

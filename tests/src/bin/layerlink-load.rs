@@ -176,11 +176,7 @@ fn start_shared() -> Shared {
     let postgres = layerlink_tests::postgres::TestPostgres::start();
     let url = postgres.create_database();
     let garage = layerlink_tests::garage::Garage::start("load");
-    let storage = garage.storage_toml("load").replacen(
-        "[storage]\n",
-        &format!("[storage]\nmetadata = \"{url}\"\n"),
-        1,
-    );
+    let storage = garage.storage_toml_with_metadata("load", &url);
     Shared {
         _postgres: postgres,
         _garage: garage,

@@ -133,15 +133,26 @@ impl SeenBuffer {
         *t = (*t).max(at);
     }
 
-    /// Take every noted time.
-    pub fn take(&self) -> BTreeMap<String, u64> {
-        std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()))
-    }
-
-    /// Put back times a failed write did not store (a later noted time wins).
-    pub fn restore(&self, times: BTreeMap<String, u64>) {
-        for (d, at) in times {
-            self.note(&d, at);
+    /// Hand every noted time to `write` (which stores them, keeping any
+    /// later recorded time); if it fails, the times are noted again for the
+    /// next flush (a later time noted meanwhile wins). Returns how many
+    /// devices were written; `write` is not called when nothing is noted.
+    pub fn flush(
+        &self,
+        write: impl FnOnce(&BTreeMap<String, u64>) -> anyhow::Result<()>,
+    ) -> anyhow::Result<usize> {
+        let pending = std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()));
+        if pending.is_empty() {
+            return Ok(0);
+        }
+        match write(&pending) {
+            Ok(()) => Ok(pending.len()),
+            Err(e) => {
+                for (d, at) in pending {
+                    self.note(&d, at);
+                }
+                Err(e)
+            }
         }
     }
 }

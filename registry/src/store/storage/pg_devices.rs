@@ -168,32 +168,22 @@ impl DeviceStore for PgDevices {
     }
 
     fn flush_seen(&self) -> anyhow::Result<usize> {
-        let pending = self.seen.take();
-        if pending.is_empty() {
-            return Ok(0);
-        }
-        let n = pending.len();
-        let devices: Vec<String> = pending.keys().cloned().collect();
-        let times = pending
-            .values()
-            .map(|t| to_i64(*t))
-            .collect::<anyhow::Result<Vec<i64>>>()?;
-        let written = self.pg.write((devices, times), |tx, (devices, times)| {
-            Box::pin(async move {
-                let s = tx.prepare_cached(UPSERT_SEEN).await?;
-                tx.execute(&s, &[devices, times]).await?;
-                Ok(())
+        // On failure (the database unreachable) the times stay noted for
+        // the next flush.
+        self.seen.flush(|pending| {
+            let devices: Vec<String> = pending.keys().cloned().collect();
+            let times = pending
+                .values()
+                .map(|t| to_i64(*t))
+                .collect::<anyhow::Result<Vec<i64>>>()?;
+            self.pg.write((devices, times), |tx, (devices, times)| {
+                Box::pin(async move {
+                    let s = tx.prepare_cached(UPSERT_SEEN).await?;
+                    tx.execute(&s, &[devices, times]).await?;
+                    Ok(())
+                })
             })
-        });
-        match written {
-            Ok(()) => Ok(n),
-            Err(e) => {
-                // The database is unreachable or failing: keep the times
-                // for the next flush.
-                self.seen.restore(pending);
-                Err(e)
-            }
-        }
+        })
     }
 
     fn record_images(&self, device: &str, record: &ImagesRecord) -> anyhow::Result<()> {

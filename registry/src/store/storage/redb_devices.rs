@@ -127,28 +127,17 @@ impl DeviceStore for RedbDevices {
     }
 
     fn flush_seen(&self) -> anyhow::Result<usize> {
-        let pending = self.seen.take();
-        if pending.is_empty() {
-            return Ok(0);
-        }
-        let write = || -> anyhow::Result<()> {
+        self.seen.flush(|pending| {
             let txn = self.db.begin_write()?;
             {
                 let mut t = txn.open_table(SEEN)?;
-                for (device, at) in &pending {
+                for (device, at) in pending {
                     keep_later(&mut t, device, *at)?;
                 }
             }
             txn.commit()?;
             Ok(())
-        };
-        match write() {
-            Ok(()) => Ok(pending.len()),
-            Err(e) => {
-                self.seen.restore(pending);
-                Err(e)
-            }
-        }
+        })
     }
 
     fn record_images(&self, device: &str, record: &ImagesRecord) -> anyhow::Result<()> {
