@@ -510,7 +510,14 @@ fn postgres_devices_meet_the_contract() {
     let pg = TestPostgres::start();
     let url = pg.create_database();
     // Two replicas: two pools on one database.
-    let a = PgDevices::open(Pg::connect(&url).unwrap()).unwrap();
+    let pool = Pg::connect(&url).unwrap();
+    let timeout = pool
+        .read("SHOW statement_timeout", (), |rows| {
+            Ok(rows[0].get::<_, String>(0))
+        })
+        .unwrap();
+    assert_eq!(timeout, "30s", "every connection has a statement timeout");
+    let a = PgDevices::open(pool).unwrap();
     let b = PgDevices::open(Pg::connect(&url).unwrap()).unwrap();
     device_contract(&a, &b);
     let url = pg.create_database();

@@ -32,6 +32,10 @@ use tokio_postgres::NoTls;
 /// The advisory lock key schema migrations hold ("layerlnk" in ASCII).
 const SCHEMA_LOCK: i64 = 0x6c61_7965_726c_6e6b;
 
+/// The server-side limit on one statement, unless the connection string
+/// sets `options` itself.
+const STATEMENT_TIMEOUT_MS: u32 = 30_000;
+
 /// Connections per registry process.
 const POOL_SIZE: usize = 16;
 
@@ -70,6 +74,12 @@ impl Pg {
         }
         if config.get_application_name().is_none() {
             config.application_name("layerlink-registry");
+        }
+        if config.get_options().is_none() {
+            // A statement stuck on a lock or a sick server gives its pool
+            // connection back after this instead of holding it (and the
+            // request) forever; `?options=` in the URL overrides it.
+            config.options(&format!("-c statement_timeout={STATEMENT_TIMEOUT_MS}"));
         }
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
