@@ -79,7 +79,7 @@ impl Pg {
             // A statement stuck on a lock or a sick server gives its pool
             // connection back after this instead of holding it (and the
             // request) forever; `?options=` in the URL overrides it.
-            config.options(&format!("-c statement_timeout={STATEMENT_TIMEOUT_MS}"));
+            config.options(format!("-c statement_timeout={STATEMENT_TIMEOUT_MS}"));
         }
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
