@@ -46,8 +46,13 @@ cargo clippy --workspace --all-targets -- -D warnings
 if [[ -f cross/test.sh && "${LAYERLINK_SKIP_CROSS:-0}" != 1 ]]; then
   step "cross builds + QEMU tests (cross/test.sh)"
   bash cross/install.sh
+  # The registry the QEMU-run agents sync from: the one built above (else
+  # cross/test.sh builds its own in ./target, ~8 min on 2 cores).
+  reg_bin="${CARGO_TARGET_DIR:-$PWD/target}/debug/layerlink-registry"
+  [[ -x $reg_bin ]] || reg_bin=""
   # one 64-bit and one 32-bit target, both the static form flashed on gateways
-  bash cross/test.sh aarch64-unknown-linux-musl armv7-unknown-linux-musleabihf
+  LAYERLINK_REGISTRY_BIN="$reg_bin" \
+    bash cross/test.sh aarch64-unknown-linux-musl armv7-unknown-linux-musleabihf
   step "agent size budgets (static, TLS: aarch64 <= 1.5 MiB, armv7 <= 1.25 MiB)"
   # The binaries cross/test.sh just built: an incremental no-op build, then
   # the size check, which fails CI when a budget is broken.
