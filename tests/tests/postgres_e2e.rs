@@ -193,6 +193,16 @@ fn serve_refuses_an_unreachable_database() {
     assert!(err.contains("PostgreSQL"), "{err}");
 }
 
+/// The servers two replicas share (one PostgreSQL database, one Garage
+/// bucket) and the `[storage]` section naming them.
+fn shared_backends(bucket: &str) -> (Garage, TestPostgres, String) {
+    let g = Garage::start(bucket);
+    let pg = TestPostgres::start();
+    let url = pg.create_database();
+    let storage = g.storage_toml_with_metadata("fleet", &url);
+    (g, pg, storage)
+}
+
 /// The registry's JSON log lines whose message is `message`.
 fn log_lines(reg: &Registry, message: &str) -> Vec<serde_json::Value> {
     reg.log()
@@ -210,10 +220,7 @@ fn log_lines(reg: &Registry, message: &str) -> Vec<serde_json::Value> {
 /// the image; A's fleet view shows the sync B served.
 #[test]
 fn a_device_moves_between_replicas() {
-    let g = Garage::start("replicas");
-    let pg = TestPostgres::start();
-    let url = pg.create_database();
-    let storage = g.storage_toml_with_metadata("fleet", &url);
+    let (_g, pg, storage) = shared_backends("replicas");
     let config = format!("log_format = \"json\"\n{DEVICE_CONFIG}\n{storage}");
     let a = Registry::start(Some(&config));
     let b = Registry::start(Some(&config));
@@ -297,10 +304,7 @@ fn a_device_moves_between_replicas() {
 /// umoci (the device's checkout) and `psql` (one row per tag).
 #[test]
 fn replicas_survive_concurrent_pushes_and_a_kill_mid_ingest() {
-    let g = Garage::start("races");
-    let pg = TestPostgres::start();
-    let url = pg.create_database();
-    let storage = g.storage_toml_with_metadata("fleet", &url);
+    let (_g, pg, storage) = shared_backends("races");
     let config = format!("{DEVICE_CONFIG}\n{storage}");
     let a = Registry::start(Some(&config));
     let b = Registry::start(Some(&config));

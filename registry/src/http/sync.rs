@@ -127,12 +127,8 @@ pub fn plan_request(
     let resolved = req
         .images
         .iter()
-        .map(|i| {
-            let img = plan::resolve_image(store, &i.repository, &i.reference, Some(&req.platform))?;
-            plan::ensure_ingested(store, &img)?;
-            Ok(img)
-        })
-        .collect::<Result<Vec<_>, SyncError>>()?;
+        .map(|i| plan::resolve_ingested(store, &i.repository, &i.reference, Some(&req.platform)))
+        .collect::<Result<Vec<_>, _>>()?;
     let held = access::readable_holdings(store, device, &held)?;
     let images = req
         .images
@@ -170,9 +166,8 @@ pub fn prepare_archive(
     check_read(device, &req.repository)?;
     let (held, _) = devices::resolve_holdings(store.devices(), &device.id, &req.holdings)?;
     let md = req.manifest_digest.to_string();
-    let img = plan::resolve_image(store, &req.repository, &md, None)?;
-    // Before the held layers are filtered (see `plan_request`).
-    plan::ensure_ingested(store, &img)?;
+    // Ingested before the held layers are filtered (see `plan_request`).
+    let img = plan::resolve_ingested(store, &req.repository, &md, None)?;
     let held = access::readable_holdings(store, device, &held)?;
     let wanted: HashSet<Digest> = req.layers.iter().copied().collect();
     for l in &wanted {

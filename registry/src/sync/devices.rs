@@ -224,7 +224,7 @@ pub fn resolve_holdings(
             let unchanged = recorded == Some(hash);
             (set, hash, !unchanged)
         }
-        Holdings::Hash(h) => match recorded(devices, device)? {
+        Holdings::Hash(h) => match devices.holdings(device).map_err(SyncError::internal)? {
             Some((rh, set)) if rh == *h => (set, rh, false),
             _ => {
                 return Err(SyncError::new(
@@ -244,14 +244,6 @@ pub fn resolve_holdings(
         devices.note_seen(device, now_secs());
     }
     Ok((set, hash))
-}
-
-/// The recorded `(hash, set)` of a device.
-pub fn recorded(
-    devices: &dyn DeviceStore,
-    device: &str,
-) -> Result<Option<(Digest, HeldSet)>, SyncError> {
-    devices.holdings(device).map_err(SyncError::internal)
 }
 
 /// Record the images a device reports holding.

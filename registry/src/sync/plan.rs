@@ -435,13 +435,25 @@ pub fn plan_image(
     platform: &Platform,
     held: &HeldSet,
 ) -> Result<ImagePlan, SyncError> {
-    let img = resolve_image(store, &image.repository, &image.reference, Some(platform))?;
-    ensure_ingested(store, &img)?;
+    let img = resolve_ingested(store, &image.repository, &image.reference, Some(platform))?;
     plan_resolved(store, image, &img, held)
 }
 
-/// Plan an image already resolved and ingested ([`resolve_image`],
-/// [`ensure_ingested`]) for a device holding `held`.
+/// [`resolve_image`], then [`ensure_ingested`]: the image as planning and
+/// archives need it.
+pub fn resolve_ingested(
+    store: &dyn ImageStore,
+    repository: &str,
+    reference: &str,
+    platform: Option<&Platform>,
+) -> Result<ResolvedImage, SyncError> {
+    let img = resolve_image(store, repository, reference, platform)?;
+    ensure_ingested(store, &img)?;
+    Ok(img)
+}
+
+/// Plan an image already resolved and ingested ([`resolve_ingested`]) for
+/// a device holding `held`.
 pub fn plan_resolved(
     store: &dyn ImageStore,
     image: &ImageRef,
