@@ -111,16 +111,31 @@ pub struct Report {
     pub cache_files_deleted: u64,
     /// Their bytes.
     pub cache_bytes: u64,
-    /// Everything above, in bytes of files.
+    /// Published layers forgotten in the replicas' shared index
+    /// (PostgreSQL + bucket; `store::storage::shared_layers`).
+    pub shared_layers_forgotten: u64,
+    /// Objects deleted from the shared bucket.
+    pub shared_objects_deleted: u64,
+    /// Their bytes, as stored.
+    pub shared_object_bytes: u64,
+    /// Everything above, in bytes of files (and of bucket objects).
     pub bytes_freed: u64,
 }
 
 impl Report {
     /// One line for logs and the command.
     pub fn summary(&self) -> String {
+        let shared = if self.shared_layers_forgotten + self.shared_objects_deleted > 0 {
+            format!(
+                ", shared index: {} layer(s), {} object(s) ({} B)",
+                self.shared_layers_forgotten, self.shared_objects_deleted, self.shared_object_bytes
+            )
+        } else {
+            String::new()
+        };
         format!(
             "{}{} manifest(s), {} blob link(s), {} blob(s) ({} B), {} layer(s) ({} kept for devices), \
-             {} object(s) ({} B), {} cache file(s) ({} B): {} B freed",
+             {} object(s) ({} B), {} cache file(s) ({} B){}: {} B freed",
             if self.dry_run { "would delete " } else { "deleted " },
             self.manifests_deleted,
             self.blob_links_removed,
@@ -132,6 +147,7 @@ impl Report {
             self.object_bytes,
             self.cache_files_deleted,
             self.cache_bytes,
+            shared,
             self.bytes_freed,
         )
     }
@@ -357,13 +373,14 @@ pub fn run(storage: &Storage, opts: &Options) -> anyhow::Result<Report> {
             kept_layers.insert(*diff_id);
         }
     }
+    let mut held = HashSet::new();
     if let Some(g) = opts.device_grace {
-        let held = storage
+        held = storage
             .devices()
             .layers_held_since(now_secs.saturating_sub(g.as_secs()))
             .context("reading the layers devices hold")?;
-        for l in held {
-            if all_layers.binary_search(&l).is_ok() && kept_layers.insert(l) {
+        for l in &held {
+            if all_layers.binary_search(l).is_ok() && kept_layers.insert(*l) {
                 report.layers_kept_for_devices += 1;
             }
         }
@@ -450,7 +467,23 @@ pub fn run(storage: &Storage, opts: &Options) -> anyhow::Result<Report> {
         }
     }
 
-    report.bytes_freed = report.blob_bytes + report.object_bytes + report.cache_bytes;
+    if let Some(shared) = storage.shared_layers() {
+        // The layers other replicas published: the same rule (reachable,
+        // held by a recently seen device, or young), decided here once for
+        // every replica; each replica's own data directory is collected by
+        // its own collection, above.
+        let mut keep = kept_layers.clone();
+        keep.extend(held);
+        let swept = shared
+            .collect(&keep, &kept_blobs, cutoff, dry)
+            .context("collecting the shared layer index")?;
+        report.shared_layers_forgotten = swept.layers;
+        report.shared_objects_deleted = swept.objects;
+        report.shared_object_bytes = swept.object_bytes;
+    }
+
+    report.bytes_freed =
+        report.blob_bytes + report.object_bytes + report.cache_bytes + report.shared_object_bytes;
     Ok(report)
 }
 

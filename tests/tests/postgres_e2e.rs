@@ -4,17 +4,22 @@
 //! the OCI layout skopeo pushed from and `psql` reading the tables — not
 //! the registry's code. Device records are in PostgreSQL too, so a device
 //! may move between replicas (two registry processes on one database and
-//! one bucket). (The layer index stays in each data directory for now; see
-//! the README.)
+//! one bucket), and replicas share the layer index and the file objects (a
+//! layer is ingested once, by the replica it was pushed to; the others
+//! import it).
 
+use layerlink_registry::config::S3Config;
+use layerlink_registry::store::storage::S3BlobStore;
 use layerlink_tests::bins::registry_bin;
 use layerlink_tests::fixture::{assert_checkout_matches_umoci, test_repo, DEVICE_CONFIG, TOKEN};
 use layerlink_tests::garage::Garage;
 use layerlink_tests::http::request;
+use layerlink_tests::layers::image_files;
 use layerlink_tests::postgres::TestPostgres;
 use layerlink_tests::{
     skopeo_pull, skopeo_push, test_images, Agent, CountingProxy, OciLayout, Registry,
 };
+use std::collections::BTreeSet;
 use std::process::Command;
 
 #[test]
@@ -360,4 +365,178 @@ fn replicas_survive_concurrent_pushes_and_a_kill_mid_ingest() {
         "an up-to-date check through the restarted replica cost {} B",
         proxy.bytes_total()
     );
+}
+
+/// sha256 (hex) of every file object in the shared bucket (listed through
+/// the S3 API).
+fn bucket_objects(g: &Garage, prefix: &str) -> BTreeSet<String> {
+    let config = S3Config {
+        endpoint: Some(g.endpoint.clone()),
+        region: Some(g.region.clone()),
+        access_key_id: Some(g.access_key_id.clone()),
+        secret_access_key: Some(g.secret_access_key.clone()),
+        virtual_hosted_style: false,
+    };
+    let store = S3BlobStore::open(&format!("s3://{}/{prefix}", g.bucket), &config).unwrap();
+    store
+        .list_objects()
+        .unwrap()
+        .into_iter()
+        .map(|(d, _, _)| d.hex())
+        .collect()
+}
+
+/// sha256 (hex) of every object file in a data directory.
+fn data_dir_objects(data: &std::path::Path) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for shard in std::fs::read_dir(data.join("objects")).unwrap() {
+        let shard = shard.unwrap();
+        if shard.file_name().to_string_lossy().starts_with('.') {
+            continue; // staging
+        }
+        for f in std::fs::read_dir(shard.path()).unwrap() {
+            let name = f.unwrap().file_name().to_string_lossy().into_owned();
+            if let Some(hex) = name.strip_suffix(".zst") {
+                out.insert(hex.to_owned());
+            }
+        }
+    }
+    out
+}
+
+/// Distinct non-empty regular-file contents of `tags`' layers, counted
+/// from the OCI layout (not by the registry).
+fn contents(src: &OciLayout, tags: &[&str]) -> BTreeSet<String> {
+    let empty = layerlink_tests::sha256_hex(b"");
+    image_files(src, tags)
+        .digests
+        .into_iter()
+        .filter(|d| *d != empty)
+        .collect()
+}
+
+/// Replicas share the layer index (PostgreSQL) and the file objects (the
+/// bucket): images pushed through A are ingested there once and published;
+/// a device syncing through B makes B *import* each layer — no ingest of
+/// its own — and B's data directory then holds exactly that image's file
+/// contents, downloaded and checked. A tag deleted through B and an offline
+/// `gc` on A forget the shared rows and bucket objects only it used, and B
+/// still serves the live image to a new device. Oracles: the OCI layout
+/// (layers, file contents), umoci, `psql`, the bucket listing.
+#[test]
+fn replicas_share_the_layer_index_and_objects() {
+    let (g, pg, storage) = shared_backends("shared-index");
+    let config = format!("log_format = \"json\"\n{DEVICE_CONFIG}\n{storage}");
+    let a = Registry::start(Some(&config));
+    let b = Registry::start(Some(&config));
+    let images = test_images();
+    let src = images.layout();
+    let (gone, live) = ("tiny:v1", "base-a:v1");
+    for tag in [gone, live] {
+        skopeo_push(&images.oci_dir, tag, &a, &test_repo(tag));
+    }
+    let layers_of = |tags: &[&str]| -> BTreeSet<String> {
+        tags.iter()
+            .flat_map(|t| src.layers(t))
+            .map(|l| l.digest)
+            .collect()
+    };
+    let pushed = layers_of(&[gone, live]);
+    assert_eq!(
+        log_lines(&a, "layer published to the shared index").len(),
+        pushed.len(),
+        "{}",
+        a.log()
+    );
+    let records = || {
+        pg.psql("test0", "SELECT count(*) FROM index_layer_records")
+            .trim()
+            .to_owned()
+    };
+    assert_eq!(records(), pushed.len().to_string());
+    assert_eq!(
+        bucket_objects(&g, "fleet"),
+        contents(&src, &[gone, live]),
+        "the bucket holds every distinct file content once"
+    );
+
+    // A device syncs `live` through B, which has ingested nothing.
+    let image = test_repo(live);
+    let agent = Agent::new(TOKEN);
+    agent.sync(&b.url, &[&image]);
+    assert_checkout_matches_umoci(&agent, &image, &images.oci_dir, live);
+    assert_eq!(
+        log_lines(&b, "layer imported from the shared index").len(),
+        layers_of(&[live]).len(),
+        "{}",
+        b.log()
+    );
+    assert!(
+        !b.log().contains("ingested layer"),
+        "B ingested a layer A had published:\n{}",
+        b.log()
+    );
+    assert_eq!(
+        data_dir_objects(b.data_dir()),
+        contents(&src, &[live]),
+        "B holds exactly the imported image's contents"
+    );
+
+    // `gone` deleted through B; A's offline collection forgets what only
+    // it used, in PostgreSQL and in the bucket.
+    let (repo, tag) = test_repo(gone)
+        .split_once(':')
+        .map(|(r, t)| (r.to_owned(), t.to_owned()))
+        .unwrap();
+    let r = request(
+        b.addr(),
+        "DELETE",
+        &format!("/v2/{repo}/manifests/{tag}"),
+        &[],
+        b"",
+    );
+    assert_eq!(r.status, 202, "DELETE tag: {}", r.text());
+    std::thread::sleep(std::time::Duration::from_millis(1100)); // --grace 0: strictly older
+    let cfg = a.config_path().unwrap().to_owned();
+    let mut report = serde_json::Value::Null;
+    let _a = a.restart_after(|data| {
+        let out = layerlink_tests::run(
+            Command::new(registry_bin())
+                .args(["gc", "--json", "--grace", "0", "--data"])
+                .arg(data)
+                .arg("--config")
+                .arg(&cfg),
+        );
+        assert!(
+            out.status.success(),
+            "gc failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        report = serde_json::from_slice(&out.stdout).unwrap();
+    });
+    let only_gone = layers_of(&[gone]).difference(&layers_of(&[live])).count();
+    assert!(only_gone > 0, "tiny:v1 shares every layer with base-a:v1");
+    assert_eq!(
+        report["shared_layers_forgotten"].as_u64(),
+        Some(only_gone as u64),
+        "{report}"
+    );
+    assert_eq!(records(), layers_of(&[live]).len().to_string());
+    let live_contents = contents(&src, &[live]);
+    let freed = contents(&src, &[gone]).difference(&live_contents).count();
+    assert_eq!(
+        report["shared_objects_deleted"].as_u64(),
+        Some(freed as u64),
+        "{report}"
+    );
+    assert_eq!(
+        bucket_objects(&g, "fleet"),
+        live_contents,
+        "bucket after gc"
+    );
+
+    // B still serves the live image, from its own copy, to a new device.
+    let fresh = Agent::new(TOKEN);
+    fresh.sync(&b.url, &[&image]);
+    assert_checkout_matches_umoci(&fresh, &image, &images.oci_dir, live);
 }

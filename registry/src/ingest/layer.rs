@@ -366,7 +366,7 @@ fn record<R: Read>(
 }
 
 /// Record the layer and publish its staged objects.
-fn commit(
+pub(super) fn commit(
     db: &redb::Database,
     staging: &mut Staging,
     spill_path: &std::path::Path,

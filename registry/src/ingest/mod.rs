@@ -12,6 +12,7 @@
 //! layer indexed); different layers ingest in parallel.
 
 mod layer;
+pub mod shared;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
@@ -22,7 +23,7 @@ pub use layer::{ingest_layer, uncompressed_digest, LayerOutcome};
 use crate::oci::{self, ParsedManifest};
 use crate::store::index;
 use crate::store::objects::ObjectStore;
-use crate::store::storage::Storage;
+use crate::store::storage::{SharedLayers, Storage};
 use layerlink_proto::Digest;
 use std::collections::HashSet;
 use std::io::Read;
@@ -195,7 +196,14 @@ pub fn ingest_manifest(
             tracing::warn!("cleaning {}: {e}", store.root().display());
         }
     });
-    ingest_manifest_with(storage.db(), &store, storage, manifest, media_type)
+    ingest_manifest_in(
+        storage.db(),
+        &store,
+        storage,
+        storage.shared_layers(),
+        manifest,
+        media_type,
+    )
 }
 
 /// Read a config blob (bounded).
@@ -224,6 +232,19 @@ pub fn ingest_manifest_with(
     manifest: &[u8],
     media_type: &str,
 ) -> Result<(), IngestError> {
+    ingest_manifest_in(db, store, blobs, None, manifest, media_type)
+}
+
+/// [`ingest_manifest_with`], importing from and publishing to the
+/// replicas' shared index when there is one.
+pub fn ingest_manifest_in(
+    db: &redb::Database,
+    store: &ObjectStore,
+    blobs: &dyn BlobSource,
+    shared: Option<&SharedLayers>,
+    manifest: &[u8],
+    media_type: &str,
+) -> Result<(), IngestError> {
     let m = match oci::parse_manifest(manifest, media_type).map_err(invalid)? {
         ParsedManifest::Image(m) => m,
         ParsedManifest::Index(_) => return Ok(()),
@@ -248,7 +269,7 @@ pub fn ingest_manifest_with(
         )));
     }
     for (l, diff_id) in m.layers.iter().zip(&diff_ids) {
-        ingest_one(db, store, blobs, &l.digest, &l.media_type, diff_id)?;
+        ingest_one(db, store, blobs, shared, &l.digest, &l.media_type, diff_id)?;
     }
     Ok(())
 }
@@ -261,6 +282,7 @@ fn ingest_one(
     db: &redb::Database,
     store: &ObjectStore,
     blobs: &dyn BlobSource,
+    shared: Option<&SharedLayers>,
     blob: &Digest,
     media_type: &str,
     diff_id: &Digest,
@@ -298,11 +320,32 @@ fn ingest_one(
         txn.commit().map_err(IngestError::store)?;
         return Ok(());
     }
+    let started = std::time::Instant::now();
+    if let Some(shared_index) = shared {
+        match shared::import_layer(db, store, shared_index, blob, diff_id) {
+            Ok(Some(imp)) => {
+                tracing::info!(
+                    layer = %diff_id,
+                    entries = imp.meta.entries,
+                    objects_downloaded = imp.downloaded,
+                    bytes = imp.bytes,
+                    seconds = started.elapsed().as_secs_f64(),
+                    "layer imported from the shared index"
+                );
+                return Ok(());
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(
+                layer = %diff_id,
+                error = %e,
+                "importing a layer from the shared index failed; ingesting it from its blob"
+            ),
+        }
+    }
     let r = blobs
         .open(blob)
         .map_err(IngestError::store)?
         .ok_or(IngestError::MissingBlob(*blob))?;
-    let started = std::time::Instant::now();
     match ingest_layer(db, store, blob, media_type, diff_id, r)? {
         LayerOutcome::Ingested(meta) => tracing::info!(
             "ingested layer {diff_id}: {} entries, {} files, {} new objects, {:.1}s",
@@ -311,7 +354,25 @@ fn ingest_one(
             meta.new_objects,
             started.elapsed().as_secs_f64()
         ),
-        LayerOutcome::AlreadyIngested => {}
+        LayerOutcome::AlreadyIngested => return Ok(()),
+    }
+    if let Some(shared_index) = shared {
+        // Other replicas import it instead of ingesting it again; a failure
+        // costs them that work, not this push.
+        let started = std::time::Instant::now();
+        match shared::publish_layer(db, store, shared_index, diff_id, blob) {
+            Ok(uploaded) => tracing::info!(
+                layer = %diff_id,
+                objects_uploaded = uploaded,
+                seconds = started.elapsed().as_secs_f64(),
+                "layer published to the shared index"
+            ),
+            Err(e) => tracing::warn!(
+                layer = %diff_id,
+                error = format!("{e:#}"),
+                "publishing a layer to the shared index failed"
+            ),
+        }
     }
     Ok(())
 }

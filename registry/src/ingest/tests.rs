@@ -278,7 +278,7 @@ fn dedup_across_layers_and_repush_adds_nothing() {
     let z = zstd::encode_all(&l2[..], 3).unwrap();
     let blobs = MemBlobs::default();
     let zd = blobs.put(z);
-    ingest_one(&ts.db, &ts.objects, &blobs, &zd, "", &Digest::of(&l2)).unwrap();
+    ingest_one(&ts.db, &ts.objects, &blobs, None, &zd, "", &Digest::of(&l2)).unwrap();
     assert_eq!(
         index::diff_id_for_blob(&ts.db, &zd).unwrap(),
         Some(Digest::of(&l2))

@@ -242,6 +242,31 @@ impl Staging {
         Ok(())
     }
 
+    /// Stage an object that arrives already in the stored form (a zstd
+    /// file at `file`, e.g. downloaded from the shared bucket): its content
+    /// must hash to `d` (checked by decompressing it), else it is removed
+    /// and the error says so.
+    pub fn adopt_stored(&mut self, d: Digest, file: &Path) -> io::Result<()> {
+        let dec = zstd::stream::read::Decoder::new(File::open(file)?)?;
+        let mut r = crate::hashing::HashReader::new(dec);
+        io::copy(&mut r, &mut io::sink())?;
+        let (_, found, _) = r.finish();
+        if found != d {
+            let _ = fs::remove_file(file);
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("object {d} holds content hashing to {found}"),
+            ));
+        }
+        if self.contains(&d) {
+            return fs::remove_file(file);
+        }
+        let stored = fs::metadata(file)?.len();
+        fs::rename(file, self.staged_path(&d))?;
+        self.objects.insert(d, stored);
+        Ok(())
+    }
+
     /// Drop a streaming object whose content turned out to be known.
     pub fn discard_stream(&mut self, obj: StreamingObject) -> io::Result<()> {
         let StreamingObject { path, enc } = obj;

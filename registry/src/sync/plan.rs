@@ -37,6 +37,11 @@ pub trait ImageStore: BlobSource + Send + Sync {
     fn devices(&self) -> &dyn crate::store::storage::DeviceStore;
     /// The object store.
     fn objects(&self) -> ObjectStore;
+    /// The layer index replicas share, if any (see
+    /// [`crate::store::storage::shared_layers`]).
+    fn shared_layers(&self) -> Option<&crate::store::storage::SharedLayers> {
+        None
+    }
     /// Every repository name.
     fn repositories(&self) -> anyhow::Result<Vec<String>>;
     /// The blobs `repository` holds (see [`crate::access`]).
@@ -59,6 +64,9 @@ impl ImageStore for Storage {
     }
     fn objects(&self) -> ObjectStore {
         index::object_store(self)
+    }
+    fn shared_layers(&self) -> Option<&crate::store::storage::SharedLayers> {
+        Storage::shared_layers(self)
     }
     fn repositories(&self) -> anyhow::Result<Vec<String>> {
         let mut out: Vec<String> = Vec::new();
@@ -416,10 +424,11 @@ pub fn ensure_ingested(store: &dyn ImageStore, img: &ResolvedImage) -> Result<()
         missing
     };
     if missing {
-        ingest::ingest_manifest_with(
+        ingest::ingest_manifest_in(
             db,
             &store.objects(),
             store,
+            store.shared_layers(),
             &img.manifest.bytes,
             &img.manifest.media_type,
         )

@@ -73,6 +73,35 @@ pub trait BlobStore: Send + Sync + std::fmt::Debug {
     fn local_path(&self, digest: &Digest) -> Option<PathBuf>;
 }
 
+/// A shared store (the bucket of blobs is also the bucket of the shared
+/// file objects, `crate::store::shared`).
+impl<T: BlobStore + ?Sized> BlobStore for std::sync::Arc<T> {
+    fn location(&self) -> String {
+        (**self).location()
+    }
+    fn size(&self, digest: &Digest) -> io::Result<Option<u64>> {
+        (**self).size(digest)
+    }
+    fn open(&self, digest: &Digest, start: u64, len: Option<u64>) -> io::Result<Option<BlobRead>> {
+        (**self).open(digest, start, len)
+    }
+    fn put_staged(&self, digest: &Digest, staged: &Path, size: u64) -> io::Result<()> {
+        (**self).put_staged(digest, staged, size)
+    }
+    fn touch(&self, digest: &Digest) -> io::Result<()> {
+        (**self).touch(digest)
+    }
+    fn list(&self) -> io::Result<Vec<(Digest, u64, std::time::SystemTime)>> {
+        (**self).list()
+    }
+    fn remove(&self, digest: &Digest) -> io::Result<()> {
+        (**self).remove(digest)
+    }
+    fn local_path(&self, digest: &Digest) -> Option<PathBuf> {
+        (**self).local_path(digest)
+    }
+}
+
 /// A stored blob being read: a local file, or the body of an object-store
 /// GET arriving through a bounded channel (at most a few chunks buffered,
 /// never the whole blob).

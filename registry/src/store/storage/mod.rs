@@ -51,6 +51,7 @@ mod pg_meta;
 mod redb_devices;
 mod redb_meta;
 pub mod s3_blobs;
+pub mod shared_layers;
 
 pub use blobs::{BlobError, BlobRead, BlobStore, BlobWriter, Blobs, FsBlobStore};
 pub use devices::DeviceStore;
@@ -61,6 +62,7 @@ pub use pg_meta::PgMetadata;
 pub use redb_devices::RedbDevices;
 pub use redb_meta::RedbMetadata;
 pub use s3_blobs::S3BlobStore;
+pub use shared_layers::SharedLayers;
 
 /// Left in a data directory whose metadata is in PostgreSQL, so a command
 /// run on it without the config (`gc`, `stats`, `edit` …) refuses instead
@@ -99,6 +101,7 @@ pub struct Storage {
     blobs: Blobs,
     meta: Box<dyn MetadataStore>,
     devices: Box<dyn DeviceStore>,
+    shared: Option<SharedLayers>,
     upload_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<UploadCursor>>>>,
     gc_lock: RwLock<()>,
 }
@@ -124,15 +127,17 @@ impl Storage {
             .create(&db_path)
             .with_context(|| format!("opening database {}", db_path.display()))?;
         let db = Arc::new(db);
-        let blobs = match config.s3_blobs() {
+        let bucket = match config.s3_blobs() {
+            None => None,
+            Some(url) => Some(Arc::new(S3BlobStore::open(url, &config.s3)?)),
+        };
+        let blobs = match &bucket {
             None => Blobs::open(data_dir),
-            Some(url) => {
-                let store = S3BlobStore::open(url, &config.s3)?;
-                Blobs::with_store(data_dir, Box::new(store))
-            }
+            Some(store) => Blobs::with_store(data_dir, Box::new(store.clone())),
         }
         .with_context(|| format!("preparing blob directories under {}", data_dir.display()))?;
         let marker = data_dir.join(POSTGRES_MARKER);
+        let mut shared = None;
         let (meta, devices): (Box<dyn MetadataStore>, Box<dyn DeviceStore>) =
             match config.postgres() {
                 Some(url) => {
@@ -152,8 +157,14 @@ impl Storage {
                     let pg = Pg::connect(url).context("connecting to the PostgreSQL metadata")?;
                     let meta =
                         PgMetadata::open(pg.clone()).context("opening the PostgreSQL metadata")?;
-                    let devices =
-                        PgDevices::open(pg).context("opening the PostgreSQL device records")?;
+                    let devices = PgDevices::open(pg.clone())
+                        .context("opening the PostgreSQL device records")?;
+                    if let Some(bucket) = &bucket {
+                        shared = Some(
+                            SharedLayers::open(pg, bucket.clone())
+                                .context("opening the shared layer index")?,
+                        );
+                    }
                     if !marker.exists() {
                         std::fs::write(
                             &marker,
@@ -183,10 +194,17 @@ impl Storage {
             blobs,
             meta,
             devices,
+            shared,
             upload_locks: Mutex::new(HashMap::new()),
             gc_lock: RwLock::new(()),
         };
         Ok(storage)
+    }
+
+    /// The layer index and file objects replicas share, when the metadata
+    /// is in PostgreSQL and the blobs in a bucket (see [`shared_layers`]).
+    pub fn shared_layers(&self) -> Option<&SharedLayers> {
+        self.shared.as_ref()
     }
 
     /// The data directory (other modules keep their files under it, e.g.

@@ -6,7 +6,10 @@
 //! ```text
 //! s3://bucket/prefix/
 //! ├── blobs/sha256/<hex>     original blobs, byte-identical to the push
-//! └── touched/sha256/<hex>   empty marker, rewritten when a blob is used again
+//! ├── touched/sha256/<hex>   empty marker, rewritten when a blob is used again
+//! └── objects/sha256/<hex>   a file object, as the data directory stores it
+//!                            (zstd); shared by replicas when the layer index
+//!                            is in PostgreSQL (`crate::store::shared`)
 //! ```
 //!
 //! **Touch.** S3 has no "set modification time"; rewriting a layer to touch
@@ -65,8 +68,14 @@ pub struct S3BlobStore {
     url: String,
     blobs: String,
     touched: String,
+    objects: String,
     runtime: Option<tokio::runtime::Runtime>,
 }
+
+/// Object transfers in flight at once ([`S3BlobStore::put_objects`],
+/// [`S3BlobStore::get_objects`]): a layer has thousands of small files and
+/// each is one request.
+const OBJECT_REQUESTS: usize = 16;
 
 impl Drop for S3BlobStore {
     fn drop(&mut self) {
@@ -136,6 +145,7 @@ impl S3BlobStore {
             url: url.to_owned(),
             blobs: join("blobs/sha256"),
             touched: join("touched/sha256"),
+            objects: join("objects/sha256"),
             runtime: Some(runtime),
         };
         // Fail at start-up, not at the first push, when the bucket or the
@@ -184,6 +194,105 @@ impl S3BlobStore {
                 out.push((m.location.to_string(), m.size));
             }
             Ok(out)
+        })
+    }
+
+    fn object_key(&self, d: &Digest) -> ObjPath {
+        ObjPath::from(format!("{}/{}", self.objects, d.hex()))
+    }
+
+    /// Upload file objects: each `(digest, file)` is stored under
+    /// `objects/sha256/<hex>` with the file's bytes as they are (the data
+    /// directory's zstd form). Several requests in flight.
+    pub fn put_objects(&self, items: Vec<(Digest, PathBuf)>) -> io::Result<()> {
+        let keyed: Vec<_> = items
+            .into_iter()
+            .map(|(d, p)| (self.object_key(&d), p))
+            .collect();
+        let store = self.store.clone();
+        self.block_on(async move {
+            futures_util::stream::iter(keyed)
+                .map(|(key, path)| {
+                    let store = store.clone();
+                    async move {
+                        let size = tokio::fs::metadata(&path).await?.len();
+                        Self::upload(store, key, path, size).await
+                    }
+                })
+                .buffer_unordered(OBJECT_REQUESTS)
+                .collect::<Vec<io::Result<()>>>()
+                .await
+                .into_iter()
+                .collect()
+        })
+    }
+
+    /// Download file objects: each `(digest, file)` is written to `file`
+    /// (created) as stored. An absent object is a `NotFound` error.
+    pub fn get_objects(&self, items: Vec<(Digest, PathBuf)>) -> io::Result<u64> {
+        let keyed: Vec<_> = items
+            .into_iter()
+            .map(|(d, p)| (self.object_key(&d), p))
+            .collect();
+        let store = self.store.clone();
+        self.block_on(async move {
+            let sizes = futures_util::stream::iter(keyed)
+                .map(|(key, path)| {
+                    let store = store.clone();
+                    async move {
+                        use tokio::io::AsyncWriteExt;
+                        let got = store.get(&key).await.map_err(io_err)?;
+                        let mut body = got.into_stream();
+                        let mut f = tokio::fs::File::create(&path).await?;
+                        let mut n = 0u64;
+                        while let Some(chunk) = body.next().await {
+                            let chunk = chunk.map_err(io_err)?;
+                            n += chunk.len() as u64;
+                            f.write_all(&chunk).await?;
+                        }
+                        f.flush().await?;
+                        Ok::<u64, io::Error>(n)
+                    }
+                })
+                .buffer_unordered(OBJECT_REQUESTS)
+                .collect::<Vec<io::Result<u64>>>()
+                .await;
+            sizes.into_iter().sum()
+        })
+    }
+
+    /// Every file object in the bucket: digest, size, last write.
+    pub fn list_objects(&self) -> io::Result<Vec<(Digest, u64, SystemTime)>> {
+        let mut out: Vec<_> = self
+            .times(&self.objects)?
+            .into_iter()
+            .map(|(d, (size, t))| (d, size, t))
+            .collect();
+        out.sort_by_key(|(d, _, _)| *d);
+        Ok(out)
+    }
+
+    /// Delete file objects (absent ones are fine).
+    pub fn remove_objects(&self, digests: &[Digest]) -> io::Result<()> {
+        let keys: Vec<_> = digests.iter().map(|d| self.object_key(d)).collect();
+        let store = self.store.clone();
+        self.block_on(async move {
+            futures_util::stream::iter(keys)
+                .map(|key| {
+                    let store = store.clone();
+                    async move {
+                        match store.delete(&key).await {
+                            Ok(()) => Ok(()),
+                            Err(e) if not_found(&e) => Ok(()),
+                            Err(e) => Err(io_err(e)),
+                        }
+                    }
+                })
+                .buffer_unordered(OBJECT_REQUESTS)
+                .collect::<Vec<io::Result<()>>>()
+                .await
+                .into_iter()
+                .collect()
         })
     }
 
