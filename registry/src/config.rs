@@ -131,10 +131,12 @@ pub struct StorageConfig {
     /// `postgres://user:password@host:port/database` (or `postgresql://`;
     /// `?host=/run/postgresql` for a unix socket): repositories, manifests,
     /// tags, blob links, referrers and upload sessions in that PostgreSQL
-    /// database, shared by every registry process that names it. Absent:
-    /// the embedded redb database in the data directory. The layer index,
-    /// device holdings and caches stay in the data directory either way
-    /// (for now).
+    /// database, shared by every registry process that names it, with the
+    /// device records — and, when `blobs` is a bucket, the layer index and
+    /// file objects replicas share. `?sslmode=require` makes connections
+    /// TLS with the server certificate verified (against
+    /// `&sslrootcert=PATH`, or the system's roots). Absent: the embedded
+    /// redb database in the data directory.
     #[serde(default)]
     pub metadata: Option<String>,
     /// Original blobs: absent or `"local"`: `DATA/blobs/sha256/`;

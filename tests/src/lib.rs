@@ -30,6 +30,7 @@ pub mod http;
 pub mod images;
 pub mod layers;
 pub mod oci;
+pub mod pki;
 pub mod postgres;
 pub mod proxy;
 pub mod pump;

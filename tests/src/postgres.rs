@@ -29,6 +29,8 @@ pub struct TestPostgres {
     /// Set when the server was started (stop it on drop).
     started: bool,
     next_db: std::sync::atomic::AtomicU32,
+    /// The TCP port of a server listening with TLS ([`TestPostgres::enable_tls`]).
+    tls_port: Option<u16>,
 }
 
 impl TestPostgres {
@@ -56,6 +58,7 @@ impl TestPostgres {
             run_as,
             started: false,
             next_db: std::sync::atomic::AtomicU32::new(0),
+            tls_port: None,
         };
         std::fs::create_dir(pg.socket_dir()).expect("socket dir");
         if let Some((uid, gid, _)) = &pg.run_as {
@@ -85,8 +88,12 @@ impl TestPostgres {
     pub fn start_server(&mut self) {
         // Only the socket; no fsync (throwaway data); enough connections
         // for several pools.
+        let listen = match self.tls_port {
+            None => "-c listen_addresses=''".to_owned(),
+            Some(port) => format!("-c listen_addresses='127.0.0.1' -c port={port} -c ssl=on"),
+        };
         let options = format!(
-            "-k {} -c listen_addresses='' -c fsync=off -c synchronous_commit=off \
+            "-k {} {listen} -c fsync=off -c synchronous_commit=off \
              -c full_page_writes=off -c max_connections=200 -c shared_buffers=32MB",
             self.socket_dir().display()
         );
@@ -128,7 +135,40 @@ impl TestPostgres {
         self.started = false;
     }
 
-    /// The directory holding the server's socket (`.s.PGSQL.5432`).
+    /// Restart the server listening on 127.0.0.1 (a free port, returned)
+    /// with TLS on, presenting `cert` and `key` (PEM files), and accepting
+    /// TCP connections only over TLS (`hostssl` in `pg_hba.conf`; the unix
+    /// socket stays open for the harness's own tools).
+    pub fn enable_tls(&mut self, cert: &std::path::Path, key: &std::path::Path) -> u16 {
+        use std::os::unix::fs::PermissionsExt as _;
+        if self.started {
+            self.stop_server();
+        }
+        let data = self.root.join("data");
+        for (from, to) in [(cert, "server.crt"), (key, "server.key")] {
+            let to = data.join(to);
+            std::fs::copy(from, &to).unwrap_or_else(|e| panic!("copying {}: {e}", from.display()));
+            std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o600)).unwrap();
+            if let Some((uid, gid, _)) = &self.run_as {
+                std::os::unix::fs::chown(&to, Some(*uid), Some(*gid)).unwrap();
+            }
+        }
+        std::fs::write(
+            data.join("pg_hba.conf"),
+            "local all all trust\nhostssl all all 127.0.0.1/32 trust\n",
+        )
+        .unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free port");
+        self.tls_port = Some(port);
+        self.start_server();
+        port
+    }
+
+    /// The directory holding the server's socket (`.s.PGSQL.5432`, or
+    /// the TLS port's number after [`TestPostgres::enable_tls`]).
     pub fn socket_dir(&self) -> PathBuf {
         self.root.join("sock")
     }
@@ -140,8 +180,12 @@ impl TestPostgres {
 
     /// Connection URL of database `db` (user `postgres`, over the socket).
     pub fn url(&self, db: &str) -> String {
+        let port = self
+            .tls_port
+            .map(|p| format!("&port={p}"))
+            .unwrap_or_default();
         format!(
-            "postgresql://postgres@/{db}?host={}",
+            "postgresql://postgres@/{db}?host={}{port}",
             self.socket_dir().display()
         )
     }
@@ -216,6 +260,9 @@ impl TestPostgres {
             .env("LC_ALL", "C")
             .env("PGTZ", "UTC")
             .stdin(Stdio::null());
+        if let Some(port) = self.tls_port {
+            cmd.env("PGPORT", port.to_string());
+        }
         let out = cmd
             .output()
             .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));

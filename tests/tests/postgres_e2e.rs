@@ -15,6 +15,7 @@ use layerlink_tests::fixture::{assert_checkout_matches_umoci, test_repo, DEVICE_
 use layerlink_tests::garage::Garage;
 use layerlink_tests::http::request;
 use layerlink_tests::layers::image_files;
+use layerlink_tests::pki::Pki;
 use layerlink_tests::postgres::TestPostgres;
 use layerlink_tests::{
     skopeo_pull, skopeo_push, test_images, Agent, CountingProxy, OciLayout, Registry,
@@ -175,14 +176,9 @@ fn readyz(reg: &Registry) -> (u16, String) {
     (r.status, String::from_utf8_lossy(&r.body).into_owned())
 }
 
-/// An unreachable database stops `serve` at start with the reason.
-#[test]
-fn serve_refuses_an_unreachable_database() {
-    let pg = TestPostgres::start();
-    let url = format!(
-        "postgresql://postgres@/test0?host={}/nowhere",
-        pg.socket_dir().display()
-    );
+/// `serve` with metadata at `url`, expected to fail at start: exit 1, and
+/// its stderr.
+fn serve_fails(url: &str) -> String {
     let tmp = tempfile::tempdir().unwrap();
     let config = tmp.path().join("registry.toml");
     std::fs::write(&config, format!("[storage]\nmetadata = \"{url}\"\n")).unwrap();
@@ -194,8 +190,73 @@ fn serve_refuses_an_unreachable_database() {
             .arg(&config),
     );
     assert_eq!(out.status.code(), Some(1), "{out:?}");
-    let err = String::from_utf8_lossy(&out.stderr);
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// An unreachable database stops `serve` at start with the reason.
+#[test]
+fn serve_refuses_an_unreachable_database() {
+    let pg = TestPostgres::start();
+    let url = format!(
+        "postgresql://postgres@/test0?host={}/nowhere",
+        pg.socket_dir().display()
+    );
+    let err = serve_fails(&url);
     assert!(err.contains("PostgreSQL"), "{err}");
+}
+
+/// Metadata over TLS: a PostgreSQL that accepts TCP connections only with
+/// TLS (`hostssl`), its certificate signed by a test CA. With
+/// `sslmode=require&sslrootcert=CA` the registry serves (an image pushed
+/// and pulled back byte for byte) and the *server* reports every registry
+/// connection encrypted (`pg_stat_ssl`); without `sslmode` the server
+/// refuses the plain connection, and with another CA the registry refuses
+/// the server's certificate — `serve` exits 1 naming why, both times.
+#[test]
+fn metadata_over_tls() {
+    let pki = Pki::new();
+    let mut pg = TestPostgres::start();
+    let port = pg.enable_tls(&pki.path("server.crt"), &pki.path("server.key"));
+    pg.create_database();
+    let url = format!("postgresql://postgres@127.0.0.1:{port}/test0");
+    let tls_url =
+        |ca: &std::path::Path| format!("{url}?sslmode=require&sslrootcert={}", ca.display());
+    let reg = Registry::start(Some(&format!(
+        "[storage]\nmetadata = \"{}\"\n",
+        tls_url(&pki.path("ca.pem"))
+    )));
+    let images = test_images();
+    skopeo_push(&images.oci_dir, "tiny:v1", &reg, &test_repo("tiny:v1"));
+    let tmp = tempfile::tempdir().unwrap();
+    skopeo_pull(&reg, &test_repo("tiny:v1"), &tmp.path().join("p"), "x");
+    assert_eq!(
+        OciLayout::open(tmp.path().join("p")).manifest_bytes("x"),
+        images.layout().manifest_bytes("tiny:v1")
+    );
+    let conns = pg.psql(
+        "test0",
+        "SELECT count(*) || ' ' || bool_and(s.ssl) FROM pg_stat_ssl s
+         JOIN pg_stat_activity a USING (pid) WHERE a.application_name = 'layerlink-registry'",
+    );
+    let (n, all_tls) = conns.trim().split_once(' ').unwrap();
+    assert!(n.parse::<u32>().unwrap() > 0, "{conns}");
+    assert_eq!(
+        all_tls, "true",
+        "a registry connection without TLS: {conns}"
+    );
+    drop(reg);
+
+    let err = serve_fails(&url);
+    assert!(
+        err.contains("PostgreSQL") && err.contains("no encryption"),
+        "a plain connection: {err}"
+    );
+    let other = Pki::new();
+    let err = serve_fails(&tls_url(&other.path("ca.pem")));
+    assert!(
+        err.contains("PostgreSQL") && err.to_lowercase().contains("certificate"),
+        "a certificate from another CA: {err}"
+    );
 }
 
 /// The servers two replicas share (one PostgreSQL database, one Garage
@@ -309,7 +370,7 @@ fn a_device_moves_between_replicas() {
 /// umoci (the device's checkout) and `psql` (one row per tag).
 #[test]
 fn replicas_survive_concurrent_pushes_and_a_kill_mid_ingest() {
-    let (_g, pg, storage) = shared_backends("races");
+    let (g, pg, storage) = shared_backends("races");
     let config = format!("{DEVICE_CONFIG}\n{storage}");
     let a = Registry::start(Some(&config));
     let b = Registry::start(Some(&config));
@@ -329,6 +390,20 @@ fn replicas_survive_concurrent_pushes_and_a_kill_mid_ingest() {
         "2",
         "one row per tag"
     );
+    // The same layers ingested by both replicas at once (or imported by
+    // one from the other): one shared row per layer, one bucket object
+    // per distinct file content.
+    let layers: BTreeSet<String> = tags
+        .iter()
+        .flat_map(|t| src.layers(t))
+        .map(|l| l.digest)
+        .collect();
+    assert_eq!(
+        pg.psql("test0", "SELECT count(*) FROM index_layer_records")
+            .trim(),
+        layers.len().to_string()
+    );
+    assert_eq!(bucket_objects(&g, "fleet"), contents(&src, &tags));
     let tmp = tempfile::tempdir().unwrap();
     for (name, reg) in [("a", &a), ("b", &b)] {
         let dir = tmp.path().join(name);
@@ -367,9 +442,8 @@ fn replicas_survive_concurrent_pushes_and_a_kill_mid_ingest() {
     );
 }
 
-/// sha256 (hex) of every file object in the shared bucket (listed through
-/// the S3 API).
-fn bucket_objects(g: &Garage, prefix: &str) -> BTreeSet<String> {
+/// The bucket under `prefix`, through the S3 API.
+fn bucket(g: &Garage, prefix: &str) -> S3BlobStore {
     let config = S3Config {
         endpoint: Some(g.endpoint.clone()),
         region: Some(g.region.clone()),
@@ -377,8 +451,12 @@ fn bucket_objects(g: &Garage, prefix: &str) -> BTreeSet<String> {
         secret_access_key: Some(g.secret_access_key.clone()),
         virtual_hosted_style: false,
     };
-    let store = S3BlobStore::open(&format!("s3://{}/{prefix}", g.bucket), &config).unwrap();
-    store
+    S3BlobStore::open(&format!("s3://{}/{prefix}", g.bucket), &config).unwrap()
+}
+
+/// sha256 (hex) of every file object in the shared bucket.
+fn bucket_objects(g: &Garage, prefix: &str) -> BTreeSet<String> {
+    bucket(g, prefix)
         .list_objects()
         .unwrap()
         .into_iter()
@@ -539,4 +617,43 @@ fn replicas_share_the_layer_index_and_objects() {
     let fresh = Agent::new(TOKEN);
     fresh.sync(&b.url, &[&image]);
     assert_checkout_matches_umoci(&fresh, &image, &images.oci_dir, live);
+
+    // A bucket object overwritten with other content: a third replica's
+    // import sees the wrong digest, ingests the layer from its blob instead
+    // (the device still gets the right tree) and repairs the bucket.
+    let victim = live_contents.iter().next().unwrap().clone();
+    let tmp = tempfile::tempdir().unwrap();
+    let bogus = tmp.path().join("bogus.zst");
+    std::fs::write(
+        &bogus,
+        zstd::encode_all(&b"not the content"[..], 3).unwrap(),
+    )
+    .unwrap();
+    let victim_digest = layerlink_proto::Digest::parse(&format!("sha256:{victim}")).unwrap();
+    bucket(&g, "fleet")
+        .put_objects(vec![(victim_digest, bogus)])
+        .unwrap();
+    let c = Registry::start(Some(&config));
+    let third = Agent::new(TOKEN);
+    third.sync(&c.url, &[&image]);
+    assert_checkout_matches_umoci(&third, &image, &images.oci_dir, live);
+    let failed = log_lines(
+        &c,
+        "importing a layer from the shared index failed; ingesting it from its blob",
+    );
+    assert_eq!(failed.len(), 1, "{}", c.log());
+    assert!(
+        failed[0]["error"].as_str().unwrap().contains(&victim),
+        "{failed:?}"
+    );
+    let got = bucket(&g, "fleet")
+        .get_objects(vec![(victim_digest, tmp.path().join("back.zst"))])
+        .unwrap();
+    assert!(got > 0);
+    let back = zstd::decode_all(std::fs::File::open(tmp.path().join("back.zst")).unwrap()).unwrap();
+    assert_eq!(
+        layerlink_tests::sha256_hex(&back),
+        victim,
+        "the bucket object was not repaired"
+    );
 }

@@ -5,75 +5,30 @@
 //! the agent's exit codes.
 
 use layerlink_tests::http::request_declaring;
+use layerlink_tests::pki::Pki;
 use layerlink_tests::{run, sha256_file, test_images, Agent, OciLayout, Registry};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 const PUBLISHER: (&str, &str) = ("ci", "tls-push-secret");
 const TOKEN: &str = "tok-tls-device-0123456789";
 
-/// A CA, and a server certificate it signed for 127.0.0.1 and localhost,
-/// written as PEM files in a temp dir.
-struct Pki {
-    dir: tempfile::TempDir,
+fn skopeo(args: &[&str]) -> Output {
+    let mut cmd = Command::new("skopeo");
+    cmd.arg("--insecure-policy").args(args);
+    run(&mut cmd)
 }
 
-impl Pki {
-    fn new() -> Pki {
-        use rcgen::{
-            BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
-            KeyUsagePurpose,
-        };
-        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca.distinguished_name
-            .push(DnType::CommonName, "layerlink test CA");
-        ca.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        let ca_key = KeyPair::generate().unwrap();
-        let ca_cert = ca.self_signed(&ca_key).unwrap();
+fn creds() -> String {
+    format!("{}:{}", PUBLISHER.0, PUBLISHER.1)
+}
 
-        let mut leaf =
-            CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
-        leaf.distinguished_name
-            .push(DnType::CommonName, "localhost");
-        leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        leaf.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        let leaf_key = KeyPair::generate().unwrap();
-        let leaf_cert = leaf.signed_by(&leaf_key, &ca_cert, &ca_key).unwrap();
-
-        let dir = tempfile::Builder::new()
-            .prefix("layerlink-pki-")
-            .tempdir()
-            .unwrap();
-        let p = dir.path();
-        std::fs::create_dir(p.join("certs.d")).unwrap();
-        // skopeo's --*-cert-dir takes every *.crt in the dir as a CA.
-        std::fs::write(p.join("certs.d/ca.crt"), ca_cert.pem()).unwrap();
-        std::fs::write(p.join("ca.pem"), ca_cert.pem()).unwrap();
-        // The chain the server sends: its certificate, then the CA.
-        std::fs::write(
-            p.join("server.pem"),
-            format!("{}{}", leaf_cert.pem(), ca_cert.pem()),
-        )
-        .unwrap();
-        std::fs::write(p.join("server.key"), leaf_key.serialize_pem()).unwrap();
-        Pki { dir }
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    /// A registry config serving HTTPS with this PKI, with a publisher and
-    /// one device.
-    fn registry_config(&self) -> String {
-        format!(
-            r#"
+/// A registry config serving HTTPS with `pki`, with a publisher and one
+/// device.
+fn registry_config(pki: &Pki) -> String {
+    format!(
+        r#"
 [[publishers]]
 user = "{}"
 password = "{}"
@@ -87,26 +42,15 @@ repositories = ["test/*"]
 cert = "{}"
 key = "{}"
 "#,
-            PUBLISHER.0,
-            PUBLISHER.1,
-            self.path("server.pem").display(),
-            self.path("server.key").display()
-        )
-    }
-}
-
-fn skopeo(args: &[&str]) -> Output {
-    let mut cmd = Command::new("skopeo");
-    cmd.arg("--insecure-policy").args(args);
-    run(&mut cmd)
-}
-
-fn creds() -> String {
-    format!("{}:{}", PUBLISHER.0, PUBLISHER.1)
+        PUBLISHER.0,
+        PUBLISHER.1,
+        pki.path("server.pem").display(),
+        pki.path("server.key").display()
+    )
 }
 
 fn start(pki: &Pki) -> Registry {
-    let reg = Registry::start(Some(&pki.registry_config()));
+    let reg = Registry::start(Some(&registry_config(pki)));
     assert!(
         reg.url.starts_with("https://127.0.0.1:"),
         "a registry with [tls] must announce https, got {}",

@@ -321,6 +321,7 @@ fn ingest_one(
         return Ok(());
     }
     let started = std::time::Instant::now();
+    let mut import_failed = false;
     if let Some(shared_index) = shared {
         match shared::import_layer(db, store, shared_index, blob, diff_id) {
             Ok(Some(imp)) => {
@@ -335,11 +336,14 @@ fn ingest_one(
                 return Ok(());
             }
             Ok(None) => {}
-            Err(e) => tracing::warn!(
-                layer = %diff_id,
-                error = %e,
-                "importing a layer from the shared index failed; ingesting it from its blob"
-            ),
+            Err(e) => {
+                import_failed = true;
+                tracing::warn!(
+                    layer = %diff_id,
+                    error = %e,
+                    "importing a layer from the shared index failed; ingesting it from its blob"
+                )
+            }
         }
     }
     let r = blobs
@@ -360,7 +364,7 @@ fn ingest_one(
         // Other replicas import it instead of ingesting it again; a failure
         // costs them that work, not this push.
         let started = std::time::Instant::now();
-        match shared::publish_layer(db, store, shared_index, diff_id, blob) {
+        match shared::publish_layer(db, store, shared_index, diff_id, blob, import_failed) {
             Ok(uploaded) => tracing::info!(
                 layer = %diff_id,
                 objects_uploaded = uploaded,

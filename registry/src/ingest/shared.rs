@@ -26,13 +26,15 @@ pub struct Imported {
 }
 
 /// Publish layer `diff_id` (ingested locally from `blob`): its rows and
-/// the objects the bucket lacks. Returns the objects uploaded.
+/// the objects the bucket lacks (every object with `repair`: see
+/// [`Publication::repair`]). Returns the objects uploaded.
 pub fn publish_layer(
     db: &redb::Database,
     store: &ObjectStore,
     shared: &SharedLayers,
     diff_id: &Digest,
     blob: &Digest,
+    repair: bool,
 ) -> anyhow::Result<usize> {
     let txn = db.begin_read()?;
     let meta = index::layer_meta_in(&txn, diff_id)?
@@ -65,6 +67,7 @@ pub fn publish_layer(
             entries,
         },
         objects,
+        repair,
     })
 }
 

@@ -17,6 +17,15 @@
 //! thread. (`sqlx` was not chosen: a larger dependency tree and
 //! compile-time query macros for a few dozen fixed statements.)
 //!
+//! **TLS.** `sslmode=require` in the connection string (libpq's
+//! `verify-full` and `verify-ca` are read as `require`) makes every
+//! connection TLS (rustls, `tokio-postgres-rustls`) and the server's
+//! certificate is *always* verified — chain and host name — against the
+//! CA file `sslrootcert=PATH` names, or the system's roots without it
+//! (stricter than libpq's `require`, which checks nothing: a registry's
+//! metadata is worth a certificate). Without `sslmode`, or with `disable`
+//! or `prefer`, connections are plain (a unix socket, or a trusted network).
+//!
 //! **Transactions.** Every write is one transaction (READ COMMITTED),
 //! retried on a deadlock or serialization failure ([`Pg::write`]).
 
@@ -66,6 +75,10 @@ impl Pg {
     /// key=value form; `?host=/run/postgresql` for a unix socket), create or
     /// check that the database answers. Fails if it cannot be reached.
     pub fn connect(url: &str) -> anyhow::Result<Arc<Pg>> {
+        let (url, root_cert) = take_sslrootcert(url);
+        let url = url
+            .replace("sslmode=verify-full", "sslmode=require")
+            .replace("sslmode=verify-ca", "sslmode=require");
         let mut config: tokio_postgres::Config = url
             .parse()
             .context("the PostgreSQL connection string does not parse")?;
@@ -87,13 +100,19 @@ impl Pg {
             .enable_all()
             .build()
             .context("starting the PostgreSQL runtime")?;
-        let manager = Manager::from_config(
-            config,
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
+        let manager_config = ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        };
+        let manager = if config.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
+            let tls = tls_connector(root_cert.as_deref())?;
+            Manager::from_config(config, tls, manager_config)
+        } else {
+            anyhow::ensure!(
+                root_cert.is_none(),
+                "the PostgreSQL connection string names sslrootcert but not sslmode=require"
+            );
+            Manager::from_config(config, NoTls, manager_config)
+        };
         let pool = Pool::builder(manager)
             .max_size(POOL_SIZE)
             .runtime(deadpool_postgres::Runtime::Tokio1)
@@ -239,6 +258,91 @@ impl Pg {
     }
 }
 
+/// `url` without its `sslrootcert` parameter (which `tokio-postgres` does
+/// not know), and that parameter's value. Both forms: a URL's query
+/// (`…?sslmode=require&sslrootcert=/etc/ca.pem`) and `key=value` words.
+fn take_sslrootcert(url: &str) -> (String, Option<std::path::PathBuf>) {
+    const KEY: &str = "sslrootcert=";
+    let mut found = None;
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        let Some((base, query)) = url.split_once('?') else {
+            return (url.to_owned(), None);
+        };
+        let kept: Vec<&str> = query
+            .split('&')
+            .filter(|p| match p.strip_prefix(KEY) {
+                Some(v) => {
+                    found = Some(std::path::PathBuf::from(v));
+                    false
+                }
+                None => true,
+            })
+            .collect();
+        let url = if kept.is_empty() {
+            base.to_owned()
+        } else {
+            format!("{base}?{}", kept.join("&"))
+        };
+        return (url, found);
+    }
+    let kept: Vec<&str> = url
+        .split_whitespace()
+        .filter(|w| match w.strip_prefix(KEY) {
+            Some(v) => {
+                found = Some(std::path::PathBuf::from(v));
+                false
+            }
+            None => true,
+        })
+        .collect();
+    (kept.join(" "), found)
+}
+
+/// The TLS connector for `sslmode=require`: the certificates of
+/// `root_cert` (PEM) or the system's roots.
+fn tls_connector(
+    root_cert: Option<&std::path::Path>,
+) -> anyhow::Result<tokio_postgres_rustls::MakeRustlsConnect> {
+    use rustls_pki_types::pem::PemObject as _;
+    use tokio_rustls::rustls;
+    let mut roots = rustls::RootCertStore::empty();
+    match root_cert {
+        Some(path) => {
+            let certs: Vec<_> = rustls_pki_types::CertificateDer::pem_file_iter(path)
+                .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+                .with_context(|| format!("reading sslrootcert {}", path.display()))?;
+            anyhow::ensure!(
+                !certs.is_empty(),
+                "sslrootcert {} holds no certificate",
+                path.display()
+            );
+            for c in certs {
+                roots
+                    .add(c)
+                    .with_context(|| format!("a certificate of {}", path.display()))?;
+            }
+        }
+        None => {
+            let native = rustls_native_certs::load_native_certs();
+            for c in native.certs {
+                let _ = roots.add(c);
+            }
+            anyhow::ensure!(
+                !roots.is_empty(),
+                "sslmode=require without sslrootcert, and no system root certificates were found"
+            );
+        }
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .context("TLS protocol versions")?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
+}
+
 /// The future of one transaction body.
 pub type TxFuture<'a, T> = std::pin::Pin<Box<dyn Future<Output = anyhow::Result<T>> + Send + 'a>>;
 
@@ -311,4 +415,37 @@ pub fn to_u64(v: i64) -> u64 {
 
 pub fn limit(n: usize) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::take_sslrootcert;
+    use std::path::PathBuf;
+
+    #[test]
+    fn sslrootcert_is_taken_out_of_both_forms() {
+        assert_eq!(
+            take_sslrootcert("postgresql://u@db:5432/x?sslmode=require&sslrootcert=/etc/ca.pem"),
+            (
+                "postgresql://u@db:5432/x?sslmode=require".to_owned(),
+                Some(PathBuf::from("/etc/ca.pem"))
+            )
+        );
+        assert_eq!(
+            take_sslrootcert("postgres://u@db/x?sslrootcert=/ca.pem"),
+            (
+                "postgres://u@db/x".to_owned(),
+                Some(PathBuf::from("/ca.pem"))
+            )
+        );
+        assert_eq!(
+            take_sslrootcert("host=db sslrootcert=/ca.pem sslmode=require"),
+            (
+                "host=db sslmode=require".to_owned(),
+                Some(PathBuf::from("/ca.pem"))
+            )
+        );
+        let plain = "postgresql://u@/x?host=/run/postgresql";
+        assert_eq!(take_sslrootcert(plain), (plain.to_owned(), None));
+    }
 }

@@ -97,6 +97,11 @@ pub struct Publication {
     pub record: LayerRecord,
     /// Its distinct objects: digest, content size, the local stored file.
     pub objects: Vec<(Digest, u64, PathBuf)>,
+    /// Upload every object, even those a published layer names: this
+    /// replica failed to import the layer (an object a collection removed
+    /// under a publication racing it), so the bucket is repaired rather
+    /// than trusted.
+    pub repair: bool,
 }
 
 /// What [`SharedLayers::collect`] found (and, unless a dry run, removed).
@@ -147,11 +152,15 @@ impl SharedLayers {
     /// it is (its blob row is added).
     pub fn publish(&self, p: Publication) -> anyhow::Result<usize> {
         let digests: Vec<Vec<u8>> = p.objects.iter().map(|(d, _, _)| d.0.to_vec()).collect();
-        let held: HashSet<Digest> = self.pg.read(
-            "SELECT DISTINCT object FROM index_layer_objects WHERE object = ANY($1)",
-            (digests.clone(),),
-            |rows| rows.into_iter().map(|r| digest_of(r.get(0))).collect(),
-        )?;
+        let held: HashSet<Digest> = if p.repair {
+            HashSet::new()
+        } else {
+            self.pg.read(
+                "SELECT DISTINCT object FROM index_layer_objects WHERE object = ANY($1)",
+                (digests.clone(),),
+                |rows| rows.into_iter().map(|r| digest_of(r.get(0))).collect(),
+            )?
+        };
         let upload: Vec<(Digest, PathBuf)> = p
             .objects
             .iter()
