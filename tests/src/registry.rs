@@ -373,3 +373,26 @@ fn publisher_creds(config: &str) -> Option<(String, String)> {
         p.get("password")?.as_str()?.to_string(),
     ))
 }
+
+/// `layerlink-registry gc --json --data DATA ARGS…` (offline: nothing may
+/// serve DATA): its JSON report. Panics with stderr if it fails.
+pub fn gc_json(data: &Path, args: &[&std::ffi::OsStr]) -> serde_json::Value {
+    let out = Command::new(crate::bins::registry_bin())
+        .args(["gc", "--json", "--data"])
+        .arg(data)
+        .args(args)
+        .output()
+        .expect("running layerlink-registry gc");
+    assert!(
+        out.status.success(),
+        "gc {args:?} failed ({}):\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "gc --json printed no JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}

@@ -51,24 +51,8 @@ fn files(dir: &Path) -> BTreeMap<PathBuf, u64> {
 
 /// `layerlink-registry gc --data DATA --json ARGS...`, which must succeed.
 fn gc(data: &Path, args: &[&str]) -> serde_json::Value {
-    let out = Command::new(registry_bin())
-        .args(["gc", "--json", "--data"])
-        .arg(data)
-        .args(args)
-        .output()
-        .expect("running layerlink-registry gc");
-    assert!(
-        out.status.success(),
-        "gc {args:?} failed ({}):\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "gc --json printed no JSON ({e}): {}",
-            String::from_utf8_lossy(&out.stdout)
-        )
-    })
+    let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_ref()).collect();
+    layerlink_tests::registry::gc_json(data, &args)
 }
 
 fn object_path(data: &Path, hex: &str) -> PathBuf {

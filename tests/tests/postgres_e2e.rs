@@ -17,6 +17,7 @@ use layerlink_tests::http::request;
 use layerlink_tests::layers::image_files;
 use layerlink_tests::pki::Pki;
 use layerlink_tests::postgres::TestPostgres;
+use layerlink_tests::registry::gc_json;
 use layerlink_tests::{
     skopeo_pull, skopeo_push, test_images, Agent, CountingProxy, OciLayout, Registry,
 };
@@ -578,19 +579,15 @@ fn replicas_share_the_layer_index_and_objects() {
     let cfg = a.config_path().unwrap().to_owned();
     let mut report = serde_json::Value::Null;
     let _a = a.restart_after(|data| {
-        let out = layerlink_tests::run(
-            Command::new(registry_bin())
-                .args(["gc", "--json", "--grace", "0", "--data"])
-                .arg(data)
-                .arg("--config")
-                .arg(&cfg),
+        report = gc_json(
+            data,
+            &[
+                "--grace".as_ref(),
+                "0".as_ref(),
+                "--config".as_ref(),
+                cfg.as_os_str(),
+            ],
         );
-        assert!(
-            out.status.success(),
-            "gc failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        report = serde_json::from_slice(&out.stdout).unwrap();
     });
     let only_gone = layers_of(&[gone]).difference(&layers_of(&[live])).count();
     assert!(only_gone > 0, "tiny:v1 shares every layer with base-a:v1");

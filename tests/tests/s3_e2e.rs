@@ -205,19 +205,15 @@ fn gc_frees_blobs_in_the_bucket() {
     let cfg = reg.config_path().unwrap().to_owned();
     let mut report = serde_json::Value::Null;
     let reg = reg.restart_after(|data| {
-        let out = layerlink_tests::run(
-            std::process::Command::new(layerlink_tests::bins::registry_bin())
-                .args(["gc", "--json", "--grace", "0", "--data"])
-                .arg(data)
-                .arg("--config")
-                .arg(&cfg),
+        report = layerlink_tests::registry::gc_json(
+            data,
+            &[
+                "--grace".as_ref(),
+                "0".as_ref(),
+                "--config".as_ref(),
+                cfg.as_os_str(),
+            ],
         );
-        assert!(
-            out.status.success(),
-            "gc failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        report = serde_json::from_slice(&out.stdout).unwrap();
     });
     assert_eq!(
         report["blobs_deleted"].as_u64(),
