@@ -84,7 +84,7 @@ step "e2e suites on PostgreSQL + S3 (LAYERLINK_TEST_BACKEND=postgres-s3)"
 # and pick their backends explicitly.)
 pg_s3_failed=0
 LAYERLINK_TEST_BACKEND=postgres-s3 cargo test --workspace --no-fail-fast \
-  --test sync_e2e --test edit_e2e --test lifecycle_e2e || pg_s3_failed=1
+  --test sync_e2e --test edit_e2e --test lifecycle_e2e --test delta_e2e || pg_s3_failed=1
 
 step "tests"
 cargo test --workspace --all-targets --no-fail-fast
