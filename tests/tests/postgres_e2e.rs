@@ -654,3 +654,53 @@ fn replicas_share_the_layer_index_and_objects() {
         "the bucket object was not repaired"
     );
 }
+
+/// A device that synced one image through replica A asks replica B — which
+/// has served nothing yet — for another image that shares most files but
+/// no layer with it (base-b, then base-a: two separate debootstrap runs).
+/// B imports the device's held layers from the shared index (they are in a
+/// repository the device may read), so their files count for dedup there:
+/// the second sync costs what differs, not the image. Oracles: umoci, the
+/// bytes each replica logs for the device's syncs.
+#[test]
+fn a_replica_imports_the_layers_a_device_brought_from_another() {
+    let (_g, _pg, storage) = shared_backends("held-layers");
+    let config = format!("log_format = \"json\"\n{DEVICE_CONFIG}\n{storage}");
+    let a = Registry::start(Some(&config));
+    let b = Registry::start(Some(&config));
+    let images = test_images();
+    let src = images.layout();
+    let (first, second) = ("base-b:v1", "base-a:v1");
+    for tag in [first, second] {
+        skopeo_push(&images.oci_dir, tag, &a, &test_repo(tag));
+    }
+    let agent = Agent::new(TOKEN);
+    agent.sync(&a.url, &[&test_repo(first)]);
+    assert_checkout_matches_umoci(&agent, &test_repo(first), &images.oci_dir, first);
+    let synced = log_lines(&a, "device sync");
+    assert_eq!(synced.len(), 1, "{}", a.log());
+    let first_bytes = synced[0]["bytes"].as_u64().unwrap();
+
+    agent.sync(&b.url, &[&test_repo(second)]);
+    assert_checkout_matches_umoci(&agent, &test_repo(second), &images.oci_dir, second);
+    let synced = log_lines(&b, "device sync");
+    assert_eq!(synced.len(), 1, "{}", b.log());
+    let second_bytes = synced[0]["bytes"].as_u64().unwrap();
+    assert!(
+        second_bytes * 4 < first_bytes,
+        "{second} through B sent {second_bytes} B to a device holding {first} \
+         (which cost {first_bytes} B): B did not use the files the device holds"
+    );
+    let layers: BTreeSet<String> = [first, second]
+        .iter()
+        .flat_map(|t| src.layers(t))
+        .map(|l| l.digest)
+        .collect();
+    assert_eq!(
+        log_lines(&b, "layer imported from the shared index").len(),
+        layers.len(),
+        "{}",
+        b.log()
+    );
+    assert!(!b.log().contains("ingested layer"), "{}", b.log());
+}

@@ -274,6 +274,51 @@ pub fn ingest_manifest_in(
     Ok(())
 }
 
+/// Import layer `diff_id` (held in blob `blob`) from the replicas' shared
+/// index unless this data directory has it: `true` when it is indexed
+/// here afterwards. A failure is logged, not returned (the caller treats
+/// the layer as unknown, as before the shared index).
+pub fn import_shared_layer(
+    db: &redb::Database,
+    store: &ObjectStore,
+    shared_index: &SharedLayers,
+    blob: &Digest,
+    diff_id: &Digest,
+) -> bool {
+    let _lock = LayerLock::acquire(*diff_id);
+    match index::layer_meta(db, diff_id) {
+        Ok(Some(_)) => return true,
+        Ok(None) => {}
+        Err(e) => {
+            tracing::warn!(layer = %diff_id, error = %e, "reading the layer index");
+            return false;
+        }
+    }
+    let started = std::time::Instant::now();
+    match shared::import_layer(db, store, shared_index, blob, diff_id) {
+        Ok(Some(imp)) => {
+            tracing::info!(
+                layer = %diff_id,
+                entries = imp.meta.entries,
+                objects_downloaded = imp.downloaded,
+                bytes = imp.bytes,
+                seconds = started.elapsed().as_secs_f64(),
+                "layer imported from the shared index"
+            );
+            true
+        }
+        Ok(None) => false,
+        Err(e) => {
+            tracing::warn!(
+                layer = %diff_id,
+                error = %e,
+                "importing a held layer from the shared index failed"
+            );
+            false
+        }
+    }
+}
+
 fn invalid(e: oci::DocError) -> IngestError {
     IngestError::Invalid(e.to_string())
 }

@@ -66,12 +66,18 @@ pub fn readable_holdings(
     let mut pending: HashSet<Digest> = held.layers.iter().copied().collect();
     if !pending.is_empty() {
         let repos = store.repositories().map_err(SyncError::internal)?;
-        for repo in repos.iter().filter(|r| device.may_read(r)) {
+        let readable: Vec<&String> = repos.iter().filter(|r| device.may_read(r)).collect();
+        for repo in &readable {
             for l in repository_layers(store, repo)? {
                 pending.remove(&l);
             }
             if pending.is_empty() {
                 break;
+            }
+        }
+        if !pending.is_empty() {
+            if let Some(shared) = store.shared_layers() {
+                import_readable(store, shared, &readable, &mut pending)?;
             }
         }
     }
@@ -91,6 +97,41 @@ pub fn readable_holdings(
             .collect(),
         objects: held.objects.clone(),
     })
+}
+
+/// Held layers this replica has not indexed but another one published
+/// (replicas sharing an index: a device moved here from a replica that
+/// served it another image): those in a repository the device may read
+/// are imported, so their files count for dedup here too, and leave
+/// `pending`.
+fn import_readable(
+    store: &dyn ImageStore,
+    shared: &crate::store::storage::SharedLayers,
+    readable: &[&String],
+    pending: &mut HashSet<Digest>,
+) -> Result<(), SyncError> {
+    let mut blobs = Vec::new();
+    for repo in readable {
+        blobs.extend(store.repository_blobs(repo).map_err(SyncError::internal)?);
+    }
+    let published = shared
+        .layers_of_blobs(&blobs)
+        .map_err(SyncError::internal)?;
+    let objects = store.objects();
+    for (blob, diff_id) in published {
+        if pending.contains(&diff_id)
+            && crate::ingest::import_shared_layer(
+                store.database(),
+                &objects,
+                shared,
+                &blob,
+                &diff_id,
+            )
+        {
+            pending.remove(&diff_id);
+        }
+    }
+    Ok(())
 }
 
 /// Every digest of `digests` must be an object of a layer of `repository`;

@@ -140,6 +140,25 @@ impl SharedLayers {
         )
     }
 
+    /// Which of `blobs` hold a published layer: blob → diff_id.
+    pub fn layers_of_blobs(
+        &self,
+        blobs: &[Digest],
+    ) -> anyhow::Result<std::collections::HashMap<Digest, Digest>> {
+        let keys: Vec<Vec<u8>> = blobs.iter().map(|b| b.0.to_vec()).collect();
+        self.pg.read(
+            "SELECT b.blob, b.diff_id FROM index_layer_blobs b
+             JOIN index_layer_records r ON r.diff_id = b.diff_id
+             WHERE b.blob = ANY($1)",
+            (keys,),
+            |rows| {
+                rows.into_iter()
+                    .map(|r| Ok((digest_of(r.get(0))?, digest_of(r.get(1))?)))
+                    .collect()
+            },
+        )
+    }
+
     /// Download objects from the bucket, each to its file; the bytes
     /// received.
     pub fn download(&self, items: Vec<(Digest, PathBuf)>) -> std::io::Result<u64> {
