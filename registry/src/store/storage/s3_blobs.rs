@@ -216,7 +216,15 @@ impl S3BlobStore {
                     let store = store.clone();
                     async move {
                         let size = tokio::fs::metadata(&path).await?.len();
-                        Self::upload(store, key, path, size).await
+                        match Self::upload(store.clone(), key.clone(), path, size).await {
+                            Ok(()) => Ok(()),
+                            // Stored meanwhile by another replica
+                            // publishing the same object (see `put_staged`).
+                            Err(e) => match store.head(&key).await {
+                                Ok(m) if m.size == size => Ok(()),
+                                _ => Err(e),
+                            },
+                        }
                     }
                 })
                 .buffer_unordered(OBJECT_REQUESTS)
@@ -425,7 +433,18 @@ impl BlobStore for S3BlobStore {
             staged.to_owned(),
             size,
         );
-        self.block_on(fut)
+        match self.block_on(fut) {
+            Ok(()) => Ok(()),
+            // Two replicas storing the same blob at once: the S3 server
+            // may fail one multipart upload of a key when the other
+            // completes first (Garage drops it). The name is the content's
+            // digest, so the blob the other one stored is this one.
+            Err(e) if self.size(digest)? == Some(size) => {
+                tracing::info!(%digest, error = %e, "blob stored by another writer meanwhile");
+                self.touch(digest)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     fn touch(&self, digest: &Digest) -> io::Result<()> {
