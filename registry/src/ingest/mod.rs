@@ -294,20 +294,8 @@ pub fn import_shared_layer(
             return false;
         }
     }
-    let started = std::time::Instant::now();
-    match shared::import_layer(db, store, shared_index, blob, diff_id) {
-        Ok(Some(imp)) => {
-            tracing::info!(
-                layer = %diff_id,
-                entries = imp.meta.entries,
-                objects_downloaded = imp.downloaded,
-                bytes = imp.bytes,
-                seconds = started.elapsed().as_secs_f64(),
-                "layer imported from the shared index"
-            );
-            true
-        }
-        Ok(None) => false,
+    match import_logged(db, store, shared_index, blob, diff_id) {
+        Ok(imported) => imported,
         Err(e) => {
             tracing::warn!(
                 layer = %diff_id,
@@ -317,6 +305,41 @@ pub fn import_shared_layer(
             false
         }
     }
+}
+
+/// [`shared::import_layer`], logging what an import did: `true` when the
+/// layer was imported, `false` when no replica published it.
+fn import_logged(
+    db: &redb::Database,
+    store: &ObjectStore,
+    shared_index: &SharedLayers,
+    blob: &Digest,
+    diff_id: &Digest,
+) -> Result<bool, IngestError> {
+    let started = std::time::Instant::now();
+    let Some(imp) = shared::import_layer(db, store, shared_index, blob, diff_id)? else {
+        return Ok(false);
+    };
+    tracing::info!(
+        layer = %diff_id,
+        entries = imp.meta.entries,
+        objects_downloaded = imp.downloaded,
+        bytes = imp.bytes,
+        seconds = started.elapsed().as_secs_f64(),
+        "layer imported from the shared index"
+    );
+    Ok(true)
+}
+
+/// Record that compressed blob `blob` holds layer `diff_id` (already
+/// indexed from another blob).
+fn link_blob(db: &redb::Database, blob: &Digest, diff_id: &Digest) -> Result<(), IngestError> {
+    let txn = db.begin_write().map_err(IngestError::store)?;
+    {
+        let mut t = txn.open_table(index::BLOBS).map_err(IngestError::store)?;
+        t.insert(&blob.0, &diff_id.0).map_err(IngestError::store)?;
+    }
+    txn.commit().map_err(IngestError::store)
 }
 
 fn invalid(e: oci::DocError) -> IngestError {
@@ -357,30 +380,14 @@ fn ingest_one(
                 found,
             });
         }
-        let txn = db.begin_write().map_err(IngestError::store)?;
-        {
-            let mut t = txn.open_table(index::BLOBS).map_err(IngestError::store)?;
-            t.insert(&blob.0, &diff_id.0).map_err(IngestError::store)?;
-        }
-        txn.commit().map_err(IngestError::store)?;
-        return Ok(());
+        return link_blob(db, blob, diff_id);
     }
     let started = std::time::Instant::now();
     let mut import_failed = false;
     if let Some(shared_index) = shared {
-        match shared::import_layer(db, store, shared_index, blob, diff_id) {
-            Ok(Some(imp)) => {
-                tracing::info!(
-                    layer = %diff_id,
-                    entries = imp.meta.entries,
-                    objects_downloaded = imp.downloaded,
-                    bytes = imp.bytes,
-                    seconds = started.elapsed().as_secs_f64(),
-                    "layer imported from the shared index"
-                );
-                return Ok(());
-            }
-            Ok(None) => {}
+        match import_logged(db, store, shared_index, blob, diff_id) {
+            Ok(true) => return Ok(()),
+            Ok(false) => {}
             Err(e) => {
                 import_failed = true;
                 tracing::warn!(

@@ -162,12 +162,7 @@ pub fn import_layer(
     let outcome = commit(db, &mut staging, &spill_path, diff_id, meta, &distinct)?;
     if first_blob != *blob {
         // The row named `blob` as holding this layer (a replica checked it).
-        let txn = db.begin_write().map_err(IngestError::store)?;
-        {
-            let mut t = txn.open_table(index::BLOBS).map_err(IngestError::store)?;
-            t.insert(&blob.0, &diff_id.0).map_err(IngestError::store)?;
-        }
-        txn.commit().map_err(IngestError::store)?;
+        super::link_blob(db, blob, diff_id)?;
     }
     let meta = match outcome {
         LayerOutcome::Ingested(m) => m,
